@@ -1,0 +1,229 @@
+"""Turns the user's arguments and the environment into the parts of a run, once.
+
+This is the only place that knows the rules between the parts: what "auto" means, which precision
+fits which accelerator, which strategy a device count implies. Every invalid argument or combination
+fails here, before any process is started, with a message that names the argument, the value
+received, the values allowed and the fix.
+
+Settings may also come from the environment, as written by ``fabric run``
+(``FABRIC_ACCELERATOR``, ``FABRIC_STRATEGY``, ``FABRIC_DEVICES``, ``FABRIC_NUM_NODES``,
+``FABRIC_PRECISION``). A value in code that contradicts one of them is an error: silently
+preferring either would run something other than what one of the two asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fabric.accelerators import ACCELERATORS, Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
+from fabric.precision import MixedPrecision, Precision, TruePrecision
+from fabric.strategies import SingleDeviceStrategy, Strategy
+
+PRECISION_ALIASES: dict[Any, str] = {
+    64: "64-true",
+    "64": "64-true",
+    32: "32-true",
+    "32": "32-true",
+    16: "16-mixed",
+    "16": "16-mixed",
+    "bf16": "bf16-mixed",
+}
+PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps")
+
+_ENV_PREFIX = "FABRIC_"
+
+
+def _strategy_registry() -> dict[str, dict[str, Any]]:
+    """Strategy names and what each one means (class and constructor arguments).
+
+    Built on demand so that no distributed module is imported for a single-device run.
+    """
+    from fabric.strategies.registry import STRATEGY_NAMES
+
+    return STRATEGY_NAMES
+
+
+class Connector:
+    """Resolves ``Fabric(...)`` arguments plus environment variables into accelerator, precision,
+    strategy (with its environment and launcher)."""
+
+    def __init__(
+        self,
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: Any = "auto",
+        num_nodes: int = 1,
+        precision: Any = None,
+        plugins: Any = None,
+    ) -> None:
+        accelerator = self._from_env("accelerator", accelerator, "auto")
+        strategy = self._from_env("strategy", strategy, "auto")
+        devices = self._from_env("devices", devices, "auto")
+        num_nodes = int(self._from_env("num_nodes", num_nodes, 1))
+        precision = self._from_env("precision", precision, None)
+
+        plugin_precision, plugin_environment = self._split_plugins(plugins)
+        if plugin_precision is not None and precision is not None:
+            raise ValueError(
+                f"Fabric(precision={precision!r}, plugins=[{type(plugin_precision).__name__}(...)]): the precision "
+                f"was given twice. Pass either the `precision` string or a precision plugin, not both."
+            )
+        if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+            raise ValueError(f"Fabric(num_nodes={num_nodes!r}): num_nodes must be an int >= 1.")
+
+        self.accelerator = self._resolve_accelerator(accelerator, strategy)
+        self.devices = devices
+        self.parallel_devices = self.accelerator.get_parallel_devices(self.accelerator.parse_devices(devices))
+        self.num_nodes = num_nodes
+        self.precision = plugin_precision or self._resolve_precision(precision, self.accelerator)
+        self.strategy = self._resolve_strategy(strategy, plugin_environment)
+
+    # ------------------------------------------------------------------ environment
+    @staticmethod
+    def _from_env(name: str, value: Any, default: Any) -> Any:
+        env_value = os.environ.get(_ENV_PREFIX + name.upper())
+        if env_value is None:
+            return value
+        if value is None or (isinstance(value, str) and value == default) or value == default:
+            return env_value
+        if str(value) != env_value:
+            raise ValueError(
+                f"Fabric({name}={value!r}) contradicts {_ENV_PREFIX}{name.upper()}={env_value!r}, set by "
+                f"`fabric run --{name.replace('_', '-')}`. Remove the argument from `Fabric(...)` to use the "
+                f"command line's value, or make the two agree."
+            )
+        return value
+
+    @staticmethod
+    def _split_plugins(plugins: Any) -> tuple[Precision | None, Any]:
+        from fabric.environments.cluster_environment import ClusterEnvironment
+
+        if plugins is None:
+            return None, None
+        items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
+        precision: Precision | None = None
+        environment: ClusterEnvironment | None = None
+        for plugin in items:
+            if isinstance(plugin, Precision):
+                if precision is not None:
+                    raise ValueError(
+                        "Fabric(plugins=...): more than one precision plugin was given; pass one."
+                    )
+                precision = plugin
+            elif isinstance(plugin, ClusterEnvironment):
+                if environment is not None:
+                    raise ValueError(
+                        "Fabric(plugins=...): more than one cluster environment was given; pass one."
+                    )
+                environment = plugin
+            else:
+                raise TypeError(
+                    f"Fabric(plugins=[{plugin!r}]): a plugin must be a Precision or a ClusterEnvironment "
+                    f"instance, got {type(plugin).__name__}."
+                )
+        return precision, environment
+
+    # ------------------------------------------------------------------ accelerator
+    @staticmethod
+    def _resolve_accelerator(accelerator: str | Accelerator, strategy: Any) -> Accelerator:
+        if isinstance(accelerator, Accelerator):
+            return accelerator
+        if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATOR_NAMES:
+            raise ValueError(
+                f"Fabric(accelerator={accelerator!r}) is not a known accelerator. Allowed: "
+                f"{', '.join(repr(a) for a in ACCELERATOR_NAMES)} or an Accelerator instance."
+            )
+        name = accelerator.lower()
+        if name == "auto":
+            if CUDAAccelerator.is_available():
+                return CUDAAccelerator()
+            if MPSAccelerator.is_available():
+                return MPSAccelerator()
+            return CPUAccelerator()
+        if name == "gpu":
+            if CUDAAccelerator.is_available():
+                return CUDAAccelerator()
+            if MPSAccelerator.is_available():
+                return MPSAccelerator()
+            raise RuntimeError(
+                "Fabric(accelerator='gpu'): no GPU is available on this machine (neither CUDA nor MPS). "
+                "Use accelerator='cpu' or 'auto'."
+            )
+        cls = ACCELERATORS[name]
+        if not cls.is_available():
+            raise RuntimeError(
+                f"Fabric(accelerator={accelerator!r}): {name} is not available on this machine. "
+                f"Use accelerator='auto' to pick what is available, or 'cpu'."
+            )
+        return cls()
+
+    # -------------------------------------------------------------------- precision
+    @staticmethod
+    def _resolve_precision(precision: Any, accelerator: Accelerator) -> Precision:
+        if precision is None:
+            precision = "32-true"
+        name = PRECISION_ALIASES.get(precision, precision)
+        if name not in PRECISIONS:
+            raise ValueError(
+                f"Fabric(precision={precision!r}) is not supported. Allowed: "
+                f"{', '.join(repr(p) for p in PRECISIONS)} (aliases: 32, 64, 16, 'bf16')."
+            )
+        if name == "32-true":
+            return Precision()
+        if name.endswith("-true"):
+            return TruePrecision(name)
+        device_type = accelerator.name or "cpu"
+        return MixedPrecision(name, device_type=device_type)
+
+    # --------------------------------------------------------------------- strategy
+    def _resolve_strategy(self, strategy: str | Strategy, environment: Any) -> Strategy:
+        num_processes = len(self.parallel_devices) * self.num_nodes
+        if isinstance(strategy, Strategy):
+            instance = strategy
+        else:
+            if not isinstance(strategy, str):
+                raise TypeError(
+                    f"Fabric(strategy={strategy!r}): pass a strategy name or a Strategy instance, got "
+                    f"{type(strategy).__name__}."
+                )
+            name = strategy.lower()
+            if name == "auto":
+                name = "ddp" if num_processes > 1 or self._external_multiprocess() else "single_device"
+            if name == "single_device":
+                if num_processes > 1:
+                    raise ValueError(
+                        f"Fabric(strategy='single_device', devices={self.devices!r}, num_nodes={self.num_nodes}): "
+                        f"a single-device strategy cannot use {num_processes} devices. Pass devices=1 or a "
+                        f"multi-process strategy such as 'ddp'."
+                    )
+                return self._finish(SingleDeviceStrategy(device=self.parallel_devices[0]))
+            registry = _strategy_registry()
+            if name not in registry:
+                known = ", ".join(repr(n) for n in ("auto", "single_device", *registry))
+                raise ValueError(f"Fabric(strategy={strategy!r}) is not a known strategy. Allowed: {known}.")
+            entry = registry[name]
+            instance = entry["class"](**entry["init"])
+        return self._finish(instance, environment)
+
+    @staticmethod
+    def _external_multiprocess() -> bool:
+        """Whether torchrun or a scheduler started this process as one of several."""
+        from fabric.environments import detect_environment
+
+        environment = detect_environment()
+        return environment.creates_processes_externally and environment.world_size() > 1
+
+    def _finish(self, strategy: Strategy, environment: Any = None) -> Strategy:
+        if strategy.accelerator is None:
+            strategy.accelerator = self.accelerator
+        if type(strategy.precision) is Precision and type(self.precision) is not Precision:
+            strategy.precision = self.precision
+        configure = getattr(strategy, "configure", None)
+        if configure is not None:
+            # Multi-process strategies learn the topology here and create their launcher.
+            configure(
+                parallel_devices=self.parallel_devices, num_nodes=self.num_nodes, environment=environment
+            )
+        return strategy

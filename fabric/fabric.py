@@ -1,0 +1,551 @@
+"""The ``Fabric`` facade: the one object a training script talks to.
+
+It owns no device, dtype or process logic. The connector turns its arguments into parts once; each
+method then delegates to the strategy (which holds the accelerator and precision) or to a wrapper.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, overload
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fabric.accelerators import Accelerator
+from fabric.connector import Connector
+from fabric.loggers import Logger
+from fabric.strategies import BackwardSyncControl, Strategy
+from fabric.utilities.apply import move_to_device
+from fabric.utilities.rank_zero import rank_zero_warn
+from fabric.utilities.seed import seed_everything as _seed_everything
+from fabric.utilities.types import PathLike, ReduceOp
+from fabric.wrappers import _FabricDataLoader, _FabricModule, _FabricOptimizer, _unwrap, is_wrapped
+
+
+class Fabric:
+    """Device placement, mixed precision, distributed training and checkpoints for your own loop.
+
+    Args:
+        accelerator: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"`` or ``"auto"`` (or an Accelerator).
+        strategy: ``"auto"``, ``"single_device"``, ``"ddp"``, ``"ddp_spawn"``, ... (or a Strategy).
+        devices: how many devices, which ones (``[0, 2]``, ``"0,1"``), ``-1`` for all, or ``"auto"``.
+        num_nodes: the number of machines.
+        precision: ``"32-true"`` (default), ``"64-true"``, ``"16-mixed"``, ``"bf16-mixed"``,
+            ``"16-true"``, ``"bf16-true"`` or the aliases ``32``, ``64``, ``16``, ``"bf16"``.
+        plugins: a Precision or ClusterEnvironment instance, or a list of them.
+        callbacks: objects whose methods :meth:`call` invokes by name.
+        loggers: a Logger or a list of them, used by :meth:`log` and :meth:`log_dict`.
+
+    Example::
+
+        fabric = Fabric(precision="bf16-mixed")
+        model, optimizer = fabric.setup(model, optimizer)
+        loader = fabric.setup_dataloaders(loader)
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+    """
+
+    def __init__(
+        self,
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: list[int] | str | int = "auto",
+        num_nodes: int = 1,
+        precision: str | int | None = None,
+        plugins: Any = None,
+        callbacks: Any = None,
+        loggers: Logger | list[Logger] | None = None,
+    ) -> None:
+        connector = Connector(
+            accelerator=accelerator,
+            strategy=strategy,
+            devices=devices,
+            num_nodes=num_nodes,
+            precision=precision,
+            plugins=plugins,
+        )
+        self._strategy: Strategy = connector.strategy
+        self._accelerator: Accelerator = connector.accelerator
+        self._callbacks = self._as_list(callbacks, "callbacks")
+        self._loggers: list[Logger] = self._as_list(loggers, "loggers")
+        for logger in self._loggers:
+            if not isinstance(logger, Logger):
+                raise TypeError(
+                    f"Fabric(loggers=[{logger!r}]): each logger must be a fabric.loggers.Logger, got "
+                    f"{type(logger).__name__}."
+                )
+        self._launched = False
+        self._environment_ready = False
+        self._models_setup = 0
+
+    @staticmethod
+    def _as_list(value: Any, name: str) -> list[Any]:
+        if value is None:
+            return []
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Logger]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Logger:
+        """The first logger; raises if none was given."""
+        if not self._loggers:
+            raise RuntimeError("Fabric.logger: no logger was given. Pass `Fabric(loggers=...)`.")
+        return self._loggers[0]
+
+    # -------------------------------------------------------------------- launch
+    def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Start the processes of this run and set up each of them.
+
+        Without ``function`` (scripts): the launcher re-runs this script for the other processes and
+        this call returns once this process is ready. With ``function`` (needed for
+        ``"ddp_spawn"``/``"ddp_notebook"``): ``function(fabric, *args, **kwargs)`` runs in every
+        process and rank 0's return value is returned.
+        """
+        if self._launched:
+            raise RuntimeError("Fabric.launch() was already called; call it once per run.")
+        if function is not None and not callable(function):
+            raise TypeError(f"Fabric.launch(function={function!r}): the function must be callable.")
+        launcher = self._strategy.launcher
+        if function is None and launcher is not None and getattr(launcher, "requires_function", False):
+            raise TypeError(
+                f"The strategy {type(self._strategy).__name__} starts new processes that cannot re-run "
+                f"your script; pass the code to run in each: `fabric.launch(train_fn)`, where "
+                f"`train_fn(fabric)` holds the training."
+            )
+        self._launched = True
+        target = self._run_with_setup
+        if launcher is not None:
+            return launcher.launch(target, function, *args, **kwargs)
+        return target(function, *args, **kwargs)
+
+    def _run_with_setup(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
+        self._ensure_environment()
+        if function is None:
+            return None
+        return function(self, *args, **kwargs)
+
+    def _ensure_environment(self) -> None:
+        if not self._environment_ready:
+            self._strategy.setup_environment()
+            self._environment_ready = True
+
+    def _check_launched(self) -> None:
+        launcher = self._strategy.launcher
+        if launcher is not None and not self._launched:
+            raise RuntimeError(
+                f"The strategy {type(self._strategy).__name__} runs several processes: call "
+                f"`fabric.launch()` before setting up models, optimizers or dataloaders."
+            )
+        self._ensure_environment()
+
+    # --------------------------------------------------------------------- setup
+    def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+        """Set up a model and its optimizers; returns them wrapped, in the same order.
+
+        Example::
+
+            model, optimizer = fabric.setup(model, optimizer)
+        """
+        self._check_launched()
+        self._validate_module(module, "setup")
+        for optimizer in optimizers:
+            self._validate_optimizer(optimizer, "setup")
+        self._check_optimizers_own_module(module, optimizers)
+        module = self._strategy.precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        forward_module, strategy_optimizers = self._strategy.setup_module_and_optimizers(
+            module, list(optimizers)
+        )
+        wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
+        wrapped_optimizers = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
+        self._models_setup += 1
+        self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
+        if not wrapped_optimizers:
+            return wrapped
+        return (wrapped, *wrapped_optimizers)
+
+    def setup_module(self, module: Module, move_to_device: bool = True) -> _FabricModule:
+        """Set up a model without optimizers (e.g. for sharding strategies, before creating them)."""
+        self._check_launched()
+        self._validate_module(module, "setup_module")
+        module = self._strategy.precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        forward_module = self._strategy.setup_module(module)
+        self._models_setup += 1
+        return _FabricModule(forward_module, self._strategy, original_module=module)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> Any:
+        """Set up optimizers of a model already set up with :meth:`setup_module`."""
+        self._check_launched()
+        if not optimizers:
+            raise ValueError("Fabric.setup_optimizers() needs at least one optimizer.")
+        for optimizer in optimizers:
+            self._validate_optimizer(optimizer, "setup_optimizers")
+        wrapped = [_FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def setup_dataloaders(
+        self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
+    ) -> Any:
+        """Set up dataloaders: each process gets its share of the data, batches arrive on the device.
+
+        Example::
+
+            train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader)
+        """
+        self._check_launched()
+        if not dataloaders:
+            raise ValueError("Fabric.setup_dataloaders() needs at least one DataLoader.")
+        wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _setup_dataloader(
+        self, dataloader: DataLoader, use_distributed_sampler: bool, move_to_device: bool
+    ) -> _FabricDataLoader:
+        if isinstance(dataloader, _FabricDataLoader):
+            raise ValueError(
+                "Fabric.setup_dataloaders(): this dataloader was already set up; set it up once."
+            )
+        if not isinstance(dataloader, DataLoader):
+            raise TypeError(
+                f"Fabric.setup_dataloaders(): expected torch.utils.data.DataLoader, got "
+                f"{type(dataloader).__name__}."
+            )
+        from fabric.utilities.data import prepare_dataloader
+
+        dataloader = prepare_dataloader(
+            dataloader,
+            sampler_kwargs=self._strategy.distributed_sampler_kwargs if use_distributed_sampler else None,
+            global_rank=self.global_rank,
+        )
+        device = self.device if move_to_device and self.device.type != "cpu" else None
+        return _FabricDataLoader(dataloader, device=device, strategy=self._strategy)
+
+    def _validate_module(self, module: Any, method: str) -> None:
+        if isinstance(module, _FabricModule):
+            raise ValueError(f"Fabric.{method}(): this model was already set up; set it up once.")
+        if not isinstance(module, Module):
+            raise TypeError(f"Fabric.{method}(): expected a torch.nn.Module, got {type(module).__name__}.")
+
+    def _validate_optimizer(self, optimizer: Any, method: str) -> None:
+        if isinstance(optimizer, _FabricOptimizer):
+            raise ValueError(f"Fabric.{method}(): this optimizer was already set up; set it up once.")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(
+                f"Fabric.{method}(): expected a torch.optim.Optimizer, got {type(optimizer).__name__}."
+            )
+
+    @staticmethod
+    def _check_optimizers_own_module(module: Module, optimizers: Iterable[Optimizer]) -> None:
+        params = {id(p) for p in module.parameters()}
+        for optimizer in optimizers:
+            foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in params]
+            if foreign and params:
+                raise ValueError(
+                    f"Fabric.setup(): {len(foreign)} parameter(s) of {type(optimizer).__name__} do not belong "
+                    f"to the model being set up. Create the optimizer from `model.parameters()` of this model."
+                )
+
+    # ------------------------------------------------------------------ training
+    def backward(self, tensor: Tensor, *args: Any, model: _FabricModule | None = None, **kwargs: Any) -> None:
+        """Replace ``loss.backward()``: applies gradient scaling and the strategy's backward.
+
+        Example::
+
+            fabric.backward(loss)
+        """
+        module = model._forward_module if isinstance(model, _FabricModule) else model
+        self._strategy.backward(tensor, module, *args, **kwargs)
+
+    def clip_gradients(
+        self,
+        module: Module,
+        optimizer: Optimizer,
+        clip_val: float | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> Tensor | None:
+        """Clip gradients by value (``clip_val``) or by total norm (``max_norm``); returns the norm.
+
+        Gradients are unscaled first when the precision scales them.
+        """
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(
+                "Fabric.clip_gradients(): pass exactly one of `clip_val` (clip by value) or `max_norm` "
+                f"(clip by norm); got clip_val={clip_val!r}, max_norm={max_norm!r}."
+            )
+        raw_module, raw_optimizer = _unwrap(module), _unwrap(optimizer)
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(
+                raw_module,
+                raw_optimizer,
+                max_norm=max_norm,
+                norm_type=norm_type,
+                error_if_nonfinite=error_if_nonfinite,
+            )
+        assert clip_val is not None
+        self._strategy.clip_gradients_value(raw_module, raw_optimizer, clip_val=clip_val)
+        return None
+
+    def autocast(self) -> AbstractContextManager:
+        """The precision's forward context, for code that runs a model outside its forward."""
+        return self._strategy.precision.forward_context()
+
+    @contextmanager
+    def no_backward_sync(self, module: _FabricModule, enabled: bool = True) -> Generator[None, None, None]:
+        """Skip gradient synchronization in backward passes inside this context (gradient accumulation).
+
+        Both the forward and the backward of the micro-batch must run inside the context. On a single
+        device this does nothing.
+
+        Example::
+
+            with fabric.no_backward_sync(model, enabled=not is_last_micro_batch):
+                loss = model(x).sum()
+                fabric.backward(loss)
+        """
+        if not isinstance(module, _FabricModule):
+            raise TypeError(
+                "Fabric.no_backward_sync(module): pass the model returned by `fabric.setup(...)`, got "
+                f"{type(module).__name__}."
+            )
+        if not enabled or not isinstance(self._strategy, BackwardSyncControl):
+            yield
+            return
+        with self._strategy.no_backward_sync(module._forward_module, enabled=True):
+            yield
+
+    @overload
+    def to_device(self, obj: Module) -> Module: ...
+
+    @overload
+    def to_device(self, obj: Tensor) -> Tensor: ...
+
+    @overload
+    def to_device(self, obj: Any) -> Any: ...
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, tensor or nested collection of tensors to this process's device."""
+        if isinstance(obj, Module):
+            self._strategy.module_to_device(obj)
+            return obj
+        return move_to_device(obj, self.device)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    def init_tensor(self) -> AbstractContextManager:
+        """Create tensors directly on the device and in the precision's dtype."""
+        return self._strategy.tensor_init_context()
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager:
+        """Create a model directly on the device and in the precision's dtype.
+
+        With ``empty_init=True`` the random initialization is skipped (the weights must then come from
+        a checkpoint); sharding strategies create the model on the meta device instead.
+        """
+        self._check_launched()
+        return self._strategy.module_init_context(empty_init=empty_init)
+
+    def seed_everything(self, seed: int | None = None, workers: bool | None = None) -> int:
+        """Seed every random-number generator; see :func:`fabric.seed_everything`."""
+        return _seed_everything(seed, workers=bool(workers))
+
+    # ----------------------------------------------------------------- callbacks
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call ``hook_name(*args, **kwargs)`` on every callback that defines it.
+
+        Example::
+
+            fabric = Fabric(callbacks=[MyCallback()])
+            fabric.call("on_train_epoch_end", results=results)
+        """
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if method is None:
+                continue
+            if not callable(method):
+                rank_zero_warn(
+                    f"Fabric.call({hook_name!r}): {type(callback).__name__}.{hook_name} is not callable."
+                )
+                continue
+            method(*args, **kwargs)
+
+    def _call_callbacks(self, hook_name: str, **kwargs: Any) -> None:
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if callable(method):
+                method(**kwargs)
+
+    # ------------------------------------------------------------------- logging
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Log one metric to every logger."""
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log a dict of metrics to every logger; tensors are turned into Python numbers."""
+        if not self._loggers:
+            return
+        values = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in metrics.items()}
+        for logger in self._loggers:
+            logger.log_metrics(values, step=step)
+
+    # --------------------------------------------------------------- collectives
+    def all_reduce(self, data: Any, reduce_op: ReduceOp = "mean") -> Any:
+        """Reduce tensors (or nested collections of them) across processes: sum, mean, max or min."""
+        from fabric.utilities.collectives import apply_collective
+
+        if reduce_op not in ("sum", "mean", "max", "min"):
+            raise ValueError(
+                f"Fabric.all_reduce(reduce_op={reduce_op!r}): allowed 'sum', 'mean', 'max', 'min'."
+            )
+        return apply_collective(data, lambda t: self._strategy.all_reduce(t, reduce_op=reduce_op))
+
+    def all_gather(self, data: Any) -> Any:
+        """Gather tensors from every process; each gains a leading dimension of size ``world_size``."""
+        from fabric.utilities.collectives import apply_collective
+
+        return apply_collective(data, self._strategy.all_gather)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send ``obj`` (a tensor or any picklable object) from process ``src`` to all."""
+        return self._strategy.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this point."""
+        self._strategy.barrier(name=name)
+
+    @contextmanager
+    def rank_zero_first(self, local: bool = False) -> Iterator[None]:
+        """Run the block on rank 0 first (e.g. to download data once), then on the others."""
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self.barrier()
+        yield
+        if rank == 0:
+            self.barrier()
+
+    # --------------------------------------------------------------- checkpoints
+    def save(
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
+        """Save ``state`` (models, optimizers, anything with ``state_dict``, plain values) atomically.
+
+        The file is written beside the target and renamed over it only once complete, so a crash
+        mid-save leaves the previous checkpoint intact. The gradient scaler's state is included.
+
+        Example::
+
+            fabric.save("ckpt.pt", {"model": model, "optimizer": optimizer, "step": step})
+        """
+        if not isinstance(state, dict):
+            raise TypeError(
+                f"Fabric.save(path, state): `state` must be a dict like {{'model': model}}, got "
+                f"{type(state).__name__}."
+            )
+        if filter is not None and not isinstance(filter, dict):
+            raise TypeError(
+                "Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`."
+            )
+        self._strategy.save_checkpoint(os.fspath(path), _unwrap_state(state), filter=filter)
+        self._strategy.barrier()
+
+    def load(
+        self,
+        path: PathLike,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        *,
+        weights_only: bool = True,
+    ) -> dict[str, Any]:
+        """Restore ``state`` in place from a checkpoint; return the entries not asked for.
+
+        Without ``state``, the whole checkpoint is returned. Loading is safe by default: only tensors
+        and plain containers are read, so a checkpoint cannot run code. Pass ``weights_only=False``
+        only for files from a source you trust.
+
+        Example::
+
+            state = {"model": model, "optimizer": optimizer, "step": 0}
+            remainder = fabric.load("ckpt.pt", state)
+        """
+        unwrapped = _unwrap_state(state) if isinstance(state, dict) else state
+        remainder = self._strategy.load_checkpoint(
+            os.fspath(path), unwrapped, strict=strict, weights_only=weights_only
+        )
+        if isinstance(state, dict) and isinstance(unwrapped, dict):
+            # Plain values were replaced in the unwrapped copy: hand them back to the user's dict.
+            for key, value in unwrapped.items():
+                if not is_wrapped(state[key]) and state[key] is not value:
+                    state[key] = value
+        self._strategy.barrier()
+        return remainder
+
+    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
+        """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``."""
+        self._strategy.load_raw(os.fspath(path), _unwrap(obj), strict=strict)
+
+    # ------------------------------------------------------------------ helpers
+    def _teardown(self) -> None:
+        self._strategy.teardown()
+
+
+def _unwrap_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: _unwrap(value) for key, value in state.items()}
+
+
+__all__ = ["Fabric"]

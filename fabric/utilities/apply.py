@@ -1,0 +1,38 @@
+"""Moving and converting tensors inside arbitrary nested collections.
+
+Both functions take a fast path for a bare tensor, which is what most models take and return, so
+that the common case costs one ``isinstance`` rather than a walk through ``apply_to_collection``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning_utilities.core.apply_func import apply_to_collection
+from torch import Tensor
+
+
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    # non_blocking only helps for host->device copies out of pinned memory; it is safe either way
+    return tensor.to(device, non_blocking=device.type == "cuda")
+
+
+def move_to_device(data: Any, device: torch.device) -> Any:
+    """Move every tensor in ``data`` (a tensor, module or nested collection) to ``device``."""
+    if isinstance(data, Tensor):
+        return _to_device(data, device)
+    if isinstance(data, torch.nn.Module):
+        return data.to(device)
+    return apply_to_collection(data, Tensor, _to_device, device)
+
+
+def _convert_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor.to(dtype) if torch.is_floating_point(tensor) else tensor
+
+
+def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
+    """Cast floating-point tensors in ``data`` to ``dtype``; integer and bool tensors are left alone."""
+    if isinstance(data, Tensor):
+        return _convert_floating(data, dtype)
+    return apply_to_collection(data, Tensor, _convert_floating, dtype)

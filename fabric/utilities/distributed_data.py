@@ -1,0 +1,132 @@
+"""Rebuilding a DataLoader with a distributed sampler and/or a worker seeding function.
+
+The new loader is built from the old one's public attributes (dataset, batch size, shuffle, drop_last,
+collate_fn, workers, ...). A subclass of DataLoader with its own constructor arguments cannot be
+rebuilt faithfully from those, so it is refused with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+
+class DistributedSamplerWrapper(Sampler[int]):
+    """Shard the indices produced by any sampler across processes.
+
+    Each epoch the wrapped sampler is iterated in full (with its own randomness, seeded by the epoch
+    so every process draws the same order) and process ``rank`` takes every ``num_replicas``-th
+    index, padded like ``DistributedSampler`` so all processes get the same count.
+    """
+
+    def __init__(self, sampler: Sampler, num_replicas: int, rank: int, drop_last: bool = False) -> None:
+        self.sampler = sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        total = len(self.sampler)  # type: ignore[arg-type]
+        if self.drop_last:
+            return total // self.num_replicas
+        return -(-total // self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        inner = getattr(self.sampler, "set_epoch", None)
+        if callable(inner):
+            inner(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.epoch)
+            indices = list(self.sampler)
+        per_rank = len(self)
+        total = per_rank * self.num_replicas
+        if not self.drop_last and len(indices) < total:
+            indices += indices[: total - len(indices)]
+        indices = indices[:total]
+        return iter(indices[self.rank : total : self.num_replicas])
+
+
+def _distributed_sampler(dataloader: DataLoader, kwargs: dict[str, Any]) -> Sampler:
+    sampler = dataloader.sampler
+    if isinstance(sampler, DistributedSampler):
+        return sampler  # the user already sharded the data
+    if isinstance(sampler, SequentialSampler):
+        return DistributedSampler(dataloader.dataset, shuffle=False, **kwargs)  # type: ignore[arg-type]
+    if isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None:
+        return DistributedSampler(dataloader.dataset, shuffle=True, **kwargs)  # type: ignore[arg-type]
+    return DistributedSamplerWrapper(sampler, **kwargs)  # type: ignore[arg-type]
+
+
+def rebuild_dataloader(
+    dataloader: DataLoader,
+    sampler_kwargs: dict[str, Any] | None,
+    worker_init_fn: Callable[[int], None] | None,
+) -> DataLoader:
+    """A new DataLoader like ``dataloader`` with a distributed sampler and/or ``worker_init_fn``."""
+    if type(dataloader) is not DataLoader:
+        raise TypeError(
+            f"Fabric.setup_dataloaders(): cannot add a distributed sampler to a {type(dataloader).__name__}, "
+            f"a subclass of DataLoader whose constructor arguments are unknown. Shard the data yourself "
+            f"(e.g. `DistributedSampler(dataset, num_replicas=fabric.world_size, rank=fabric.global_rank)`) "
+            f"and pass `use_distributed_sampler=False`."
+        )
+    kwargs: dict[str, Any] = {
+        "num_workers": dataloader.num_workers,
+        "collate_fn": dataloader.collate_fn,
+        "pin_memory": dataloader.pin_memory,
+        "timeout": dataloader.timeout,
+        "worker_init_fn": worker_init_fn or dataloader.worker_init_fn,
+        "multiprocessing_context": dataloader.multiprocessing_context,
+        "generator": dataloader.generator,
+        "pin_memory_device": dataloader.pin_memory_device,
+    }
+    if dataloader.num_workers > 0:
+        kwargs["prefetch_factor"] = dataloader.prefetch_factor
+        kwargs["persistent_workers"] = dataloader.persistent_workers
+    if isinstance(dataloader.dataset, IterableDataset) or sampler_kwargs is None:
+        # An iterable dataset has no indices to shard: the dataset itself must split its stream.
+        return _rebuild_same_sampling(dataloader, kwargs)
+
+    batch_sampler = dataloader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        raise TypeError(
+            f"Fabric.setup_dataloaders(): the DataLoader uses a custom batch sampler "
+            f"({type(batch_sampler).__name__}), which cannot be sharded automatically. Make it yield this "
+            f"process's batches only and pass `use_distributed_sampler=False`."
+        )
+    sampler = _distributed_sampler(dataloader, sampler_kwargs)
+    if dataloader.batch_size is None:
+        return DataLoader(dataloader.dataset, batch_size=None, sampler=sampler, **kwargs)
+    return DataLoader(
+        dataloader.dataset,
+        batch_size=dataloader.batch_size,
+        sampler=sampler,
+        drop_last=dataloader.drop_last,
+        **kwargs,
+    )
+
+
+def _rebuild_same_sampling(dataloader: DataLoader, kwargs: dict[str, Any]) -> DataLoader:
+    if isinstance(dataloader.dataset, IterableDataset):
+        return DataLoader(
+            dataloader.dataset, batch_size=dataloader.batch_size, drop_last=dataloader.drop_last, **kwargs
+        )
+    batch_sampler = dataloader.batch_sampler
+    if batch_sampler is not None:
+        return DataLoader(dataloader.dataset, batch_sampler=batch_sampler, **kwargs)
+    return DataLoader(dataloader.dataset, batch_size=None, sampler=dataloader.sampler, **kwargs)

@@ -1,0 +1,45 @@
+"""Every set-up and check of the project, runnable on a fresh machine: `pip install nox`, then `nox -s NAME`.
+
+The test environment pins torch to the CPU build that these machines carry (an unpinned torch pulls a
+multi-GB CUDA build); the package itself keeps a loose range.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH_PIN = "torch==2.13.0"
+PYTHON = "3.11"
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    session.install(TORCH_PIN)
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", target)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default test run (CPU, several processes on 127.0.0.1 with gloo)."""
+    _install(session, "test")
+    session.run("python", "-m", "pytest", "-q", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format check) and mypy on the package."""
+    _install(session, "test")
+    session.install("ruff", "mypy")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "fabric")
+
+
+@nox.session(python=PYTHON)
+def example(session: nox.Session) -> None:
+    """The main job: train the example classifier on CPU (pass `-- --devices 2` for two processes)."""
+    _install(session)
+    session.run("python", "examples/train_classifier.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
