@@ -74,6 +74,8 @@ class Connector:
             raise ValueError(f"Fabric(num_nodes={num_nodes!r}): num_nodes must be an int >= 1.")
 
         self.accelerator = self._resolve_accelerator(accelerator, strategy)
+        if devices == "auto" and self.accelerator.name == "cpu":
+            devices = self._external_processes_per_node(num_nodes) or devices
         self.devices = devices
         self.parallel_devices = self.accelerator.get_parallel_devices(self.accelerator.parse_devices(devices))
         self.num_nodes = num_nodes
@@ -84,7 +86,7 @@ class Connector:
     @staticmethod
     def _from_env(name: str, value: Any, default: Any) -> Any:
         env_value = os.environ.get(_ENV_PREFIX + name.upper())
-        if env_value is None:
+        if env_value is None or env_value == str(default):
             return value
         if value is None or (isinstance(value, str) and value == default) or value == default:
             return env_value
@@ -206,6 +208,16 @@ class Connector:
             entry = registry[name]
             instance = entry["class"](**entry["init"])
         return self._finish(instance, environment)
+
+    @staticmethod
+    def _external_processes_per_node(num_nodes: int) -> int | None:
+        """Under torchrun or a scheduler, ``devices="auto"`` on CPU means the processes it started per node."""
+        from fabric.environments import detect_environment
+
+        environment = detect_environment()
+        if not environment.creates_processes_externally or environment.world_size() <= 1:
+            return None
+        return max(1, environment.world_size() // num_nodes)
 
     @staticmethod
     def _external_multiprocess() -> bool:

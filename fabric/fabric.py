@@ -486,7 +486,9 @@ class Fabric:
         """Save ``state`` (models, optimizers, anything with ``state_dict``, plain values) atomically.
 
         The file is written beside the target and renamed over it only once complete, so a crash
-        mid-save leaves the previous checkpoint intact. The gradient scaler's state is included.
+        mid-save leaves the previous checkpoint intact. The gradient scaler's state is included, and
+        so are the random state of every process and the position of every set-up dataloader in
+        ``state``: pass the dataloader (``{"loader": loader, ...}``) and :meth:`load` resumes exactly.
 
         Example::
 
@@ -511,12 +513,18 @@ class Fabric:
         strict: bool = True,
         *,
         weights_only: bool = True,
+        restore_rng: bool = True,
     ) -> dict[str, Any]:
         """Restore ``state`` in place from a checkpoint; return the entries not asked for.
 
         Without ``state``, the whole checkpoint is returned. Loading is safe by default: only tensors
         and plain containers are read, so a checkpoint cannot run code. Pass ``weights_only=False``
         only for files from a source you trust.
+
+        Every checkpoint written by :meth:`save` holds the random state of each process, and the
+        position of each set-up dataloader in ``state``; ``load`` restores both, so the resumed run
+        draws the same random numbers and sees the same batches as an uninterrupted one. Pass
+        ``restore_rng=False`` to keep the current random state (e.g. to fine-tune from a checkpoint).
 
         Example::
 
@@ -545,7 +553,10 @@ class Fabric:
 
 
 def _unwrap_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {key: _unwrap(value) for key, value in state.items()}
+    # Dataloaders stay wrapped: the wrapper is what holds the position in the data.
+    return {
+        key: value if isinstance(value, _FabricDataLoader) else _unwrap(value) for key, value in state.items()
+    }
 
 
 __all__ = ["Fabric"]

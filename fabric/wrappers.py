@@ -215,17 +215,25 @@ class _FabricOptimizer(Optimizer):
 
 
 class _FabricDataLoader:
-    """A set-up dataloader: yields batches already on the device.
+    """A set-up dataloader: yields batches already on the device, and knows where it is.
 
-    Iterating it is exactly iterating the wrapped loader when there is nothing to move (CPU runs),
-    so the wrapper costs nothing per batch there.
+    Iterating it is iterating the wrapped loader (plus a move to the device, for accelerators), so it
+    costs nothing per batch on a CPU. It is *stateful*: ``state_dict()`` records the epoch, the number of
+    batches already yielded in it, and the random state at the start of the epoch (which decides the
+    shuffle order and the workers' seeds). ``Fabric.save``/``Fabric.load`` store and restore it for each
+    process, so a run resumed mid-epoch sees exactly the batches an uninterrupted run would have seen.
+    Resuming mid-epoch re-reads the epoch's first batches and drops them: that keeps the workers'
+    random streams (augmentations) exactly as in the uninterrupted run.
     """
 
     def __init__(self, dataloader: DataLoader, device: torch.device | None, strategy: Strategy) -> None:
         self._dataloader = dataloader
         self._device = device
         self._strategy = strategy
-        self._num_iter_calls = 0
+        self._epoch = 0  # index of the epoch the next (or current) iteration runs
+        self._batches = 0  # batches yielded in the current epoch
+        self._epoch_rng: dict[str, Any] | None = None  # random state right before the epoch's iterator
+        self._resume: dict[str, Any] | None = None
 
     @property
     def device(self) -> torch.device | None:
@@ -238,23 +246,70 @@ class _FabricDataLoader:
     def __len__(self) -> int:
         return len(self._dataloader)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches yielded in it, and the random state its iterator was created from."""
+        return {"epoch": self._epoch, "batches": self._batches, "epoch_rng": self._epoch_rng}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict`` at the next ``iter()``: same epoch, same order, same position."""
+        self._epoch = int(state_dict["epoch"])
+        self._batches = 0
+        self._epoch_rng = None
+        if state_dict["batches"] > 0 and state_dict["epoch_rng"] is not None:
+            self._resume = state_dict
+
+    def _epoch_generator_state(self) -> dict[str, Any]:
+        generator = self._dataloader.generator
+        state = {"torch": torch.get_rng_state()}
+        if generator is not None:
+            state["generator"] = generator.get_state()
+        return state
+
+    def _set_epoch_generator_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        if "generator" in state and self._dataloader.generator is not None:
+            self._dataloader.generator.set_state(state["generator"])
+
     def __iter__(self) -> Iterator[Any]:
         sampler = getattr(self._dataloader, "sampler", None)
         set_epoch = getattr(sampler, "set_epoch", None)
         if callable(set_epoch):
             # Each pass is a new epoch: a DistributedSampler reshuffles, as users expect.
-            set_epoch(self._num_iter_calls)
-        self._num_iter_calls += 1
-        if self._device is None:
-            yield from self._dataloader
-            return
-        move = self._strategy.batch_to_device
-        device = self._device
-        for batch in self._dataloader:
-            yield move(batch, device)
+            set_epoch(self._epoch)
+        resume, self._resume = self._resume, None
+        if resume is None:
+            self._epoch_rng = self._epoch_generator_state()
+            self._batches = 0
+            iterator = iter(self._dataloader)
+            first = next(iterator, _END)
+        else:
+            from fabric.utilities.rng import capture_rng_state, restore_rng_state
+
+            current = capture_rng_state()
+            self._epoch_rng = resume["epoch_rng"]
+            self._set_epoch_generator_state(self._epoch_rng)
+            iterator = iter(self._dataloader)
+            skip = int(resume["batches"])
+            first = next(iterator, _END)
+            for _ in range(skip):
+                first = next(iterator, _END)
+            self._batches = skip
+            restore_rng_state(current)  # the training's random state, as loaded from the checkpoint
+        move = self._strategy.batch_to_device if self._device is not None else None
+        batch = first
+        while batch is not _END:
+            self._batches += 1
+            yield move(batch, self._device) if move is not None else batch
+            batch = next(iterator, _END)
+        self._epoch += 1
+        self._batches = 0
+        self._epoch_rng = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_dataloader"], name)
+
+
+_END = object()
 
 
 def _unwrap(obj: Any) -> Any:

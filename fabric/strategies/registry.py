@@ -1,6 +1,6 @@
 """Strategy names accepted by ``Fabric(strategy=...)`` and what each one builds.
 
-Looked up only when a name other than "auto"/"single_device" is used, so that a single-device run
+Imported only when a name other than "auto"/"single_device" is used, so that a single-device run
 imports no distributed module.
 """
 
@@ -8,4 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-STRATEGY_NAMES: dict[str, dict[str, Any]] = {}
+from fabric.strategies.ddp import DDPStrategy
+
+STRATEGY_NAMES: dict[str, dict[str, Any]] = {
+    "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
+    "ddp_spawn": {"class": DDPStrategy, "init": {"start_method": "spawn"}},
+    "ddp_fork": {"class": DDPStrategy, "init": {"start_method": "fork"}},
+    "ddp_notebook": {"class": DDPStrategy, "init": {"start_method": "fork"}},
+    "ddp_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "popen", "find_unused_parameters": True},
+    },
+}

@@ -24,6 +24,8 @@ from fabric.accelerators import Accelerator
 from fabric.checkpoint.io import atomic_save, safe_load
 from fabric.precision import Precision
 from fabric.utilities.apply import move_to_device
+from fabric.utilities.rank_zero import rank_zero_warn
+from fabric.utilities.rng import capture_rng_state, restore_rng_state
 from fabric.utilities.types import PathLike, ReduceOp, Stateful
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 #: key under which the precision plugin's state (e.g. the gradient scaler) is stored in checkpoints
 PRECISION_STATE_KEY = "__fabric_precision__"
+#: key under which each process's own state (random generators, dataloader positions) is stored
+PER_RANK_STATE_KEY = "__fabric_per_rank__"
 
 
 class Strategy(ABC):
@@ -178,6 +182,10 @@ class Strategy(ABC):
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
+    def gather_object(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        return [obj]
+
     # ---------------------------------------------------------------- checkpoints
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         return module.state_dict()
@@ -194,9 +202,14 @@ class Strategy(ABC):
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
     ) -> None:
-        """Write ``state`` to one file, atomically, from global rank 0."""
+        """Write ``state`` to one file, atomically, from global rank 0.
+
+        Each process's random state and dataloader positions are gathered into the file as well.
+        """
         checkpoint = self._convert_state(state, filter or {})
+        per_rank = self.gather_object(_per_rank_state(state))
         if self.is_global_zero:
+            checkpoint[PER_RANK_STATE_KEY] = per_rank
             atomic_save(checkpoint, path)
 
     def load_checkpoint(
@@ -205,6 +218,7 @@ class Strategy(ABC):
         state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         weights_only: bool = True,
+        restore_rng: bool = True,
     ) -> dict[str, Any]:
         """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it."""
         checkpoint = safe_load(path, map_location="cpu", weights_only=weights_only)
@@ -216,6 +230,7 @@ class Strategy(ABC):
         precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
         if precision_state is not None:
             self.precision.load_state_dict(precision_state)
+        per_rank = checkpoint.pop(PER_RANK_STATE_KEY, None)
         if state is None:
             return checkpoint
         if isinstance(state, (Module, Optimizer)):
@@ -234,7 +249,27 @@ class Strategy(ABC):
                 continue
             value = checkpoint.pop(key)
             self._restore(obj, value, strict, key, state)
+        if per_rank is not None:
+            self._restore_per_rank(path, per_rank, state, restore_rng)
         return checkpoint
+
+    def _restore_per_rank(
+        self, path: PathLike, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
+    ) -> None:
+        """Give this process its own random state and dataloader positions back."""
+        if len(per_rank) != self.world_size:
+            rank_zero_warn(
+                f"The checkpoint '{path}' was written by {len(per_rank)} process(es) and is loaded by "
+                f"{self.world_size}: the random state is not restored and dataloaders continue from rank 0's "
+                f"position, so the resumed run will not repeat the original exactly."
+            )
+            return
+        mine = per_rank[self.global_rank]
+        for key, loader_state in mine["dataloaders"].items():
+            if key in state and isinstance(state[key], Stateful):
+                state[key].load_state_dict(loader_state)
+        if restore_rng:
+            restore_rng_state(mine["rng"])
 
     def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
         """Load a plain ``torch.save`` file of a state dict (or a module) into ``obj``."""
@@ -295,6 +330,15 @@ class Strategy(ABC):
         self.precision.teardown()
         if self._accelerator is not None:
             self._accelerator.teardown()
+
+
+def _per_rank_state(state: dict[str, Any]) -> dict[str, Any]:
+    from fabric.wrappers import _FabricDataLoader
+
+    return {
+        "rng": capture_rng_state(),
+        "dataloaders": {k: v.state_dict() for k, v in state.items() if isinstance(v, _FabricDataLoader)},
+    }
 
 
 class BackwardSyncControl(ABC):

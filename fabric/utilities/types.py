@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 import torch
 
-PathLike = Union[str, "os.PathLike[str]"]  # noqa: UP007 - a runtime alias, kept valid on 3.10
+PathLike = Union[str, "os.PathLike[str]"]
 DeviceLike = Union[str, int, torch.device]  # noqa: UP007
 ReduceOp = Literal["sum", "mean", "max", "min"]
 

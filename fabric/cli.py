@@ -1,0 +1,139 @@
+"""``fabric run [options] SCRIPT [ARGS]``: start a script on one or many processes through torchrun.
+
+The options are validated first (a bad value fails before any process starts), then written to the
+environment as ``FABRIC_*`` variables, which a plain ``Fabric()`` in the script picks up; torchrun
+(``torch.distributed.run``) starts the processes and watches them. A value in the script that
+contradicts an option is an error raised by the script's ``Fabric(...)``.
+
+Example::
+
+    fabric run --accelerator cpu --devices 2 train.py --lr 0.1
+    fabric run --devices 1 --num-nodes 2 --node-rank 0 --main-address 10.0.0.1 --main-port 29400 train.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from fabric.connector import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS
+
+_DEFAULT_MULTI_NODE_PORT = 29400
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    parser = argparse.ArgumentParser(prog="fabric", description="torch-fabric command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run a script on one or many processes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--accelerator", default="auto", choices=ACCELERATOR_NAMES)
+    run.add_argument("--strategy", default="auto", help="a strategy name, e.g. 'ddp' (default: auto)")
+    run.add_argument("--devices", default="1", help="devices per node: a number, '0,1', -1 or 'auto'")
+    run.add_argument("--num-nodes", "--num_nodes", type=int, default=1, dest="num_nodes")
+    run.add_argument("--node-rank", "--node_rank", type=int, default=0, dest="node_rank")
+    run.add_argument("--main-address", "--main_address", default="127.0.0.1", dest="main_address")
+    run.add_argument("--main-port", "--main_port", type=int, default=None, dest="main_port")
+    run.add_argument("--precision", default=None, help=f"one of {', '.join(PRECISIONS)}")
+    run.add_argument("script", help="the script to run")
+    run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    return parser, run
+
+
+def _processes_per_node(accelerator: str, devices: str) -> int:
+    from fabric.accelerators import ACCELERATORS
+    from fabric.connector import Connector
+
+    resolved = Connector._resolve_accelerator(accelerator, "auto")
+    cls = ACCELERATORS.get(resolved.name, type(resolved))
+    return len(cls.get_parallel_devices(cls.parse_devices(_devices_value(devices))))
+
+
+def _devices_value(devices: str) -> int | str:
+    try:
+        return int(devices)
+    except ValueError:
+        return devices
+
+
+def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int:
+    if args.num_nodes < 1:
+        error(f"--num-nodes={args.num_nodes}: must be 1 or more.")
+    if not 0 <= args.node_rank < args.num_nodes:
+        error(
+            f"--node-rank={args.node_rank}: must lie in 0..{args.num_nodes - 1} for --num-nodes={args.num_nodes}."
+        )
+    if args.main_port is not None and not 1 <= args.main_port <= 65535:
+        error(f"--main-port={args.main_port}: must be a TCP port, 1..65535.")
+    if args.precision is not None:
+        name = PRECISION_ALIASES.get(args.precision, args.precision)
+        if name not in PRECISIONS:
+            error(
+                f"--precision={args.precision!r}: allowed {', '.join(PRECISIONS)} (aliases 32, 64, 16, bf16)."
+            )
+    if args.strategy != "auto":
+        from fabric.strategies.registry import STRATEGY_NAMES
+
+        if args.strategy not in STRATEGY_NAMES:
+            error(
+                f"--strategy={args.strategy!r}: allowed auto, {', '.join(STRATEGY_NAMES)}. Strategies that "
+                f"start their own processes (ddp_spawn, ddp_fork) cannot run under torchrun."
+            )
+        if args.strategy in ("ddp_spawn", "ddp_fork", "ddp_notebook"):
+            error(
+                f"--strategy={args.strategy!r} starts its own processes; under `fabric run` use --strategy ddp."
+            )
+    if not os.path.isfile(args.script):
+        error(f"the script {args.script!r} does not exist.")
+    try:
+        return _processes_per_node(args.accelerator, args.devices)
+    except (ValueError, TypeError, RuntimeError) as err:
+        error(f"--accelerator={args.accelerator!r} --devices={args.devices!r}: {err}")
+    raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``fabric`` command."""
+    parser, run_parser = _parser()
+    args = parser.parse_args(argv)
+    nproc = _validate(args, run_parser.error)
+
+    if args.main_port is None:
+        if args.num_nodes > 1:
+            port = _DEFAULT_MULTI_NODE_PORT
+        else:
+            from fabric.environments import find_free_network_port
+
+            port = find_free_network_port(args.main_address if args.main_address == "127.0.0.1" else "")
+    else:
+        port = args.main_port
+
+    os.environ["FABRIC_ACCELERATOR"] = args.accelerator
+    os.environ["FABRIC_STRATEGY"] = args.strategy
+    os.environ["FABRIC_DEVICES"] = str(args.devices)
+    os.environ["FABRIC_NUM_NODES"] = str(args.num_nodes)
+    if args.precision is not None:
+        os.environ["FABRIC_PRECISION"] = str(PRECISION_ALIASES.get(args.precision, args.precision))
+
+    from torch.distributed.run import main as torchrun
+
+    torchrun_args = [
+        f"--nproc-per-node={nproc}",
+        f"--nnodes={args.num_nodes}",
+        f"--node-rank={args.node_rank}",
+        f"--master-addr={args.main_address}",
+        f"--master-port={port}",
+        args.script,
+        *args.script_args,
+    ]
+    sys.exit(torchrun(torchrun_args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The shared part of environments whose scheduler started every process and fixed the ranks."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fabric.environments._env import env_int, refuse_change
+from fabric.environments.cluster_environment import ClusterEnvironment
+
+
+class ScheduledEnvironment(ClusterEnvironment):
+    """Reads world size and global rank from the variables a scheduler sets; the setters only check.
+
+    Subclasses name the two variables and the advice shown when one is missing; they still answer
+    the questions that differ per scheduler (local and node rank, rendezvous, detection).
+    """
+
+    _WORLD_SIZE_VARIABLE: ClassVar[str]
+    _GLOBAL_RANK_VARIABLE: ClassVar[str]
+    #: Appended to errors about a missing or malformed variable: how to get a correct launch.
+    _FIX: ClassVar[str]
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    def world_size(self) -> int:
+        return env_int(self._WORLD_SIZE_VARIABLE, self._FIX)
+
+    def set_world_size(self, size: int) -> None:
+        refuse_change("world size", size, self.world_size(), self._WORLD_SIZE_VARIABLE)
+
+    def global_rank(self) -> int:
+        return env_int(self._GLOBAL_RANK_VARIABLE, self._FIX)
+
+    def set_global_rank(self, rank: int) -> None:
+        refuse_change("global rank", rank, self.global_rank(), self._GLOBAL_RANK_VARIABLE)

@@ -1,0 +1,68 @@
+"""Pods of a Kubeflow ``PyTorchJob``: one process per pod."""
+
+from __future__ import annotations
+
+import os
+
+from fabric.environments._env import env_port, mismatch, require_env
+from fabric.environments._scheduled import ScheduledEnvironment
+
+_REQUIRED = ("KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+
+
+class KubeflowEnvironment(ScheduledEnvironment):
+    """A Kubeflow ``PyTorchJob`` where the operator started one process per pod.
+
+    The operator sets ``MASTER_ADDR``/``MASTER_PORT`` (the master pod's service), ``WORLD_SIZE`` (the
+    number of pods) and ``RANK`` (this pod's index). With one process per pod, the pod index is both
+    the global rank and the node rank, and the local rank is always 0.
+
+    Not part of automatic detection: its variables are the same ones ``torchrun`` or a hand-written
+    multi-node setup uses, and any pod has ``KUBERNETES_PORT``, so guessing would misread those jobs.
+    Select it explicitly::
+
+        fabric = Fabric(plugins=[KubeflowEnvironment()])
+    """
+
+    _WORLD_SIZE_VARIABLE = "WORLD_SIZE"
+    _GLOBAL_RANK_VARIABLE = "RANK"
+    _FIX = "Run inside a Kubeflow PyTorchJob, whose operator sets it, or do not select KubeflowEnvironment."
+
+    @property
+    def main_address(self) -> str:
+        return require_env("MASTER_ADDR", self._FIX)
+
+    @property
+    def main_port(self) -> int:
+        return env_port("MASTER_PORT", self._FIX)
+
+    @staticmethod
+    def detect() -> bool:
+        """True when the PyTorchJob variables and ``KUBERNETES_PORT`` are all present."""
+        return all(name in os.environ for name in _REQUIRED)
+
+    def local_rank(self) -> int:
+        return 0
+
+    def node_rank(self) -> int:
+        return self.global_rank()
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """One process per pod: ``devices`` must be 1 and ``num_nodes`` the number of pods."""
+        if num_devices != 1:
+            raise mismatch(
+                "devices",
+                num_devices,
+                1,
+                "KubeflowEnvironment (one process per pod)",
+                "add pods to the PyTorchJob (`Worker.replicas`) instead of devices per pod.",
+            )
+        world_size = self.world_size()
+        if num_nodes != world_size:
+            raise mismatch(
+                "num_nodes",
+                num_nodes,
+                world_size,
+                f"WORLD_SIZE={world_size}",
+                f"change the PyTorchJob to {num_nodes} pods (Master plus Worker replicas).",
+            )

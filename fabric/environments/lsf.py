@@ -1,0 +1,118 @@
+"""Processes started by ``jsrun`` in an IBM Spectrum LSF job (Summit-style clusters)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from fabric.environments._env import env_int, env_port, mismatch, require_env
+from fabric.environments._ports import port_from_job_id
+from fabric.environments._scheduled import ScheduledEnvironment
+
+_REQUIRED = ("LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE")
+
+
+class LSFEnvironment(ScheduledEnvironment):
+    """Every process is a ``jsrun`` task; ranks come from ``JSM_NAMESPACE_*``, hosts from the rankfile.
+
+    ``JSM_NAMESPACE_SIZE``, ``JSM_NAMESPACE_RANK`` and ``JSM_NAMESPACE_LOCAL_RANK`` give world size,
+    global and local rank. The hosts come from the file named by ``LSB_DJOB_RANKFILE`` (one line per
+    slot), not from ``LSB_HOSTS``, which LSF leaves unset when the list grows too long. Its first line
+    is the launch node, which runs no task, so it is skipped. The node rank is the index of this host
+    among the distinct compute hosts, and the rendezvous is on the first of them at a port derived
+    from ``LSB_JOBID`` (or ``MASTER_PORT`` if set).
+
+    Example::
+
+        # bsub -nnodes 2 ...; jsrun -n 12 -a 1 -g 1 python train.py
+        env = LSFEnvironment()
+        env.main_address, env.node_rank()  # ("a01n01", 1) on a01n02
+    """
+
+    _WORLD_SIZE_VARIABLE = "JSM_NAMESPACE_SIZE"
+    _GLOBAL_RANK_VARIABLE = "JSM_NAMESPACE_RANK"
+    _FIX = "Start the script with `jsrun` inside an LSF job, or do not select LSFEnvironment."
+
+    @property
+    def main_address(self) -> str:
+        return self._compute_hosts()[0]
+
+    @property
+    def main_port(self) -> int:
+        if "MASTER_PORT" in os.environ:
+            return env_port("MASTER_PORT", "Unset it to derive the port from LSB_JOBID.")
+        return port_from_job_id(require_env("LSB_JOBID", self._FIX))
+
+    @staticmethod
+    def detect() -> bool:
+        """True when the LSF job variables and jsrun's namespace variables are all present."""
+        return all(name in os.environ for name in _REQUIRED)
+
+    def local_rank(self) -> int:
+        return env_int("JSM_NAMESPACE_LOCAL_RANK", self._FIX)
+
+    def node_rank(self) -> int:
+        """Index of this host among the distinct compute hosts, in rankfile order.
+
+        Rankfiles may list fully qualified names while ``gethostname`` returns the short one (or the
+        reverse), so both are compared by their first label when the full names differ.
+        """
+        hosts = self._compute_hosts()
+        distinct = list(dict.fromkeys(hosts))
+        hostname = socket.gethostname()
+        if hostname in distinct:
+            return distinct.index(hostname)
+        short = [host.split(".")[0] for host in distinct]
+        if hostname.split(".")[0] in short:
+            return short.index(hostname.split(".")[0])
+        raise RuntimeError(
+            f"This host, {hostname!r}, is not among the compute hosts {distinct} listed in"
+            f" LSB_DJOB_RANKFILE={os.environ.get('LSB_DJOB_RANKFILE')!r}. Start the script with `jsrun`"
+            " so that it runs on the job's compute hosts."
+        )
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """``num_nodes`` must match the compute hosts, and ``devices * num_nodes`` the task count.
+
+        The rankfile lists slots (CPU cores), not tasks, so the tasks per node are checked through the
+        total ``JSM_NAMESPACE_SIZE``.
+        """
+        rankfile = os.environ.get("LSB_DJOB_RANKFILE")
+        nodes = len(dict.fromkeys(self._compute_hosts()))
+        if num_nodes != nodes:
+            raise mismatch(
+                "num_nodes",
+                num_nodes,
+                nodes,
+                f"LSB_DJOB_RANKFILE={rankfile!r} ({nodes} compute hosts)",
+                f"submit the job with `bsub -nnodes {num_nodes}`.",
+            )
+        world_size = self.world_size()
+        if num_devices * num_nodes != world_size:
+            raise mismatch(
+                "devices",
+                num_devices,
+                world_size // nodes,
+                f"JSM_NAMESPACE_SIZE={world_size} over {nodes} nodes",
+                f"start jsrun with {num_devices * num_nodes} tasks in all ({num_devices} per node).",
+            )
+
+    def _compute_hosts(self) -> list[str]:
+        """Host of every compute slot, from the rankfile, without the launch node on the first line."""
+        path = require_env("LSB_DJOB_RANKFILE", self._FIX)
+        try:
+            with open(path, encoding="utf-8") as file:
+                lines = [line.strip() for line in file]
+        except OSError as err:
+            raise RuntimeError(
+                f"Cannot read the LSF rankfile LSB_DJOB_RANKFILE={path!r}: {err.strerror}. It is written by"
+                " LSF when the job starts; run inside the job (`bsub`, then `jsrun`), or unset the variable."
+            ) from err
+        hosts = [line for line in lines if line]
+        if len(hosts) < 2:
+            raise RuntimeError(
+                f"The LSF rankfile LSB_DJOB_RANKFILE={path!r} lists no compute host: it has"
+                f" {len(hosts)} non-empty line(s), and the first is the launch node. Request compute nodes"
+                " with `bsub -nnodes N` and start the script with `jsrun`."
+            )
+        return hosts[1:]

@@ -1,0 +1,188 @@
+"""Processes started by SLURM's ``srun`` (or an ``sbatch`` script that runs one task per process)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+from fabric.environments._env import env_int, env_port, mismatch
+from fabric.environments._ports import port_from_job_id
+from fabric.environments._scheduled import ScheduledEnvironment
+
+# Job names SLURM gives allocations where the user types commands by hand (`srun --pty bash`,
+# `salloc`): there the user runs python once and fabric must launch the processes itself.
+_INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+
+_BRACKET_GROUP = re.compile(r"(\[[^\[\]]*\])")
+
+
+def expand_slurm_nodelist(nodelist: str) -> list[str]:
+    """Expand a SLURM host list such as ``node[001-003,7],gpu-[1-2]-x`` into host names, in order.
+
+    Zero padding is kept (``node[008-010]`` gives ``node008 node009 node010``): the width of a range is
+    the width of its first number, as SLURM writes it. Several bracket groups in one name expand as a
+    product, the leftmost changing slowest. Implemented here so that reading the first host does not
+    need ``scontrol show hostnames``, which is not on the compute nodes of every cluster.
+
+    Example::
+
+        >>> expand_slurm_nodelist("a1,b[2-3],c")
+        ['a1', 'b2', 'b3', 'c']
+    """
+    hosts: list[str] = []
+    for expression in _split_top_level(nodelist):
+        hosts.extend(_expand_expression(expression, nodelist))
+    return hosts
+
+
+def _parse_error(nodelist: str, reason: str) -> ValueError:
+    return ValueError(
+        f"Cannot parse the SLURM node list {nodelist!r}: {reason}."
+        " Expected comma-separated host names with optional ranges, like 'node[001-003,7],gpu-[1-2]-x'."
+    )
+
+
+def _split_top_level(nodelist: str) -> list[str]:
+    """Split at the commas that separate host expressions, not those inside brackets."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in nodelist:
+        if char == "[":
+            depth += 1
+            if depth > 1:
+                raise _parse_error(nodelist, "nested '['")
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                raise _parse_error(nodelist, "']' without a matching '['")
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth != 0:
+        raise _parse_error(nodelist, "'[' without a matching ']'")
+    parts.append("".join(current))
+    expressions = [part.strip() for part in parts]
+    if any(not expression for expression in expressions):
+        raise _parse_error(nodelist, "empty host name")
+    return expressions
+
+
+def _expand_expression(expression: str, nodelist: str) -> list[str]:
+    """Expand one host expression (no top-level commas) into its host names."""
+    choices: list[list[str]] = []
+    for piece in _BRACKET_GROUP.split(expression):
+        if piece.startswith("["):
+            choices.append(_expand_ranges(piece[1:-1], nodelist))
+        elif piece:
+            choices.append([piece])
+    return ["".join(combination) for combination in itertools.product(*choices)]
+
+
+def _expand_ranges(ranges: str, nodelist: str) -> list[str]:
+    """Expand the inside of one bracket group, e.g. ``001-003,7``."""
+    numbers: list[str] = []
+    for item in ranges.split(","):
+        start, sep, end = item.strip().partition("-")
+        if not start.isdigit() or (sep and not end.isdigit()):
+            raise _parse_error(nodelist, f"{item!r} is not a number or a range 'a-b'")
+        if not sep:
+            numbers.append(start)
+            continue
+        first, last = int(start), int(end)
+        if first > last:
+            raise _parse_error(nodelist, f"range {item!r} counts down")
+        width = len(start)
+        numbers.extend(f"{number:0{width}d}" for number in range(first, last + 1))
+    return numbers
+
+
+class SLURMEnvironment(ScheduledEnvironment):
+    """Every process is a SLURM task started by ``srun``; ranks come from the task's variables.
+
+    ``SLURM_NTASKS`` is the world size, ``SLURM_PROCID`` the global rank, ``SLURM_LOCALID`` the local
+    rank and ``SLURM_NODEID`` the node rank. The rendezvous is on the first host of
+    ``SLURM_NODELIST`` (the node of task 0), at ``MASTER_PORT`` if set, else at a port derived from
+    ``SLURM_JOB_ID``, so that all tasks agree without talking to each other first.
+
+    Example::
+
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=2
+        srun python train.py  # Fabric(devices=2, num_nodes=2) picks SLURMEnvironment
+    """
+
+    _WORLD_SIZE_VARIABLE = "SLURM_NTASKS"
+    _GLOBAL_RANK_VARIABLE = "SLURM_PROCID"
+    _FIX = "Start the script with `srun python ...` inside the allocation, or do not select SLURMEnvironment."
+
+    @property
+    def main_address(self) -> str:
+        """First host of ``SLURM_NODELIST`` (or ``SLURM_JOB_NODELIST``): SLURM places task 0 there."""
+        for name in ("SLURM_NODELIST", "SLURM_JOB_NODELIST"):
+            nodelist = os.environ.get(name)
+            if nodelist is None:
+                continue
+            try:
+                return expand_slurm_nodelist(nodelist)[0]
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+        raise RuntimeError(f"Neither SLURM_NODELIST nor SLURM_JOB_NODELIST is set. {self._FIX}")
+
+    @property
+    def main_port(self) -> int:
+        """``MASTER_PORT`` if set (to pick a port by hand), else one derived from ``SLURM_JOB_ID``."""
+        if "MASTER_PORT" in os.environ:
+            return env_port("MASTER_PORT", "Unset it to derive the port from SLURM_JOB_ID.")
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if job_id is None:
+            raise RuntimeError(f"The environment variable SLURM_JOB_ID is not set. {self._FIX}")
+        return port_from_job_id(job_id)
+
+    @staticmethod
+    def detect() -> bool:
+        """True for SLURM tasks, except in an interactive allocation (job name ``bash``/``interactive``).
+
+        In an interactive allocation the user starts python once by hand, so fabric must launch the
+        other processes itself, which the local environment does.
+        """
+        return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES
+
+    def local_rank(self) -> int:
+        return env_int("SLURM_LOCALID", self._FIX)
+
+    def node_rank(self) -> int:
+        return env_int("SLURM_NODEID", self._FIX)
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """``devices`` must equal ``--ntasks-per-node`` and ``num_nodes`` the allocated node count.
+
+        Each SLURM task drives one device, so more devices than tasks per node would leave devices
+        idle and fewer would put two tasks on one device.
+        """
+        fix = "Unset it or correct the #SBATCH options."
+        if "SLURM_NTASKS_PER_NODE" in os.environ:
+            tasks_per_node = env_int("SLURM_NTASKS_PER_NODE", fix)
+            if num_devices != tasks_per_node:
+                raise mismatch(
+                    "devices",
+                    num_devices,
+                    tasks_per_node,
+                    f"SLURM_NTASKS_PER_NODE={tasks_per_node}",
+                    f"submit the job with `#SBATCH --ntasks-per-node={num_devices}`.",
+                )
+        for name in ("SLURM_NNODES", "SLURM_JOB_NUM_NODES"):
+            if name in os.environ:
+                nodes = env_int(name, fix)
+                if num_nodes != nodes:
+                    raise mismatch(
+                        "num_nodes",
+                        num_nodes,
+                        nodes,
+                        f"{name}={nodes}",
+                        f"submit the job with `#SBATCH --nodes={num_nodes}`.",
+                    )
+                break

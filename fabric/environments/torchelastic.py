@@ -1,0 +1,84 @@
+"""Processes started by ``torchrun`` (torch.distributed.elastic)."""
+
+from __future__ import annotations
+
+import os
+
+from fabric.environments._env import env_int, env_port, mismatch, require_env
+from fabric.environments._scheduled import ScheduledEnvironment
+
+# torchrun sets all of these in every worker; requiring the full set keeps a stray RANK or
+# WORLD_SIZE left in a shell from being mistaken for a torchrun launch.
+_REQUIRED = (
+    "TORCHELASTIC_RUN_ID",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+class TorchElasticEnvironment(ScheduledEnvironment):
+    """Every process was started by ``torchrun``; ranks and rendezvous come from its variables.
+
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` give the ranks, ``GROUP_RANK`` the node (agent) rank,
+    ``LOCAL_WORLD_SIZE`` the processes per node and ``MASTER_ADDR``/``MASTER_PORT`` the rendezvous.
+
+    Example::
+
+        # torchrun --nnodes=2 --nproc-per-node=4 --rdzv-endpoint=node001:29500 train.py
+        env = TorchElasticEnvironment()
+        env.global_rank(), env.world_size(), env.node_rank()  # (6, 8, 1) on node001's neighbour
+    """
+
+    _WORLD_SIZE_VARIABLE = "WORLD_SIZE"
+    _GLOBAL_RANK_VARIABLE = "RANK"
+    _FIX = "Start the script with `torchrun`, which sets it, or do not select TorchElasticEnvironment."
+
+    @property
+    def main_address(self) -> str:
+        return require_env("MASTER_ADDR", self._FIX)
+
+    @property
+    def main_port(self) -> int:
+        return env_port("MASTER_PORT", self._FIX)
+
+    @staticmethod
+    def detect() -> bool:
+        """True when every variable torchrun sets in its workers is present."""
+        return all(name in os.environ for name in _REQUIRED)
+
+    def local_rank(self) -> int:
+        return env_int("LOCAL_RANK", self._FIX)
+
+    def node_rank(self) -> int:
+        return env_int("GROUP_RANK", self._FIX)
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """``devices`` must equal torchrun's ``--nproc-per-node`` and ``num_nodes`` its node count.
+
+        The node count is ``WORLD_SIZE / LOCAL_WORLD_SIZE``: torchrun starts the same number of workers
+        on every node.
+        """
+        local_world_size = env_int("LOCAL_WORLD_SIZE", self._FIX)
+        if num_devices != local_world_size:
+            raise mismatch(
+                "devices",
+                num_devices,
+                local_world_size,
+                f"LOCAL_WORLD_SIZE={local_world_size}",
+                f"start torchrun with `--nproc-per-node={num_devices}`.",
+            )
+        world_size = self.world_size()
+        if world_size != local_world_size * num_nodes:
+            expected_nodes = world_size // local_world_size
+            raise mismatch(
+                "num_nodes",
+                num_nodes,
+                expected_nodes,
+                f"WORLD_SIZE={world_size} / LOCAL_WORLD_SIZE={local_world_size}",
+                f"start torchrun with `--nnodes={num_nodes}`.",
+            )

@@ -1,0 +1,71 @@
+"""Start the local processes with ``torch.multiprocessing`` (spawn or fork) and run a function in each.
+
+Used by ``"ddp_spawn"`` (spawn: a fresh interpreter per process; the function and its arguments are
+pickled) and ``"ddp_fork"``/``"ddp_notebook"`` (fork: works for functions defined in a notebook).
+``torch.multiprocessing`` joins the processes, stops all when one fails, and re-raises the failing
+process's traceback here. Rank 0's return value comes back through a queue.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch.multiprocessing as mp
+
+from fabric.launchers.launcher import Launcher
+from fabric.utilities.seed import reset_seed
+
+if TYPE_CHECKING:
+    from fabric.strategies.ddp import DDPStrategy
+
+
+class MultiprocessingLauncher(Launcher):
+    """Run ``function`` in ``num_processes`` new processes on this node; return local rank 0's result."""
+
+    requires_function = True
+
+    def __init__(self, strategy: DDPStrategy, start_method: str = "spawn") -> None:
+        if start_method not in mp.get_all_start_methods():
+            raise ValueError(
+                f"The start method {start_method!r} is not available on this platform (available: "
+                f"{mp.get_all_start_methods()}). Use strategy='ddp_spawn' or 'ddp'."
+            )
+        self._strategy = strategy
+        self._start_method = start_method
+
+    @property
+    def is_interactive_compatible(self) -> bool:
+        return self._start_method == "fork"
+
+    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        environment = self._strategy.environment
+        # Fix the rendezvous before the children exist, so that they all agree on it.
+        os.environ["MASTER_ADDR"] = environment.main_address
+        os.environ["MASTER_PORT"] = str(environment.main_port)
+        context = mp.get_context(self._start_method)
+        return_queue = context.SimpleQueue()
+        mp.start_processes(
+            _run_in_child,
+            args=(self._strategy, function, args, kwargs, return_queue),
+            nprocs=self._strategy.num_processes,
+            start_method=self._start_method,
+            join=True,
+        )
+        return return_queue.get()
+
+
+def _run_in_child(
+    process_index: int,
+    strategy: DDPStrategy,
+    function: Callable,
+    args: tuple,
+    kwargs: dict[str, Any],
+    return_queue: Any,
+) -> None:
+    strategy._local_rank = process_index
+    reset_seed()
+    result = function(*args, **kwargs)
+    if process_index == 0:
+        return_queue.put(result)

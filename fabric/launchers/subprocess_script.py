@@ -1,0 +1,150 @@
+"""Start the other local processes by re-running the user's own command (``python script.py ...``).
+
+Process 0 is the one the user started. It starts processes 1..N-1 with the same interpreter, the same
+script or module and the same arguments, telling each its ``LOCAL_RANK`` through the environment.
+It then watches them: when one fails, it stops the others and exits with an error, so a crash never
+leaves the rest waiting in a collective. Children die with their parent (``PR_SET_PDEATHSIG`` on
+Linux), so killing process 0 leaves nothing behind either.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fabric.environments import ClusterEnvironment
+from fabric.launchers.launcher import Launcher
+
+_POLL_SECONDS = 0.2
+_TERMINATE_GRACE_SECONDS = 5.0
+
+
+class SubprocessScriptLauncher(Launcher):
+    """Re-run the user's command for local ranks 1..N-1 on this node."""
+
+    requires_function = False
+
+    def __init__(self, environment: ClusterEnvironment, num_processes: int, num_nodes: int) -> None:
+        self.environment = environment
+        self.num_processes = num_processes
+        self.num_nodes = num_nodes
+        self.children: list[subprocess.Popen] = []
+        self._failed = False
+
+    @property
+    def is_interactive_compatible(self) -> bool:
+        return False
+
+    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        if not self.environment.creates_processes_externally and self.num_processes > 1:
+            self._start_children()
+        try:
+            return function(*args, **kwargs)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _start_children(self) -> None:
+        command = _rerun_command()
+        env = os.environ.copy()
+        env["MASTER_ADDR"] = self.environment.main_address
+        env["MASTER_PORT"] = str(self.environment.main_port)
+        env["NODE_RANK"] = str(self.environment.node_rank())
+        env["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
+        for local_rank in range(1, self.num_processes):
+            env["LOCAL_RANK"] = str(local_rank)
+            self.children.append(
+                subprocess.Popen(command, env=dict(env), cwd=os.getcwd(), preexec_fn=_die_with_parent)
+            )
+        # This process is local rank 0; children and library code alike may read it from here.
+        os.environ["LOCAL_RANK"] = "0"
+        watchdog = threading.Thread(target=self._watch, name="fabric-watchdog", daemon=True)
+        watchdog.start()
+        atexit.register(self._at_exit)
+        previous_hook = sys.excepthook
+
+        def hook(*exc_info: Any) -> None:
+            self._failed = True
+            previous_hook(*exc_info)
+
+        sys.excepthook = hook
+
+    def _watch(self) -> None:
+        """Stop the whole run as soon as one child fails."""
+        while True:
+            running = False
+            for rank, child in enumerate(self.children, start=1):
+                code = child.poll()
+                if code is None:
+                    running = True
+                elif code != 0:
+                    sys.stdout.flush()
+                    print(
+                        f"[fabric] local rank {rank} (pid {child.pid}) exited with code {code}; stopping the other "
+                        f"processes of this run.",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self._terminate_children()
+                    os._exit(1)
+            if not running:
+                return
+            time.sleep(_POLL_SECONDS)
+
+    def _at_exit(self) -> None:
+        if self._failed:
+            self._terminate_children()
+            return
+        deadline = time.monotonic() + 3600
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def _terminate_children(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + _TERMINATE_GRACE_SECONDS
+        for child in self.children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _rerun_command() -> list[str]:
+    """The command that started this process: ``python script.py ARGS`` or ``python -m module ARGS``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in ("__main__", None):
+        name = spec.name[: -len(".__main__")] if spec.name.endswith(".__main__") else spec.name
+        return [sys.executable, "-m", name, *sys.argv[1:]]
+    script = getattr(main, "__file__", None)
+    if not script or sys.argv[0] in ("-c", ""):
+        raise RuntimeError(
+            "Fabric(strategy='ddp') starts the other processes by re-running your script, but this process "
+            "was not started from a script file (interactive session, notebook or `python -c`). Use "
+            "strategy='ddp_notebook' (fork) or 'ddp_spawn' with `fabric.launch(fn)`, or run a script."
+        )
+    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGKILL when the parent dies."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
