@@ -13,6 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 TORCH_PIN = "torch==2.13.0"
 PYTHON = "3.11"
+LINT_PATHS = ("fabric", "tests", "examples", "benchmarks", "noxfile.py")
 
 
 def _install(session: nox.Session, *extras: str) -> None:
@@ -32,9 +33,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint and format check) and mypy on the package."""
     _install(session, "test")
-    session.install("ruff", "mypy")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
+    session.install("ruff==0.17.6", "mypy==2.4.1")
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("ruff", "format", "--check", *LINT_PATHS)
     session.run("mypy", "fabric")
 
 
