@@ -43,6 +43,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run.add_argument("--precision", default=None, help=f"one of {', '.join(PRECISIONS)}")
     run.add_argument("script", help="the script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+    consolidate = commands.add_parser(
+        "consolidate",
+        help="turn a sharded checkpoint directory into one file that torch.load reads",
+        description="Merge the shards of a checkpoint directory written by FSDP or model-parallel runs "
+        "into one file (full tensors), readable by torch.load and by Fabric.load on any strategy.",
+    )
+    consolidate.add_argument("checkpoint_dir", help="the sharded checkpoint directory")
+    consolidate.add_argument("output", help="the file to write")
     return parser, run
 
 
@@ -98,10 +106,28 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
     raise AssertionError("unreachable")
 
 
+def _consolidate(directory: str, output: str, error: Callable[[str], NoReturn]) -> None:
+    from fabric.checkpoint.io import CheckpointError
+    from fabric.checkpoint.sharded import consolidate
+
+    if not os.path.isdir(directory):
+        error(f"consolidate: {directory!r} is not a directory; pass the sharded checkpoint directory.")
+    if os.path.isdir(output):
+        error(f"consolidate: the output {output!r} is a directory; pass a file path.")
+    try:
+        consolidate(directory, output)
+    except CheckpointError as err:
+        error(f"consolidate: {err}")
+    print(f"wrote {output}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``fabric`` command."""
     parser, run_parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "consolidate":
+        _consolidate(args.checkpoint_dir, args.output, parser.error)
+        return
     nproc = _validate(args, run_parser.error)
 
     if args.main_port is None:

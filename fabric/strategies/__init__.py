@@ -9,7 +9,14 @@ from typing import Any
 from fabric.strategies.single_device import SingleDeviceStrategy
 from fabric.strategies.strategy import BackwardSyncControl, Strategy
 
-__all__ = ["BackwardSyncControl", "DDPStrategy", "SingleDeviceStrategy", "Strategy"]
+__all__ = [
+    "BackwardSyncControl",
+    "DDPStrategy",
+    "FSDPStrategy",
+    "ModelParallelStrategy",
+    "SingleDeviceStrategy",
+    "Strategy",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +24,12 @@ def __getattr__(name: str) -> Any:
         from fabric.strategies.ddp import DDPStrategy
 
         return DDPStrategy
+    if name == "ModelParallelStrategy":
+        from fabric.strategies.model_parallel import ModelParallelStrategy
+
+        return ModelParallelStrategy
+    if name == "FSDPStrategy":
+        from fabric.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fabric.strategies.ddp import DDPStrategy
+from fabric.strategies.fsdp import FSDPStrategy
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
@@ -19,4 +20,5 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
         "class": DDPStrategy,
         "init": {"start_method": "popen", "find_unused_parameters": True},
     },
+    "fsdp": {"class": FSDPStrategy, "init": {}},
 }

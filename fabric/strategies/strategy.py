@@ -9,6 +9,7 @@ mixins (:class:`BackwardSyncControl`) that the facade asks for with ``isinstance
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -22,6 +23,19 @@ from torch.overrides import TorchFunctionMode
 
 from fabric.accelerators import Accelerator
 from fabric.checkpoint.io import atomic_save, safe_load
+from fabric.checkpoint.sharded import (
+    META_FILE,
+    consolidate,
+    is_name_keyed,
+    is_sharded_checkpoint,
+    load_sharded,
+    module_state,
+    optimizer_state,
+    resolve_checkpoint_path,
+    saved_keys,
+    set_module_state,
+    set_optimizer_state,
+)
 from fabric.precision import Precision
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.rank_zero import rank_zero_warn
@@ -196,6 +210,17 @@ class Strategy(ABC):
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
         module.load_state_dict(state_dict, strict=strict)
 
+    def load_optimizer_state_dict(
+        self, optimizer: Optimizer, value: dict[str, Any], state: dict[str, Any]
+    ) -> None:
+        """Load a full optimizer state (index-keyed as ``optimizer.state_dict()``, or keyed by parameter name)."""
+        if is_name_keyed(value):
+            set_optimizer_state(
+                _owner_module(optimizer, state, "the checkpoint"), optimizer, value, full=False
+            )
+        else:
+            optimizer.load_state_dict(value)
+
     def save_checkpoint(
         self,
         path: PathLike,
@@ -220,38 +245,82 @@ class Strategy(ABC):
         weights_only: bool = True,
         restore_rng: bool = True,
     ) -> dict[str, Any]:
-        """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it."""
-        checkpoint = safe_load(path, map_location="cpu", weights_only=weights_only)
-        if not isinstance(checkpoint, dict):
+        """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it.
+
+        ``path`` is a single file (``save`` of a non-sharding strategy, or ``state_dict_type="full"``)
+        or a sharded directory; either loads into any strategy.
+        """
+        if isinstance(state, (Module, Optimizer)):
             raise TypeError(
-                f"The checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of states. To read "
-                f"a plain `torch.save` file of one module or optimizer, use `Fabric.load_raw`."
+                "Fabric.load(path, state): `state` must be a dict like {'model': model, ...}. To load a plain "
+                "state dict into one module or optimizer, use `Fabric.load_raw(path, obj)`."
             )
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            path = resolve_checkpoint_path(path)  # recovers a directory a crashed save left aside
+        loaded: set[str] = set()
+        if is_sharded_checkpoint(path):
+            checkpoint, loaded = self._load_sharded_checkpoint(path, state, strict, weights_only)
+        else:
+            checkpoint = safe_load(path, map_location="cpu", weights_only=weights_only)
+            if not isinstance(checkpoint, dict):
+                raise TypeError(
+                    f"The checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of states. To "
+                    f"read a plain `torch.save` file of one module or optimizer, use `Fabric.load_raw`."
+                )
         precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
         if precision_state is not None:
             self.precision.load_state_dict(precision_state)
         per_rank = checkpoint.pop(PER_RANK_STATE_KEY, None)
         if state is None:
             return checkpoint
-        if isinstance(state, (Module, Optimizer)):
-            raise TypeError(
-                "Fabric.load(path, state): `state` must be a dict like {'model': model, ...}. To load a plain "
-                "state dict into one module or optimizer, use `Fabric.load_raw(path, obj)`."
-            )
-        missing = [key for key in state if key not in checkpoint]
+        missing = [key for key in state if key not in checkpoint and key not in loaded]
         if strict and missing:
             raise KeyError(
                 f"The checkpoint '{path}' has no entry for {missing} requested in `state` (it holds "
-                f"{sorted(checkpoint)}). Remove those keys from `state`, or pass strict=False to skip them."
+                f"{sorted(set(checkpoint) | loaded)}). Remove those keys from `state`, or pass strict=False to "
+                f"skip them."
             )
         for key, obj in state.items():
-            if key not in checkpoint:
+            if key not in checkpoint or key in loaded:
                 continue
             value = checkpoint.pop(key)
             self._restore(obj, value, strict, key, state)
         if per_rank is not None:
             self._restore_per_rank(path, per_rank, state, restore_rng)
         return checkpoint
+
+    #: whether this strategy's processes each hold a shard (and read only their shard of a directory)
+    sharded_checkpoints: bool = False
+
+    def _load_sharded_checkpoint(
+        self, directory: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
+    ) -> tuple[dict[str, Any], set[str]]:
+        """Load the modules and optimizers of ``state`` from a sharded directory; return the rest."""
+        meta_path = os.path.join(directory, META_FILE)
+        meta = safe_load(meta_path, weights_only=weights_only) if os.path.exists(meta_path) else {}
+        if state is None:
+            return _read_whole_directory(directory, meta), set()
+        stored = saved_keys(directory)
+        targets: dict[str, Any] = {}
+        owners: dict[str, Module] = {}
+        for key, obj in state.items():
+            if key not in stored:
+                continue
+            if isinstance(obj, Module):
+                targets[key] = module_state(obj)
+            elif isinstance(obj, Optimizer):
+                owners[key] = _owner_module(obj, state, directory)
+                targets[key] = optimizer_state(owners[key], obj)
+        if targets:
+            load_sharded(targets, directory, distributed=self.sharded_checkpoints, strict=strict)
+        for key, value in targets.items():
+            obj = state[key]
+            if isinstance(obj, Module):
+                set_module_state(obj, value, strict=strict, full=False)
+            else:
+                set_optimizer_state(owners[key], obj, value, full=False)
+        return meta, set(targets)
 
     def _restore_per_rank(
         self, path: PathLike, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
@@ -330,6 +399,28 @@ class Strategy(ABC):
         self.precision.teardown()
         if self._accelerator is not None:
             self._accelerator.teardown()
+
+
+def _owner_module(optimizer: Optimizer, state: dict[str, Any], where: str) -> Module:
+    """The module in ``state`` whose parameters ``optimizer`` updates."""
+    first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+    for obj in state.values():
+        if isinstance(obj, Module) and any(p is first for p in obj.parameters()):
+            return obj
+    raise KeyError(
+        f"Loading an optimizer from {where} needs its model in the same `state` (e.g. "
+        f"{{'model': model, 'optimizer': optimizer}}): its state is stored by parameter name."
+    )
+
+
+def _read_whole_directory(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything in a sharded directory as one dict of full tensors (for ``load(path)`` without state)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "full.pt")
+        consolidate(directory, target)
+        return safe_load(target)
 
 
 def _per_rank_state(state: dict[str, Any]) -> dict[str, Any]:
