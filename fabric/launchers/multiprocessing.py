@@ -9,16 +9,21 @@ process's traceback here. Rank 0's return value comes back through a queue.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.multiprocessing as mp
 
 from fabric.launchers.launcher import Launcher
+from fabric.utilities.apply import move_to_device
 from fabric.utilities.seed import reset_seed
 
 if TYPE_CHECKING:
     from fabric.strategies.ddp import DDPStrategy
+
+_POLL_SECONDS = 0.1
 
 
 class MultiprocessingLauncher(Launcher):
@@ -46,14 +51,20 @@ class MultiprocessingLauncher(Launcher):
         os.environ["MASTER_PORT"] = str(environment.main_port)
         context = mp.get_context(self._start_method)
         return_queue = context.SimpleQueue()
-        mp.start_processes(
+        processes = mp.start_processes(
             _run_in_child,
             args=(self._strategy, function, args, kwargs, return_queue),
             nprocs=self._strategy.num_processes,
             start_method=self._start_method,
-            join=True,
+            join=False,
         )
-        return return_queue.get()
+        # Read the result while waiting: a result larger than the pipe's buffer blocks rank 0 in `put`
+        # until it is read, so reading only after the join would wait forever.
+        received: list[bytes] = []
+        while not processes.join(timeout=_POLL_SECONDS):  # raises, with the traceback, if one failed
+            if not received and not return_queue.empty():
+                received.append(return_queue.get())
+        return pickle.loads(received[0] if received else return_queue.get())
 
 
 def _run_in_child(
@@ -68,4 +79,6 @@ def _run_in_child(
     reset_seed()
     result = function(*args, **kwargs)
     if process_index == 0:
-        return_queue.put(result)
+        # Plain pickle bytes, on the CPU: torch's queue pickler would pass tensors as shared-memory
+        # handles, which the parent can no longer open once this process has exited.
+        return_queue.put(pickle.dumps(move_to_device(result, torch.device("cpu"))))

@@ -37,6 +37,7 @@ class SubprocessScriptLauncher(Launcher):
         self.num_nodes = num_nodes
         self.children: list[subprocess.Popen] = []
         self._failed = False
+        self._stopping = False  # set once this process stops the children itself
 
     @property
     def is_interactive_compatible(self) -> bool:
@@ -85,6 +86,8 @@ class SubprocessScriptLauncher(Launcher):
                 if code is None:
                     running = True
                 elif code != 0:
+                    if self._stopping:
+                        return  # stopped by `_terminate_children`, not a failure of the child
                     sys.stdout.flush()
                     print(
                         f"[fabric] local rank {rank} (pid {child.pid}) exited with code {code}; stopping the other "
@@ -110,6 +113,7 @@ class SubprocessScriptLauncher(Launcher):
                 child.kill()
 
     def _terminate_children(self) -> None:
+        self._stopping = True
         for child in self.children:
             if child.poll() is None:
                 child.terminate()

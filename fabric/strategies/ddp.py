@@ -193,6 +193,8 @@ class DDPStrategy(Strategy, BackwardSyncControl):
         try:
             return function(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as err:
+            if not isinstance(err, dist.DistBackendError) and not _is_communication_failure(err):
+                raise  # a local error (bad dtype, bad shape): its own message says it best
             raise CollectiveError(
                 f"The collective `{name}` failed on rank {self.global_rank} of {self.world_size}: {err}. Another "
                 f"process crashed or did not reach `{name}` within the timeout ({self._timeout}). Every process "
@@ -316,3 +318,19 @@ def _dtype_code(dtype: torch.dtype) -> int:
         return _DTYPES.index(dtype)
     except ValueError:
         raise TypeError(f"all_gather does not support tensors of dtype {dtype}.") from None
+
+
+_COMMUNICATION_FAILURES = (
+    "timed out",
+    "timeout",
+    "connection",
+    "closed",
+    "reset by peer",
+    "broken pipe",
+    "socket",
+)
+
+
+def _is_communication_failure(error: BaseException) -> bool:
+    message = str(error).lower()
+    return any(marker in message for marker in _COMMUNICATION_FAILURES)
