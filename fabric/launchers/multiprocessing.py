@@ -21,7 +21,7 @@ from fabric.utilities.apply import move_to_device
 from fabric.utilities.seed import reset_seed
 
 if TYPE_CHECKING:
-    from fabric.strategies.ddp import DDPStrategy
+    from fabric.strategies.parallel import ParallelStrategy
 
 _POLL_SECONDS = 0.1
 
@@ -31,7 +31,7 @@ class MultiprocessingLauncher(Launcher):
 
     requires_function = True
 
-    def __init__(self, strategy: DDPStrategy, start_method: str = "spawn") -> None:
+    def __init__(self, strategy: ParallelStrategy, start_method: str = "spawn") -> None:
         if start_method not in mp.get_all_start_methods():
             raise ValueError(
                 f"The start method {start_method!r} is not available on this platform (available: "
@@ -69,7 +69,7 @@ class MultiprocessingLauncher(Launcher):
 
 def _run_in_child(
     process_index: int,
-    strategy: DDPStrategy,
+    strategy: ParallelStrategy,
     function: Callable,
     args: tuple,
     kwargs: dict[str, Any],

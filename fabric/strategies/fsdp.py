@@ -36,14 +36,14 @@ from fabric.checkpoint.sharded import (
 )
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
-from fabric.strategies.ddp import DEFAULT_TIMEOUT, DDPStrategy
-from fabric.strategies.strategy import PER_RANK_STATE_KEY, _per_rank_state
+from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
+from fabric.strategies.strategy import PER_RANK_STATE_KEY, BackwardSyncControl, _per_rank_state
 from fabric.utilities.types import PathLike
 
 ShardingPolicy = set[type[Module]] | Callable[[Module], bool]
 
 
-class FSDPStrategy(DDPStrategy):
+class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     """Shard parameters, gradients and optimizer states across processes with FSDP2.
 
     Args:
@@ -57,7 +57,7 @@ class FSDPStrategy(DDPStrategy):
             them for backward (``False``, less communication).
         state_dict_type: ``"sharded"`` (a directory, every process writes its shard) or ``"full"``
             (one file written by rank 0, readable by ``torch.load``).
-        timeout, start_method, process_group_backend: as for :class:`DDPStrategy`.
+        timeout, start_method, process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
 
     Example::
 

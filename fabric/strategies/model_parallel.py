@@ -17,8 +17,8 @@ import torch
 from torch.nn import Module
 
 from fabric.environments import ClusterEnvironment
-from fabric.strategies.ddp import DEFAULT_TIMEOUT
 from fabric.strategies.fsdp import FSDPStrategy, _check_initializable, _has_meta, _materialize
+from fabric.strategies.parallel import DEFAULT_TIMEOUT
 
 
 class ModelParallelStrategy(FSDPStrategy):

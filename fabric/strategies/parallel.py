@@ -1,0 +1,297 @@
+"""The base of multi-process strategies: process group, ranks, collectives, launcher choice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from fabric.accelerators import Accelerator
+from fabric.environments import ClusterEnvironment, detect_environment
+from fabric.precision import Precision
+from fabric.strategies.strategy import Strategy
+from fabric.utilities.rank_zero import set_global_rank
+from fabric.utilities.types import ReduceOp
+
+#: torch's own default for process groups; long because the first collective can wait for slow data loading
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+_START_METHODS = ("popen", "spawn", "fork")
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+_MAX_DIMS = 16
+#: dtypes gloo refuses ("Invalid scalar type"), and the wider dtype each travels as instead
+_GLOO_WIDER = {torch.int16: torch.int32, torch.uint16: torch.int32, torch.uint32: torch.int64}
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed: a process crashed, or did not reach it within the timeout."""
+
+
+class ParallelStrategy(Strategy):
+    """What every multi-process strategy shares: ranks, the process group, collectives, the launcher.
+
+    Subclasses decide how a model is wrapped (DDP, FSDP2, tensor parallel) and how checkpoints are
+    written. ``torch.distributed`` does the communication: gloo on CPU, nccl on CUDA.
+
+    Args:
+        start_method: ``"popen"`` re-runs the user's command for each extra process (scripts);
+            ``"spawn"`` or ``"fork"`` start processes with multiprocessing and need
+            ``fabric.launch(fn)`` (``"fork"`` works from notebooks).
+        process_group_backend: ``"gloo"``, ``"nccl"``, ...; default: nccl on CUDA, gloo otherwise.
+        timeout: how long a collective waits for the other processes before failing.
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
+        start_method: str = "popen",
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision)
+        if start_method not in _START_METHODS:
+            raise ValueError(
+                f"{type(self).__name__}(start_method={start_method!r}): allowed {', '.join(_START_METHODS)}."
+            )
+        if not isinstance(timeout, timedelta):
+            raise TypeError(f"{type(self).__name__}(timeout={timeout!r}): pass a datetime.timedelta.")
+        self.parallel_devices = parallel_devices
+        self.cluster_environment = cluster_environment
+        self.num_nodes = 1
+        self._process_group_backend = process_group_backend
+        self._timeout = timeout
+        self._start_method = start_method
+        self._local_rank: int | None = None  # set by the multiprocessing launcher in each child
+
+    # ------------------------------------------------------------------ configure
+    def configure(
+        self, parallel_devices: list[torch.device], num_nodes: int, environment: ClusterEnvironment | None
+    ) -> None:
+        """Learn the topology from the connector and choose the launcher (once, in the first process)."""
+        if self.parallel_devices is None:
+            self.parallel_devices = parallel_devices
+        self.num_nodes = num_nodes
+        if environment is not None:
+            self.cluster_environment = environment
+        if self.cluster_environment is None:
+            self.cluster_environment = detect_environment()
+        self.cluster_environment.validate_settings(
+            num_devices=len(self.parallel_devices), num_nodes=num_nodes
+        )
+        if self.cluster_environment.creates_processes_externally:
+            self._launcher = None
+        elif self._start_method == "popen":
+            from fabric.launchers.subprocess_script import SubprocessScriptLauncher
+
+            self._launcher = SubprocessScriptLauncher(self.cluster_environment, self.num_processes, num_nodes)
+        else:
+            from fabric.launchers.multiprocessing import MultiprocessingLauncher
+
+            self._launcher = MultiprocessingLauncher(self, start_method=self._start_method)
+
+    @property
+    def num_processes(self) -> int:
+        """Processes on this node."""
+        return len(self.parallel_devices) if self.parallel_devices is not None else 0
+
+    @property
+    def environment(self) -> ClusterEnvironment:
+        if self.cluster_environment is None:
+            raise RuntimeError(
+                f"{type(self).__name__} was not configured; create it through `Fabric(strategy=...)`."
+            )
+        return self.cluster_environment
+
+    # ------------------------------------------------------------------- topology
+    @property
+    def root_device(self) -> torch.device:
+        assert self.parallel_devices is not None
+        return self.parallel_devices[self.local_rank]
+
+    @property
+    def local_rank(self) -> int:
+        return self._local_rank if self._local_rank is not None else self.environment.local_rank()
+
+    @property
+    def node_rank(self) -> int:
+        return self.environment.node_rank()
+
+    @property
+    def global_rank(self) -> int:
+        return self.environment.global_rank()
+
+    @property
+    def world_size(self) -> int:
+        return self.environment.world_size()
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    @property
+    def process_group_backend(self) -> str:
+        if self._process_group_backend is not None:
+            return self._process_group_backend
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
+
+    # ---------------------------------------------------------------------- setup
+    def setup_environment(self) -> None:
+        environment = self.environment
+        environment.set_world_size(self.num_nodes * self.num_processes)
+        environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        set_global_rank(self.global_rank)
+        super().setup_environment()
+        if dist.is_initialized():
+            return
+        address = environment.main_address
+        host = f"[{address}]" if ":" in address else address
+        dist.init_process_group(
+            backend=self.process_group_backend,
+            init_method=f"tcp://{host}:{environment.main_port}",
+            world_size=self.world_size,
+            rank=self.global_rank,
+            timeout=self._timeout,
+            device_id=self.root_device if self.root_device.type == "cuda" else None,
+        )
+
+    # --------------------------------------------------------------- collectives
+    def _run(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (RuntimeError, dist.DistBackendError) as err:
+            if not isinstance(err, dist.DistBackendError) and not _is_communication_failure(err):
+                raise  # a local error (bad dtype, bad shape): its own message says it best
+            raise CollectiveError(
+                f"The collective `{name}` failed on rank {self.global_rank} of {self.world_size}: {err}. Another "
+                f"process crashed or did not reach `{name}` within the timeout ({self._timeout}). Every process "
+                f"must call the same collectives in the same order."
+            ) from err
+
+    def all_reduce(self, tensor: Tensor, reduce_op: ReduceOp = "mean") -> Tensor:
+        result = tensor.clone()
+        if reduce_op == "mean":
+            if not (torch.is_floating_point(result) or torch.is_complex(result)):
+                result = result.to(torch.get_default_dtype())
+            self._run("all_reduce", dist.all_reduce, result, op=dist.ReduceOp.SUM)
+            return result / self.world_size
+        carrier = self._carrier(result)
+        self._run("all_reduce", dist.all_reduce, carrier, op=_REDUCE_OPS[reduce_op])
+        return carrier.to(result.dtype)
+
+    def _carrier(self, tensor: Tensor) -> Tensor:
+        """``tensor``, or a wider copy when the backend cannot send its dtype (gloo and int16)."""
+        if self.process_group_backend == "gloo" and tensor.dtype in _GLOO_WIDER:
+            return tensor.to(_GLOO_WIDER[tensor.dtype])
+        return tensor
+
+    def all_gather(self, tensor: Tensor) -> Tensor | list[Tensor]:  # type: ignore[override]
+        """Stack ``tensor`` from every process; when shapes differ, return a list, one per process."""
+        tensor = tensor.contiguous()
+        meta = torch.zeros(3 + _MAX_DIMS, dtype=torch.int64, device=tensor.device)
+        meta[0] = tensor.dim()
+        meta[1] = _dtype_code(tensor.dtype)
+        meta[2] = tensor.dim() > _MAX_DIMS
+        if tensor.dim() <= _MAX_DIMS:
+            meta[3 : 3 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+        metas = [torch.empty_like(meta) for _ in range(self.world_size)]
+        self._run("all_gather", dist.all_gather, metas, meta)
+        table = torch.stack(metas).cpu()
+        # Every process sees the same table, so every process raises alike: no one is left waiting.
+        if table[:, 2].any():
+            raise ValueError(f"all_gather supports tensors of at most {_MAX_DIMS} dimensions.")
+        if (table[:, 0] != table[0, 0]).any() or (table[:, 1] != table[0, 1]).any():
+            raise ValueError(
+                f"all_gather: the processes passed tensors of different dimensions or dtypes (dims "
+                f"{table[:, 0].tolist()}, dtypes {[_DTYPES[i] for i in table[:, 1].tolist()]}). Pass the same "
+                f"kind of tensor on every process."
+            )
+        shapes = [tuple(row[3 : 3 + int(row[0])].tolist()) for row in table]
+        carrier = self._carrier(tensor)
+        if all(shape == shapes[0] for shape in shapes):
+            gathered = [torch.empty_like(carrier) for _ in range(self.world_size)]
+            self._run("all_gather", dist.all_gather, gathered, carrier)
+            return torch.stack(gathered).to(tensor.dtype)
+        # Different shapes: pad to the largest along every dimension, gather, then cut each back.
+        max_shape = [max(s[d] for s in shapes) for d in range(tensor.dim())]
+        padded = carrier.new_zeros(max_shape)
+        padded[tuple(slice(0, n) for n in tensor.shape)] = carrier
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        self._run("all_gather", dist.all_gather, gathered, padded)
+        return [g[tuple(slice(0, n) for n in shape)].to(tensor.dtype) for g, shape in zip(gathered, shapes)]
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        container = [obj]
+        device = self.root_device if self.process_group_backend == "nccl" else None
+        self._run("broadcast", dist.broadcast_object_list, container, src=src, device=device)
+        return container[0]
+
+    def barrier(self, name: str | None = None) -> None:
+        if not dist.is_initialized():
+            return
+        if self.process_group_backend == "nccl":
+            self._run("barrier", dist.barrier, device_ids=[self.root_device.index])
+        else:
+            self._run("barrier", dist.barrier)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        flag = torch.tensor(int(decision), device=self.root_device)
+        self._run("all_reduce", dist.all_reduce, flag, op=dist.ReduceOp.SUM)
+        return bool(flag == self.world_size) if all else bool(flag > 0)
+
+    def gather_object(self, obj: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        self._run("all_gather_object", dist.all_gather_object, gathered, obj)
+        return gathered
+
+    # ------------------------------------------------------------------ teardown
+    def teardown(self) -> None:
+        super().teardown()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if self.cluster_environment is not None:
+            self.cluster_environment.teardown()
+
+
+_DTYPES = [
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
+]
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPES.index(dtype)
+    except ValueError:
+        raise TypeError(f"all_gather does not support tensors of dtype {dtype}.") from None
+
+
+_COMMUNICATION_FAILURES = (
+    "timed out",
+    "timeout",
+    "connection",
+    "closed",
+    "reset by peer",
+    "broken pipe",
+    "socket",
+)
+
+
+def _is_communication_failure(error: BaseException) -> bool:
+    message = str(error).lower()
+    return any(marker in message for marker in _COMMUNICATION_FAILURES)
