@@ -44,3 +44,21 @@ def example(session: nox.Session) -> None:
     """The main job: train the example classifier on CPU (pass `-- --devices 2` for two processes)."""
     _install(session)
     session.run("python", "examples/train_classifier.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against raw PyTorch and the peers; writes benchmarks/results.md and results.png.
+
+    The peers (Lightning Fabric, Accelerate) and matplotlib are benchmark-only: a peer that fails to
+    install is reported as "not installed" and the run goes on. Pass `-- --quick` for a smoke run.
+    """
+    session.install(TORCH_PIN)
+    session.install("-e", ".")
+    for peer in ("lightning", "accelerate", "matplotlib"):
+        try:
+            # the pin in the same command keeps a peer from replacing the CPU build of torch
+            session.install(peer, TORCH_PIN)
+        except nox.command.CommandFailed:
+            session.warn(f"could not install {peer}; the benchmarks go on without it")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from fabric.loggers.logger import Logger
-from fabric.utilities.rank_zero import rank_zero_only
+from fabric.utilities.rank_zero import global_rank
 
 
 class CSVLogger(Logger):
@@ -67,8 +67,9 @@ class CSVLogger(Logger):
         ]
         return max(versions) + 1 if versions else 0
 
-    @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if global_rank() != 0:
+            return
         row: dict[str, Any] = {"step": step if step is not None else len(self._rows) + self._written}
         for key, value in metrics.items():
             row[key] = value.item() if hasattr(value, "item") else value
@@ -76,17 +77,17 @@ class CSVLogger(Logger):
         if len(self._rows) >= self._flush_every:
             self.save()
 
-    @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any]) -> None:
+        if global_rank() != 0:
+            return
         os.makedirs(self.log_dir, exist_ok=True)
         with open(os.path.join(self.log_dir, "hparams.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             for key, value in params.items():
                 writer.writerow([key, value])
 
-    @rank_zero_only
     def save(self) -> None:
-        if not self._rows:
+        if global_rank() != 0 or not self._rows:
             return
         os.makedirs(self.log_dir, exist_ok=True)
         path = os.path.join(self.log_dir, "metrics.csv")

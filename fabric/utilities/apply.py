@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 
@@ -24,6 +23,8 @@ def move_to_device(data: Any, device: torch.device) -> Any:
         return _to_device(data, device)
     if isinstance(data, torch.nn.Module):
         return data.to(device)
+    from lightning_utilities.core.apply_func import apply_to_collection  # lazy: ~35 ms at import
+
     return apply_to_collection(data, Tensor, _to_device, device)
 
 
@@ -35,4 +36,6 @@ def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
     """Cast floating-point tensors in ``data`` to ``dtype``; integer and bool tensors are left alone."""
     if isinstance(data, Tensor):
         return _convert_floating(data, dtype)
+    from lightning_utilities.core.apply_func import apply_to_collection
+
     return apply_to_collection(data, Tensor, _convert_floating, dtype)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 
@@ -18,4 +17,6 @@ def apply_collective(data: Any, function: Callable[[Tensor], Tensor]) -> Any:
     """
     if isinstance(data, Tensor):
         return function(data)
+    from lightning_utilities.core.apply_func import apply_to_collection
+
     return apply_to_collection(data, Tensor, function)

@@ -8,7 +8,8 @@ import random
 
 import torch
 
-from fabric.utilities.rank_zero import rank_zero_only, rank_zero_warn
+from fabric.utilities.rank_zero import global_rank as _current_rank
+from fabric.utilities.rank_zero import rank_zero_warn
 
 _SEED_ENV = "FABRIC_GLOBAL_SEED"
 _WORKERS_ENV = "FABRIC_SEED_WORKERS"
@@ -77,7 +78,7 @@ def worker_init_function(worker_id: int, rank: int | None = None) -> None:
     the same base seed on every rank would make all ranks draw the same augmentations. The three
     seeds are taken from a hash of (base seed, worker id, global rank), so no two pairs collide.
     """
-    global_rank = rank if rank is not None else getattr(rank_zero_only, "rank", 0)
+    global_rank = rank if rank is not None else _current_rank()
     base_seed = torch.initial_seed() - worker_id  # torch gives worker i the seed base + i
     digest = hashlib.sha256(f"{base_seed}:{worker_id}:{global_rank}".encode()).digest()
     torch_seed, random_seed, numpy_seed = (int.from_bytes(digest[i : i + 4], "little") for i in (0, 4, 8))

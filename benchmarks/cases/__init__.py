@@ -1,0 +1,1 @@
+"""Benchmark cases: each module measures one figure; run as a script, it is the measured child."""

@@ -1,0 +1,238 @@
+"""Checkpoint save and load: wall time and extra peak memory, fabric against plain ``torch.save``/``torch.load``.
+
+The state is a dict of eight float32 tensors (about 200 MB in all), once as a plain dict and once as the
+buffers of a module (for ``Fabric.save``/``Fabric.load``, which take modules). Each measurement is a
+fresh process, forked from a server that imported torch and fabric once: it builds what must exist
+before the operation (the state to save; the module to load into), reads ``ru_maxrss`` as the
+baseline, runs the operation once, and reports the wall time and the growth of ``ru_maxrss``. For a save, all growth is extra memory; for a load, the loaded state itself
+(one state size) is expected and only the growth beyond it is extra. Extra memory is reported as a
+percentage of the state size.
+
+Files go to a temporary directory inside the runner's work directory, which is on the same disk as the
+repository (a tmpfs would make ``fsync`` free and flatter the atomic save).
+
+Run as a script this file is that server: ``checkpoint.py DIRECTORY MEGABYTES``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness import PYTHON, Check, Row, Settings, Table, Unavailable, Worker, log, serve
+
+TENSORS = 8
+SAVE_TARGET = 1.15
+MEMORY_TARGET = 10.0  # percent of the state size
+TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    label: str
+    reference: str  # the key of the raw case it is compared with
+    target: float | None = None
+
+
+SAVES = [
+    Case("torch.save", "`torch.save(state, path)`", "torch.save"),
+    Case("torch.save+fsync", "`torch.save` + flush + `os.fsync` (reference)", "torch.save"),
+    Case("atomic_save", "`fabric.checkpoint.atomic_save(state, path)`", "torch.save", SAVE_TARGET),
+    Case("Fabric.save", "`Fabric.save(path, {'model': module})`", "torch.save", SAVE_TARGET),
+]
+LOADS = [
+    Case("torch.load", "`torch.load(path)`", "torch.load"),
+    Case("safe_load", "`fabric.checkpoint.safe_load(path)`", "torch.load"),
+    Case("load_state_dict", "`module.load_state_dict(torch.load(path)['model'])`", "load_state_dict"),
+    Case("Fabric.load", "`Fabric.load(path, {'model': module})`", "load_state_dict"),
+]
+
+
+def measure(settings: Settings) -> list[Table]:
+    directory = settings.workdir / "checkpoints"
+    directory.mkdir(exist_ok=True)
+    cases = SAVES + LOADS
+    times = {case.key: Row(case.label, target=case.target, short=case.key) for case in cases}
+    memory = {case.key: Row(case.label) for case in cases}
+    state_bytes = 0
+    server = Worker(
+        [PYTHON, __file__, str(directory), str(settings.checkpoint_mb)], settings.workdir / "checkpoint.log"
+    )
+    try:
+        server.request({"cmd": "write-reference"}, timeout=TIMEOUT)
+        for round_index in range(settings.checkpoint_rounds):
+            log(f"checkpoint: round {round_index + 1}/{settings.checkpoint_rounds}")
+            for group in (SAVES, LOADS):
+                for case in settings.rotation(group, round_index):
+                    if times[case.key].note:
+                        continue
+                    try:
+                        result = server.request({"cmd": "measure", "case": case.key}, timeout=TIMEOUT + 30)
+                    except Unavailable as error:
+                        times[case.key].note = memory[case.key].note = f"unavailable: {error}"
+                        log(f"  checkpoint {case.key}: {times[case.key].note}")
+                        continue
+                    state_bytes = result["state_bytes"]
+                    times[case.key].samples.append(result["seconds"])
+                    memory[case.key].samples.append(100.0 * result["extra_bytes"] / state_bytes)
+    finally:
+        server.close()
+
+    size = f"{state_bytes / 2**20:.0f} MiB" if state_bytes else f"{settings.checkpoint_mb} MB"
+    tables = []
+    for group, verb in ((SAVES, "save"), (LOADS, "load")):
+        for reference in dict.fromkeys(case.reference for case in group):
+            members = [c for c in group if c.reference == reference]
+            rows = [times[c.key] for c in members]
+            for row, case in zip(rows, members):
+                extra = memory[case.key]
+                if case.key in FABRIC_CASES:
+                    row.checks.append(Check("extra peak memory", extra.median, MEMORY_TARGET))
+                    row.extra = {"extra peak memory": row.checks[-1].cell()}
+                else:
+                    cell = "n/a" if extra.median is None else f"{extra.median:.1f}%"
+                    row.extra = {"extra peak memory": cell}
+            tables.append(
+                Table(
+                    title=f"Checkpoint {verb} time, {size} state: against `{reference}`",
+                    unit="s",
+                    rows=rows,
+                    description=(
+                        f"Median over {settings.checkpoint_rounds} rounds, rotating order, each measurement in "
+                        f"a freshly forked process; extra peak memory is the growth of ru_maxrss over the "
+                        f"baseline{' beyond the loaded state itself' if verb == 'load' else ''}, as % of the "
+                        f"state size (target for fabric: <= {MEMORY_TARGET:.0f}%). The page cache is synced "
+                        f"before each measurement."
+                    ),
+                    extra_columns=["extra peak memory"],
+                    chart_label=f"{verb} vs {reference}",
+                )
+            )
+    return tables
+
+
+FABRIC_CASES = {"atomic_save", "Fabric.save", "safe_load", "Fabric.load"}
+
+
+# ------------------------------------------------------------------------------------ measured program
+LOAD_CASES = {"torch.load", "safe_load", "load_state_dict", "Fabric.load"}
+
+
+def _serve(directory: str, megabytes: int) -> None:
+    """Import once, then answer each measurement from a freshly forked process.
+
+    A forked child's ``ru_maxrss`` starts at its current resident size, not at the server's peak, so
+    each measurement sees only its own memory, as in a fresh process, without paying for ``import torch``
+    again. One thread: a fork is only safe without an OpenMP pool.
+    """
+    import os
+    import resource
+    import select
+    import time
+
+    import torch
+
+    from fabric import Fabric
+    from fabric.checkpoint import atomic_save, safe_load
+
+    torch.set_num_threads(1)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    numel = megabytes * 1_000_000 // 4 // TENSORS
+    state_bytes = TENSORS * numel * 4
+    reference = os.path.join(directory, "reference.pt")
+    small_reference = os.path.join(directory, "reference-small.pt")
+
+    def tensors(count: int = numel) -> dict[str, torch.Tensor]:
+        # torch.full writes every page, so the memory is resident before the baseline is read
+        return {f"layer{i}": torch.full((count,), float(i)) for i in range(TENSORS)}
+
+    def module(count: int = numel) -> torch.nn.Module:
+        holder = torch.nn.Module()
+        for name, tensor in tensors(count).items():
+            holder.register_buffer(name, tensor)
+        return holder
+
+    def save_and_fsync(obj: object, path: str) -> None:
+        with open(path, "wb") as file:
+            torch.save(obj, file)
+            file.flush()
+            os.fsync(file.fileno())
+
+    def operation(case: str, count: int, source: str) -> Callable[[], object]:
+        """The measured call, with what must exist before it already built."""
+        target = os.path.join(directory, f"{case}-{count}.pt")
+        subject: Any = None
+        if case in ("Fabric.save", "load_state_dict", "Fabric.load"):
+            subject = module(count)
+        elif case not in LOAD_CASES:
+            subject = {"model": tensors(count)}
+        return {
+            "torch.save": lambda: torch.save(subject, target),
+            "torch.save+fsync": lambda: save_and_fsync(subject, target),
+            "atomic_save": lambda: atomic_save(subject, target),
+            "Fabric.save": lambda: fabric.save(target, {"model": subject}),
+            "torch.load": lambda: torch.load(source),
+            "safe_load": lambda: safe_load(source),
+            "load_state_dict": lambda: subject.load_state_dict(torch.load(source)["model"]),
+            "Fabric.load": lambda: fabric.load(source, {"model": subject}),
+        }[case]
+
+    def measure_once(case: str) -> dict[str, float]:
+        # A forked process maps the libraries' code lazily: one small run first faults in the code
+        # pages this case uses, so that the baseline below already counts them.
+        operation(case, 1024, small_reference)()
+        run_case = operation(case, numel, reference)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        run_case()
+        seconds = time.perf_counter() - start
+        growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
+        # a load brings one state into memory by design; only what it needs beyond that is extra
+        extra = growth - (state_bytes if case in LOAD_CASES else 0)
+        return {"seconds": seconds, "extra_bytes": max(0, extra), "state_bytes": state_bytes}
+
+    def handle(command: dict) -> dict:
+        if command["cmd"] == "write-reference":
+            torch.save({"model": tensors()}, reference)
+            torch.save({"model": tensors(1024)}, small_reference)
+            return {"ok": True}
+        os.sync()  # no write-back of an earlier case may run into this one's timing
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            try:
+                reply = measure_once(command["case"])
+            except BaseException as error:
+                reply = {"error": f"{type(error).__name__}: {error}"}
+            os.write(write_end, json.dumps(reply).encode())
+            os._exit(0)
+        os.close(write_end)
+        ready, _, _ = select.select([read_end], [], [], TIMEOUT)
+        data = b""
+        if ready:
+            while chunk := os.read(read_end, 65536):
+                data += chunk
+        else:
+            os.kill(pid, 9)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        for leftover in os.listdir(directory):
+            if not leftover.startswith("reference"):
+                os.unlink(os.path.join(directory, leftover))
+        if not data:
+            raise RuntimeError(f"the measurement of {command['case']} did not finish within {TIMEOUT:.0f} s")
+        reply = json.loads(data)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return reply
+
+    serve(handle)
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,230 @@
+"""The models, data and training steps that every implementation runs, written as each tool documents it.
+
+Imported only inside measured child processes (it imports torch). The four implementations train the
+same model on the same batches; they differ only in the lines their own documentation asks for:
+
+* raw PyTorch: ``torch.autocast`` around forward and loss, ``loss.backward()``; DDP by hand.
+* fabric / lightning.fabric: ``Fabric(...)``, ``fabric.setup``, ``fabric.setup_dataloaders``,
+  ``fabric.backward(loss)``.
+* accelerate: ``Accelerator(cpu=True, mixed_precision=...)``, ``accelerator.prepare``,
+  ``accelerator.backward(loss)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+BATCH_SIZE = 32
+BATCHES_PER_EPOCH = {"mlp": 64, "conv": 32}
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def make_model(name: str) -> nn.Module:
+    """``mlp``: 32->64->10, where per-step overhead dominates. ``conv``: two conv layers on 3x32x32."""
+    torch.manual_seed(0)
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    if name == "conv":
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 8 * 8, 10),
+        )
+    raise ValueError(f"unknown model {name!r}")
+
+
+def make_dataset(name: str) -> TensorDataset:
+    generator = torch.Generator().manual_seed(1)
+    n = BATCH_SIZE * BATCHES_PER_EPOCH[name]
+    shape = (n, 32) if name == "mlp" else (n, 3, 32, 32)
+    return TensorDataset(
+        torch.randn(shape, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+    )
+
+
+def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+def plain_loader(dataset: TensorDataset) -> DataLoader:
+    return DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, drop_last=True)
+
+
+def fixed_batches(dataset: TensorDataset, count: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches made up front: the "no dataloader" cases time the model's step alone."""
+    x, y = dataset.tensors
+    return [
+        (x[i * BATCH_SIZE : (i + 1) * BATCH_SIZE], y[i * BATCH_SIZE : (i + 1) * BATCH_SIZE])
+        for i in range(count)
+    ]
+
+
+def time_steps(step: Step, source: Iterable[Any], steps: int) -> float:
+    """Seconds per step over ``steps`` steps, cycling through ``source`` (a loader or a list of batches)."""
+    return time_steps_with_cpu(step, source, steps)[0]
+
+
+def time_steps_with_cpu(step: Step, source: Iterable[Any], steps: int) -> tuple[float, float]:
+    """Wall-clock and CPU seconds per step (the CPU time leaves out time this process sat preempted)."""
+    done = 0
+    cpu_start = time.process_time()
+    start = time.perf_counter()
+    while done < steps:
+        for x, y in source:
+            step(x, y)
+            done += 1
+            if done >= steps:
+                break
+    wall = time.perf_counter() - start
+    return wall / steps, (time.process_time() - cpu_start) / steps
+
+
+# ------------------------------------------------------------------------------------ implementations
+class Engine:
+    """One implementation, set up once per process; ``prepare`` turns a fresh model into a step."""
+
+    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+        raise NotImplementedError
+
+
+class RawEngine(Engine):
+    def __init__(self, precision: str, distributed: bool = False) -> None:
+        self.bf16 = precision == "bf16-mixed"
+        self.distributed = distributed
+        if distributed:
+            torch.distributed.init_process_group("gloo")
+
+    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+        model = make_model(model_name)
+        optimizer = make_optimizer(model)
+        dataset = make_dataset(model_name)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            from torch.utils.data.distributed import DistributedSampler
+
+            model = DistributedDataParallel(model)
+            loader = DataLoader(
+                dataset,
+                batch_size=BATCH_SIZE,
+                sampler=DistributedSampler(dataset, shuffle=True),
+                drop_last=True,
+            )
+        else:
+            loader = plain_loader(dataset)
+        source = loader if use_loader else fixed_batches(dataset)
+
+        if self.bf16:
+
+            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+        else:
+
+            def step(x: torch.Tensor, y: torch.Tensor) -> None:
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+
+        return step, source
+
+
+class _FabricLikeEngine(Engine):
+    """fabric and lightning.fabric share one API, so one loop serves both."""
+
+    def __init__(self, fabric: Any) -> None:
+        self.fabric = fabric
+        fabric.launch()
+
+    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+        fabric = self.fabric
+        model = make_model(model_name)
+        model, optimizer = fabric.setup(model, make_optimizer(model))
+        dataset = make_dataset(model_name)
+        source = fabric.setup_dataloaders(plain_loader(dataset)) if use_loader else fixed_batches(dataset)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            loss = F.cross_entropy(model(x), y)
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+
+        return step, source
+
+
+class FabricEngine(_FabricLikeEngine):
+    def __init__(self, precision: str, distributed: bool = False) -> None:
+        from fabric import Fabric
+
+        if distributed:
+            super().__init__(Fabric(accelerator="cpu", strategy="ddp", devices=2, precision=precision))
+        else:
+            super().__init__(Fabric(accelerator="cpu", devices=1, precision=precision))
+
+
+class LightningEngine(_FabricLikeEngine):
+    def __init__(self, precision: str, distributed: bool = False) -> None:
+        from lightning.fabric import Fabric
+
+        if distributed:
+            super().__init__(Fabric(accelerator="cpu", strategy="ddp", devices=2, precision=precision))
+        else:
+            super().__init__(Fabric(accelerator="cpu", devices=1, precision=precision))
+
+
+class AccelerateEngine(Engine):
+    def __init__(self, precision: str, distributed: bool = False) -> None:
+        from accelerate import Accelerator
+
+        # One Accelerator per process: its state is global and fixes the precision for the process.
+        self.accelerator = Accelerator(
+            cpu=True, mixed_precision="bf16" if precision == "bf16-mixed" else "no"
+        )
+
+    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+        accelerator = self.accelerator
+        model = make_model(model_name)
+        optimizer = make_optimizer(model)
+        dataset = make_dataset(model_name)
+        if use_loader:
+            model, optimizer, source = accelerator.prepare(model, optimizer, plain_loader(dataset))
+        else:
+            model, optimizer = accelerator.prepare(model, optimizer)
+            source = fixed_batches(dataset)
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            loss = F.cross_entropy(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+
+        return step, source
+
+
+ENGINES: dict[str, type[Engine]] = {
+    "raw": RawEngine,
+    "fabric": FabricEngine,
+    "lightning": LightningEngine,
+    "accelerate": AccelerateEngine,
+}
+
+
+def make_engine(impl: str, precision: str, distributed: bool = False) -> Engine:
+    torch.set_num_threads(1)
+    return ENGINES[impl](precision, distributed=distributed)  # type: ignore[call-arg]

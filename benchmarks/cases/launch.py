@@ -1,0 +1,121 @@
+"""Time from starting a 2-process launch to the end of the first training step.
+
+``fabric run`` (``python -m fabric.cli run --accelerator cpu --devices 2 SCRIPT``) with a fabric script,
+against ``torchrun --nproc_per_node=2`` with the same training step written in raw DDP. The runner notes
+``time.time()`` just before it starts the launcher; rank 0 of the script writes ``time.time()`` to a file
+right after its first optimizer step. A fresh free port per launch; one launch of each per round, in
+rotating order. If the CLI does not work yet, fabric's row says "unavailable".
+
+Run as a script (under a launcher) this file is the measured program: ``launch.py raw|fabric``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from harness import FABRIC, PYTHON, RAW, Row, Settings, Table, child_env, failure_reason, free_port, log, run
+
+TARGET = 1.0
+TIMEOUT = 180.0
+STAMP_VARIABLE = "BENCH_FIRST_STEP_FILE"
+
+
+def _command(name: str, port: int) -> list[str]:
+    if name == RAW:
+        return [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            __file__,
+            "raw",
+        ]
+    return [PYTHON, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", __file__, "fabric"]
+
+
+def measure(settings: Settings) -> list[Table]:
+    rows = {
+        RAW: Row("raw DDP script, `torchrun --nproc_per_node=2`", short="torchrun"),
+        FABRIC: Row("fabric script, `fabric run`", short="fabric run"),
+    }
+    rows[FABRIC].target = TARGET
+    names = [RAW, FABRIC]
+    for round_index in range(settings.launch_rounds):
+        log(f"launch to first step: round {round_index + 1}/{settings.launch_rounds}")
+        for name in settings.rotation(names, round_index):
+            if rows[name].note:
+                continue
+            stamp = settings.workdir / f"first-step-{round_index}-{'raw' if name == RAW else 'fabric'}"
+            port = free_port()
+            env = child_env(
+                **{STAMP_VARIABLE: str(stamp), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            )
+            started = time.time()
+            done = run(_command(name, port), timeout=TIMEOUT, env=env, cwd=settings.workdir)
+            if done.returncode != 0 or done.timed_out or not stamp.exists():
+                rows[name].note = f"unavailable: {failure_reason(done)}"
+                log(f"  launch {name}: {rows[name].note}")
+                continue
+            rows[name].samples.append(float(stamp.read_text()) - started)
+    return [
+        Table(
+            title="Launch to first step, 2 processes (gloo)",
+            unit="s",
+            rows=list(rows.values()),
+            description=(
+                f"Median over {settings.launch_rounds} launches each, rotating order: from starting the "
+                f"launcher to rank 0 finishing its first training step (tiny MLP, DDP)."
+            ),
+            chart_label="launch",
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------ measured program
+def _main(mode: str) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from cases.common import fixed_batches, make_dataset, make_model, make_optimizer
+
+    torch.set_num_threads(1)
+    x, y = fixed_batches(make_dataset("mlp"), 1)[0]
+    if mode == "raw":
+        from torch.nn.parallel import DistributedDataParallel
+
+        dist.init_process_group("gloo")
+        model = DistributedDataParallel(make_model("mlp"))
+        optimizer = make_optimizer(model)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        rank = dist.get_rank()
+    else:
+        from fabric import Fabric
+
+        fabric = Fabric()
+        fabric.launch()
+        module = make_model("mlp")
+        model, optimizer = fabric.setup(module, make_optimizer(module))
+        loss = F.cross_entropy(model(x), y)
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        rank = fabric.global_rank
+    if rank == 0:
+        stamp = time.time()
+        with open(os.environ[STAMP_VARIABLE], "w") as file:
+            file.write(repr(stamp))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

@@ -1,0 +1,127 @@
+"""Benchmark torch-fabric against raw PyTorch, Lightning Fabric and Accelerate, side by side in one run.
+
+    python benchmarks/run.py            # the full run (about 5.5 minutes on 2 cores), or `nox -s bench`
+    python benchmarks/run.py --quick    # a smoke run of every case (about 2.5 minutes)
+
+Writes ``benchmarks/results.md`` and ``benchmarks/results.png``. Each figure lives in one module of
+``benchmarks/cases/``; see ``benchmarks/README.md`` for what each measures. This process only
+orchestrates: it never imports torch or a peer, every measurement runs in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from cases import checkpoint, ddp_steps, imports, launch, memory, steps
+from harness import ACCELERATE, BENCH_DIR, LIGHTNING, Row, Settings, Table, log
+from report import chart, markdown
+
+FIGURES = {
+    "imports": imports.measure,
+    "steps": steps.measure,
+    "ddp": ddp_steps.measure,
+    "launch": launch.measure,
+    "checkpoint": checkpoint.measure,
+    "memory": memory.measure,
+}
+PEER_DISTRIBUTIONS = {LIGHTNING: "lightning", ACCELERATE: "accelerate"}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _header(settings: Settings, seconds: float) -> dict[str, str]:
+    peers = ", ".join(
+        f"{name} {version}" if version else f"{name} not installed"
+        for name, version in settings.peers.items()
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": _version("torch") or "not installed",
+        "torch-fabric": _version("torch-fabric") or "not installed",
+        "peers": peers,
+        "run": f"{'quick smoke run (not representative)' if settings.quick else 'full run'}, "
+        f"{seconds / 60:.1f} min; 1 thread per process (OMP_NUM_THREADS=1)",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="few rounds and short timings: a smoke run")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated figures to run (default all): {', '.join(FIGURES)}"
+    )
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where results.md and results.png go")
+    args = parser.parse_args(argv)
+    selected = [name.strip() for name in args.only.split(",") if name.strip()] or list(FIGURES)
+    unknown = set(selected) - set(FIGURES)
+    if unknown:
+        parser.error(f"--only: unknown figures {sorted(unknown)}; choose from {', '.join(FIGURES)}")
+
+    peers = {name: _version(distribution) for name, distribution in PEER_DISTRIBUTIONS.items()}
+    # On the repository's disk (not a tmpfs): the checkpoint figures must pay for real writes.
+    workdir = Path(tempfile.mkdtemp(prefix=".run-", dir=BENCH_DIR))
+    settings = Settings.make(args.quick, peers, workdir)
+    started = time.perf_counter()
+    tables: list[Table] = []
+    try:
+        for name in selected:
+            figure_started = time.perf_counter()
+            log(f"== {name}")
+            try:
+                tables.extend(FIGURES[name](settings))
+            except Exception as error:  # one broken figure must not lose the others
+                traceback.print_exc()
+                tables.append(
+                    Table(f"{name}: failed", "s", [Row("error", note=f"{type(error).__name__}: {error}")])
+                )
+            log(f"== {name} took {time.perf_counter() - figure_started:.0f} s")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    seconds = time.perf_counter() - started
+
+    header = _header(settings, seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.md"
+    results.write_text(markdown(tables, header))
+    log(f"wrote {results}")
+    try:
+        mode = "quick smoke run (not representative)" if settings.quick else "full run"
+        subtitle = f"{_cpu_model()}, {os.cpu_count()} cores; {mode}, {header['date']}"
+        chart(tables, args.out / "results.png", subtitle)
+        log(f"wrote {args.out / 'results.png'}")
+    except ImportError:
+        log("matplotlib is not installed: no chart")
+    log(f"total {seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
