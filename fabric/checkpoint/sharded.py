@@ -104,6 +104,7 @@ def load_sharded(shards: dict[str, Any], directory: str, distributed: bool, stri
     every process holds the full model).
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     try:
@@ -113,9 +114,13 @@ def load_sharded(shards: dict[str, Any], directory: str, distributed: bool, stri
             planner=DefaultLoadPlanner(allow_partial_load=not strict),
             no_dist=not distributed,
         )
-    except Exception as err:  # DCP raises CheckpointException, RuntimeError, KeyError, ...
+    # DCP raises RuntimeError, KeyError, ... and, across processes, CheckpointException: a BaseException
+    # whose text is every rank's traceback; name the first rank's error instead.
+    except (Exception, CheckpointException) as err:
+        failures = err.failures if isinstance(err, CheckpointException) else {}
+        cause = next(iter(failures.values()))[0] if failures else err
         raise CheckpointError(
-            f"Could not load the sharded checkpoint '{directory}': {err}. Check that it holds the requested "
+            f"Could not load the sharded checkpoint '{directory}': {cause}. Check that it holds the requested "
             f"entries and that the model has the same parameters (pass strict=False to skip missing ones)."
         ) from err
 
@@ -147,13 +152,23 @@ def optimizer_state(module: Module, optimizer: Optimizer, full: bool = False) ->
 def set_module_state(module: Module, state: dict[str, Any], strict: bool, full: bool) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    if strict and full:
+        # With a full state dict, torch fills the keys it lacks with the module's current values and
+        # reports nothing missing: compare the keys here.
+        expected = set(module_state(module))
+        _check_keys(module, sorted(expected - set(state)), sorted(set(state) - expected))
     result = set_model_state_dict(
         module, state, options=StateDictOptions(full_state_dict=full, strict=strict)
     )
-    if strict and (result.missing_keys or result.unexpected_keys):
+    if strict:
+        _check_keys(module, result.missing_keys, result.unexpected_keys)
+
+
+def _check_keys(module: Module, missing: list[str], unexpected: list[str]) -> None:
+    if missing or unexpected:
         raise RuntimeError(
-            f"Error(s) in loading state_dict for {type(module).__name__}: Missing key(s): {result.missing_keys}; "
-            f"unexpected key(s): {result.unexpected_keys}. Pass strict=False to skip them."
+            f"Error(s) in loading state_dict for {type(module).__name__}: Missing key(s): {missing}; "
+            f"unexpected key(s): {unexpected}. Pass strict=False to skip them."
         )
 
 
@@ -163,11 +178,21 @@ def set_optimizer_state(module: Module, optimizer: Optimizer, state: dict[str, A
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=full))
 
 
+#: name parts that wrappers insert (activation checkpointing); state dicts are keyed without them
+_WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.",)
+
+
 def parameter_names(modules: Iterable[Module]) -> dict[int, str]:
-    """``id(parameter) -> name`` over ``modules``."""
+    """``id(parameter) -> name`` over ``modules``, named as in the module's state dict.
+
+    Activation checkpointing wraps submodules and so changes the names ``named_parameters`` gives;
+    the names here leave the wrapper out, like DCP's state dicts do.
+    """
     names: dict[int, str] = {}
     for module in modules:
         for name, parameter in module.named_parameters(remove_duplicate=False):
+            for part in _WRAPPER_NAME_PARTS:
+                name = name.replace(part, "")
             names.setdefault(id(parameter), name)
     return names
 

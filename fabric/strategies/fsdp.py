@@ -149,7 +149,8 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         """
         names = parameter_names([module])
         sharded = self.setup_module(module)
-        new_params = dict(sharded.named_parameters(remove_duplicate=False))
+        new_names = parameter_names([sharded])  # without the names activation checkpointing inserts
+        new_params = {new_names[id(p)]: p for p in sharded.parameters()}
         for optimizer in optimizers:
             if optimizer.state:
                 raise ValueError(
@@ -183,7 +184,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         if isinstance(precision, MixedPrecision):
             # Compute in the low dtype; reduce gradients in float32 so that no precision is lost summing.
             mp_policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
-        offload = CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()
+        # Pinned memory only speeds up copies to an accelerator; without one, pinning fails.
+        pin = self.root_device.type != "cpu"
+        offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
         meta = _has_meta(module)
         if meta:
             _check_initializable(module)
@@ -212,17 +215,6 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         synchronized backward, so accumulating costs the memory of one full gradient per process.
         """
         return _gradient_sync_disabled(module) if enabled else _nothing()
-
-    def clip_gradients_norm(
-        self,
-        module: Module,
-        optimizer: Optimizer,
-        max_norm: float,
-        norm_type: float = 2.0,
-        error_if_nonfinite: bool = True,
-    ) -> Tensor:
-        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     # ---------------------------------------------------------------- checkpoints
     def _module_for(self, optimizer: Optimizer, state: dict[str, Any]) -> Module:

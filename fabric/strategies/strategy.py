@@ -170,9 +170,11 @@ class Strategy(ABC):
     ) -> Tensor:
         self.precision.unscale_gradients(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        return torch.nn.utils.clip_grad_norm_(
+        norm = torch.nn.utils.clip_grad_norm_(
             parameters, max_norm=max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
+        # Sharded gradients (DTensors) give a sharded norm: report the global one.
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def clip_gradients_value(self, module: Module, optimizer: Optimizer, clip_val: float) -> None:
         self.precision.unscale_gradients(optimizer)
@@ -389,7 +391,9 @@ class Strategy(ABC):
     def _restore(self, obj: Any, value: Any, strict: bool, key: str, state: dict[str, Any]) -> None:
         if isinstance(obj, Module):
             self.load_module_state_dict(obj, value, strict=strict)
-        elif isinstance(obj, (Optimizer, Stateful)):
+        elif isinstance(obj, Optimizer):
+            self.load_optimizer_state_dict(obj, value, state)
+        elif isinstance(obj, Stateful):
             obj.load_state_dict(value)
         else:
             state[key] = value

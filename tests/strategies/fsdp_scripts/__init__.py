@@ -1,0 +1,1 @@
+"""Scripts and models for the FSDP, model-parallel and sharded-checkpoint tests."""
