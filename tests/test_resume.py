@@ -25,7 +25,9 @@ ROOT = Path(__file__).parent.parent
 TOTAL = 23  # 10 batches per epoch: the run crosses two epoch boundaries
 
 
-def _run(out: Path, devices: int, stop_at: int | None = None) -> list[dict[str, Any]]:
+def _run(
+    out: Path, devices: int, stop_at: int | None = None, strategy: str | None = None
+) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -37,6 +39,8 @@ def _run(out: Path, devices: int, stop_at: int | None = None) -> list[dict[str, 
     if stop_at is not None:
         command.append(str(stop_at))
     command += ["--devices", str(devices)]
+    if strategy is not None:
+        command += ["--strategy", strategy]
     subprocess.run(command, env=env, check=True, timeout=120, cwd=out)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(devices)]
 
@@ -44,7 +48,11 @@ def _run(out: Path, devices: int, stop_at: int | None = None) -> list[dict[str, 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     base = tmp_path_factory.mktemp("reference")
-    return {1: _run(base / "one", devices=1), 2: _run(base / "two", devices=2)}
+    return {
+        1: _run(base / "one", devices=1),
+        2: _run(base / "two", devices=2),
+        "fsdp": _run(base / "fsdp", devices=2, strategy="fsdp"),
+    }
 
 
 def _check(resumed: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
@@ -74,6 +82,17 @@ def test_exact_resume_two_process_ddp(
     _check(resumed, reference[2])
     # the two processes saw disjoint halves of the data
     assert not set(resumed[0]["seen"][:20]) & set(resumed[1]["seen"][:20])
+
+
+@pytest.mark.timeout(300)
+@settings(max_examples=1, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stop_at=st.integers(1, TOTAL - 1))
+def test_exact_resume_two_process_fsdp(
+    stop_at: int, reference: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # the checkpoint is a sharded directory here: every rank writes and reads only its shards
+    resumed = _run(tmp_path_factory.mktemp("resume_fsdp"), devices=2, stop_at=stop_at, strategy="fsdp")
+    _check(resumed, reference["fsdp"])
 
 
 def test_loader_state_round_trip_in_process(tmp_path: Path) -> None:

@@ -49,7 +49,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     Args:
         auto_wrap_policy: which submodules become their own FSDP unit (gathered and freed on their
             own): a set of module classes (e.g. ``{TransformerBlock}``) or a callable
-            ``fn(module) -> bool``. Without one, only the whole model is one unit (least memory saved).
+            ``fn(module) -> bool``. Without one, each direct child of the model that holds parameters
+            becomes a unit (the blocks of a ``Sequential`` or of a model's top level), so that only one
+            block's parameters are ever gathered at a time.
         cpu_offload: keep sharded parameters, gradients and optimizer states in CPU memory.
         activation_checkpointing_policy: module classes (or a callable) whose activations are
             recomputed in backward instead of stored.
@@ -196,11 +198,11 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             "mp_policy": mp_policy,
             "offload_policy": offload,
         }
-        if self._wrap_policy is not None:
-            # Children before parents: each unit holds the parameters not already in a smaller unit.
-            for submodule in reversed(list(module.modules())):
-                if submodule is not module and self._wrap_policy(submodule):
-                    fully_shard(submodule, **kwargs)
+        policy = self._wrap_policy or _default_policy(module)
+        # Children before parents: each unit holds the parameters not already in a smaller unit.
+        for submodule in reversed(list(module.modules())):
+            if submodule is not module and policy(submodule):
+                fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
             _materialize(module, self.root_device if not self.cpu_offload else torch.device("cpu"))
@@ -336,6 +338,12 @@ def _as_predicate(policy: ShardingPolicy | None, name: str) -> Callable[[Module]
     raise TypeError(
         f"FSDPStrategy({name}={policy!r}): pass a set of module classes or a callable(module) -> bool."
     )
+
+
+def _default_policy(model: Module) -> Callable[[Module], bool]:
+    """Each direct child of ``model`` that holds parameters is its own unit."""
+    children = {id(child) for child in model.children() if any(True for _ in child.parameters())}
+    return lambda module: id(module) in children
 
 
 def _has_meta(module: Module) -> bool:

@@ -63,9 +63,11 @@ def main() -> None:
     parser.add_argument("total", type=int)
     parser.add_argument("stop_at", type=int, nargs="?")
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--strategy", default=None)
     args = parser.parse_args()
 
-    fabric = Fabric(accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto")
+    strategy = args.strategy or ("ddp" if args.devices > 1 else "auto")
+    fabric = Fabric(accelerator="cpu", devices=args.devices, strategy=strategy)
     fabric.launch()
     seed_everything(1234, workers=True)
     model, optimizer, loader = build(fabric)
@@ -84,7 +86,10 @@ def main() -> None:
         state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
         fabric.load(checkpoint, state)
         train(fabric, model, optimizer, loader, state, args.total, seen)
-    weights = {k: v.tolist() for k, v in model.state_dict().items()}
+    weights = {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).tolist()
+        for k, v in model.state_dict().items()
+    }
     with open(os.path.join(args.out, f"rank{fabric.global_rank}.json"), "w") as f:
         json.dump({"seen": seen, "weights": weights, "step": state["step"]}, f)
 
