@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fabric.environments._env import env_int, refuse_change
+from fabric.environments._env import env_int, env_port, refuse_change, require_env
 from fabric.environments.cluster_environment import ClusterEnvironment
 
 
@@ -35,3 +35,19 @@ class ScheduledEnvironment(ClusterEnvironment):
 
     def set_global_rank(self, rank: int) -> None:
         refuse_change("global rank", rank, self.global_rank(), self._GLOBAL_RANK_VARIABLE)
+
+
+class MasterVariablesEnvironment(ScheduledEnvironment):
+    """A launcher that publishes the PyTorch convention: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+    ``MASTER_PORT`` (torchrun, the Kubeflow operator)."""
+
+    _WORLD_SIZE_VARIABLE = "WORLD_SIZE"
+    _GLOBAL_RANK_VARIABLE = "RANK"
+
+    @property
+    def main_address(self) -> str:
+        return require_env("MASTER_ADDR", self._FIX)
+
+    @property
+    def main_port(self) -> int:
+        return env_port("MASTER_PORT", self._FIX)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 
-from fabric.environments._env import env_port, mismatch, require_env
-from fabric.environments._scheduled import ScheduledEnvironment
+from fabric.environments._env import mismatch
+from fabric.environments._scheduled import MasterVariablesEnvironment
 
 _REQUIRED = ("KUBERNETES_PORT", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
 
 
-class KubeflowEnvironment(ScheduledEnvironment):
+class KubeflowEnvironment(MasterVariablesEnvironment):
     """A Kubeflow ``PyTorchJob`` where the operator started one process per pod.
 
     The operator sets ``MASTER_ADDR``/``MASTER_PORT`` (the master pod's service), ``WORLD_SIZE`` (the
@@ -24,17 +24,7 @@ class KubeflowEnvironment(ScheduledEnvironment):
         fabric = Fabric(plugins=[KubeflowEnvironment()])
     """
 
-    _WORLD_SIZE_VARIABLE = "WORLD_SIZE"
-    _GLOBAL_RANK_VARIABLE = "RANK"
     _FIX = "Run inside a Kubeflow PyTorchJob, whose operator sets it, or do not select KubeflowEnvironment."
-
-    @property
-    def main_address(self) -> str:
-        return require_env("MASTER_ADDR", self._FIX)
-
-    @property
-    def main_port(self) -> int:
-        return env_port("MASTER_PORT", self._FIX)
 
     @staticmethod
     def detect() -> bool:

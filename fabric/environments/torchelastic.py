@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from fabric.environments._env import env_int, env_port, mismatch, require_env
-from fabric.environments._scheduled import ScheduledEnvironment
+from fabric.environments._env import env_int, mismatch
+from fabric.environments._scheduled import MasterVariablesEnvironment
 
 # torchrun sets all of these in every worker; requiring the full set keeps a stray RANK or
 # WORLD_SIZE left in a shell from being mistaken for a torchrun launch.
@@ -21,7 +21,7 @@ _REQUIRED = (
 )
 
 
-class TorchElasticEnvironment(ScheduledEnvironment):
+class TorchElasticEnvironment(MasterVariablesEnvironment):
     """Every process was started by ``torchrun``; ranks and rendezvous come from its variables.
 
     ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` give the ranks, ``GROUP_RANK`` the node (agent) rank,
@@ -34,17 +34,7 @@ class TorchElasticEnvironment(ScheduledEnvironment):
         env.global_rank(), env.world_size(), env.node_rank()  # (6, 8, 1) on node001's neighbour
     """
 
-    _WORLD_SIZE_VARIABLE = "WORLD_SIZE"
-    _GLOBAL_RANK_VARIABLE = "RANK"
     _FIX = "Start the script with `torchrun`, which sets it, or do not select TorchElasticEnvironment."
-
-    @property
-    def main_address(self) -> str:
-        return require_env("MASTER_ADDR", self._FIX)
-
-    @property
-    def main_port(self) -> int:
-        return env_port("MASTER_PORT", self._FIX)
 
     @staticmethod
     def detect() -> bool:
