@@ -50,7 +50,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "into one file (full tensors), readable by torch.load and by Fabric.load on any strategy.",
     )
     consolidate.add_argument("checkpoint_dir", help="the sharded checkpoint directory")
-    consolidate.add_argument("output", help="the file to write")
+    consolidate.add_argument(
+        "output", nargs="?", default=None, help="the file to write (default: CHECKPOINT_DIR.consolidated)"
+    )
+    consolidate.add_argument(
+        "--output_file", "--output-file", dest="output_file", default=None, help="the file to write (Lightning's name)"
+    )
     return parser, run
 
 
@@ -106,12 +111,13 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
     raise AssertionError("unreachable")
 
 
-def _consolidate(directory: str, output: str, error: Callable[[str], NoReturn]) -> None:
+def _consolidate(directory: str, output: str | None, error: Callable[[str], NoReturn]) -> None:
+    from fabric.checkpoint.consolidate import consolidate, default_output
     from fabric.checkpoint.io import CheckpointError
-    from fabric.checkpoint.sharded import consolidate
 
     if not os.path.isdir(directory):
         error(f"consolidate: {directory!r} is not a directory; pass the sharded checkpoint directory.")
+    output = output if output is not None else default_output(directory)
     if os.path.isdir(output):
         error(f"consolidate: the output {output!r} is a directory; pass a file path.")
     try:
@@ -126,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser, run_parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "consolidate":
-        _consolidate(args.checkpoint_dir, args.output, parser.error)
+        if args.output is not None and args.output_file is not None and args.output != args.output_file:
+            parser.error("consolidate: the output was given twice (OUTPUT and --output_file); pass one.")
+        _consolidate(args.checkpoint_dir, args.output or args.output_file, parser.error)
         return
     nproc = _validate(args, run_parser.error)
 

@@ -7,6 +7,8 @@ method then delegates to the strategy (which holds the accelerator and precision
 from __future__ import annotations
 
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, overload
@@ -86,6 +88,10 @@ class Fabric:
         self._launched = False
         self._environment_ready = False
         self._models_setup = 0
+        # Which model each set-up optimizer updates (sharded optimizer state is keyed by its parameter
+        # names); weak, so that Fabric keeps nothing alive that the user dropped.
+        self._optimizer_owners: weakref.WeakKeyDictionary[Optimizer, Module] = weakref.WeakKeyDictionary()
+        self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     @staticmethod
     def _as_list(value: Any, name: str) -> list[Any]:
@@ -206,6 +212,9 @@ class Fabric:
         wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
         wrapped_optimizers = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
         self._models_setup += 1
+        self._setup_modules.add(module)
+        for optimizer in strategy_optimizers:
+            self._optimizer_owners[optimizer] = module
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
         if not wrapped_optimizers:
             return wrapped
@@ -220,6 +229,7 @@ class Fabric:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
         self._models_setup += 1
+        self._setup_modules.add(module)
         return _FabricModule(forward_module, self._strategy, original_module=module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
@@ -229,8 +239,17 @@ class Fabric:
             raise ValueError("Fabric.setup_optimizers() needs at least one optimizer.")
         for optimizer in optimizers:
             self._validate_optimizer(optimizer, "setup_optimizers")
-        wrapped = [_FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        strategy_optimizers = [self._strategy.setup_optimizer(o) for o in optimizers]
+        for optimizer in strategy_optimizers:
+            owner = self._model_updated_by(optimizer)
+            if owner is not None:
+                self._optimizer_owners[optimizer] = owner
+        wrapped = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _model_updated_by(self, optimizer: Optimizer) -> Module | None:
+        first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+        return next((m for m in self._setup_modules if any(p is first for p in m.parameters())), None)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -494,16 +513,18 @@ class Fabric:
 
             fabric.save("ckpt.pt", {"model": model, "optimizer": optimizer, "step": step})
         """
-        if not isinstance(state, dict):
+        if not isinstance(state, Mapping):
             raise TypeError(
                 f"Fabric.save(path, state): `state` must be a dict like {{'model': model}}, got "
                 f"{type(state).__name__}."
             )
-        if filter is not None and not isinstance(filter, dict):
-            raise TypeError(
-                "Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`."
-            )
-        self._strategy.save_checkpoint(os.fspath(path), _unwrap_state(state), filter=filter)
+        self._strategy.save_checkpoint(
+            os.fspath(path),
+            _unwrap_state(state),
+            filter=filter,
+            owners=self._optimizer_owners,
+            per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
+        )
         self._strategy.barrier()
 
     def load(
@@ -533,7 +554,12 @@ class Fabric:
         """
         unwrapped = _unwrap_state(state) if isinstance(state, dict) else state
         remainder = self._strategy.load_checkpoint(
-            os.fspath(path), unwrapped, strict=strict, weights_only=weights_only
+            os.fspath(path),
+            unwrapped,
+            strict=strict,
+            weights_only=weights_only,
+            restore_rng=restore_rng,
+            owners=self._optimizer_owners,
         )
         if isinstance(state, dict) and isinstance(unwrapped, dict):
             # Plain values were replaced in the unwrapped copy: hand them back to the user's dict.
@@ -543,20 +569,31 @@ class Fabric:
         self._strategy.barrier()
         return remainder
 
-    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
-        """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``."""
-        self._strategy.load_raw(os.fspath(path), _unwrap(obj), strict=strict)
+    def load_raw(
+        self, path: PathLike, obj: Module | Optimizer, strict: bool = True, weights_only: bool = True
+    ) -> None:
+        """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``.
+
+        Example::
+
+            fabric.load_raw("pretrained.pt", model)
+        """
+        raw = _unwrap(obj)
+        owner = self._optimizer_owners.get(raw) if isinstance(raw, Optimizer) else None
+        self._strategy.load_raw(os.fspath(path), raw, strict=strict, weights_only=weights_only, owner=owner)
 
     # ------------------------------------------------------------------ helpers
     def _teardown(self) -> None:
         self._strategy.teardown()
 
 
-def _unwrap_state(state: dict[str, Any]) -> dict[str, Any]:
+def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
     # Dataloaders stay wrapped: the wrapper is what holds the position in the data.
-    return {
+    unwrapped = {
         key: value if isinstance(value, _FabricDataLoader) else _unwrap(value) for key, value in state.items()
     }
+    # `fabric.save(path, model.state_dict())` must write what `torch.save` would: an OrderedDict stays one.
+    return OrderedDict(unwrapped) if isinstance(state, OrderedDict) else unwrapped
 
 
 __all__ = ["Fabric"]
