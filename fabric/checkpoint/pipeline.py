@@ -20,6 +20,7 @@ the rest, the same way for all of them:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import weakref
@@ -31,7 +32,7 @@ from torch.optim import Optimizer
 
 from fabric.checkpoint import sharded, states
 from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
-from fabric.checkpoint.io import CheckpointError, NotAFileError, atomic_save, safe_load
+from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.rng import capture_rng_state, restore_rng_state
 from fabric.utilities.types import Stateful
@@ -187,10 +188,18 @@ class Checkpointer:
             if host.is_global_zero:
                 sharded.write_manifest(tmp, checksums)
                 sharded.commit_directory(tmp, path)
-        except BaseException:
+        except BaseException as error:
             if host.is_global_zero and os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            os_error = _os_error_in(error)
+            if os_error is None:
+                raise
+            raise OSError(
+                os_error.errno,
+                f"Could not write the sharded checkpoint '{path}' ({os_error.strerror or os_error}). The previous "
+                f"checkpoint at that path, if any, is unchanged. Check free disk space, the file size limit and "
+                f"permissions there, or save to another directory.",
+            ) from error
         host.barrier()
 
     def _resume_state(self, state: Mapping[str, Any], per_rank_keys: Collection[str]) -> dict[str, Any]:
@@ -228,7 +237,9 @@ class Checkpointer:
         path = os.fspath(path)
         restored: set[str] = set()
         if not is_remote(path) and not os.path.exists(path):
-            path = sharded.resolve_checkpoint_path(path)  # recovers a directory a crashed save left aside
+            # A directory a crashed save left aside; else the CheckpointIO plugin says what is there.
+            with contextlib.suppress(FileNotFoundError):
+                path = sharded.resolve_checkpoint_path(path)
         if not is_remote(path) and os.path.isdir(path):
             if not sharded.is_sharded_checkpoint(path):
                 raise CheckpointError(
@@ -383,6 +394,19 @@ def check_manifest_covers(path: str, manifest: Mapping[str, Any], metadata: Any)
     if unlisted:
         raise sharded.integrity_error(path, [f"{unlisted} are not in its manifest (files were added or swapped)"])
     return metadata
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError (disk full, file too large) behind a failed save, also inside DCP's per-rank failures."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if isinstance(error, CheckpointException):
+        for failure in error.failures.values():
+            found = _os_error_behind(failure[0] if isinstance(failure, tuple) else failure)
+            if found is not None:
+                return found
+        return None
+    return _os_error_behind(error)
 
 
 def _my_share(names: list[str], host: CheckpointHost) -> list[str]:

@@ -36,7 +36,7 @@ import re
 import secrets
 import shutil
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -350,11 +350,11 @@ def referenced_files(metadata: Any) -> set[str]:
 
 def _check_relative_name(directory: str, name: Any) -> None:
     """A file a checkpoint refers to must be a plain name resolving inside its directory (no ``..``, no links out)."""
-    if not isinstance(name, str) or not name or os.path.isabs(name) or "\x00" in name:
+    if not isinstance(name, str) or not name or "\x00" in name:
         raise CheckpointError(f"The checkpoint '{directory}' refers to an invalid file name {name!r}; it was refused.")
     root = os.path.realpath(directory)
     resolved = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, resolved]) != root or resolved == root:
+    if os.path.isabs(name) or os.path.commonpath([root, resolved]) != root or resolved == root:
         raise CheckpointError(
             f"The checkpoint '{directory}' refers to the file {name!r}, which lies outside its directory; a "
             f"checkpoint may only read its own files. It was refused: the directory was crafted or damaged."
@@ -427,17 +427,27 @@ def load_shards(
     every process holds the full model).
     """
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
 
-    try:
+    with _dcp_errors(directory):
         dcp.load(
             targets,
             storage_reader=_reader(directory, metadata),
             planner=_planner(weights_only, strict),
             no_dist=not distributed,
         )
-    # DCP raises RuntimeError, KeyError, ... and, across processes, CheckpointException: a BaseException
-    # whose text is every rank's traceback; name the first rank's error instead.
+
+
+@contextlib.contextmanager
+def _dcp_errors(directory: str) -> Iterator[None]:
+    """Turn what DCP raises into one CheckpointError with the first rank's cause.
+
+    DCP raises RuntimeError, KeyError, ... and, across processes, CheckpointException: a BaseException
+    whose text is every rank's traceback.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
     except (Exception, CheckpointException) as err:
         failures = err.failures if isinstance(err, CheckpointException) else {}
         cause = next(iter(failures.values()))[0] if failures else err
@@ -456,10 +466,11 @@ def read_entries(directory: str, metadata: Any, keys: set[str], weights_only: bo
     if not keys:
         return {}
     state: dict[str, Any] = {}
-    _load_state_dict(
-        state,
-        storage_reader=_reader(directory, metadata),
-        planner=_planner(weights_only, strict=True, keys=keys),
-        no_dist=True,
-    )
+    with _dcp_errors(directory):
+        _load_state_dict(
+            state,
+            storage_reader=_reader(directory, metadata),
+            planner=_planner(weights_only, strict=True, keys=keys),
+            no_dist=True,
+        )
     return {key: value for key, value in state.items() if key in keys}
