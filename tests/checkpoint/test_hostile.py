@@ -663,3 +663,13 @@ def test_a_full_disk_during_a_sharded_save_leaves_the_previous_checkpoint(tmp_pa
     assert os.waitstatus_to_exitcode(status) == 0  # the save raised an OSError
     assert _version_of(path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the failed save removed its directory
+
+
+# ----------------------------------------------------------------------------- 10. FSDP keeps no model alive
+@pytest.mark.timeout(120)
+def test_fsdp_does_not_keep_the_models_it_sharded_alive() -> None:
+    from tests.strategies.multiprocess import REPO_ROOT, run_python
+
+    run = run_python([str(REPO_ROOT / "tests" / "checkpoint" / "scripts" / "fsdp_releases_models.py")], timeout=100)
+    assert run.returncode == 0, run.output
+    assert run.output.strip().splitlines()[-1] == "OK", run.output
