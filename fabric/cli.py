@@ -54,7 +54,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "output", nargs="?", default=None, help="the file to write (default: CHECKPOINT_DIR.consolidated)"
     )
     consolidate.add_argument(
-        "--output_file", "--output-file", dest="output_file", default=None, help="the file to write (Lightning's name)"
+        "--output_file",
+        "--output-file",
+        dest="output_file",
+        default=None,
+        help="the file to write (Lightning's name)",
     )
     return parser, run
 

@@ -126,7 +126,9 @@ class Connector:
                 environment = plugin
             elif isinstance(plugin, CheckpointIO):
                 if checkpoint_io is not None:
-                    raise ValueError("Fabric(plugins=...): more than one CheckpointIO plugin was given; pass one.")
+                    raise ValueError(
+                        "Fabric(plugins=...): more than one CheckpointIO plugin was given; pass one."
+                    )
                 checkpoint_io = plugin
             else:
                 raise TypeError(

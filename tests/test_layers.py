@@ -15,10 +15,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fabric"
 
 # For each floor, the fabric modules it must never import (directly or inside a function).
 FORBIDDEN = {
-    "checkpoint": ("fabric.fabric", "fabric.wrappers", "fabric.connector", "fabric.strategies", "fabric.launchers"),
+    "checkpoint": (
+        "fabric.fabric",
+        "fabric.wrappers",
+        "fabric.connector",
+        "fabric.strategies",
+        "fabric.launchers",
+    ),
     "strategies": ("fabric.fabric", "fabric.wrappers", "fabric.connector"),
     "launchers": ("fabric.fabric", "fabric.wrappers", "fabric.connector"),
-    "utilities": ("fabric.fabric", "fabric.wrappers", "fabric.connector", "fabric.strategies", "fabric.checkpoint"),
+    "utilities": (
+        "fabric.fabric",
+        "fabric.wrappers",
+        "fabric.connector",
+        "fabric.strategies",
+        "fabric.checkpoint",
+    ),
 }
 
 

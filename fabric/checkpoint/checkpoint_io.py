@@ -36,7 +36,9 @@ class CheckpointIO(ABC):
     """How a checkpoint dict is written to and read from storage (Lightning's plugin interface)."""
 
     @abstractmethod
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         """Write ``checkpoint`` to ``path``."""
 
     @abstractmethod
@@ -71,7 +73,9 @@ def _filesystem(path: str) -> tuple[Any, str]:
 class TorchCheckpointIO(CheckpointIO):
     """``torch.save`` files, written atomically and verified on load; local or through fsspec."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(
                 f"TorchCheckpointIO.save_checkpoint(storage_options={storage_options!r}): this plugin takes no "

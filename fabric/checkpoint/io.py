@@ -82,7 +82,9 @@ def _refuse_non_regular(path: str, display: str, action: str) -> None:
             else "Pass the path of a file written by `fabric.save`/`torch.save`; a sharded checkpoint "
             "directory is loaded with `fabric.load`."
         )
-        raise NotAFileError(errno.EISDIR, f"Cannot {action} a checkpoint file at '{display}': it is a directory. {hint}")
+        raise NotAFileError(
+            errno.EISDIR, f"Cannot {action} a checkpoint file at '{display}': it is a directory. {hint}"
+        )
     raise NotAFileError(
         errno.EINVAL,
         f"Cannot {action} a checkpoint file at '{display}': it is not a regular file (a device, pipe or socket). "
@@ -196,11 +198,17 @@ def safe_load(
             f"No checkpoint file at '{display}'. Check the path, or save a checkpoint there first.",
         ) from None
     with file:
-        return load_verified(file, display, map_location=map_location, weights_only=weights_only, verify=verify)
+        return load_verified(
+            file, display, map_location=map_location, weights_only=weights_only, verify=verify
+        )
 
 
 def load_verified(
-    file: IO[bytes], display: str, map_location: MapLocation = "cpu", weights_only: bool = True, verify: bool = True
+    file: IO[bytes],
+    display: str,
+    map_location: MapLocation = "cpu",
+    weights_only: bool = True,
+    verify: bool = True,
 ) -> Any:
     """:func:`safe_load` on an open, seekable binary file (``display`` names it in errors)."""
     is_zip = _starts_with_zip_magic(file)

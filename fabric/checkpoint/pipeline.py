@@ -24,6 +24,7 @@ import contextlib
 import os
 import shutil
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, Protocol
 
@@ -81,7 +82,9 @@ class CheckpointHost(Protocol):
 
     def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]: ...
 
-    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None: ...
+    def load_module_state_dict(
+        self, module: Module, state_dict: dict[str, Any], strict: bool = True
+    ) -> None: ...
 
     def load_optimizer_state_dict(
         self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
@@ -148,8 +151,8 @@ class Checkpointer:
             _apply_filter(checkpoint, key, value, filter)
         if with_resume:
             checkpoint.update(self._resume_state(state, per_rank_keys))
-        elif type(state) is not dict:
-            checkpoint = type(state)(checkpoint)  # e.g. an OrderedDict from `model.state_dict()` stays one
+        elif isinstance(state, OrderedDict):
+            checkpoint = OrderedDict(checkpoint)  # `model.state_dict()` saved as is stays an OrderedDict
         if host.is_global_zero:
             host.checkpoint_io.save_checkpoint(checkpoint, path)
 
@@ -205,7 +208,10 @@ class Checkpointer:
     def _resume_state(self, state: Mapping[str, Any], per_rank_keys: Collection[str]) -> dict[str, Any]:
         """Every process's random state and dataloader positions, and the precision's state."""
         host = self.host
-        mine = {"rng": capture_rng_state(), "dataloaders": {key: state[key].state_dict() for key in per_rank_keys}}
+        mine = {
+            "rng": capture_rng_state(),
+            "dataloaders": {key: state[key].state_dict() for key in per_rank_keys},
+        }
         resume: dict[str, Any] = {PER_RANK_STATE_KEY: host.gather_object(mine)}
         precision_state = host.precision.state_dict()
         if precision_state:
@@ -248,7 +254,9 @@ class Checkpointer:
                 )
             checkpoint, restored = self._load_directory(path, state, strict, weights_only, owners)
         else:
-            checkpoint = self.host.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
+            checkpoint = self.host.checkpoint_io.load_checkpoint(
+                path, map_location="cpu", weights_only=weights_only
+            )
         if state is None:
             if isinstance(checkpoint, dict):
                 for key in RESERVED_KEYS:
@@ -306,7 +314,12 @@ class Checkpointer:
                 targets[key] = states.optimizer_state(modules[key], obj)
         if targets:
             sharded.load_shards(
-                targets, path, metadata, self.host.sharded_checkpoints, strict=strict, weights_only=weights_only
+                targets,
+                path,
+                metadata,
+                self.host.sharded_checkpoints,
+                strict=strict,
+                weights_only=weights_only,
             )
         for key, value in targets.items():
             obj = (state or {})[key]
@@ -329,7 +342,11 @@ class Checkpointer:
             )
             return sharded.read_metadata(path, weights_only)
         names = sorted(manifest)
-        problems = [p for part in host.gather_object(sharded.verify_files(path, manifest, _my_share(names, host))) for p in part]
+        problems = [
+            p
+            for part in host.gather_object(sharded.verify_files(path, manifest, _my_share(names, host)))
+            for p in part
+        ]
         if problems:
             raise sharded.integrity_error(path, problems)
         return check_manifest_covers(path, manifest, sharded.read_metadata(path, weights_only))
@@ -392,7 +409,9 @@ def check_manifest_covers(path: str, manifest: Mapping[str, Any], metadata: Any)
         needed.add(sharded.META_FILE)
     unlisted = sorted(needed - set(manifest))
     if unlisted:
-        raise sharded.integrity_error(path, [f"{unlisted} are not in its manifest (files were added or swapped)"])
+        raise sharded.integrity_error(
+            path, [f"{unlisted} are not in its manifest (files were added or swapped)"]
+        )
     return metadata
 
 
@@ -448,7 +467,9 @@ def _check_filter(filter: Any, state: Mapping[str, Any]) -> Filter:
     if filter is None:
         return {}
     if not isinstance(filter, Mapping) or not all(callable(f) for f in filter.values()):
-        raise TypeError("Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`.")
+        raise TypeError(
+            "Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`."
+        )
     unknown = sorted(set(filter) - set(state))
     if unknown:
         # Lightning ignores these; a filter that names no entry is almost always a typo, so it is an error here.

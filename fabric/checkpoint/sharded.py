@@ -96,7 +96,11 @@ def check_directory_target(path: str | os.PathLike[str]) -> None:
     """
     target = os.fspath(path)
     if os.path.lexists(target) and not os.path.isdir(target):
-        kind = "a file" if os.path.isfile(target) else "something that is not a directory (a device, pipe or socket)"
+        kind = (
+            "a file"
+            if os.path.isfile(target)
+            else "something that is not a directory (a device, pipe or socket)"
+        )
         raise CheckpointError(
             f"Cannot write a sharded checkpoint to '{target}': {kind} is there. Choose another path, or "
             f"remove it first if it is not needed."
@@ -178,7 +182,9 @@ def checksum(path: str) -> dict[str, int]:
 def write_manifest(directory: str, checksums: dict[str, dict[str, int]]) -> None:
     """Write the manifest last: a directory with a manifest is complete, and every byte of it is known."""
     body = json.dumps(
-        {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "files": checksums}, indent=1, sort_keys=True
+        {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "files": checksums},
+        indent=1,
+        sort_keys=True,
     ).encode()
     path = os.path.join(directory, MANIFEST_FILE)
     with open(path, "wb") as file:
@@ -227,7 +233,11 @@ def _old_versions(path: str) -> list[str]:
     parent, name = os.path.split(path)
     prefix = f".{name}{_OLD_TAG}"
     with contextlib.suppress(OSError):
-        return [e.path for e in os.scandir(parent) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
+        return [
+            e.path
+            for e in os.scandir(parent)
+            if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)
+        ]
     return []
 
 
@@ -284,7 +294,9 @@ def verify_files(directory: str, manifest: dict[str, dict[str, int]], names: Ite
             continue
         expected = manifest[name]
         if actual["size"] != expected["size"]:
-            problems.append(f"'{path}' has {actual['size']} bytes, {expected['size']} were written (truncated?)")
+            problems.append(
+                f"'{path}' has {actual['size']} bytes, {expected['size']} were written (truncated?)"
+            )
         elif actual["crc32"] != expected["crc32"]:
             problems.append(f"'{path}' does not match its checksum (corrupted)")
     return problems
@@ -337,8 +349,14 @@ def read_metadata(directory: str, weights_only: bool = True) -> Any:
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
         raise CheckpointError(f"'{path}' is not the metadata of a torch.distributed.checkpoint directory.")
     for info in metadata.storage_data.values():
-        if not isinstance(info, _StorageInfo) or not isinstance(info.offset, int) or not isinstance(info.length, int):
-            raise CheckpointError(f"The checkpoint metadata '{path}' has a malformed storage record: {info!r}.")
+        if (
+            not isinstance(info, _StorageInfo)
+            or not isinstance(info.offset, int)
+            or not isinstance(info.length, int)
+        ):
+            raise CheckpointError(
+                f"The checkpoint metadata '{path}' has a malformed storage record: {info!r}."
+            )
         _check_relative_name(directory, info.relative_path)
     return metadata
 
@@ -351,7 +369,9 @@ def referenced_files(metadata: Any) -> set[str]:
 def _check_relative_name(directory: str, name: Any) -> None:
     """A file a checkpoint refers to must be a plain name resolving inside its directory (no ``..``, no links out)."""
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise CheckpointError(f"The checkpoint '{directory}' refers to an invalid file name {name!r}; it was refused.")
+        raise CheckpointError(
+            f"The checkpoint '{directory}' refers to an invalid file name {name!r}; it was refused."
+        )
     root = os.path.realpath(directory)
     resolved = os.path.realpath(os.path.join(root, name))
     if os.path.isabs(name) or os.path.commonpath([root, resolved]) != root or resolved == root:
@@ -419,7 +439,12 @@ def _planner(weights_only: bool, strict: bool, keys: set[str] | None = None) -> 
 
 
 def load_shards(
-    targets: dict[str, Any], directory: str, metadata: Any, distributed: bool, strict: bool, weights_only: bool
+    targets: dict[str, Any],
+    directory: str,
+    metadata: Any,
+    distributed: bool,
+    strict: bool,
+    weights_only: bool,
 ) -> None:
     """Fill the tensors of ``targets`` in place from ``directory`` (any layout: DCP reshards).
 

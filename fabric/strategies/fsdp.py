@@ -220,7 +220,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
         # The index-keyed form of `optimizer.state_dict()`: loads with plain torch too.
-        return optimizer_state_by_index(optimizer_state(self._model_of(optimizer, module), optimizer, full=True))
+        return optimizer_state_by_index(
+            optimizer_state(self._model_of(optimizer, module), optimizer, full=True)
+        )
 
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
         set_module_state(module, state_dict, strict=strict, full=True)

@@ -155,7 +155,14 @@ def test_consolidate_of_a_crafted_directory_does_not_run_code(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match="could run code"):
         consolidate(tmp_path / "ckpt", tmp_path / "out.pt")
     result = subprocess.run(
-        [sys.executable, "-m", "fabric.cli", "consolidate", str(tmp_path / "ckpt"), str(tmp_path / "out2.pt")],
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "consolidate",
+            str(tmp_path / "ckpt"),
+            str(tmp_path / "out2.pt"),
+        ],
         env=launch_env(),
         capture_output=True,
         text=True,
@@ -273,7 +280,9 @@ def test_any_truncated_file_is_an_error(
 
 
 @pytest.mark.timeout(60)
-def test_a_shard_swapped_for_another_valid_shard_is_an_error(pristine: tuple[Path, Any], tmp_path: Path) -> None:
+def test_a_shard_swapped_for_another_valid_shard_is_an_error(
+    pristine: tuple[Path, Any], tmp_path: Path
+) -> None:
     directory = _copy(pristine, tmp_path)
     _write(tmp_path / "other", seed=4)
     shutil.copy(tmp_path / "other" / "__0_0.distcp", directory / "__0_0.distcp")
@@ -290,7 +299,9 @@ def test_a_damaged_manifest_is_an_error(pristine: tuple[Path, Any], tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-def test_a_pristine_directory_loads_exactly(pristine: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path) -> None:
+def test_a_pristine_directory_loads_exactly(
+    pristine: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
     state, remainder = _load(_copy(pristine, tmp_path))
     assert _weights_equal(state["model"], pristine[1])
     assert remainder == {"step": 7}
@@ -323,7 +334,10 @@ def test_consolidate_takes_lightnings_output_file_option_and_default(
     pristine: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
 ) -> None:
     directory = _copy(pristine, tmp_path)
-    for extra, expected in ([], tmp_path / "ckpt.consolidated"), (["--output_file", str(tmp_path / "x.pt")], tmp_path / "x.pt"):
+    for extra, expected in (
+        ([], tmp_path / "ckpt.consolidated"),
+        (["--output_file", str(tmp_path / "x.pt")], tmp_path / "x.pt"),
+    ):
         result = subprocess.run(
             [sys.executable, "-m", "fabric.cli", "consolidate", str(directory), *extra],
             env=launch_env(),
@@ -339,7 +353,9 @@ def test_consolidate_takes_lightnings_output_file_option_and_default(
 
 # ----------------------------------------------------------------------------- 5. leftovers of a killed save
 def _dead_pid() -> int:
-    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+    return int(
+        subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout
+    )
 
 
 @POSIX_ONLY
@@ -496,7 +512,11 @@ def test_a_plain_state_dict_comes_back_from_torch_load_exactly(tmp_path: Path) -
 @pytest.mark.timeout(60)
 def test_filter_on_a_plain_value_stores_it_as_is(tmp_path: Path) -> None:
     fabric = _fabric(sharded=False)
-    fabric.save(tmp_path / "c.pt", {"step": 3, "d": {"a": 1, "b": 2}}, filter={"step": lambda k, v: False, "d": lambda k, v: k == "a"})
+    fabric.save(
+        tmp_path / "c.pt",
+        {"step": 3, "d": {"a": 1, "b": 2}},
+        filter={"step": lambda k, v: False, "d": lambda k, v: k == "a"},
+    )
     assert torch.load(tmp_path / "c.pt", weights_only=True) == {"step": 3, "d": {"a": 1}}
 
 
@@ -519,13 +539,17 @@ class _DictStore(CheckpointIO):
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         self.blobs[str(path)] = buffer.getvalue()
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool = True) -> Any:
-        return torch.load(io.BytesIO(self.blobs[str(path)]), map_location=map_location, weights_only=weights_only)
+        return torch.load(
+            io.BytesIO(self.blobs[str(path)]), map_location=map_location, weights_only=weights_only
+        )
 
     def remove_checkpoint(self, path: Any) -> None:
         del self.blobs[str(path)]
@@ -670,6 +694,8 @@ def test_a_full_disk_during_a_sharded_save_leaves_the_previous_checkpoint(tmp_pa
 def test_fsdp_does_not_keep_the_models_it_sharded_alive() -> None:
     from tests.strategies.multiprocess import REPO_ROOT, run_python
 
-    run = run_python([str(REPO_ROOT / "tests" / "checkpoint" / "scripts" / "fsdp_releases_models.py")], timeout=100)
+    run = run_python(
+        [str(REPO_ROOT / "tests" / "checkpoint" / "scripts" / "fsdp_releases_models.py")], timeout=100
+    )
     assert run.returncode == 0, run.output
     assert run.output.strip().splitlines()[-1] == "OK", run.output

@@ -26,8 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric import Fabric
-from fabric.checkpoint.io import CheckpointError
 from fabric.checkpoint.consolidate import consolidate
+from fabric.checkpoint.io import CheckpointError
 from fabric.checkpoint.sharded import (
     checksum,
     commit_directory,
