@@ -7,6 +7,7 @@ arguments.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -29,10 +30,27 @@ def prepare_dataloader(
     )
     if not needs_sampler and not needs_seeding:
         return dataloader
-    from fabric.utilities.distributed_data import rebuild_dataloader
+    from fabric.utilities.distributed_data import rebuild_dataloader, with_worker_init_fn
 
     worker_init_fn = partial(pl_worker_init_function, rank=global_rank) if needs_seeding else None
-    if needs_sampler:
-        assert sampler_kwargs is not None
-        sampler_kwargs = {"seed": global_seed(), **sampler_kwargs}
-    return rebuild_dataloader(dataloader, sampler_kwargs if needs_sampler else None, worker_init_fn)
+    if not needs_sampler:
+        assert worker_init_fn is not None
+        return with_worker_init_fn(dataloader, worker_init_fn)  # any DataLoader subclass
+    assert sampler_kwargs is not None
+    sampler_kwargs = {"seed": global_seed(), **sampler_kwargs}
+    return rebuild_dataloader(dataloader, sampler_kwargs, worker_init_fn)
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """A number of DataLoader workers per process that keeps this machine's CPUs busy but not crowded.
+
+    The CPUs this process may run on, shared among the ``local_world_size`` processes of this machine,
+    less one for each process's main thread (the same rule as Lightning's); at least 1.
+    """
+    if local_world_size < 1:
+        raise ValueError(
+            f"suggested_max_num_workers(local_world_size={local_world_size}): pass the number of processes on "
+            f"this machine, at least 1 (e.g. `fabric.world_size // fabric.num_nodes`)."
+        )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)
