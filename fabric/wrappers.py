@@ -268,8 +268,11 @@ class _FabricOptimizer(Optimizer):
         self._optimizer.defaults = value
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        if self._check_backward:
-            self._check_fabric_backward()
+        if self._check_backward and closure is None:  # a closure runs its own fabric.backward
+            calls = self._precision.backward_calls
+            if calls == self._backwards_seen:
+                self._no_fabric_backward()
+            self.__dict__["_backwards_seen"] = calls
         if closure is None:
             output = self._step(self._optimizer)
         else:
@@ -278,11 +281,7 @@ class _FabricOptimizer(Optimizer):
             hook(strategy=self._strategy, optimizer=self._optimizer)
         return output
 
-    def _check_fabric_backward(self) -> None:
-        seen, calls = self._backwards_seen, self._precision.backward_calls
-        self.__dict__["_backwards_seen"] = calls
-        if calls != seen:
-            return
+    def _no_fabric_backward(self) -> None:
         # No fabric.backward since this optimizer's last step: gradients here came from a plain
         # `loss.backward()`, which skipped the loss scaling the precision needs.
         if any(p.grad is not None for group in self._optimizer.param_groups for p in group["params"]):

@@ -15,7 +15,7 @@ import torch
 from torch.nn import Module
 
 from fabric.precision.precision import Precision
-from fabric.precision.utils import default_dtype
+from fabric.precision.utils import DefaultDtype, default_dtype
 from fabric.utilities.apply import convert_floating_tensors
 
 _TRUE_DTYPES = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}
@@ -35,6 +35,7 @@ class TruePrecision(Precision):
             )
         self.precision = precision
         self._dtype = _TRUE_DTYPES[precision]
+        self._forward_context = DefaultDtype(self._dtype)
 
     @property
     def param_dtype(self) -> torch.dtype:
@@ -47,7 +48,7 @@ class TruePrecision(Precision):
         return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
     def forward_context(self) -> AbstractContextManager:
-        return default_dtype(self._dtype)
+        return self._forward_context
 
     def module_init_context(self) -> AbstractContextManager:
         return default_dtype(self._dtype)
