@@ -19,7 +19,8 @@ LINT_PATHS = ("fabric", "tests", "examples", "benchmarks", "noxfile.py")
 def _install(session: nox.Session, *extras: str) -> None:
     session.install(TORCH_PIN)
     target = f".[{','.join(extras)}]" if extras else "."
-    session.install("-e", target)
+    # the pin again: a dependency (e.g. the test-only `lightning`) must not replace the CPU build
+    session.install("-e", target, TORCH_PIN)
 
 
 @nox.session(python=PYTHON)
