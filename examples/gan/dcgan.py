@@ -41,7 +41,9 @@ class Generator(nn.Module):
     def __init__(self, latent: int = 32, width: int = 64) -> None:
         super().__init__()
         self.latent = latent
-        self.project = nn.Sequential(nn.Linear(latent, width * 2 * 2), nn.BatchNorm1d(width * 2 * 2), nn.ReLU())
+        self.project = nn.Sequential(
+            nn.Linear(latent, width * 2 * 2), nn.BatchNorm1d(width * 2 * 2), nn.ReLU()
+        )
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(width, width // 2, 4, 2, 1),  # 2x2 -> 4x4
             nn.BatchNorm2d(width // 2),
@@ -102,14 +104,18 @@ def write_png_grid(images: torch.Tensor, path: str, scale: int = 4) -> None:
     pixels = ((images[:, 0].float().clamp(-1, 1) + 1) / 2).cpu()
     for i in range(n):
         r, c = divmod(i, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = pixels[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = (
+            pixels[i]
+        )
     grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     data = (grid * 255).round().to(torch.uint8)
     height, width = data.shape
     raw = b"".join(b"\x00" + bytes(row.tolist()) for row in data)
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
 
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
@@ -135,10 +141,14 @@ def progress(iterable, fabric: Fabric, **kwargs):  # type: ignore[no-untyped-def
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--devices", default="1")
-    parser.add_argument("--precision", default="bf16-mixed", help="e.g. bf16-mixed (default), 32-true, 16-mixed")
+    parser.add_argument(
+        "--precision", default="bf16-mixed", help="e.g. bf16-mixed (default), 32-true, 16-mixed"
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -147,11 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("out", "gan"))
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if it exists")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if it exists"
+    )
     args = parser.parse_args(argv)
 
     fabric = Fabric(
-        accelerator=args.accelerator, devices=args.devices, precision=args.precision, loggers=make_loggers(args.out)
+        accelerator=args.accelerator,
+        devices=args.devices,
+        precision=args.precision,
+        loggers=make_loggers(args.out),
     )
     fabric.launch()
     fabric.seed_everything(args.seed)
@@ -205,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
             # G step: make D call the fakes real. D's gradients from this backward are thrown away,
             # so skip their all-reduce; they are zeroed before the next D step.
             with fabric.no_backward_sync(d_model):
-                g_loss = F.binary_cross_entropy_with_logits(d_model(fake).float(), torch.ones(n, device=fabric.device))
+                g_loss = F.binary_cross_entropy_with_logits(
+                    d_model(fake).float(), torch.ones(n, device=fabric.device)
+                )
                 fabric.backward(g_loss)
             fabric.clip_gradients(g_model, opt_g, max_norm=args.clip)
             opt_g.step()
@@ -219,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
             totals += stats
             state["step"] += 1
             fabric.log_dict(
-                {"d_loss": stats[0], "g_loss": stats[1], "d_real": stats[2], "d_fake": stats[3]}, step=state["step"]
+                {"d_loss": stats[0], "g_loss": stats[1], "d_real": stats[2], "d_fake": stats[3]},
+                step=state["step"],
             )
         means = fabric.all_reduce(totals / len(loader), reduce_op="mean")
         fabric.print(
@@ -227,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
             f"D(real) {means[2]:.3f}  D(fake) {means[3]:.3f}"
         )
         if not torch.isfinite(means[:2]).all():
-            raise SystemExit(f"epoch {epoch + 1}: a loss is not finite (d_loss {means[0]}, g_loss {means[1]})")
+            raise SystemExit(
+                f"epoch {epoch + 1}: a loss is not finite (d_loss {means[0]}, g_loss {means[1]})"
+            )
         if fabric.is_global_zero:
             ema.eval()
             with torch.no_grad(), fabric.autocast():

@@ -53,7 +53,9 @@ def load_corpus() -> str:
             if attr.startswith("_"):
                 continue
             member = getattr(module, attr)
-            if (inspect.isclass(member) or inspect.isfunction(member)) and getattr(member, "__module__", "") == name:
+            if (inspect.isclass(member) or inspect.isfunction(member)) and getattr(
+                member, "__module__", ""
+            ) == name:
                 doc = inspect.getdoc(member)
                 if doc:
                     parts.append(f"{attr}: {doc}")
@@ -91,10 +93,11 @@ class CharTransformer(nn.Module):
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of shape (batch * time, vocab): flat, so the output is no view (FSDP warns about views)."""
         x = self.tokens(idx) + self.positions(torch.arange(idx.shape[1], device=idx.device))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        return self.head(self.norm(x).flatten(0, 1))
 
 
 def cpu_matmul_flops(size: int = 512, seconds: float = 0.3) -> float:
@@ -125,10 +128,14 @@ def progress(iterable, fabric: Fabric, **kwargs):  # type: ignore[no-untyped-def
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--precision", default="32-true", help="bf16-mixed on a GPU; bf16 is emulated (slow) on CPUs")
+    parser.add_argument(
+        "--precision", default="32-true", help="bf16-mixed on a GPU; bf16 is emulated (slow) on CPUs"
+    )
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per process per step")
     parser.add_argument("--context", type=int, default=64)
@@ -175,13 +182,15 @@ def main(argv: list[str] | None = None) -> None:
         meta_model = CharTransformer(**config, context=args.context)
         meta_x = torch.randint(0, len(chars), (args.batch_size, args.context))
     flops_per_step = measure_flops(
-        meta_model, lambda: meta_model(meta_x), lambda y: F.cross_entropy(y.flatten(0, 1), meta_x.flatten())
+        meta_model, lambda: meta_model(meta_x), lambda y: F.cross_entropy(y, meta_x.flatten())
     )
     peak = args.peak_flops
     if peak is None and fabric.device.type == "cpu":
         peak = cpu_matmul_flops()
     monitor = ThroughputMonitor(fabric, available_flops=peak, window_size=max(2, min(10, args.log_every)))
-    fabric.print(f"{sum(p.numel() for p in meta_model.parameters()):,} parameters; {flops_per_step:.3g} FLOPs per step")
+    fabric.print(
+        f"{sum(p.numel() for p in meta_model.parameters()):,} parameters; {flops_per_step:.3g} FLOPs per step"
+    )
 
     generator = torch.Generator().manual_seed(args.seed + fabric.global_rank)  # each process its own batches
 
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = batch(train_data)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = F.cross_entropy(model(x), y.flatten())
         fabric.backward(loss)
         fabric.clip_gradients(model, optimizer, max_norm=1.0)
         optimizer.step()
@@ -224,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model.eval()
     with torch.no_grad():
-        val = torch.stack([F.cross_entropy(model(x).flatten(0, 1), y.flatten()) for x, y in (batch(val_data) for _ in range(8))])
+        val = torch.stack(
+            [F.cross_entropy(model(x), y.flatten()) for x, y in (batch(val_data) for _ in range(8))]
+        )
     val_loss = fabric.all_reduce(val.mean(), reduce_op="mean").item()
     fabric.log_dict({"val_loss": val_loss}, step=args.steps)
     fabric.print(f"validation loss {val_loss:.4f}")
@@ -234,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     idx = torch.tensor([[lookup[c] for c in "The "]], dtype=torch.long)
     with torch.no_grad():
         for _ in range(args.sample_length):
-            logits = model(fabric.to_device(idx[:, -args.context :]))[0, -1].float().cpu()
+            logits = model(fabric.to_device(idx[:, -args.context :]))[-1].float().cpu()
             next_id = torch.multinomial(F.softmax(logits / 0.8, dim=-1), 1, generator=sampler)
             idx = torch.cat([idx, next_id.view(1, 1)], dim=1)
     fabric.print("sample:\n" + "".join(chars[i] for i in idx[0].tolist()))

@@ -31,11 +31,15 @@ def make_data(n: int = 2048, features: int = 20, classes: int = 4) -> TensorData
 
 
 def make_model(features: int = 20, classes: int = 4) -> nn.Module:
-    return nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes))
+    return nn.Sequential(
+        nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes)
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -74,7 +78,9 @@ def main() -> None:
     # --- 4. the data: a DistributedSampler when distributed, shuffling otherwise
     dataset = make_data()
     if distributed:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed
+        )
         loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler)
     else:
         sampler = None

@@ -31,7 +31,9 @@ from ppo import make_envs, mlp  # the same environments and network builder as t
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--devices", default="1")
     parser.add_argument("--num-envs", type=int, default=8, help="environments per process")
@@ -46,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     fabric = Fabric(
-        accelerator=args.accelerator, devices=args.devices, loggers=CSVLogger(args.out, name=None, version="logs")
+        accelerator=args.accelerator,
+        devices=args.devices,
+        loggers=CSVLogger(args.out, name=None, version="logs"),
     )
     fabric.launch()
     rank_seed = args.seed + 1000 * fabric.global_rank
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         actor_opt.step()
 
         if recent:
-            mean = fabric.all_reduce(torch.tensor(float(np.mean(recent)), device=device), reduce_op="mean").item()
+            mean = fabric.all_reduce(
+                torch.tensor(float(np.mean(recent)), device=device), reduce_op="mean"
+            ).item()
             if first_mean is None and len(recent) == recent.maxlen:
                 first_mean = mean
         fabric.log_dict(

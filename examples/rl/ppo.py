@@ -49,7 +49,13 @@ def make_envs(num_envs: int, asynchronous: bool):  # type: ignore[no-untyped-def
 
 
 def mlp(inputs: int, outputs: int, hidden: int, out_gain: float) -> nn.Sequential:
-    layers = [nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, outputs)]
+    layers = [
+        nn.Linear(inputs, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, outputs),
+    ]
     for layer in layers:
         if isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight, gain=out_gain if layer is layers[-1] else 2**0.5)
@@ -70,7 +76,12 @@ class Agent(nn.Module):
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_value: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    next_value: torch.Tensor,
+    gamma: float,
+    lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over a (steps, envs) rollout; ``dones[t]`` ends the episode after step t."""
     advantages = torch.zeros_like(rewards)
@@ -110,10 +121,14 @@ def make_loggers(out: str) -> list[Logger]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--devices", default="1")
-    parser.add_argument("--num-envs", type=int, default=None, help="environments per process (default 8 / devices)")
+    parser.add_argument(
+        "--num-envs", type=int, default=None, help="environments per process (default 8 / devices)"
+    )
     parser.add_argument("--async-envs", action="store_true", help="one subprocess per environment")
     parser.add_argument("--rollout-steps", type=int, default=32, help="steps per environment per update")
     parser.add_argument("--total-steps", type=int, default=300_000, help="environment steps, all processes")
@@ -126,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vf-coef", type=float, default=0.5)
     parser.add_argument("--ent-coef", type=float, default=0.0)
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
-    parser.add_argument("--target", type=float, default=475.0, help="mean return over 100 episodes to stop at")
+    parser.add_argument(
+        "--target", type=float, default=475.0, help="mean return over 100 episodes to stop at"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=os.path.join("out", "ppo"))
     parser.add_argument("--check", action="store_true", help="fail unless the evaluation reaches --target")
@@ -175,7 +192,12 @@ def main(argv: list[str] | None = None) -> None:
                 logits, value = agent(obs)
             dist = Categorical(logits=logits)
             action = dist.sample()
-            buf_obs[t], buf_actions[t], buf_logprobs[t], buf_values[t] = obs, action, dist.log_prob(action), value
+            buf_obs[t], buf_actions[t], buf_logprobs[t], buf_values[t] = (
+                obs,
+                action,
+                dist.log_prob(action),
+                value,
+            )
             obs_np, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
             reward = reward.astype(np.float32)
             running += reward  # the episode's return, before any bootstrap below
@@ -249,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     share = 100 // fabric.world_size + (fabric.global_rank < 100 % fabric.world_size)
     agent.eval()
     returns = evaluate(agent, share, seed=10_000 + rank_seed, device=device)
-    total = fabric.all_reduce(torch.tensor([sum(returns), len(returns)], dtype=torch.float64, device=device), "sum")
+    total = fabric.all_reduce(
+        torch.tensor([sum(returns), len(returns)], dtype=torch.float64, device=device), "sum"
+    )
     eval_mean = (total[0] / total[1]).item()
     fabric.log_dict({"eval_mean_return_100": eval_mean}, step=update)
     for logger in fabric.loggers:

@@ -56,7 +56,8 @@ class _ExperimentWriter:
             with open(self.metrics_file_path, newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])
         new_keys = [key for row in self.metrics for key in row if key not in self.metrics_keys]
-        self.metrics_keys = self.metrics_keys + list(dict.fromkeys(new_keys))
+        # sorted, as Lightning's CSVLogger writes them, so the two produce the same file
+        self.metrics_keys = sorted(set(self.metrics_keys) | set(new_keys))
         if new_keys and file_exists:
             with open(self.metrics_file_path, newline="") as f:
                 old_rows = list(csv.DictReader(f))
@@ -77,8 +78,8 @@ class CSVLogger(Logger):
     """Write metrics to ``{root_dir}/{name}/version_{version}/metrics.csv`` (one row per ``log_dict`` call).
 
     Rows are buffered and written every ``flush_logs_every_n_steps`` calls and on ``save``/``finalize``.
-    The file's columns are ``step`` followed by every metric name seen so far; a row that lacks a metric
-    leaves its cell empty. When a new metric name appears, the file is rewritten once with the wider
+    The file's columns are every metric name seen so far and ``step``, sorted by name (as Lightning
+    writes them); a row that lacks a metric leaves its cell empty. When a new metric name appears, the file is rewritten once with the wider
     header, so columns never shift. Hyperparameters go to ``hparams.csv`` in the same directory. Only
     global rank 0 writes. Resuming into an existing version directory appends: earlier rows are kept.
 

@@ -101,7 +101,9 @@ class TensorBoardLogger(Logger):
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
-                raise ModuleNotFoundError(f"TensorBoardLogger needs the `tensorboard` package. {_INSTALL_HINT}") from error
+                raise ModuleNotFoundError(
+                    f"TensorBoardLogger needs the `tensorboard` package. {_INSTALL_HINT}"
+                ) from error
             self._experiment = SummaryWriter(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
