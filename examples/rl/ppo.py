@@ -120,6 +120,15 @@ def make_loggers(out: str) -> list[Logger]:
     return loggers
 
 
+def progress(iterable, fabric: Fabric, **kwargs):  # type: ignore[no-untyped-def]
+    """A tqdm bar on rank 0 when stderr is a terminal and tqdm is installed; the plain iterable otherwise."""
+    if not (fabric.is_global_zero and sys.stderr.isatty() and importlib.util.find_spec("tqdm")):
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, **kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
     start = time.perf_counter()
     mean_recent = 0.0
-    for update in range(1, updates + 1):
+    for update in progress(range(1, updates + 1), fabric, desc="updates"):
         frac = 1.0 - (update - 1) / updates
         for group in optimizer.param_groups:
             group["lr"] = frac * args.lr  # linear decay, as in the usual CartPole settings
