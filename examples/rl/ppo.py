@@ -3,7 +3,7 @@
 Each process steps its own vector of environments (own seeds), collects a rollout, and trains the
 same agent: under DDP the gradients are averaged across processes, so every process holds the same
 weights. Training stops when the mean return of the last 100 finished episodes (all processes
-together) reaches --target (475: CartPole's "solved"), or after --total-steps environment steps; then
+together: 100 / devices from each) reaches --target (475: CartPole's "solved"), or after --total-steps environment steps; then
 the greedy policy is evaluated on 100 fresh episodes.
 
     python examples/rl/ppo.py                       # one process, 8 environments
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
 
     steps_per_update = steps * envs_n * fabric.world_size
     updates = max(1, args.total_steps // steps_per_update)
-    recent: deque[float] = deque(maxlen=100)  # this process's last finished episodes
+    # this process's share of the last 100 finished episodes (50 each on 2 processes)
+    recent: deque[float] = deque(maxlen=math.ceil(100 / fabric.world_size))
     running = np.zeros(envs_n)
     obs_np, _ = envs.reset(seed=rank_seed)
     obs = torch.as_tensor(obs_np, dtype=torch.float32, device=device)
@@ -269,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
                 f"update {update:4d}  steps {env_steps:7d}  mean return (last 100) {mean_recent:6.1f}  "
                 f"value loss {value_loss.item():8.3f}  {time.perf_counter() - start:5.0f}s"
             )
-        # every process needs 100 episodes of its own before the mean counts as "last 100 episodes"
-        full = fabric.all_reduce(torch.tensor(float(len(recent) == 100), device=device), reduce_op="min")
+        # every process needs its full share before the mean counts as "the last 100 episodes"
+        full = fabric.all_reduce(
+            torch.tensor(float(len(recent) == recent.maxlen), device=device), reduce_op="min"
+        )
         if mean_recent >= args.target and full.item() == 1.0:
             fabric.print(f"reached {mean_recent:.1f} >= {args.target} after {env_steps} environment steps")
             break
