@@ -71,3 +71,15 @@ def test_bad_value_names_the_metric(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'loss'"):
         logger.log_metrics({"loss": "high"}, step=0)
     logger.finalize("success")
+
+
+def test_import_fabric_does_not_import_tensorboard() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fabric, fabric.loggers, fabric.utilities; "
+        "bad = [m for m in ('tensorboard', 'torch.utils.tensorboard', 'gymnasium', 'sklearn') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
