@@ -48,6 +48,20 @@ def example(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Every example in a smoke mode, outputs checked (tests/examples): porting parity, GAN, PPO, LM, plots.
+
+    About 10 minutes on 2 cores; PPO trains to CartPole's solved return on 2 processes. The lightning
+    parity check runs when `lightning` installs (the test extra), and skips otherwise.
+    """
+    _install(session, "test", "examples")
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/examples", *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "FABRIC_RUN_EXAMPLES": "1"},
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and the peers; writes benchmarks/results.md and results.png.
 

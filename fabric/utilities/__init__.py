@@ -19,6 +19,9 @@ _LAZY = {
     "seed_everything": "fabric.utilities.seed",
     "pl_worker_init_function": "fabric.utilities.seed",
     "suggested_max_num_workers": "fabric.utilities.data",
+    "Throughput": "fabric.utilities.throughput",
+    "ThroughputMonitor": "fabric.utilities.throughput",
+    "measure_flops": "fabric.utilities.throughput",
 }
 
 __all__ = sorted(_LAZY)
