@@ -256,6 +256,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             for key, default in _LOSS_SCALE_DEFAULTS.items():
                 config["fp16"].setdefault(key, self.config.get("__loss_scale__", {}).get(key, default))
         config.pop("__loss_scale__", None)
+        # DeepSpeed clips at norm 1.0 unless told otherwise; a Fabric loop clips only when asked.
+        config.setdefault("gradient_clipping", 0.0)
         return config
 
     # ---------------------------------------------------------------------- setup
