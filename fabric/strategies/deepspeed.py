@@ -274,6 +274,26 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             dist_backend=self.process_group_backend, auto_mpi_discovery=False, timeout=self._timeout
         )
         logging.getLogger("DeepSpeed").setLevel(self.logging_level)
+        self._check_dtype_support()
+
+    def _check_dtype_support(self) -> None:
+        """DeepSpeed refuses a dtype its accelerator lacks only when the engine is built: say so up front."""
+        from deepspeed.accelerator import get_accelerator
+
+        precision = self._deepspeed_precision()
+        accelerator = get_accelerator()
+        dtype = precision.param_dtype
+        supported = {
+            torch.float16: accelerator.is_fp16_supported,
+            torch.bfloat16: accelerator.is_bf16_supported,
+        }.get(dtype)
+        if supported is not None and not supported():
+            other = "'bf16-mixed'" if dtype is torch.float16 else "'32-true'"
+            raise ValueError(
+                f"Fabric(precision={precision.precision!r}) with DeepSpeed: DeepSpeed's "
+                f"{accelerator.device_name()} accelerator does not support {dtype} on this machine (on a CPU, "
+                f"float16 needs oneDNN fp16 support, e.g. AVX512-FP16 or AMX-FP16). Use precision={other}."
+            )
 
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
         """Under stage 3, ``empty_init=True`` (or ``None``) creates each parameter partitioned from the start.

@@ -83,7 +83,7 @@ def train_steps(fabric: Fabric, model: Any, optimizer: Any, steps: int, seed: in
     for step in range(steps):
         x, y = data(seed=seed + 1000 * step + fabric.global_rank, n=4)
         loss = nn.functional.mse_loss(model(x), y)
-        fabric.backward(loss)
+        fabric.backward(loss, model=model)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
@@ -230,8 +230,13 @@ def across_strategies(ddp: Fabric, out_dir: str) -> dict[str, Any]:
 
 
 def precisions() -> dict[str, Any]:
-    result: dict[str, Any] = {}
+    from deepspeed.accelerator import get_accelerator
+
+    result: dict[str, Any] = {"fp16_supported": bool(get_accelerator().is_fp16_supported())}
     for precision in ("bf16-mixed", "16-mixed", "bf16-true"):
+        if precision == "16-mixed" and not result["fp16_supported"]:
+            result[precision] = attempt(lambda: make(STAGES["stage2"], precision="16-mixed"))
+            continue
         fabric = make(STAGES["stage2"], precision=precision)
         model, optimizer = setup_net(fabric, seed=0, lr=1e-3)
         losses = train_steps(fabric, model, optimizer, 6, seed=21)
