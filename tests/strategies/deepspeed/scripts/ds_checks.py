@@ -97,18 +97,17 @@ def setup_net(fabric: Fabric, seed: int, lr: float = 1e-2) -> tuple[Any, Any]:
 
 
 def optimizer_state(optimizer: Any) -> dict[str, torch.Tensor]:
-    """The torch optimizer's state inside DeepSpeed's (over this rank's flat fp32 partitions)."""
+    """The torch optimizer's state inside DeepSpeed's (over this rank's flat fp32 partitions).
+
+    ZeRO swaps its partitions into the torch optimizer's groups only for the step, so the state is
+    read in insertion order (the group order of the first step, and of ``load_state_dict``).
+    """
     inner = optimizer.optimizer.optimizer  # fabric wrapper -> DeepSpeed's ZeRO optimizer -> torch's Adam
     flat: dict[str, torch.Tensor] = {}
-    for index, (_, state) in enumerate(sorted(inner.state.items(), key=lambda item: _order(inner, item[0]))):
+    for index, state in enumerate(inner.state.values()):
         for key, value in state.items():
             flat[f"{index}.{key}"] = torch.as_tensor(value).detach().float().clone()
     return flat
-
-
-def _order(optimizer: torch.optim.Optimizer, parameter: torch.Tensor) -> int:
-    ordered = [p for group in optimizer.param_groups for p in group["params"]]
-    return next(i for i, p in enumerate(ordered) if p is parameter)
 
 
 # ----------------------------------------------------------------------------- sections
