@@ -77,7 +77,14 @@ def deepspeed(session: nox.Session) -> None:
     _install(session, "test")
     session.install("setuptools", "wheel", "ninja")
     session.run(
-        "python", "-m", "pip", "install", "--no-build-isolation", "deepspeed", TORCH_PIN, env={"DS_BUILD_OPS": "0"}
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "--no-build-isolation",
+        "deepspeed",
+        TORCH_PIN,
+        env={"DS_BUILD_OPS": "0"},
     )
     extensions = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch_extensions")
     env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": extensions}

@@ -93,9 +93,13 @@ def main() -> None:
             }
             env.pop("MASTER_PORT", None)
             started = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--worker", strategy, out], env=env, check=True, timeout=900)
+            subprocess.run(
+                [sys.executable, __file__, "--worker", strategy, out], env=env, check=True, timeout=900
+            )
             print(f"{strategy}: {time.perf_counter() - started:.1f} s", flush=True)
-            results[strategy] = [json.loads(Path(out, f"{strategy}-rank{r}.json").read_text()) for r in (0, 1)]
+            results[strategy] = [
+                json.loads(Path(out, f"{strategy}-rank{r}.json").read_text()) for r in (0, 1)
+            ]
     params_mib = LAYERS * (WIDTH * WIDTH + WIDTH) * 4 / 2**20
     ddp_growth = max(r["growth_mib"] for r in results["ddp"])
     ddp_step = statistics.median(r["step_s"] for r in results["ddp"])

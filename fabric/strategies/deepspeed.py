@@ -355,7 +355,9 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         engine, ds_optimizer, _, _ = deepspeed.initialize(
             model=module,
             optimizer=optimizer,
-            model_parameters=None if optimizer is not None else [p for p in module.parameters() if p.requires_grad],
+            model_parameters=None
+            if optimizer is not None
+            else [p for p in module.parameters() if p.requires_grad],
             config=config,
             dist_init_required=False,
         )
@@ -459,7 +461,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         """The full state dict of ``module`` on every process (stage 3 gathers the partitions first)."""
         if _is_engine(module):
-            module = module.module
+            module = module.module  # type: ignore[assignment]
         if not _is_partitioned(module):
             return module.state_dict()
         import deepspeed
@@ -639,8 +641,10 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
 # --------------------------------------------------------------------------- checkpoints
 def is_deepspeed_checkpoint(path: PathLike) -> bool:
     """Whether ``path`` is a checkpoint directory written by :class:`DeepSpeedStrategy`."""
-    return os.path.isdir(path) and os.path.isdir(os.path.join(path, TAG)) and os.path.isfile(
-        os.path.join(path, META_FILE)
+    return (
+        os.path.isdir(path)
+        and os.path.isdir(os.path.join(path, TAG))
+        and os.path.isfile(os.path.join(path, META_FILE))
     )
 
 
@@ -748,7 +752,9 @@ def _read_config(config: PathLike | dict[str, Any] | None) -> dict[str, Any] | N
         with open(config) as file:
             loaded = json.load(file)
         if not isinstance(loaded, dict):
-            raise ValueError(f"DeepSpeedStrategy(config={os.fspath(config)!r}): the JSON must hold an object.")
+            raise ValueError(
+                f"DeepSpeedStrategy(config={os.fspath(config)!r}): the JSON must hold an object."
+            )
         return loaded
     raise TypeError(
         f"DeepSpeedStrategy(config={config!r}): pass a dict or the path of a JSON file, got {type(config).__name__}."

@@ -26,7 +26,10 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "deepspeed": {"class": DeepSpeedStrategy, "init": {}},
     "deepspeed_stage_1": {"class": DeepSpeedStrategy, "init": {"stage": 1}},
     "deepspeed_stage_2": {"class": DeepSpeedStrategy, "init": {"stage": 2}},
-    "deepspeed_stage_2_offload": {"class": DeepSpeedStrategy, "init": {"stage": 2, "offload_optimizer": True}},
+    "deepspeed_stage_2_offload": {
+        "class": DeepSpeedStrategy,
+        "init": {"stage": 2, "offload_optimizer": True},
+    },
     "deepspeed_stage_3": {"class": DeepSpeedStrategy, "init": {"stage": 3}},
     "deepspeed_stage_3_offload": {
         "class": DeepSpeedStrategy,

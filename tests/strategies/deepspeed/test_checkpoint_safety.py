@@ -62,7 +62,9 @@ def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) ->
     killer.start()
     try:
         run = run_python(
-            [str(SCRIPTS / "killed_save.py"), str(tmp_path)], timeout=270, env=launch_env(DS_ACCELERATOR="cpu")
+            [str(SCRIPTS / "killed_save.py"), str(tmp_path)],
+            timeout=270,
+            env=launch_env(DS_ACCELERATOR="cpu"),
         )
     finally:
         killer.stop.set()

@@ -65,7 +65,11 @@ def test_changed_argument_completes_the_config() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "config", "match"),
     [
-        ({"stage": 3}, {"zero_optimization": {"stage": 1}}, r"stage=3\) contradicts the config.*zero_optimization.stage=1"),
+        (
+            {"stage": 3},
+            {"zero_optimization": {"stage": 1}},
+            r"stage=3\) contradicts the config.*zero_optimization.stage=1",
+        ),
         ({"overlap_comm": False}, {"zero_optimization": {"overlap_comm": True}}, "overlap_comm=False"),
         ({"loss_scale": 128}, {"fp16": {"loss_scale": 0}}, "loss_scale=128"),
         ({"zero_optimization": False}, {"zero_optimization": {"stage": 1}}, "zero_optimization=False"),

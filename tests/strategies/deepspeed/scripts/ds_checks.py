@@ -60,7 +60,9 @@ def make(stage: dict[str, Any] | str, precision: str = "32-true", **kwargs: Any)
 
 def full_parameters(fabric: Fabric, model: nn.Module) -> dict[str, torch.Tensor]:
     """Whole float32 parameters by name on every rank (ZeRO-3 partitions are gathered)."""
-    return {k: v.detach().float().clone() for k, v in fabric.strategy.get_module_state_dict(model.module).items()}
+    return {
+        k: v.detach().float().clone() for k, v in fabric.strategy.get_module_state_dict(model.module).items()
+    }
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -128,7 +130,9 @@ def parity(ddp: Fabric) -> dict[str, Any]:
             "stage": fabric.strategy.zero_stage,
             "engine": type(ds_model._forward_module).__name__,
         }
-    result["changed"] = max_diff(reference, {k: v.detach() for k, v in _seeded_net().state_dict().items()}) > 0
+    result["changed"] = (
+        max_diff(reference, {k: v.detach() for k, v in _seeded_net().state_dict().items()}) > 0
+    )
     return result
 
 
@@ -248,7 +252,9 @@ def precisions() -> dict[str, Any]:
             "fp16_enabled": bool(engine.fp16_enabled()),
             "bf16_enabled": bool(engine.bfloat16_enabled()),
             "loss_scale": float(getattr(engine.optimizer, "loss_scale", 0.0) or 0.0),
-            "changed": max_diff(full_parameters(fabric, model), {k: v.float() for k, v in _seeded_net().state_dict().items()})
+            "changed": max_diff(
+                full_parameters(fabric, model), {k: v.float() for k, v in _seeded_net().state_dict().items()}
+            )
             > 0,
         }
     return result
@@ -271,7 +277,9 @@ def stage3_init() -> dict[str, Any]:
         "partitioned": all(partitioned),
         "local_numel": local_numel,
         "full_numel": full_numel,
-        "values_equal_normal_init": equal(initial, {k: v.float() for k, v in _seeded_net().state_dict().items()}),
+        "values_equal_normal_init": equal(
+            initial, {k: v.float() for k, v in _seeded_net().state_dict().items()}
+        ),
     }
 
 
@@ -291,7 +299,9 @@ def errors() -> dict[str, Any]:
     result["no_backward_sync"] = attempt(no_sync)
     net = Net()
     result["several_optimizers"] = attempt(
-        lambda: fabric.setup(net, torch.optim.SGD(net.parameters(), lr=1), torch.optim.SGD(net.parameters(), lr=1))
+        lambda: fabric.setup(
+            net, torch.optim.SGD(net.parameters(), lr=1), torch.optim.SGD(net.parameters(), lr=1)
+        )
     )
     return result
 
