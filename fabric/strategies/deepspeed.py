@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import timedelta
@@ -199,8 +200,12 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         self.logging_level = logging_level
         self.remote_device = remote_device
         self.exclude_frozen_parameters = exclude_frozen_parameters
-        self._engines: dict[int, Any] = {}  # id(user's module) -> engine
-        self._optimizer_engines: dict[int, Any] = {}  # id(DeepSpeed's optimizer) -> engine
+        # Weak: a model the user dropped (e.g. rebuilt to resume from a checkpoint) is not kept alive by us.
+        self._engines: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._optimizer_engines: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._forwarded: dict[int, Any] = {}  # engines that ran forward since the last backward
+        self._hooked: set[int] = set()
+        self._forward_hooks_on = False
 
     # ----------------------------------------------------------------- precision
     @property
@@ -362,6 +367,13 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             dist_init_required=False,
         )
         self._engines[id(module)] = engine
+        if len(self._engines) > 1 or self._forward_hooks_on:
+            # Only with several engines must `backward` tell which one ran; one engine costs no hook.
+            for other in self._engines.values():
+                if id(other) not in self._hooked:
+                    other.register_forward_pre_hook(self._note_forward)
+                    self._hooked.add(id(other))
+            self._forward_hooks_on = True
         if ds_optimizer is None:
             return engine, []
         self._optimizer_engines[id(ds_optimizer)] = engine
@@ -402,14 +414,23 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                 "fabric.backward(): no model was set up. Call `fabric.setup(model, optimizer)` first; the DeepSpeed "
                 "engine runs the backward pass."
             )
+        if len(self._forwarded) == 1:
+            # Several engines exist (e.g. a model rebuilt to resume), but only one ran since the last backward.
+            return next(iter(self._forwarded.values()))
         raise ValueError(
-            f"fabric.backward(loss): {len(self._engines)} DeepSpeed models are set up; say which one the loss "
-            f"belongs to: `fabric.backward(loss, model=model)`."
+            f"fabric.backward(loss): {len(self._engines)} DeepSpeed models are set up and "
+            f"{len(self._forwarded)} of them ran since the last backward; say which one the loss belongs to: "
+            f"`fabric.backward(loss, model=model)`."
         )
 
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         """The engine's backward: scales the loss (fp16, accumulation) and reduces gradients as ZeRO needs."""
-        self._engine_for_backward(module).backward(tensor, *args, **kwargs)
+        engine = self._engine_for_backward(module)
+        self._forwarded.clear()
+        engine.backward(tensor, *args, **kwargs)
+
+    def _note_forward(self, engine: Module, args: Any) -> None:
+        self._forwarded[id(engine)] = engine
 
     def optimizer_step(self, optimizer: Any, **kwargs: Any) -> Any:
         """The engine's step: unscales, clips (``gradient_clipping``), steps at the accumulation boundary, zeroes."""
@@ -552,7 +573,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             if isinstance(state, dict) and os.path.isfile(path):
                 self._refuse_full_optimizer(state)
             if state is None and not os.path.isfile(path):
-                return _read_meta(resolve_deepspeed_checkpoint(path), weights_only)
+                return _read_whole_checkpoint(resolve_deepspeed_checkpoint(path))
             return super().load_checkpoint(path, state, strict, weights_only, restore_rng)
         directory = resolve_deepspeed_checkpoint(path)
         engine, module_key, optimizer_key, _ = self._split_state(state)
@@ -679,6 +700,19 @@ def _read_meta(directory: str, weights_only: bool) -> dict[str, Any]:
     return meta
 
 
+def _read_whole_checkpoint(directory: str) -> dict[str, Any]:
+    """Everything in a DeepSpeed directory as one dict of full tensors (``fabric.load(path)`` without state)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "full.pt")
+        consolidate_deepspeed(directory, target)
+        checkpoint = safe_load(target, map_location="cpu")
+    checkpoint.pop(PER_RANK_STATE_KEY, None)
+    checkpoint.pop(PRECISION_STATE_KEY, None)
+    return checkpoint
+
+
 def consolidate_deepspeed(directory: PathLike, output: PathLike) -> None:
     """Turn a DeepSpeed checkpoint directory into one file that ``torch.load`` and any strategy's ``Fabric.load`` read.
 
@@ -688,6 +722,11 @@ def consolidate_deepspeed(directory: PathLike, output: PathLike) -> None:
     state is not consolidated (ZeRO's layout is its own): resume the optimizer from the directory.
     Runs on one process, without a process group.
     """
+    if not deepspeed_available():
+        raise ModuleNotFoundError(
+            f"Consolidating a DeepSpeed checkpoint needs the `deepspeed` package to read ZeRO's partitions: "
+            f"`{_INSTALL_HINT}`."
+        )
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     directory = resolve_deepspeed_checkpoint(directory)

@@ -135,3 +135,21 @@ def test_torch_optimizer_with_offload_is_allowed_explicitly() -> None:
     strategy = DeepSpeedStrategy(stage=2, offload_optimizer=True)
     assert _offloads_optimizer(strategy.config)
     assert not _offloads_optimizer(DeepSpeedStrategy(stage=2).config)
+
+
+def test_no_gradient_clipping_unless_configured() -> None:
+    # DeepSpeed 0.19 would clip at norm 1.0 by default; a Fabric loop clips only when asked
+    assert DeepSpeedStrategy()._engine_config()["gradient_clipping"] == 0.0
+    configured = DeepSpeedStrategy(config={"gradient_clipping": 0.5})._engine_config()
+    assert configured["gradient_clipping"] == 0.5
+
+
+def test_consolidation_refuses_a_directory_that_is_not_a_deepspeed_checkpoint(tmp_path: Path) -> None:
+    from fabric.checkpoint.io import CheckpointError
+    from fabric.strategies.deepspeed import consolidate_deepspeed
+
+    (tmp_path / "not_ds").mkdir()
+    with pytest.raises(CheckpointError, match="not a DeepSpeed checkpoint directory"):
+        consolidate_deepspeed(tmp_path / "not_ds", tmp_path / "out.pt")
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        consolidate_deepspeed(tmp_path / "missing", tmp_path / "out.pt")

@@ -84,6 +84,7 @@ def test_deepspeed_checkpoint_consolidates_and_loads_into_ddp(ranks: list[dict[s
         assert result["consolidated_equal"]
         assert result["into_ddp_equal"]
         assert result["into_ddp_epoch"] == 4
+        assert result["whole_keys"] == ["epoch", "model"] and result["whole_equal"]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)

@@ -202,6 +202,10 @@ def across_strategies(ddp: Fabric, out_dir: str) -> dict[str, Any]:
     result["consolidated_keys"] = sorted(k for k in raw if not k.startswith("__"))
     result["consolidated_equal"] = equal({k: v.float() for k, v in raw["model"].items()}, expected)
 
+    whole = fabric.load(directory)  # no state: everything, with the weights merged into full tensors
+    result["whole_keys"] = sorted(whole)
+    result["whole_equal"] = equal({k: v.float() for k, v in whole["model"].items()}, expected)
+
     ddp_model, ddp_optimizer = setup_net(ddp, seed=4)
     state = {"model": ddp_model, "epoch": 0}
     ddp.load(single, state)
