@@ -24,6 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as a script, this file's folder comes first on sys.path, and this file is named like the package:
+# without this, `import deepspeed` would import this benchmark instead of DeepSpeed.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
 LAYERS, WIDTH, BATCH, STEPS, WARMUP = 16, 1024, 8, 12, 2
 HERE = Path(__file__).parent
 STRATEGIES = (
