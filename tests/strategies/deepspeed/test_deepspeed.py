@@ -164,4 +164,6 @@ def test_config_optimizer_under_offload_is_deepspeed_cpu_adam(ranks: list[dict[s
     for rank in ranks:
         result = rank["config_optimizer"]
         assert result["optimizer"] == "DeepSpeedCPUAdam"
+        assert result["reference_optimizer"] == "Adam"  # a torch optimizer under offload works too
         assert result["losses_decrease"]
+        assert result["max_diff_to_torch_adam"] < 1e-5

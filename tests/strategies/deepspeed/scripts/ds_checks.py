@@ -333,7 +333,8 @@ def accumulation_and_clipping() -> dict[str, Any]:
 
 
 def config_optimizer() -> dict[str, Any]:
-    """The config names Adam with optimizer offload: DeepSpeed builds its CPU Adam (compiled on first use)."""
+    """The config names Adam with optimizer offload: DeepSpeed builds its CPU Adam (compiled on first use),
+    which trains like a torch Adam under the same offload."""
     config = {
         "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}},
         "optimizer": {"type": "Adam", "params": {"lr": 1e-2}},
@@ -341,10 +342,23 @@ def config_optimizer() -> dict[str, Any]:
     fabric = make({}, config=config)
     torch.manual_seed(0)
     model, optimizer = fabric.setup(Net())
-    losses = train_steps(fabric, model, optimizer, 5, seed=3)
+    reference_fabric = make(STAGES["stage2_offload"])
+    reference, reference_optimizer = setup_net(reference_fabric, seed=0)
+    x, y = data(seed=3 + fabric.global_rank, n=8)
+    losses = []
+    for _ in range(5):
+        loss = nn.functional.mse_loss(model(x), y)
+        fabric.backward(loss)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        reference_fabric.backward(nn.functional.mse_loss(reference(x), y))
+        reference_optimizer.step()
+    weights, expected = full_parameters(fabric, model), full_parameters(reference_fabric, reference)
     return {
         "optimizer": type(optimizer.optimizer.optimizer).__name__,
+        "reference_optimizer": type(reference_optimizer.optimizer.optimizer).__name__,
         "losses_decrease": losses[-1] < losses[0],
+        "max_diff_to_torch_adam": max_diff(weights, expected),
     }
 
 
