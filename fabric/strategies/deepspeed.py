@@ -197,6 +197,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         _check_arguments(arguments)
         user_config = _read_config(config)
         self.config: dict[str, Any] = _merge_config(_config_from_arguments(arguments), user_config, arguments)
+        # float16 loss-scale settings: added to the config's "fp16" section only when float16 is used
+        self._loss_scale: dict[str, Any] = self.config.pop("__loss_scale__", {})
         self.logging_level = logging_level
         self.remote_device = remote_device
         self.exclude_frozen_parameters = exclude_frozen_parameters
@@ -259,8 +261,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             config[section] = {**value, **(config.get(section) or {}), "enabled": True}
         if "fp16" in wanted:
             for key, default in _LOSS_SCALE_DEFAULTS.items():
-                config["fp16"].setdefault(key, self.config.get("__loss_scale__", {}).get(key, default))
-        config.pop("__loss_scale__", None)
+                config["fp16"].setdefault(key, self._loss_scale.get(key, default))
         # DeepSpeed clips at norm 1.0 unless told otherwise; a Fabric loop clips only when asked.
         config.setdefault("gradient_clipping", 0.0)
         return config
