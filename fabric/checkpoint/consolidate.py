@@ -6,8 +6,7 @@ import os
 
 from fabric.checkpoint import sharded
 from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
-from fabric.checkpoint.pipeline import check_manifest_covers
-from fabric.utilities.rank_zero import rank_zero_warn
+from fabric.checkpoint.pipeline import check_directory_alone, check_manifest_covers
 
 
 def default_output(directory: str | os.PathLike[str]) -> str:
@@ -36,15 +35,10 @@ def consolidate(
             f"The output '{output}' lies inside the checkpoint directory '{directory}': writing there would damage "
             f"the checkpoint. Choose a path outside it, e.g. '{default_output(directory)}'."
         )
-    manifest = sharded.read_manifest(directory)
-    if manifest is None:
-        rank_zero_warn(f"'{directory}' has no {sharded.MANIFEST_FILE}: its files cannot be verified.")
-        metadata = sharded.read_metadata(directory, weights_only)
-    else:
-        problems = sharded.verify_files(directory, manifest, sorted(manifest))
-        if problems:
-            raise sharded.integrity_error(directory, problems)
-        metadata = check_manifest_covers(directory, manifest, sharded.read_metadata(directory, weights_only))
+    manifest = check_directory_alone(directory)
+    metadata = sharded.read_metadata(directory, weights_only)
+    if manifest is not None:
+        check_manifest_covers(directory, manifest, metadata)
     checkpoint = sharded.read_entries(directory, metadata, sharded.saved_keys(metadata), weights_only)
     meta_path = os.path.join(directory, sharded.META_FILE)
     if os.path.exists(meta_path):

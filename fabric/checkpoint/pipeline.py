@@ -150,7 +150,7 @@ class Checkpointer:
                 value = _plain(obj)
             _apply_filter(checkpoint, key, value, filter)
         if with_resume:
-            checkpoint.update(self._resume_state(state, per_rank_keys))
+            checkpoint.update(self.resume_state(state, per_rank_keys))
         elif isinstance(state, OrderedDict):
             checkpoint = OrderedDict(checkpoint)  # `model.state_dict()` saved as is stays an OrderedDict
         if host.is_global_zero:
@@ -177,14 +177,26 @@ class Checkpointer:
             else:
                 _apply_filter(meta, key, _plain(obj), filter)
         if with_resume:
-            meta.update(self._resume_state(state, per_rank_keys))
+            meta.update(self.resume_state(state, per_rank_keys))
+        self.write_directory(path, lambda tmp: sharded.save_shards(shards, tmp), meta)
+
+    def write_directory(self, path: str, write_parts: Callable[[str], None], meta: dict[str, Any]) -> None:
+        """Write a checkpoint directory atomically; every process calls this.
+
+        ``write_parts(tmp)`` runs on every process and writes the engine's files (DCP shards, a
+        DeepSpeed engine's partitions) into the temporary directory; ``meta`` (plain values and the
+        resume state) goes into ``meta.pt``. Then every process checksums its share of the files, rank 0
+        writes the manifest last and swaps the directory in. A failure on the way removes the temporary
+        directory and leaves the previous checkpoint as it was.
+        """
+        host = self.host
+        sharded.check_directory_target(path)
         tmp = host.broadcast(sharded.create_temporary_directory(path) if host.is_global_zero else None)
         try:
-            sharded.save_shards(shards, tmp)
+            write_parts(tmp)
             if host.is_global_zero:
                 atomic_save(meta, os.path.join(tmp, sharded.META_FILE))
             host.barrier()
-            # Every process checksums its share of the files; rank 0 writes the manifest last.
             names = host.broadcast(sharded.files_to_record(tmp) if host.is_global_zero else None)
             mine = {name: sharded.checksum(os.path.join(tmp, name)) for name in _my_share(names, host)}
             checksums = {name: record for part in host.gather_object(mine) for name, record in part.items()}
@@ -199,13 +211,13 @@ class Checkpointer:
                 raise
             raise OSError(
                 os_error.errno,
-                f"Could not write the sharded checkpoint '{path}' ({os_error.strerror or os_error}). The previous "
-                f"checkpoint at that path, if any, is unchanged. Check free disk space, the file size limit and "
-                f"permissions there, or save to another directory.",
+                f"Could not write the checkpoint directory '{path}' ({os_error.strerror or os_error}). The "
+                f"previous checkpoint at that path, if any, is unchanged. Check free disk space, the file size "
+                f"limit and permissions there, or save to another directory.",
             ) from error
         host.barrier()
 
-    def _resume_state(self, state: Mapping[str, Any], per_rank_keys: Collection[str]) -> dict[str, Any]:
+    def resume_state(self, state: Mapping[str, Any], per_rank_keys: Collection[str]) -> dict[str, Any]:
         """Every process's random state and dataloader positions, and the precision's state."""
         host = self.host
         mine = {
@@ -262,6 +274,25 @@ class Checkpointer:
                 for key in RESERVED_KEYS:
                     checkpoint.pop(key, None)
             return checkpoint
+        return self.restore(path, checkpoint, state, restored, strict=strict, restore_rng=restore_rng, owners=owners)
+
+    def restore(
+        self,
+        path: str,
+        checkpoint: Any,
+        state: dict[str, Any],
+        restored: Collection[str] = (),
+        strict: bool = True,
+        restore_rng: bool = True,
+        owners: Owners | None = None,
+    ) -> dict[str, Any]:
+        """Restore the entries of ``state`` from a read ``checkpoint`` (except ``restored``, already done).
+
+        Models and optimizers through the strategy's hooks, objects with ``load_state_dict`` in place,
+        plain values replaced in ``state``; then the precision's and this process's resume state.
+        Returns what ``checkpoint`` holds beyond ``state``.
+        """
+        owners = owners or {}
         if not isinstance(checkpoint, dict):
             raise TypeError(
                 f"The checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of states. To read a plain "
@@ -273,7 +304,7 @@ class Checkpointer:
         if strict and missing:
             raise KeyError(
                 f"The checkpoint '{path}' has no entry for {missing} requested in `state` (it holds "
-                f"{sorted(set(checkpoint) | restored)}). Remove those keys from `state`, or pass strict=False to "
+                f"{sorted(set(checkpoint) | set(restored))}). Remove those keys from `state`, or pass strict=False to "
                 f"skip them."
             )
         for key, obj in state.items():
@@ -299,8 +330,7 @@ class Checkpointer:
     ) -> tuple[dict[str, Any], set[str]]:
         """Verify a directory, load its shards into the modules and optimizers of ``state``, return the rest."""
         metadata = self._verified_metadata(path, weights_only)
-        meta_path = os.path.join(path, sharded.META_FILE)
-        meta = safe_load(meta_path, weights_only=weights_only) if os.path.exists(meta_path) else {}
+        meta = self.read_meta(path, weights_only)
         stored = sharded.saved_keys(metadata)
         targets: dict[str, Any] = {}
         modules: dict[str, Module] = {}
@@ -332,24 +362,43 @@ class Checkpointer:
         return {**meta, **rest}, set(targets)
 
     def _verified_metadata(self, path: str, weights_only: bool) -> Any:
-        """Check every file against the manifest (the processes share the reading), then read the metadata."""
+        """Check every file against the manifest, then read the DCP metadata without running code."""
+        manifest = self.verify_directory(path)
+        metadata = sharded.read_metadata(path, weights_only)
+        if manifest is not None:
+            check_manifest_covers(path, manifest, metadata)
+        return metadata
+
+    def verify_directory(self, path: str) -> dict[str, dict[str, int]] | None:
+        """Compare every file of a checkpoint directory with its manifest; the processes share the reading.
+
+        Returns the manifest, or ``None`` (with a warning) for a directory written without one.
+        """
         host = self.host
         manifest = sharded.read_manifest(path)
         if manifest is None:
             rank_zero_warn(
-                f"The sharded checkpoint '{path}' has no {sharded.MANIFEST_FILE} (it was written by an older "
-                f"version or by torch.distributed.checkpoint directly): its files cannot be verified."
+                f"The checkpoint directory '{path}' has no {sharded.MANIFEST_FILE} (it was written by an older "
+                f"version or by another tool): its files cannot be verified."
             )
-            return sharded.read_metadata(path, weights_only)
+            return None
         names = sorted(manifest)
-        problems = [
-            p
-            for part in host.gather_object(sharded.verify_files(path, manifest, _my_share(names, host)))
-            for p in part
-        ]
+        parts = host.gather_object(sharded.verify_files(path, manifest, _my_share(names, host)))
+        problems = [problem for part in parts for problem in part]
         if problems:
             raise sharded.integrity_error(path, problems)
-        return check_manifest_covers(path, manifest, sharded.read_metadata(path, weights_only))
+        return manifest
+
+    @staticmethod
+    def read_meta(path: str, weights_only: bool) -> dict[str, Any]:
+        """The ``meta.pt`` of a checkpoint directory: plain values and resume state (``{}`` if absent)."""
+        meta_path = os.path.join(path, sharded.META_FILE)
+        if not os.path.exists(meta_path):
+            return {}
+        meta = safe_load(meta_path, weights_only=weights_only)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"'{meta_path}' does not hold a dict; the checkpoint is damaged.")
+        return meta
 
     def _restore_per_rank(
         self, path: str, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
@@ -400,6 +449,26 @@ class Checkpointer:
                 f"Fabric.load_raw(path, obj): `obj` must be a module or an optimizer, got {type(obj).__name__}. "
                 f"For other objects use `Fabric.load`."
             )
+
+
+def convert_plain(state: Mapping[str, Any], filter: Filter) -> dict[str, Any]:
+    """Entries that are not models or optimizers, as stored: ``state_dict()`` of stateful objects, filtered."""
+    converted: dict[str, Any] = {}
+    for key, obj in state.items():
+        _apply_filter(converted, key, _plain(obj), filter)
+    return converted
+
+
+def check_directory_alone(path: str) -> dict[str, dict[str, int]] | None:
+    """:meth:`Checkpointer.verify_directory` on one process without a strategy (``fabric consolidate``)."""
+    manifest = sharded.read_manifest(path)
+    if manifest is None:
+        rank_zero_warn(f"'{path}' has no {sharded.MANIFEST_FILE}: its files cannot be verified.")
+        return None
+    problems = sharded.verify_files(path, manifest, sorted(manifest))
+    if problems:
+        raise sharded.integrity_error(path, problems)
+    return manifest
 
 
 def check_manifest_covers(path: str, manifest: Mapping[str, Any], metadata: Any) -> Any:

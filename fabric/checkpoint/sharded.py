@@ -165,8 +165,14 @@ def save_shards(shards: dict[str, Any], directory: str) -> None:
 
 
 def files_to_record(directory: str) -> list[str]:
-    """The files of a finished directory that its manifest covers, sorted (all but the manifest)."""
-    return sorted(e.name for e in os.scandir(directory) if e.is_file() and e.name != MANIFEST_FILE)
+    """The files of a finished directory that its manifest covers, as sorted relative paths (all but the manifest)."""
+    names = []
+    for root, _, files in os.walk(directory):
+        for file in files:
+            name = os.path.relpath(os.path.join(root, file), directory).replace(os.sep, "/")
+            if name != MANIFEST_FILE:
+                names.append(name)
+    return sorted(names)
 
 
 def checksum(path: str) -> dict[str, int]:

@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -44,10 +44,7 @@ from fabric.precision import Precision
 from fabric.precision.deepspeed import DeepSpeedPrecision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import (
-    PER_RANK_STATE_KEY,
-    PRECISION_STATE_KEY,
     BackwardSyncControl,
-    _per_rank_state,
 )
 from fabric.utilities.types import PathLike
 
@@ -517,14 +514,17 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         path: PathLike,
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        owners: Mapping[Optimizer, Module] | None = None,
+        per_rank_keys: Collection[str] = (),
     ) -> None:
-        """Write DeepSpeed's checkpoint directory plus ``meta.pt``, atomically (beside ``path``, then swapped in).
+        """Write DeepSpeed's checkpoint directory plus ``meta.pt`` and a manifest, atomically.
 
-        Every process writes its partitions. ``state`` must hold the one DeepSpeed model (and may hold
-        its optimizer); everything else goes into ``meta.pt``, with each process's random state and
-        dataloader positions.
+        The engine writes its partitions on every process; the pipeline does the rest as for any
+        checkpoint directory (written beside ``path``, checksummed, swapped in when complete).
+        ``state`` must hold the one DeepSpeed model (and may hold its optimizer); everything else goes
+        into ``meta.pt``, with each process's random state and dataloader positions.
         """
-        from fabric.checkpoint.sharded import commit_directory, temporary_directory_for
+        from fabric.checkpoint.pipeline import convert_plain
 
         filter = filter or {}
         engine, module_key, optimizer_key, rest = self._split_state(state)
@@ -534,37 +534,26 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                 f"Fabric.save(filter=...) names {bad_filter}: with DeepSpeed the model and optimizer are saved "
                 f"whole by the engine and cannot be filtered. Filter only plain entries of `state`."
             )
-        meta = self._convert_state(rest, filter)
-        meta[PER_RANK_STATE_KEY] = self.gather_object(_per_rank_state(state))
+        meta = convert_plain(rest, filter)
+        meta.update(self.checkpointer.resume_state(state, per_rank_keys))
         meta[DEEPSPEED_KEY] = {"module": module_key, "optimizer": optimizer_key, "stage": self.zero_stage}
-        token = self.broadcast(os.urandom(8).hex())
-        tmp = temporary_directory_for(path, token)
-        if self.is_global_zero:
-            os.makedirs(tmp)
-        self.barrier()
-        try:
+
+        def write_engine(tmp: str) -> None:
             engine.save_checkpoint(
                 tmp, tag=TAG, save_latest=True, exclude_frozen_parameters=self.exclude_frozen_parameters
             )
-            if self.is_global_zero:
-                atomic_save(meta, os.path.join(tmp, META_FILE))
-            self.barrier()
-            if self.is_global_zero:
-                commit_directory(tmp, path)
-        except BaseException:
-            if self.is_global_zero and os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.barrier()
+
+        self.checkpointer.write_directory(os.fspath(path), write_engine, meta)
 
     def load_checkpoint(
         self,
         path: PathLike,
-        state: dict[str, Any] | Module | Optimizer | None = None,
+        state: dict[str, Any] | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,
-    ) -> dict[str, Any]:
+        owners: Mapping[Optimizer, Module] | None = None,
+    ) -> Any:
         """Load a DeepSpeed checkpoint directory, or a full single file (model weights and plain values)."""
         path = os.fspath(path)
         if os.path.isfile(path) or state is None or not isinstance(state, dict):
@@ -574,15 +563,14 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             if isinstance(state, dict) and os.path.isfile(path):
                 self._refuse_full_optimizer(state)
             if state is None and not os.path.isfile(path):
-                return _read_whole_checkpoint(resolve_deepspeed_checkpoint(path))
-            return super().load_checkpoint(path, state, strict, weights_only, restore_rng)
+                return _read_whole_checkpoint(resolve_deepspeed_checkpoint(path), weights_only)
+            return super().load_checkpoint(path, state, strict, weights_only, restore_rng, owners)
         directory = resolve_deepspeed_checkpoint(path)
         engine, module_key, optimizer_key, _ = self._split_state(state)
-        meta = _read_meta(directory, weights_only)
-        precision_state = meta.pop(PRECISION_STATE_KEY, None)
-        if precision_state is not None:
-            self.precision.load_state_dict(precision_state)
-        per_rank = meta.pop(PER_RANK_STATE_KEY, None)
+        self.checkpointer.verify_directory(directory)
+        if weights_only:
+            check_engine_files(directory)
+        meta = self.checkpointer.read_meta(directory, weights_only)
         meta.pop(DEEPSPEED_KEY, None)
         load_path, _ = engine.load_checkpoint(
             directory,
@@ -597,19 +585,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                 f"DeepSpeed found no checkpoint in '{directory}' (tag '{TAG}'). Pass a directory written by "
                 f"`fabric.save` under DeepSpeedStrategy."
             )
-        wanted = [k for k in state if k not in (module_key, optimizer_key)]
-        missing = [k for k in wanted if k not in meta]
-        if strict and missing:
-            raise KeyError(
-                f"The checkpoint '{directory}' has no entry for {missing} requested in `state` (it holds "
-                f"{sorted(meta)}). Remove those keys from `state`, or pass strict=False to skip them."
-            )
-        for key in wanted:
-            if key in meta:
-                self._restore(state[key], meta.pop(key), strict, key, state)
-        if per_rank is not None:
-            self._restore_per_rank(directory, per_rank, state, restore_rng)
-        return meta
+        restored = [k for k in (module_key, optimizer_key) if k is not None]
+        return self.checkpointer.restore(directory, meta, state, restored, strict=strict, restore_rng=restore_rng)
 
     def _refuse_full_optimizer(self, state: dict[str, Any]) -> None:
         for key, obj in state.items():
@@ -650,9 +627,16 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         rest = {k: v for k, v in state.items() if k not in module_keys and k != optimizer_key}
         return engine, module_keys[0], optimizer_key, rest
 
-    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
+    def load_raw(
+        self,
+        path: PathLike,
+        obj: Module | Optimizer,
+        strict: bool = True,
+        weights_only: bool = True,
+        owner: Module | None = None,
+    ) -> None:
         if isinstance(obj, Module):
-            self.load_module_state_dict(obj, safe_load(path, map_location="cpu", weights_only=True), strict)
+            super().load_raw(path, obj, strict=strict, weights_only=weights_only)
             return
         raise NotImplementedError(
             "DeepSpeedStrategy: load_raw of an optimizer is not supported (ZeRO partitions its state); resume the "
@@ -695,26 +679,63 @@ def resolve_deepspeed_checkpoint(path: PathLike) -> str:
 
 
 def _read_meta(directory: str, weights_only: bool) -> dict[str, Any]:
-    meta = safe_load(os.path.join(directory, META_FILE), map_location="cpu", weights_only=weights_only)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"'{directory}/{META_FILE}' does not hold a dict; the checkpoint is damaged.")
-    return meta
+    from fabric.checkpoint.pipeline import Checkpointer
+
+    return Checkpointer.read_meta(directory, weights_only)
 
 
-def _read_whole_checkpoint(directory: str) -> dict[str, Any]:
+def _read_whole_checkpoint(directory: str, weights_only: bool = True) -> dict[str, Any]:
     """Everything in a DeepSpeed directory as one dict of full tensors (``fabric.load(path)`` without state)."""
     import tempfile
 
+    from fabric.checkpoint.pipeline import RESERVED_KEYS
+
     with tempfile.TemporaryDirectory() as scratch:
         target = os.path.join(scratch, "full.pt")
-        consolidate_deepspeed(directory, target)
+        consolidate_deepspeed(directory, target, weights_only=weights_only)
         checkpoint = safe_load(target, map_location="cpu")
-    checkpoint.pop(PER_RANK_STATE_KEY, None)
-    checkpoint.pop(PRECISION_STATE_KEY, None)
+    for key in RESERVED_KEYS:
+        checkpoint.pop(key, None)
     return checkpoint
 
 
-def consolidate_deepspeed(directory: PathLike, output: PathLike) -> None:
+#: what DeepSpeed's own checkpoint files may reference beyond tensors and containers
+_DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.checkpoint.constants",
+)
+
+
+def check_engine_files(directory: str) -> None:
+    """Refuse a DeepSpeed directory whose files hold more than tensors, containers and DeepSpeed's own records.
+
+    DeepSpeed reads its files with ``torch.load(weights_only=False)``, so a crafted file would run code.
+    Each file is first opened with ``torch.load(weights_only=True)``, admitting only the few DeepSpeed
+    classes its checkpoints contain; anything else is an error before DeepSpeed reads a byte.
+    """
+    import torch.serialization
+
+    root = os.path.join(directory, TAG)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            continue
+        unsafe = [
+            g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if not g.startswith(_DEEPSPEED_SAFE_GLOBALS)
+        ]
+        if unsafe:
+            raise CheckpointError(
+                f"The DeepSpeed checkpoint file '{path}' references Python objects beyond DeepSpeed's own checkpoint "
+                f"records ({', '.join(sorted(unsafe))}); loading it could run code, so it was refused. If, and only "
+                f"if, you trust the source of this checkpoint, load it with `weights_only=False`."
+            )
+
+
+def consolidate_deepspeed(directory: PathLike, output: PathLike, weights_only: bool = True) -> None:
     """Turn a DeepSpeed checkpoint directory into one file that ``torch.load`` and any strategy's ``Fabric.load`` read.
 
     The model's weights are merged from the ZeRO partitions into full float32 tensors (DeepSpeed's
@@ -730,8 +751,13 @@ def consolidate_deepspeed(directory: PathLike, output: PathLike) -> None:
         )
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from fabric.checkpoint.pipeline import check_directory_alone
+
     directory = resolve_deepspeed_checkpoint(directory)
-    meta = _read_meta(directory, weights_only=True)
+    check_directory_alone(directory)
+    if weights_only:
+        check_engine_files(directory)
+    meta = _read_meta(directory, weights_only=weights_only)
     info = meta.pop(DEEPSPEED_KEY, {}) or {}
     module_key = info.get("module") or "model"
     weights = get_fp32_state_dict_from_zero_checkpoint(directory, tag=TAG)
