@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import sys
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
@@ -162,10 +162,8 @@ class ParallelStrategy(Strategy):
             timeout=self._timeout,
             device_id=self.root_device if self.root_device.type == "cuda" else None,
         )
-        # Left to interpreter shutdown, gloo's threads can be destroyed while a peer still talks to
-        # them, and the process aborts ("terminate called without an active exception": seen in 2 of
-        # 12 plain torchrun runs). Meeting the peers first, then destroying the group, avoids it.
-        _install_exit_hooks()
+        # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade).
+        lifecycle.install()
 
     # --------------------------------------------------------------- collectives
     def _run(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -258,9 +256,9 @@ class ParallelStrategy(Strategy):
 
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        """Leave the process group (see :func:`_leave_process_group`), then undo the environment's changes."""
         super().teardown()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_process_group()
         if self.cluster_environment is not None:
             self.cluster_environment.teardown()
 
@@ -304,35 +302,41 @@ def _is_communication_failure(error: BaseException) -> bool:
     return any(marker in message for marker in _COMMUNICATION_FAILURES)
 
 
-_EXIT_BARRIER_TIMEOUT = timedelta(seconds=10)
-_exit_state = {"installed": False, "failed": False}
+_EXIT_MEETING_SECONDS = 10.0
+_ARRIVED_KEY = "fabric/exit/arrived"
+_LEAVING_KEY = "fabric/exit/leaving"
 
 
-def _install_exit_hooks() -> None:
-    """Destroy the process group at exit; remember whether the exit is an uncaught exception."""
-    if _exit_state["installed"]:
-        return
-    _exit_state["installed"] = True
-    previous_hook = sys.excepthook
+def _leave_process_group() -> None:
+    """Meet the other processes (a few seconds at most), then destroy the process group.
 
-    def hook(*exc_info: Any) -> None:
-        _exit_state["failed"] = True
-        previous_hook(*exc_info)
-
-    sys.excepthook = hook
-    atexit.register(_destroy_process_group)
-
-
-def _destroy_process_group() -> None:
-    """At a normal exit: meet the other processes, then destroy the process group.
-
-    After an uncaught exception the meeting is skipped: the others are still training and would
-    never come; the launcher stops them.
+    Left to interpreter shutdown, gloo's threads can be destroyed while a peer still talks to them,
+    and the process aborts ("terminate called without an active exception": seen in 2 of 12 plain
+    torchrun runs); meeting the peers first avoids it. The meeting is a counter in the rendezvous
+    store with a deadline of our own, not a collective: a collective (even ``monitored_barrier`` on the
+    ranks other than 0) waits for the process group's timeout, 30 minutes by default, when a peer is
+    dead. After a failure in this process the meeting is skipped: the others are still training and
+    would never come; the launcher stops them.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if dist.get_backend() == "gloo" and not _exit_state["failed"]:
-        with contextlib.suppress(Exception):
-            dist.monitored_barrier(timeout=_EXIT_BARRIER_TIMEOUT)
+    if not lifecycle.has_failed() and dist.get_world_size() > 1:
+        with contextlib.suppress(Exception):  # a peer's store already gone: it has left, so do we
+            _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+
+
+def _meet(store: dist.Store, rank: int, world_size: int) -> None:
+    """A barrier on store counters with our own deadline; rank 0 (usually the store's host) leaves last."""
+    deadline = time.monotonic() + _EXIT_MEETING_SECONDS
+    store.add(_ARRIVED_KEY, 1)
+    while store.add(_ARRIVED_KEY, 0) < world_size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if rank != 0:
+        store.add(_LEAVING_KEY, 1)
+        return
+    # The others read the store until they see everyone arrived: keep it up until they have.
+    deadline = min(deadline, time.monotonic() + 2.0)
+    while store.add(_LEAVING_KEY, 0) < world_size - 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
