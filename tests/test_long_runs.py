@@ -70,7 +70,7 @@ def test_a_signal_to_one_rank_saves_at_the_same_step_everywhere_and_exits_zero(t
 
 
 # ------------------------------------------------------------------------------------------- restarts
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_fabric_run_max_restarts_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
     """Rank 1 is SIGKILLed once at step 7; torchrun restarts both; the run resumes from step 4."""
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
@@ -78,15 +78,14 @@ def test_fabric_run_max_restarts_resumes_to_the_same_weights_as_an_uninterrupted
     reference.mkdir()
     common = ["--steps", "12", "--every", "4"]
     restarted = _start(
-        [sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2"]
-        + ["--max-restarts", "1", str(LONG_RUN), str(interrupted), *common, "--kill-at", "7"],
+        [sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", "--max-restarts", "1", str(LONG_RUN), str(interrupted), *common, "--kill-at", "7"],
         launch_env(),
     )
     uninterrupted = _start(
         [sys.executable, str(LONG_RUN), str(reference), "--devices", "2", *common], launch_env()
     )
-    restarted_output = _finish(restarted, 110)
-    reference_output = _finish(uninterrupted, 60)
+    restarted_output = _finish(restarted, 170)
+    reference_output = _finish(uninterrupted, 100)
     assert restarted.returncode == 0, restarted_output
     assert uninterrupted.returncode == 0, reference_output
     assert (interrupted / "killed-once").exists()
@@ -154,7 +153,7 @@ def test_python_script_exits_nonzero_when_a_rank_fails_after_rank_zero_finished(
     run = run_python([str(EXIT_CODES), "late"], timeout=80)
     assert run.returncode != 0, run.output
     assert "deliberate failure on rank 1" in run.output
-    assert "exited with code 1 after this process finished" in run.output
+    assert "local rank 1 (pid" in run.output and "exited with code 1" in run.output
 
 
 @pytest.mark.timeout(90)

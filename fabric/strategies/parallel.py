@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -156,7 +157,7 @@ class ParallelStrategy(Strategy):
         host = f"[{address}]" if ":" in address else address
         dist.init_process_group(
             backend=self.process_group_backend,
-            init_method=f"tcp://{host}:{environment.main_port}",
+            **_rendezvous(host, environment.main_port, self.world_size, self._timeout),
             world_size=self.world_size,
             rank=self.global_rank,
             timeout=self._timeout,
@@ -300,6 +301,20 @@ _COMMUNICATION_FAILURES = (
 def _is_communication_failure(error: BaseException) -> bool:
     message = str(error).lower()
     return any(marker in message for marker in _COMMUNICATION_FAILURES)
+
+
+def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta) -> dict[str, Any]:
+    """How ``init_process_group`` meets the others: a tcp:// address, or, after a torchrun restart, a store.
+
+    torchrun's agent keeps one store across restarts (``fabric run --max-restarts``): restarted
+    processes would read the previous round's addresses from it and fail to connect. A prefix per
+    restart round keeps the rounds apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {"init_method": f"tcp://{host}:{port}"}
+    store = dist.TCPStore(host.strip("[]"), port, world_size, is_master=False, timeout=timeout)
+    return {"store": dist.PrefixStore(f"fabric/restart_{restart}", store)}
 
 
 _EXIT_MEETING_SECONDS = 10.0
