@@ -78,7 +78,23 @@ def test_fabric_run_max_restarts_resumes_to_the_same_weights_as_an_uninterrupted
     reference.mkdir()
     common = ["--steps", "12", "--every", "4"]
     restarted = _start(
-        [sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", "--max-restarts", "1", str(LONG_RUN), str(interrupted), *common, "--kill-at", "7"],
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "run",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--max-restarts",
+            "1",
+            str(LONG_RUN),
+            str(interrupted),
+            *common,
+            "--kill-at",
+            "7",
+        ],
         launch_env(),
     )
     uninterrupted = _start(
