@@ -198,3 +198,32 @@ def test_srun_exits_nonzero_when_a_rank_fails(tmp_path: Path) -> None:
     assert process.returncode != 0, output
     assert "deliberate failure on rank 1" in output
     assert wait_until_gone([process.pid], timeout=5) == []
+
+
+# ------------------------------------------------------------------------------------- hang diagnosis
+@pytest.mark.timeout(90)
+def test_a_skipped_collective_names_the_collective_and_its_shapes_within_the_timeout(tmp_path: Path) -> None:
+    run = run_python([str(SCRIPTS / "hang.py"), "skip", str(tmp_path)], timeout=80)
+    outcome = json.loads((tmp_path / "rank0.json").read_text())
+    assert outcome["type"] == "CollectiveError", (outcome, run.output)
+    # the first all_reduce is #1, the one rank 1 skipped is #2
+    assert "collective #2 (`all_reduce`, tensors (3, 2) float32)" in outcome["error"]
+    assert outcome["seconds"] < 30
+
+
+@pytest.mark.timeout(90)
+def test_debug_collectives_names_the_first_mismatch_on_every_rank(tmp_path: Path) -> None:
+    run = run_python(
+        [str(SCRIPTS / "hang.py"), "shapes", str(tmp_path)],
+        timeout=80,
+        env=launch_env(FABRIC_DEBUG_COLLECTIVES="1"),
+    )
+    assert run.returncode == 0, run.output
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert outcome["type"] == "CollectiveError", outcome
+        assert "rank 1 differs from rank 0" in outcome["error"]
+        assert (
+            "rank 0: #2 `all_reduce` (tensors (3,) float32); rank 1: #2 `all_reduce` (tensors (4,) float32)"
+            in (outcome["error"])
+        )

@@ -72,6 +72,8 @@ class ParallelStrategy(Strategy):
         self._timeout = timeout
         self._start_method = start_method
         self._local_rank: int | None = None  # set by the multiprocessing launcher in each child
+        self._collectives = 0  # collectives called so far by this process, named in errors
+        self._debug_collectives = False  # FABRIC_DEBUG_COLLECTIVES=1, read once at set-up
 
     # ------------------------------------------------------------------ configure
     def configure(
@@ -150,6 +152,7 @@ class ParallelStrategy(Strategy):
         environment.set_world_size(self.num_nodes * self.num_processes)
         environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
         set_global_rank(self.global_rank)
+        self._debug_collectives = os.environ.get("FABRIC_DEBUG_COLLECTIVES", "0") == "1"
         super().setup_environment()
         if dist.is_initialized():
             return
@@ -168,6 +171,9 @@ class ParallelStrategy(Strategy):
 
     # --------------------------------------------------------------- collectives
     def _run(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._collectives += 1  # the only per-call cost outside debug mode: which collective this is
+        if self._debug_collectives:
+            self._check_same_collective(name, args)
         try:
             return function(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as err:
@@ -176,8 +182,34 @@ class ParallelStrategy(Strategy):
             raise CollectiveError(
                 f"The collective `{name}` failed on rank {self.global_rank} of {self.world_size}: {err}. Another "
                 f"process crashed or did not reach `{name}` within the timeout ({self._timeout}). Every process "
-                f"must call the same collectives in the same order."
+                f"must call the same collectives in the same order. This process was in collective "
+                f"#{self._collectives} (`{name}`, {_describe(args)}); the stack below shows where. Set "
+                f"FABRIC_DEBUG_COLLECTIVES=1 to check before every collective that all processes call the same "
+                f"one with the same shapes."
             ) from err
+
+    def _check_same_collective(self, name: str, args: tuple) -> None:
+        """FABRIC_DEBUG_COLLECTIVES=1: all processes must be about to call the same collective, same shapes."""
+        mine = (self._collectives, name, _describe(args))
+        everyone: list[Any] = [None] * self.world_size
+        try:
+            dist.all_gather_object(everyone, mine)
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise CollectiveError(
+                f"FABRIC_DEBUG_COLLECTIVES: rank {self.global_rank} is about to call collective #{mine[0]} "
+                f"(`{name}`, {mine[2]}), and not every process came to compare within the timeout "
+                f"({self._timeout}): {err}. A process skipped a collective, or crashed."
+            ) from err
+        first = next((rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]), None)
+        if first is not None:
+            calls = "; ".join(
+                f"rank {rank}: #{n} `{call}` ({shapes})" for rank, (n, call, shapes) in enumerate(everyone)
+            )
+            raise CollectiveError(
+                f"FABRIC_DEBUG_COLLECTIVES: the processes disagree on the next collective: rank {first} differs "
+                f"from rank 0. {calls}. Every process must call the same collectives, in the same order, with "
+                f"tensors of the same shapes."
+            )
 
     def all_reduce(self, tensor: Tensor, reduce_op: ReduceOp = "mean") -> Tensor:
         result = tensor.clone()
@@ -278,6 +310,18 @@ _DTYPES = [
     torch.complex64,
     torch.complex128,
 ]
+
+
+def _describe(args: tuple) -> str:
+    """The shapes and dtypes of a collective's tensor arguments, for an error message."""
+    parts = []
+    for arg in args:
+        items = arg if isinstance(arg, (list, tuple)) else [arg]
+        for item in items:
+            # Only tensors: the objects of broadcast/gather_object legitimately differ between ranks.
+            if isinstance(item, Tensor):
+                parts.append(f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}")
+    return "tensors " + ", ".join(parts) if parts else "no tensors"
 
 
 def _dtype_code(dtype: torch.dtype) -> int:
