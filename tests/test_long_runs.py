@@ -208,7 +208,7 @@ def test_a_skipped_collective_names_the_collective_and_its_shapes_within_the_tim
     assert outcome["type"] == "CollectiveError", (outcome, run.output)
     # the first all_reduce is #1, the one rank 1 skipped is #2
     assert "collective #2 (`all_reduce`, tensors (3, 2) float32)" in outcome["error"]
-    assert outcome["seconds"] < 30
+    assert 14 < outcome["seconds"] < 45  # the strategy's timeout (15 s), not torch's 30 minutes
 
 
 @pytest.mark.timeout(90)
