@@ -85,15 +85,16 @@ def _run_in_child(
     reset_seed()
     try:
         result = function(*args, **kwargs)
-        if process_index == 0:
-            # Plain pickle bytes, on the CPU: torch's queue pickler would pass tensors as shared-memory
-            # handles, which the parent can no longer open once this process has exited.
-            return_queue.put(pickle.dumps(move_to_device(result, torch.device("cpu"))))
     except BaseException:
         # torch.multiprocessing catches the exception itself, so no excepthook runs: say it here, so
-        # that leaving the process group skips the meeting with ranks that are still training.
+        # that leaving the process group skips the meeting with ranks that are still training. The
+        # group is left only after torch has reported this traceback (at exit), so that the parent
+        # reports this failure, not the others' broken connections.
         lifecycle.mark_failed()
         raise
-    finally:
-        # A forked child ends with `os._exit`, which skips `atexit`: run the exit steps now.
-        lifecycle.shutdown()
+    if process_index == 0:
+        # Plain pickle bytes, on the CPU: torch's queue pickler would pass tensors as shared-memory
+        # handles, which the parent can no longer open once this process has exited.
+        return_queue.put(pickle.dumps(move_to_device(result, torch.device("cpu"))))
+    # A forked child ends with `os._exit`, which skips `atexit`: run the exit steps now.
+    lifecycle.shutdown()
