@@ -92,7 +92,7 @@ class Connector:
             return value
         if value is None or (isinstance(value, str) and value == default) or value == default:
             return env_value
-        if str(value) != env_value:
+        if _normalized(name, value) != _normalized(name, env_value):
             raise ValueError(
                 f"Fabric({name}={value!r}) contradicts {_ENV_PREFIX}{name.upper()}={env_value!r}, set by "
                 f"`fabric run --{name.replace('_', '-')}`. Remove the argument from `Fabric(...)` to use the "
@@ -249,3 +249,10 @@ class Connector:
                 parallel_devices=self.parallel_devices, num_nodes=self.num_nodes, environment=environment
             )
         return strategy
+
+
+def _normalized(name: str, value: Any) -> str:
+    """A setting as `fabric run` writes it, so that ``precision=16`` agrees with ``--precision 16-mixed``."""
+    if name == "precision":
+        value = PRECISION_ALIASES.get(value, value)
+    return str(value)

@@ -19,6 +19,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.connector import Connector
 from fabric.loggers import Logger
@@ -99,6 +100,7 @@ class Fabric:
                 )
         self._launched = False
         self._environment_ready = False
+        self._stop_agreed = False
         self._models_setup = 0
         # Which model each set-up optimizer updates (sharded optimizer state is keyed by its parameter
         # names); weak, so that Fabric keeps nothing alive that the user dropped.
@@ -156,6 +158,30 @@ class Fabric:
             raise RuntimeError("Fabric.logger: no logger was given. Pass `Fabric(loggers=...)`.")
         return self._loggers[0]
 
+    @property
+    def should_stop(self) -> bool:
+        """Whether the run should save and stop now: a stop signal reached at least one process.
+
+        ``SIGUSR1`` and ``SIGTERM`` (what SLURM with ``--signal``, Kubernetes and torchrun send before
+        they kill a job) are recorded from the first time this property is read: read it once before
+        the loop to watch from the start. Each read agrees across processes (one all-reduce of a flag),
+        so every process must read it at the same points, and all stop at the same step. Once true,
+        it stays true without further communication.
+
+        Example::
+
+            for step, batch in enumerate(loader):
+                ...
+                if fabric.should_stop:
+                    fabric.save("ckpt.pt", state)
+                    break
+        """
+        if self._stop_agreed:
+            return True
+        lifecycle.watch_signals()
+        self._stop_agreed = self._strategy.reduce_boolean_decision(lifecycle.stop_requested(), all=False)
+        return self._stop_agreed
+
     # -------------------------------------------------------------------- launch
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
         """Start the processes of this run and set up each of them.
@@ -192,6 +218,8 @@ class Fabric:
         if not self._environment_ready:
             self._strategy.setup_environment()
             self._environment_ready = True
+            # Process group, environment: released at exit, in the order fabric.lifecycle documents.
+            lifecycle.on_exit(self._teardown, order=lifecycle.LEAVE_PROCESS_GROUP)
 
     def _check_launched(self) -> None:
         launcher = self._strategy.launcher
@@ -648,6 +676,7 @@ class Fabric:
 
     # ------------------------------------------------------------------ helpers
     def _teardown(self) -> None:
+        """Release what the run holds: the process group, the environment's changes (called at exit)."""
         self._strategy.teardown()
 
 

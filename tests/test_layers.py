@@ -35,12 +35,19 @@ FORBIDDEN = {
 
 
 def _imports(path: Path) -> set[str]:
+    """Modules imported at run time (imports under ``if TYPE_CHECKING:`` only name types, and are skipped)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    pending: list[ast.AST] = [ast.parse(path.read_text())]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+        pending.extend(ast.iter_child_nodes(node))
     return names
 
 

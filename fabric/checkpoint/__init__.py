@@ -8,10 +8,12 @@ above this package and supply only what differs per engine.
 
 from fabric.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO
 from fabric.checkpoint.io import CheckpointError, NotAFileError, atomic_save, fsync_directory, safe_load
+from fabric.checkpoint.manager import CheckpointManager
 
 __all__ = [
     "CheckpointError",
     "CheckpointIO",
+    "CheckpointManager",
     "NotAFileError",
     "TorchCheckpointIO",
     "atomic_save",

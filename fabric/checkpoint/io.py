@@ -29,7 +29,7 @@ from typing import IO, Any, TypeAlias
 import torch
 from torch.serialization import MAP_LOCATION
 
-__all__ = ["CheckpointError", "NotAFileError", "atomic_save", "fsync_directory", "safe_load"]
+__all__ = ["CheckpointError", "NotAFileError", "atomic_save", "fsync_directory", "safe_load", "verify_file"]
 
 # Whatever torch.load accepts: a device, a device string, a {from: to} dict, or a callable on storages.
 MapLocation: TypeAlias = MAP_LOCATION
@@ -201,6 +201,21 @@ def safe_load(
         return load_verified(
             file, display, map_location=map_location, weights_only=weights_only, verify=verify
         )
+
+
+def verify_file(path: str | os.PathLike[str]) -> None:
+    """Check a single-file checkpoint's integrity (every zip record's CRC-32) without loading it.
+
+    Reads the file once and allocates nothing beyond a read buffer; a legacy non-zip file, which carries
+    no checksum, is loaded instead (``weights_only=True``) as the only way to tell whether it is whole.
+    """
+    display = os.fspath(path)
+    _refuse_non_regular(display, display, "load")
+    with open(display, "rb") as file:
+        if _starts_with_zip_magic(file):
+            _verify_zip_archive(file, display)
+            return
+    safe_load(display)
 
 
 def load_verified(
