@@ -538,6 +538,11 @@ class Fabric:
         """
         from fabric.utilities.collectives import all_reduce_in_group, apply_collective, normalize_reduce_op
 
+        if isinstance(group, str):
+            raise TypeError(
+                f"Fabric.all_reduce(data, {group!r}): the second argument is the process group, as in Lightning. "
+                f"Pass the operation by name: `fabric.all_reduce(data, reduce_op={group!r})`."
+            )
         op = normalize_reduce_op(reduce_op)
         data = self._to_tensors(data)
         if group is None and isinstance(op, str):

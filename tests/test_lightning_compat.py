@@ -365,6 +365,8 @@ def test_collectives_take_numbers_groups_and_reduce_ops() -> None:
     assert fabric.all_gather(torch.ones(2), group=None, sync_grads=True).shape == (1, 2)
     with pytest.raises(ValueError, match="reduce_op"):
         fabric.all_reduce(torch.ones(1), reduce_op="median")
+    with pytest.raises(TypeError, match="process group"):
+        fabric.all_reduce(torch.ones(1), "sum")
 
 
 def test_public_names_lightning_scripts_import() -> None:

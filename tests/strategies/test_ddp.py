@@ -86,6 +86,16 @@ def test_all_reduce(ranks: list[dict[str, Any]]) -> None:
         }
 
 
+def test_collectives_in_lightnings_forms(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        c = result["collectives"]
+        assert c["group_sum"] == [3.0, -6.0, 9.0]
+        assert c["product"] == [2.0, 8.0, 18.0]
+        assert c["group_gather"] == [[0], [1]]
+        assert c["sync_grads"] == [6.0]  # d/dx of sum over both ranks' 3x: the gradient comes back summed
+        assert c["number_gather"] == [0.5, 1.5]
+
+
 def test_all_reduce_nested_collections(ranks: list[dict[str, Any]]) -> None:
     for result in ranks:
         c = result["collectives"]

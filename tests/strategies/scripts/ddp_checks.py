@@ -178,6 +178,15 @@ def collectives(fabric: Fabric) -> dict[str, Any]:
     for op in ("sum", "mean", "max", "min"):
         out[f"all_reduce_{op}"] = fabric.all_reduce(mine, reduce_op=op).tolist()
     out["all_reduce_input_untouched"] = torch.equal(mine, base * (rank + 1))
+    # Lightning's forms: a process group, a torch.distributed.ReduceOp, a differentiable gather
+    world = torch.distributed.group.WORLD
+    out["group_sum"] = fabric.all_reduce(mine, group=world, reduce_op=torch.distributed.ReduceOp.SUM).tolist()
+    out["product"] = fabric.all_reduce(mine, reduce_op=torch.distributed.ReduceOp.PRODUCT).tolist()
+    out["group_gather"] = fabric.all_gather(torch.tensor([rank]), group=world).tolist()
+    leaf = torch.tensor([rank + 1.0], requires_grad=True)
+    fabric.all_gather(leaf * 3, sync_grads=True).sum().backward()
+    out["sync_grads"] = leaf.grad.tolist()
+    out["number_gather"] = fabric.all_gather(0.5 + rank).tolist()
     out["all_reduce_int_mean"] = fabric.all_reduce(torch.tensor([rank + 1, 4]), reduce_op="mean").tolist()
     # gloo has no int16 kernels: the strategy must carry them in a wider dtype and give int16 back.
     small = torch.tensor([rank + 1, -300], dtype=torch.int16)
