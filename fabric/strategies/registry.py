@@ -10,6 +10,9 @@ from typing import Any
 
 from fabric.strategies.ddp import DDPStrategy
 from fabric.strategies.fsdp import FSDPStrategy
+from fabric.strategies.xla import XLAStrategy
+from fabric.strategies.xla_fsdp import XLAFSDPStrategy
+from fabric.strategies.xla_single import SingleXLAStrategy
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
@@ -21,4 +24,8 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
         "init": {"start_method": "popen", "find_unused_parameters": True},
     },
     "fsdp": {"class": FSDPStrategy, "init": {}},
+    # XLA (torch-xla is imported only when one of these is set up)
+    "single_xla": {"class": SingleXLAStrategy, "init": {}},
+    "xla": {"class": XLAStrategy, "init": {}},
+    "xla_fsdp": {"class": XLAFSDPStrategy, "init": {}},
 }

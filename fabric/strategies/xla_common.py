@@ -1,0 +1,94 @@
+"""What every XLA strategy shares: importing torch-xla at set-up, marking the step, CPU checkpoints.
+
+XLA records operations lazily into a graph and runs it when the step is marked. A user's loop has no
+XLA call in it, so the strategy marks the step right after ``optimizer.step()``: one graph per
+training step, which XLA compiles once and then replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from fabric.checkpoint.io import atomic_save
+from fabric.strategies.strategy import PER_RANK_STATE_KEY, _per_rank_state
+from fabric.utilities.apply import move_to_device
+from fabric.utilities.types import PathLike
+
+#: checkpoint key of torch-xla's own random state (dropout on an XLA device draws from it)
+XLA_RNG_STATE_KEY = "__fabric_xla_rng__"
+XLA_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
+
+
+def import_torch_xla() -> Any:
+    """``torch_xla`` itself, with a clear error (and the install line) when it is missing."""
+    from fabric.accelerators.xla import require_torch_xla
+
+    require_torch_xla("strategy='xla'")
+    import torch_xla
+
+    return torch_xla
+
+
+def step_marker() -> Callable[[], None]:
+    """The function that cuts and runs the pending XLA graph (``torch_xla.sync``), looked up once."""
+    torch_xla = import_torch_xla()
+    sync = getattr(torch_xla, "sync", None)
+    if sync is not None:
+        return sync
+    import torch_xla.core.xla_model as xm  # torch-xla before 2.6
+
+    return xm.mark_step
+
+
+class XLAStepMixin:
+    """Marks the XLA step after every optimizer step and writes CPU checkpoints.
+
+    Mixed into the XLA strategies ahead of :class:`~fabric.strategies.strategy.Strategy`.
+    """
+
+    _mark_step: Callable[[], None] | None = None
+
+    def _setup_xla(self) -> None:
+        self._mark_step = step_marker()
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        result = super().optimizer_step(optimizer, **kwargs)  # type: ignore[misc]
+        assert self._mark_step is not None, "setup_environment() has not run"
+        self._mark_step()
+        return result
+
+    # ------------------------------------------------------------- checkpoints
+    def _save_full_checkpoint(
+        self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None
+    ) -> None:
+        """One file, written atomically by the first process, with every tensor moved to the CPU first.
+
+        XLA tensors are pickled as references to a device; on the CPU they load anywhere (another XLA
+        device count, a plain CPU run). Sharded XLA tensors come back whole from ``.cpu()``.
+        """
+        assert self._mark_step is not None
+        self._mark_step()  # run pending updates, so the values written are the current ones
+        checkpoint = self._convert_state(state, filter or {})  # type: ignore[attr-defined]
+        checkpoint = move_to_device(checkpoint, torch.device("cpu"))
+        checkpoint[PER_RANK_STATE_KEY] = [_per_rank_state(state)]
+        checkpoint[XLA_RNG_STATE_KEY] = xla_rng_state()
+        if self.is_global_zero:  # type: ignore[attr-defined]
+            atomic_save(checkpoint, path)
+
+    def _restore_xla_rng(self, remainder: dict[str, Any], restore_rng: bool) -> None:
+        """Take torch-xla's random state out of what ``load`` returns, and restore it if asked."""
+        seed = remainder.pop(XLA_RNG_STATE_KEY, None)
+        if seed is not None and restore_rng:
+            import torch_xla.core.xla_model as xm
+
+            xm.set_rng_state(int(seed))
+
+
+def xla_rng_state() -> int:
+    import torch_xla.core.xla_model as xm
+
+    return int(xm.get_rng_state())

@@ -1,0 +1,63 @@
+"""One process on one XLA device (a TPU core, or XLA's CPU back end): ``strategy="single_xla"``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric.accelerators import Accelerator
+from fabric.precision import Precision
+from fabric.strategies.single_device import SingleDeviceStrategy
+from fabric.strategies.xla_common import XLAStepMixin
+from fabric.utilities.types import PathLike
+
+
+class SingleXLAStrategy(XLAStepMixin, SingleDeviceStrategy):
+    """The model, the batches and ``fabric.to_device`` go to the XLA device; the step is marked after
+    every ``optimizer.step()``, so the training loop needs no XLA call.
+
+    Chosen by ``Fabric(accelerator="tpu")`` (or ``"xla"``) with ``devices=1``.
+
+    Example::
+
+        fabric = Fabric(accelerator="tpu", devices=1, precision="bf16-true")
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "xla:0",
+        accelerator: Accelerator | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(device=device, accelerator=accelerator, precision=precision)
+        if self.root_device.type != "xla":
+            raise ValueError(f"SingleXLAStrategy(device={device!r}): expected an XLA device such as 'xla:0'.")
+
+    def setup_environment(self) -> None:
+        # Importing torch-xla registers the "xla" device with torch; before that it cannot hold tensors.
+        self._setup_xla()
+        super().setup_environment()
+
+    def save_checkpoint(
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+    ) -> None:
+        self._save_full_checkpoint(path, state, filter)
+
+    def load_checkpoint(
+        self,
+        path: PathLike,
+        state: dict[str, Any] | Module | Optimizer | None = None,
+        strict: bool = True,
+        weights_only: bool = True,
+        restore_rng: bool = True,
+    ) -> dict[str, Any]:
+        remainder = super().load_checkpoint(path, state, strict, weights_only, restore_rng)
+        self._restore_xla_rng(remainder, restore_rng)
+        return remainder
