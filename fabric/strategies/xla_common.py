@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.checkpoint.io import atomic_save
@@ -54,6 +56,32 @@ class XLAStepMixin:
 
     def _setup_xla(self) -> None:
         self._mark_step = step_marker()
+        #: id(CPU parameter) -> (CPU parameter, its XLA replacement), until the optimizers are set up
+        self._moved_parameters: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def module_to_device(self, module: Module) -> None:
+        """Move ``module`` to the XLA device, remembering which new parameter replaced which.
+
+        Unlike a move between CPU and CUDA, ``Module.to("xla")`` creates new ``Parameter`` objects (the
+        tensor types are not swappable in place), so an optimizer created before ``setup`` would keep
+        updating the CPU copies. :meth:`setup_optimizer` points it at the new ones.
+        """
+        before = list(module.parameters())
+        module.to(self.root_device)  # type: ignore[attr-defined]
+        for old, new in zip(before, module.parameters()):
+            if old is not new:
+                self._moved_parameters[id(old)] = (old, new)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        moved = self._moved_parameters
+        if moved:
+            for group in optimizer.param_groups:
+                group["params"] = [moved[id(p)][1] if id(p) in moved else p for p in group["params"]]
+            for key in [k for k in optimizer.state if id(k) in moved]:
+                optimizer.state[moved[id(key)][1]] = move_to_device(
+                    optimizer.state.pop(key), self.root_device
+                )  # type: ignore[attr-defined]
+        return optimizer
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         result = super().optimizer_step(optimizer, **kwargs)  # type: ignore[misc]

@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--save")
+    parser.add_argument("--save-at", type=int, help="save after this many steps (default: at the end)")
     parser.add_argument("--load")
     parser.add_argument("--state-dict-type")
     args = parser.parse_args()
@@ -73,6 +74,7 @@ def main() -> None:
         loaded_digest = digest(model)
 
     losses = []
+    saved_digest = None
     step = state["step"]
     iterator = iter(loader)
     while step < state["step"] + args.steps:
@@ -88,12 +90,10 @@ def main() -> None:
         optimizer.zero_grad()
         losses.append(fabric.all_reduce(loss.detach(), reduce_op="mean").item())
         step += 1
-    state["step"] = step
-
-    saved_digest = None
-    if args.save:
-        fabric.save(args.save, state)
-        saved_digest = digest(model)
+        if args.save and step == (args.save_at or state["step"] + args.steps):
+            # a run that saves midway and goes on is also the uninterrupted reference
+            fabric.save(args.save, {**state, "step": step})
+            saved_digest = digest(model)
     result = {
         "losses": losses,
         "digest": digest(model),
