@@ -77,11 +77,18 @@ class XLAStepMixin:
         if moved:
             for group in optimizer.param_groups:
                 group["params"] = [moved[id(p)][1] if id(p) in moved else p for p in group["params"]]
+            device = self.root_device  # type: ignore[attr-defined]
             for key in [k for k in optimizer.state if id(k) in moved]:
-                optimizer.state[moved[id(key)][1]] = move_to_device(
-                    optimizer.state.pop(key), self.root_device
-                )  # type: ignore[attr-defined]
+                optimizer.state[moved[id(key)][1]] = move_to_device(optimizer.state.pop(key), device)
         return optimizer
+
+    def setup_module_and_optimizers(
+        self, module: Module, optimizers: list[Optimizer]
+    ) -> tuple[Module, list[Optimizer]]:
+        result = super().setup_module_and_optimizers(module, optimizers)  # type: ignore[misc]
+        # The optimizers are re-pointed: let the CPU copies of the parameters go.
+        self._moved_parameters.clear()
+        return result
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         result = super().optimizer_step(optimizer, **kwargs)  # type: ignore[misc]

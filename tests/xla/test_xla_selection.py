@@ -88,3 +88,21 @@ def test_device_count_other_than_one_or_all_is_a_clear_error() -> None:
     )
     assert proc.returncode != 0
     assert "devices=3" in proc.stderr and "CPU_NUM_DEVICES=3" in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_XLA, reason="needs torch-xla")
+@pytest.mark.parametrize("precision", ["16-mixed", "16-true", "64-true"])
+def test_unsupported_precision_on_xla_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    with pytest.raises(ValueError, match=rf"precision='{precision}'.*'bf16-true'"):
+        Fabric(accelerator="xla", devices=1, precision=precision)
+
+
+@pytest.mark.skipif(not HAS_XLA, reason="needs torch-xla")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "ddp_spawn"])
+def test_non_xla_strategy_on_xla_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, strategy: str) -> None:
+    monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    with pytest.raises(ValueError, match=rf"strategy='{strategy}'.*'xla_fsdp'"):
+        Fabric(accelerator="tpu", devices=1, strategy=strategy)
