@@ -24,6 +24,8 @@ recommended path, and the only one that can be run and tested on XLA's CPU back 
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,10 +37,10 @@ from torch.optim import Optimizer
 from fabric.accelerators import Accelerator
 from fabric.checkpoint.io import atomic_save
 from fabric.precision import Precision
-from fabric.strategies.strategy import PER_RANK_STATE_KEY, Strategy, _per_rank_state
-from fabric.strategies.xla_common import XLA_RNG_STATE_KEY, XLAStepMixin, xla_rng_state
+from fabric.strategies.strategy import PER_RANK_STATE_KEY, PRECISION_STATE_KEY, Strategy, _owner_module
+from fabric.strategies.xla_common import XLAStepMixin
 from fabric.utilities.apply import move_to_device
-from fabric.utilities.types import PathLike, ReduceOp
+from fabric.utilities.types import PathLike, ReduceOp, Stateful
 
 StateDictType = Literal["full", "sharded"]
 
@@ -220,19 +222,6 @@ class XLAStrategy(XLAStepMixin, Strategy):
         else:
             self._save_full_checkpoint(path, state, filter)
 
-    def load_checkpoint(
-        self,
-        path: PathLike,
-        state: dict[str, Any] | Module | Optimizer | None = None,
-        strict: bool = True,
-        weights_only: bool = True,
-        restore_rng: bool = True,
-    ) -> dict[str, Any]:
-        """Load a full file or a sharded directory (any device count wrote it) into this run."""
-        remainder = super().load_checkpoint(path, state, strict, weights_only, restore_rng)
-        self._restore_xla_rng(remainder, restore_rng)
-        return remainder
-
     def _save_sharded_checkpoint(
         self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None
     ) -> None:
@@ -248,9 +237,6 @@ class XLAStrategy(XLAStepMixin, Strategy):
                 f"{type(self).__name__}(state_dict_type='sharded') does not support Fabric.save(filter=...); use "
                 f"state_dict_type='full' to filter entries."
             )
-        import os
-        import uuid
-
         import torch.distributed.checkpoint as dcp
         from torch_xla.experimental.distributed_checkpoint import SPMDSavePlanner
 
@@ -261,7 +247,6 @@ class XLAStrategy(XLAStepMixin, Strategy):
             optimizer_state,
             temporary_directory_for,
         )
-        from fabric.strategies.strategy import _owner_module
 
         assert self._mark_step is not None
         self._mark_step()
@@ -273,14 +258,11 @@ class XLAStrategy(XLAStepMixin, Strategy):
             elif isinstance(obj, Optimizer):
                 shards[key] = optimizer_state(_owner_module(obj, state, os.fspath(path)), obj)
             else:
-                meta[key] = obj.state_dict() if hasattr(obj, "load_state_dict") else obj
+                meta[key] = obj.state_dict() if isinstance(obj, Stateful) else obj
         precision_state = self.precision.state_dict()
         if precision_state:
-            from fabric.strategies.strategy import PRECISION_STATE_KEY
-
             meta[PRECISION_STATE_KEY] = precision_state
-        meta[PER_RANK_STATE_KEY] = [_per_rank_state(state)]
-        meta[XLA_RNG_STATE_KEY] = xla_rng_state()
+        meta[PER_RANK_STATE_KEY] = [self._xla_per_rank_state(state)]
         meta = move_to_device(meta, torch.device("cpu"))
         tmp = temporary_directory_for(path, uuid.uuid4().hex)
         os.makedirs(tmp)

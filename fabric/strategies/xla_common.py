@@ -20,8 +20,8 @@ from fabric.strategies.strategy import PER_RANK_STATE_KEY, _per_rank_state
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.types import PathLike
 
-#: checkpoint key of torch-xla's own random state (dropout on an XLA device draws from it)
-XLA_RNG_STATE_KEY = "__fabric_xla_rng__"
+#: key of torch-xla's own random state (dropout on an XLA device draws from it) in a process's RNG states
+XLA_RNG_KEY = "xla"
 XLA_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
 
 
@@ -109,21 +109,29 @@ class XLAStepMixin:
         self._mark_step()  # run pending updates, so the values written are the current ones
         checkpoint = self._convert_state(state, filter or {})  # type: ignore[attr-defined]
         checkpoint = move_to_device(checkpoint, torch.device("cpu"))
-        checkpoint[PER_RANK_STATE_KEY] = [_per_rank_state(state)]
-        checkpoint[XLA_RNG_STATE_KEY] = xla_rng_state()
+        checkpoint[PER_RANK_STATE_KEY] = [self._xla_per_rank_state(state)]
         if self.is_global_zero:  # type: ignore[attr-defined]
             atomic_save(checkpoint, path)
 
-    def _restore_xla_rng(self, remainder: dict[str, Any], restore_rng: bool) -> None:
-        """Take torch-xla's random state out of what ``load`` returns, and restore it if asked."""
-        seed = remainder.pop(XLA_RNG_STATE_KEY, None)
-        if seed is not None and restore_rng:
+    def _xla_per_rank_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This process's random states and dataloader positions, torch-xla's random state included.
+
+        It goes with the other generators' states, which a CPU run that loads the file ignores.
+        """
+        import torch_xla.core.xla_model as xm
+
+        per_rank = _per_rank_state(state)
+        per_rank["rng"][XLA_RNG_KEY] = int(xm.get_rng_state())
+        return per_rank
+
+    def _restore_per_rank(
+        self, path: PathLike, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
+    ) -> None:
+        super()._restore_per_rank(path, per_rank, state, restore_rng)  # type: ignore[misc]
+        if not restore_rng or len(per_rank) != self.world_size:  # type: ignore[attr-defined]
+            return  # (the base class warned about a different world size)
+        seed = per_rank[self.global_rank]["rng"].get(XLA_RNG_KEY)  # type: ignore[attr-defined]
+        if seed is not None:
             import torch_xla.core.xla_model as xm
 
             xm.set_rng_state(int(seed))
-
-
-def xla_rng_state() -> int:
-    import torch_xla.core.xla_model as xm
-
-    return int(xm.get_rng_state())

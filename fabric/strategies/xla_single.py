@@ -6,8 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.nn import Module
-from torch.optim import Optimizer
 
 from fabric.accelerators import Accelerator
 from fabric.precision import Precision
@@ -49,15 +47,3 @@ class SingleXLAStrategy(XLAStepMixin, SingleDeviceStrategy):
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
     ) -> None:
         self._save_full_checkpoint(path, state, filter)
-
-    def load_checkpoint(
-        self,
-        path: PathLike,
-        state: dict[str, Any] | Module | Optimizer | None = None,
-        strict: bool = True,
-        weights_only: bool = True,
-        restore_rng: bool = True,
-    ) -> dict[str, Any]:
-        remainder = super().load_checkpoint(path, state, strict, weights_only, restore_rng)
-        self._restore_xla_rng(remainder, restore_rng)
-        return remainder
