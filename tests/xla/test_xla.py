@@ -201,6 +201,22 @@ def test_save_on_4_load_on_2_and_on_cpu(runs: Runs, strategy: str) -> None:
     assert_losses_close(on_cpu["losses"], straight["losses"][3:])
 
 
+def test_sharded_xla_checkpoint_consolidates_to_one_file(runs: Runs, tmp_path: Path) -> None:
+    """`fabric consolidate` turns the directory written by xla_fsdp over 4 devices into one full file."""
+    import torch
+    from torch import nn
+
+    from fabric.checkpoint.sharded import consolidate
+
+    runs["xla_fsdp-4"]  # wrote the directory
+    output = tmp_path / "one.pt"
+    consolidate(runs.checkpoint("xla_fsdp"), output)
+    checkpoint = torch.load(output, weights_only=True)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Dropout(0.0), nn.Linear(32, 4))
+    model.load_state_dict(checkpoint["model"])  # full shapes, every key
+    assert checkpoint["step"] == 3
+
+
 def test_exact_resume_single_xla_with_dropout(runs: Runs) -> None:
     straight, resumed = runs["dropout"], runs["dropout-resumed"]
     assert resumed["losses"] == straight["losses"][3:]
