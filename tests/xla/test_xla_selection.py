@@ -106,16 +106,3 @@ def test_non_xla_strategy_on_xla_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
     with pytest.raises(ValueError, match=rf"strategy='{strategy}'.*'xla_fsdp'"):
         Fabric(accelerator="tpu", devices=1, strategy=strategy)
-
-
-def test_fabric_run_with_xla_says_to_run_the_script_directly(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from fabric.cli import main
-
-    script = tmp_path / "train.py"
-    script.write_text("print('hello')\n")
-    with pytest.raises(SystemExit) as info:
-        main(["run", "--accelerator", "tpu", "--devices", "4", str(script)])
-    assert info.value.code != 0
-    assert "nothing to launch" in capsys.readouterr().err
