@@ -49,6 +49,37 @@ def example(session: nox.Session) -> None:
     session.run("python", "examples/train_classifier.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
 
 
+#: torch-xla needs exactly the torch it was built against; this is also the oldest torch we test
+XLA_PINS = ("torch==2.9.0", "torch_xla==2.9.0")
+#: the quick part of the suite, run again on torch 2.9 by the xla session (our lower bound is torch>=2.6);
+#: the slow resume and sharded-layout tests also pass on 2.9 but stay in `tests` to keep this session short
+XLA_SESSION_QUICK_TESTS = (
+    "tests/test_fabric.py",
+    "tests/test_connector.py",
+    "tests/test_checkpoint.py",
+    "tests/precision",
+    "tests/checkpoint/test_io.py",
+    "tests/accelerators",
+    "tests/strategies/test_ddp.py",
+    "tests/strategies/test_fsdp.py",
+)
+
+
+@nox.session(python=PYTHON)
+def xla(session: nox.Session) -> None:
+    """XLA through torch-xla 2.9 on XLA's CPU back end (PJRT_DEVICE=CPU, 1, 2 and 4 devices), then
+    the quick tests on torch 2.9.
+
+    Its own environment: torch-xla pulls the CUDA build of torch 2.9 (about 7 GB, 3 minutes).
+    """
+    session.install(*XLA_PINS)
+    session.install("-e", ".[test,xla]", *XLA_PINS)
+    env = {"OMP_NUM_THREADS": "1"}
+    # each test starts its own processes with PJRT_DEVICE=CPU and CPU_NUM_DEVICES=1, 2 or 4
+    session.run("python", "-m", "pytest", "-q", "tests/xla", *session.posargs, env=env)
+    session.run("python", "-m", "pytest", "-q", *XLA_SESSION_QUICK_TESTS, *session.posargs, env=env)
+
+
 @nox.session(python=PYTHON)
 def examples(session: nox.Session) -> None:
     """Every example in a smoke mode, outputs checked (tests/examples): porting parity, GAN, PPO, LM, plots.

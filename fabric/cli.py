@@ -121,6 +121,11 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
             )
     if not os.path.isfile(args.script):
         error(f"the script {args.script!r} does not exist.")
+    if args.accelerator in ("tpu", "xla"):
+        error(
+            f"--accelerator={args.accelerator!r}: XLA runs one process per host that drives all its devices "
+            f"(SPMD), so there is nothing to launch: run `python {args.script}` (on a TPU pod, on every host)."
+        )
     try:
         return _processes_per_node(args.accelerator, args.devices)
     except (ValueError, TypeError, RuntimeError) as err:

@@ -16,9 +16,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fabric.accelerators import ACCELERATORS, Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
+from fabric.accelerators import (
+    ACCELERATORS,
+    Accelerator,
+    CPUAccelerator,
+    CUDAAccelerator,
+    MPSAccelerator,
+    XLAAccelerator,
+)
+from fabric.accelerators.xla import require_torch_xla
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
+from fabric.strategies.xla_common import XLA_PRECISIONS
 
 PRECISION_ALIASES: dict[Any, str] = {
     64: "64-true",
@@ -30,7 +39,9 @@ PRECISION_ALIASES: dict[Any, str] = {
     "bf16": "bf16-mixed",
 }
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
-ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps")
+ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps", "tpu", "xla")
+#: strategies that run on XLA devices (and the only ones that do)
+XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")
 
 _ENV_PREFIX = "FABRIC_"
 
@@ -148,7 +159,15 @@ class Connector:
                 f"{', '.join(repr(a) for a in ACCELERATOR_NAMES)} or an Accelerator instance."
             )
         name = accelerator.lower()
+        if name == "auto" and _names_xla_strategy(strategy):
+            name = "xla"  # strategy="xla" (or an XLA strategy instance) implies the XLA accelerator
+        if name in ("tpu", "xla"):
+            # is_available() only asks whether torch-xla is installed (find_spec), never imports it
+            require_torch_xla(f"accelerator={accelerator!r}")
+            return XLAAccelerator()
         if name == "auto":
+            if XLAAccelerator.is_available():
+                return XLAAccelerator()
             if CUDAAccelerator.is_available():
                 return CUDAAccelerator()
             if MPSAccelerator.is_available():
@@ -182,6 +201,12 @@ class Connector:
                 f"Fabric(precision={precision!r}) is not supported. Allowed: "
                 f"{', '.join(repr(p) for p in PRECISIONS)} (aliases: 32, 64, 16, 'bf16')."
             )
+        if accelerator.name == "xla" and name not in XLA_PRECISIONS:
+            raise ValueError(
+                f"Fabric(accelerator='xla', precision={precision!r}): XLA devices support "
+                f"{', '.join(repr(p) for p in XLA_PRECISIONS)}. Use 'bf16-true' or 'bf16-mixed' for half precision "
+                f"(TPUs compute in bfloat16; float16 and float64 are not supported here)."
+            )
         if name == "32-true":
             return Precision()
         if name.endswith("-true"):
@@ -201,6 +226,13 @@ class Connector:
                     f"{type(strategy).__name__}."
                 )
             name = strategy.lower()
+            if self.accelerator.name == "xla":
+                name = _xla_strategy_name(name, strategy, num_processes)
+            elif name in XLA_STRATEGIES:
+                raise ValueError(
+                    f"Fabric(strategy={strategy!r}, accelerator={self.accelerator.name!r}): XLA strategies run on "
+                    f"XLA devices. Pass accelerator='tpu' (or 'xla'), or a strategy for {self.accelerator.name}."
+                )
             if name == "auto":
                 name = "ddp" if num_processes > 1 or self._external_multiprocess() else "single_device"
             if name == "single_device":
@@ -256,3 +288,30 @@ def _normalized(name: str, value: Any) -> str:
     if name == "precision":
         value = PRECISION_ALIASES.get(value, value)
     return str(value)
+
+
+def _names_xla_strategy(strategy: Any) -> bool:
+    """Whether ``strategy`` (a name or an instance) is one of the XLA strategies."""
+    if isinstance(strategy, str):
+        return strategy.lower() in XLA_STRATEGIES
+    from fabric.strategies.xla_common import XLAStepMixin
+
+    return isinstance(strategy, XLAStepMixin)
+
+
+def _xla_strategy_name(name: str, given: str, num_devices: int) -> str:
+    """The strategy name on an XLA accelerator: "auto" is one device or SPMD over all of them."""
+    if name in ("auto", "single_device"):
+        return "single_xla" if num_devices == 1 else "xla"
+    if name not in XLA_STRATEGIES:
+        raise ValueError(
+            f"Fabric(accelerator='xla', strategy={given!r}): on XLA devices the strategies are "
+            f"{', '.join(repr(s) for s in XLA_STRATEGIES)} (or 'auto'). Multi-device XLA runs through SPMD "
+            f"(strategy='xla' for data parallel, 'xla_fsdp' for sharded parameters), not through {given!r}."
+        )
+    if name == "single_xla" and num_devices != 1:
+        raise ValueError(
+            f"Fabric(strategy='single_xla', devices={num_devices}): a single-device strategy uses one XLA device. "
+            f"Pass devices=1, or strategy='xla' to use all {num_devices}."
+        )
+    return name

@@ -106,7 +106,8 @@ def test_code_that_contradicts_the_command_line_fails(tmp_path: Path) -> None:
         (["--strategy", "ddp_spawn"], "starts its own processes"),
         (["--strategy", "bogus"], "--strategy='bogus'"),
         (["--main-port", "70000"], "--main-port=70000"),
-        (["--accelerator", "tpu"], "invalid choice: 'tpu'"),
+        (["--accelerator", "mlu"], "invalid choice: 'mlu'"),
+        (["--accelerator", "tpu"], "nothing to launch"),  # XLA under SPMD: run the script directly
     ],
 )
 def test_invalid_options_fail_before_launching(

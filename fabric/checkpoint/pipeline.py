@@ -35,7 +35,6 @@ from fabric.checkpoint import sharded, states
 from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
 from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
 from fabric.utilities.rank_zero import rank_zero_warn
-from fabric.utilities.rng import capture_rng_state, restore_rng_state
 from fabric.utilities.types import Stateful
 
 #: key under which the precision plugin's state (e.g. the gradient scaler) is stored in checkpoints
@@ -77,6 +76,12 @@ class CheckpointHost(Protocol):
     def broadcast(self, obj: Any, src: int = 0) -> Any: ...
 
     def gather_object(self, obj: Any) -> list[Any]: ...
+
+    def save_shards(self, shards: dict[str, Any], directory: str) -> None: ...
+
+    def capture_rng_state(self) -> dict[str, Any]: ...
+
+    def restore_rng_state(self, rng_state: dict[str, Any]) -> None: ...
 
     def get_module_state_dict(self, module: Module) -> dict[str, Any]: ...
 
@@ -178,7 +183,7 @@ class Checkpointer:
                 _apply_filter(meta, key, _plain(obj), filter)
         if with_resume:
             meta.update(self.resume_state(state, per_rank_keys))
-        self.write_directory(path, lambda tmp: sharded.save_shards(shards, tmp), meta)
+        self.write_directory(path, lambda tmp: host.save_shards(shards, tmp), meta)
 
     def write_directory(self, path: str, write_parts: Callable[[str], None], meta: dict[str, Any]) -> None:
         """Write a checkpoint directory atomically; every process calls this.
@@ -221,7 +226,7 @@ class Checkpointer:
         """Every process's random state and dataloader positions, and the precision's state."""
         host = self.host
         mine = {
-            "rng": capture_rng_state(),
+            "rng": host.capture_rng_state(),
             "dataloaders": {key: state[key].state_dict() for key in per_rank_keys},
         }
         resume: dict[str, Any] = {PER_RANK_STATE_KEY: host.gather_object(mine)}
@@ -274,7 +279,9 @@ class Checkpointer:
                 for key in RESERVED_KEYS:
                     checkpoint.pop(key, None)
             return checkpoint
-        return self.restore(path, checkpoint, state, restored, strict=strict, restore_rng=restore_rng, owners=owners)
+        return self.restore(
+            path, checkpoint, state, restored, strict=strict, restore_rng=restore_rng, owners=owners
+        )
 
     def restore(
         self,
@@ -417,7 +424,7 @@ class Checkpointer:
             if key in state and isinstance(state[key], Stateful):
                 state[key].load_state_dict(loader_state)
         if restore_rng:
-            restore_rng_state(mine["rng"])
+            host.restore_rng_state(mine["rng"])
 
     # ---------------------------------------------------------------------------------- load_raw
     def load_raw(

@@ -16,7 +16,10 @@ __all__ = [
     "FSDPStrategy",
     "ModelParallelStrategy",
     "SingleDeviceStrategy",
+    "SingleXLAStrategy",
     "Strategy",
+    "XLAFSDPStrategy",
+    "XLAStrategy",
 ]
 
 
@@ -37,4 +40,13 @@ def __getattr__(name: str) -> Any:
         from fabric.strategies.fsdp import FSDPStrategy
 
         return FSDPStrategy
+    if name in ("SingleXLAStrategy", "XLAStrategy", "XLAFSDPStrategy"):
+        # these modules import torch-xla only when a run is set up
+        from fabric.strategies import xla, xla_fsdp, xla_single
+
+        return {
+            "SingleXLAStrategy": xla_single.SingleXLAStrategy,
+            "XLAStrategy": xla.XLAStrategy,
+            "XLAFSDPStrategy": xla_fsdp.XLAFSDPStrategy,
+        }[name]
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")

@@ -25,7 +25,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -586,7 +585,9 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                 f"`fabric.save` under DeepSpeedStrategy."
             )
         restored = [k for k in (module_key, optimizer_key) if k is not None]
-        return self.checkpointer.restore(directory, meta, state, restored, strict=strict, restore_rng=restore_rng)
+        return self.checkpointer.restore(
+            directory, meta, state, restored, strict=strict, restore_rng=restore_rng
+        )
 
     def _refuse_full_optimizer(self, state: dict[str, Any]) -> None:
         for key, obj in state.items():
@@ -724,7 +725,8 @@ def check_engine_files(directory: str) -> None:
         if not os.path.isfile(path):
             continue
         unsafe = [
-            g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            g
+            for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
             if not g.startswith(_DEEPSPEED_SAFE_GLOBALS)
         ]
         if unsafe:

@@ -11,6 +11,9 @@ from typing import Any
 from fabric.strategies.ddp import DDPStrategy
 from fabric.strategies.deepspeed import DeepSpeedStrategy
 from fabric.strategies.fsdp import FSDPStrategy
+from fabric.strategies.xla import XLAStrategy
+from fabric.strategies.xla_fsdp import XLAFSDPStrategy
+from fabric.strategies.xla_single import SingleXLAStrategy
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
@@ -46,4 +49,8 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
             "offload_optimizer_device": "nvme",
         },
     },
+    # XLA (torch-xla is imported only when one of these is set up)
+    "single_xla": {"class": SingleXLAStrategy, "init": {}},
+    "xla": {"class": XLAStrategy, "init": {}},
+    "xla_fsdp": {"class": XLAFSDPStrategy, "init": {}},
 }

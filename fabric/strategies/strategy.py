@@ -216,6 +216,23 @@ class Strategy(ABC):
             self._checkpointer = Checkpointer(self)
         return self._checkpointer
 
+    def save_shards(self, shards: dict[str, Any], directory: str) -> None:
+        """Write the (sharded) tensors of a sharded checkpoint into ``directory``; every process calls this."""
+        from fabric.checkpoint.sharded import save_shards
+
+        save_shards(shards, directory)
+
+    def capture_rng_state(self) -> dict[str, Any]:
+        """This process's random state, stored in every checkpoint for an exact resume."""
+        from fabric.utilities.rng import capture_rng_state
+
+        return capture_rng_state()
+
+    def restore_rng_state(self, rng_state: dict[str, Any]) -> None:
+        from fabric.utilities.rng import restore_rng_state
+
+        restore_rng_state(rng_state)
+
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         """The full state of ``module`` for a single-file checkpoint (read on global rank 0)."""
         return module.state_dict()

@@ -1,0 +1,128 @@
+"""What every XLA strategy shares: importing torch-xla at set-up, marking the step, CPU checkpoints.
+
+XLA records operations lazily into a graph and runs it when the step is marked. A user's loop has no
+XLA call in it, so the strategy marks the step right after ``optimizer.step()``: one graph per
+training step, which XLA compiles once and then replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric.utilities.apply import move_to_device
+from fabric.utilities.types import PathLike
+
+#: key of torch-xla's own random state (dropout on an XLA device draws from it) in a process's RNG states
+XLA_RNG_KEY = "xla"
+XLA_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
+
+
+def import_torch_xla() -> Any:
+    """``torch_xla`` itself, with a clear error (and the install line) when it is missing."""
+    from fabric.accelerators.xla import require_torch_xla
+
+    require_torch_xla("strategy='xla'")
+    import torch_xla
+
+    return torch_xla
+
+
+def step_marker() -> Callable[[], None]:
+    """The function that cuts and runs the pending XLA graph (``torch_xla.sync``), looked up once."""
+    torch_xla = import_torch_xla()
+    sync = getattr(torch_xla, "sync", None)
+    if sync is not None:
+        return sync
+    import torch_xla.core.xla_model as xm  # torch-xla before 2.6
+
+    return xm.mark_step
+
+
+class XLAStepMixin:
+    """Marks the XLA step after every optimizer step and writes CPU checkpoints.
+
+    Mixed into the XLA strategies ahead of :class:`~fabric.strategies.strategy.Strategy`.
+    """
+
+    _mark_step: Callable[[], None] | None = None
+
+    def _setup_xla(self) -> None:
+        self._mark_step = step_marker()
+        #: id(CPU parameter) -> (CPU parameter, its XLA replacement), until the optimizers are set up
+        self._moved_parameters: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def module_to_device(self, module: Module) -> None:
+        """Move ``module`` to the XLA device, remembering which new parameter replaced which.
+
+        Unlike a move between CPU and CUDA, ``Module.to("xla")`` creates new ``Parameter`` objects (the
+        tensor types are not swappable in place), so an optimizer created before ``setup`` would keep
+        updating the CPU copies. :meth:`setup_optimizer` points it at the new ones.
+        """
+        before = list(module.parameters())
+        module.to(self.root_device)  # type: ignore[attr-defined]
+        for old, new in zip(before, module.parameters()):
+            if old is not new:
+                self._moved_parameters[id(old)] = (old, new)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        moved = self._moved_parameters
+        if moved:
+            for group in optimizer.param_groups:
+                group["params"] = [moved[id(p)][1] if id(p) in moved else p for p in group["params"]]
+            device = self.root_device  # type: ignore[attr-defined]
+            for key in [k for k in optimizer.state if id(k) in moved]:
+                optimizer.state[moved[id(key)][1]] = move_to_device(optimizer.state.pop(key), device)
+        return optimizer
+
+    def setup_module_and_optimizers(
+        self, module: Module, optimizers: list[Optimizer]
+    ) -> tuple[Module, list[Optimizer]]:
+        result = super().setup_module_and_optimizers(module, optimizers)  # type: ignore[misc]
+        # The optimizers are re-pointed: let the CPU copies of the parameters go.
+        self._moved_parameters.clear()
+        return result
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        result = super().optimizer_step(optimizer, **kwargs)  # type: ignore[misc]
+        assert self._mark_step is not None, "setup_environment() has not run"
+        self._mark_step()
+        return result
+
+    # ------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, path: PathLike, state: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        """Run pending updates first, so that the values written are the current ones."""
+        assert self._mark_step is not None
+        self._mark_step()
+        super().save_checkpoint(path, state, *args, **kwargs)  # type: ignore[misc]
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """On the CPU: XLA tensors are pickled as references to a device; CPU tensors load anywhere.
+
+        Sharded XLA tensors come back whole from ``.cpu()``.
+        """
+        return move_to_device(module.state_dict(), torch.device("cpu"))
+
+    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
+        return move_to_device(optimizer.state_dict(), torch.device("cpu"))
+
+    def capture_rng_state(self) -> dict[str, Any]:
+        """The other generators' states plus torch-xla's (which a CPU run that loads the file ignores)."""
+        import torch_xla.core.xla_model as xm
+
+        rng = super().capture_rng_state()  # type: ignore[misc]
+        rng[XLA_RNG_KEY] = int(xm.get_rng_state())
+        return rng
+
+    def restore_rng_state(self, rng_state: dict[str, Any]) -> None:
+        super().restore_rng_state(rng_state)  # type: ignore[misc]
+        seed = rng_state.get(XLA_RNG_KEY)
+        if seed is not None:
+            import torch_xla.core.xla_model as xm
+
+            xm.set_rng_state(int(seed))

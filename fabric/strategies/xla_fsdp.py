@@ -1,0 +1,80 @@
+"""Fully sharded data parallel on XLA devices with SPMD (torch-xla's FSDPv2): ``strategy="xla_fsdp"``.
+
+Every parameter is sharded along its largest dimension over the ``"fsdp"`` axis of a one-axis mesh,
+and the batch along its first dimension; XLA's SPMD partitioner gathers parameters for the forward
+and reduce-scatters gradients. As for :class:`~fabric.strategies.xla.XLAStrategy`, one process per
+host drives all its devices, and ranks count processes, not devices.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from torch.nn import Module
+
+from fabric.accelerators import Accelerator
+from fabric.precision import Precision
+from fabric.strategies.xla import StateDictType, XLAStrategy
+
+WrapPolicy = set[type[Module]] | Callable[..., bool]
+
+
+class XLAFSDPStrategy(XLAStrategy):
+    """Shard parameters, gradients and optimizer states over the XLA devices with SPMD FSDPv2
+    (``torch_xla.experimental.spmd_fully_sharded_data_parallel.SpmdFullyShardedDataParallel``).
+
+    Args:
+        auto_wrap_policy: submodules that become their own FSDPv2 unit: a set of module classes
+            (e.g. ``{TransformerBlock}``) or torch-xla's policy callable. Default: only the root.
+        shard_output: ``fn(output, mesh)`` that marks the sharding of the model's output; needed when
+            the output is not a tensor (torch-xla's default shards a tensor's first dimension).
+        state_dict_type: ``"full"`` (one CPU file) or ``"sharded"`` (default: a directory holding each
+            device's shard, written by torch-xla's SPMD checkpoint planner).
+
+    Example::
+
+        fabric = Fabric(accelerator="tpu", devices="auto", strategy="xla_fsdp", precision="bf16-true")
+    """
+
+    mesh_axis = "fsdp"  # the axis name FSDPv2 requires
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        precision: Precision | None = None,
+        state_dict_type: StateDictType = "sharded",
+        auto_wrap_policy: WrapPolicy | None = None,
+        shard_output: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision, state_dict_type=state_dict_type)
+        self._auto_wrap_policy = auto_wrap_policy
+        self._shard_output = shard_output
+
+    def setup_module(self, module: Module) -> Module:
+        """Shard ``module``'s parameters in place; return the FSDPv2 wrapper that runs its forward.
+
+        The parameters stay the same objects (only their sharding changes), so an optimizer created
+        before ``setup`` keeps updating them.
+        """
+        from torch_xla.experimental.spmd_fully_sharded_data_parallel import SpmdFullyShardedDataParallel
+
+        return SpmdFullyShardedDataParallel(
+            module,
+            mesh=self._mesh,
+            shard_output=self._shard_output,
+            auto_wrap_policy=self._wrap_policy(),
+        )
+
+    def _wrap_policy(self) -> Callable[..., bool] | None:
+        policy = self._auto_wrap_policy
+        if policy is None or callable(policy):
+            return policy
+        if isinstance(policy, (set, frozenset, list, tuple)):
+            from torch_xla.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+            return functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=set(policy))
+        raise TypeError(
+            f"XLAFSDPStrategy(auto_wrap_policy={policy!r}): pass a set of module classes or a policy callable."
+        )
