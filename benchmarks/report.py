@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import Table
 
-_UNIT_FORMAT = {"us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
+_UNIT_FORMAT = {"calls": "{:.1f}", "us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
 _FAMILIES = (("lightning", "tab:purple"), ("accelerate", "tab:orange"), ("fabric", "tab:blue"))
 
 

@@ -21,12 +21,13 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import checkpoint, ddp_steps, imports, launch, memory, steps
+from cases import calls, checkpoint, ddp_steps, imports, launch, memory, steps
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, Row, Settings, Table, log
 from report import chart, markdown
 
 FIGURES = {
     "imports": imports.measure,
+    "calls": calls.measure,
     "steps": steps.measure,
     "ddp": ddp_steps.measure,
     "launch": launch.measure,
