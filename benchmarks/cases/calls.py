@@ -145,7 +145,11 @@ def _table(
             "Function calls per training step counted with `sys.setprofile` ('call' + 'c_call' events) "
             "over one pass of the data after a warm-up pass: deterministic, so one run suffices. "
             "**added vs raw** is the overhead of the tool"
-            + (f"; fabric's budget (the CI guard `tests/test_overhead.py`) is {BUDGET[(precision, feed)]}." if world == "1" else ".")
+            + (
+                f"; fabric's budget (the CI guard `tests/test_overhead.py`) is {BUDGET[(precision, feed)]}."
+                if world == "1"
+                else "."
+            )
         ),
         extra_columns=["Python calls", "C calls", "added vs raw"],
         chart_label=f"calls {'DDP ' if world == '2' else ''}{precision.split('-')[0]} {feed}",
@@ -183,7 +187,7 @@ class CallCounter:
 def _short(filename: str) -> str:
     for marker in ("site-packages/", "/fabric/", "/benchmarks/"):
         if marker in filename:
-            head, tail = filename.rsplit(marker, 1)
+            tail = filename.rsplit(marker, 1)[1]
             return tail if marker == "site-packages/" else marker.strip("/") + "/" + tail
     return filename
 
