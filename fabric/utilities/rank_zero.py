@@ -10,6 +10,7 @@ only; strategies update it after their setup.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 __all__ = ["global_rank", "rank_zero_debug", "rank_zero_info", "rank_zero_warn", "set_global_rank"]
@@ -32,10 +33,16 @@ def global_rank() -> int:
 
 
 def set_global_rank(rank: int) -> None:
-    """Tell the rank-zero helpers which global rank this process has."""
+    """Tell the rank-zero helpers which global rank this process has.
+
+    ``lightning_utilities`` is told only if it is already imported: importing it here would put its
+    cost (and ``packaging``'s) on every process's path to the first step. Each helper below passes the
+    rank on when it first imports it.
+    """
     global _rank
     _rank = rank
-    _sync_lightning_rank()
+    if "lightning_utilities.core.rank_zero" in sys.modules:
+        _sync_lightning_rank()
 
 
 def _sync_lightning_rank() -> Any:
