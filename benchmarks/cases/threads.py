@@ -44,7 +44,7 @@ from harness import (
 
 TIMEOUT = 300.0
 OUTPUT_VARIABLE = "BENCH_THREADS_FILE"
-STEPS = 30
+STEPS = 20
 WIDTH = 512
 
 
@@ -72,7 +72,7 @@ def measure(settings: Settings) -> list[Table]:
     }
     rows = {name: Row(labels[name], short=IMPL_KEYS[name]) for name in names}
     seen: dict[str, dict] = {}
-    rounds = max(1, settings.launch_rounds // 2)
+    rounds = 1 if settings.quick else 2
     for name in names:
         if not settings.installed(name):
             rows[name].note = "not installed"
