@@ -72,7 +72,7 @@ def measure(settings: Settings) -> list[Table]:
     }
     rows = {name: Row(labels[name], short=IMPL_KEYS[name]) for name in names}
     seen: dict[str, dict] = {}
-    rounds = 1 if settings.quick else 2
+    rounds = 1  # the effect measured is several-fold; one run each is enough on a busy machine
     for name in names:
         if not settings.installed(name):
             rows[name].note = "not installed"
