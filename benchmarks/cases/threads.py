@@ -13,7 +13,9 @@ environment, as a user would start it:
   subprocess launcher);
 * the same with Lightning Fabric.
 
-It reports wall time, CPU time of all processes (``getrusage(RUSAGE_CHILDREN)``), and what rank 0 saw:
+It reports wall time, CPU time of all processes (each rank's own ``getrusage(RUSAGE_SELF)`` at its end,
+summed: the parent's ``RUSAGE_CHILDREN`` misses children a launcher does not wait for, as Lightning's
+subprocess launcher does not), and what rank 0 saw:
 ``torch.get_num_threads()``, ``OMP_NUM_THREADS`` and the number of OS threads of the process.
 
 Run as a script this file is the measured program: ``threads.py raw|fabric|lightning``.
@@ -94,9 +96,9 @@ def measure(settings: Settings) -> list[Table]:
                 rows[name].note = f"unavailable: {failure_reason(done)}"
                 log(f"  threads {name}: {rows[name].note}")
                 continue
-            rows[name].samples.append(done.seconds)
-            rows[name].cpu_samples.append(done.cpu_seconds)
             seen[name] = json.loads(output.read_text())
+            rows[name].samples.append(done.seconds)
+            rows[name].cpu_samples.append(seen[name]["cpu_all_ranks"])
     for name, row in rows.items():
         cpu = [value for value in row.cpu_samples if value is not None]
         info = seen.get(name, {})
@@ -115,8 +117,8 @@ def measure(settings: Settings) -> list[Table]:
             description=(
                 f"{STEPS} steps of a {WIDTH}-wide MLP, `ColwiseParallel`/`RowwiseParallel` over the tensor "
                 f"dimension, gloo; started without `OMP_NUM_THREADS`. Median over {rounds} runs each "
-                f"(process start to exit). CPU time: user + system of all processes "
-                f"(`getrusage(RUSAGE_CHILDREN)`); CPU / wall above the number of cores means busy-waiting "
+                f"(process start to exit). CPU time: user + system of all 4 processes, "
+                f"each measured by itself at its end (`getrusage(RUSAGE_SELF)`, summed over ranks); CPU / wall above the number of cores means busy-waiting "
                 f"threads. The columns on threads are what rank 0 saw at the end."
             ),
             extra_columns=[
@@ -148,6 +150,8 @@ def _os_threads() -> int:
 
 
 def _main(mode: str) -> None:
+    import resource
+
     import torch
     import torch.distributed as dist
     from torch import nn
@@ -199,18 +203,24 @@ def _main(mode: str) -> None:
         backward(loss)
         optimizer.step()
         optimizer.zero_grad()
+    # Each process's own CPU time, summed over the ranks: a launcher that does not wait for its children
+    # (Lightning's subprocess launcher leaves them to exit on their own) hides theirs from the parent's
+    # getrusage(RUSAGE_CHILDREN), which would make it look 4 times cheaper than it is.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = torch.tensor([usage.ru_utime + usage.ru_stime], dtype=torch.float64)
+    dist.all_reduce(cpu)
     if rank == 0:
         info = {
             "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
             "os_threads": _os_threads(),
+            "cpu_all_ranks": float(cpu.item()),
         }
         with open(os.environ[OUTPUT_VARIABLE], "w") as file:
             json.dump(info, file)
-    if dist.is_initialized():
-        dist.barrier()
-        if mode == "raw":
-            dist.destroy_process_group()
+    dist.barrier()
+    if mode == "raw":
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
