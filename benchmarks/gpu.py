@@ -182,6 +182,8 @@ def _single_process(device: Any, steps: int, rounds: int, precisions: list[str])
                 steps,
                 rounds,
             )
+            if outcome["reasons"]:
+                print(f"[gpu]   unavailable: {outcome['reasons']}", flush=True)
             results.append(
                 {"setting": f"1 process, {precision}, {'compiled' if compiled else 'eager'}", **outcome}
             )
@@ -316,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="steps per timed chunk")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cpu-dry-run", action="store_true", help="run every path on CPU, few steps")
+    parser.add_argument(
+        "--parts", default="single,ddp,fsdp", help="which parts to run (default all): single, ddp, fsdp"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -334,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.rounds = min(args.steps, 4), min(args.rounds, 2)
     device = torch.device("cpu") if cpu else torch.device("cuda", 0)
     precisions = ["bf16-mixed", "16-mixed"]
-    rows = _single_process(device, args.steps, args.rounds, precisions)
+    parts = {part.strip() for part in args.parts.split(",")}
+    rows = _single_process(device, args.steps, args.rounds, precisions) if "single" in parts else []
     nproc = 2 if cpu else torch.cuda.device_count()
     if nproc >= 2:
-        for strategy in ("ddp", "fsdp"):
+        for strategy in [name for name in ("ddp", "fsdp") if name in parts]:
             outcome = _distributed(strategy, nproc, args.steps, args.rounds, cpu)
             rows.append({"setting": f"{nproc} processes, {strategy}, bf16-mixed, eager", **outcome})
     else:
