@@ -6,6 +6,8 @@ multi-GB CUDA build); the package itself keeps a loose range.
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.sessions = ["tests"]
@@ -19,7 +21,8 @@ LINT_PATHS = ("fabric", "tests", "examples", "benchmarks", "noxfile.py")
 def _install(session: nox.Session, *extras: str) -> None:
     session.install(TORCH_PIN)
     target = f".[{','.join(extras)}]" if extras else "."
-    session.install("-e", target)
+    # the pin again: a dependency (e.g. the test-only `lightning`) must not replace the CPU build
+    session.install("-e", target, TORCH_PIN)
 
 
 @nox.session(python=PYTHON)
@@ -47,6 +50,20 @@ def example(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Every example in a smoke mode, outputs checked (tests/examples): porting parity, GAN, PPO, LM, plots.
+
+    About 10 minutes on 2 cores; PPO trains to CartPole's solved return on 2 processes. The lightning
+    parity check runs when `lightning` installs (the test extra), and skips otherwise.
+    """
+    _install(session, "test", "examples")
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/examples", *session.posargs,
+        env={"OMP_NUM_THREADS": "1", "FABRIC_RUN_EXAMPLES": "1"},
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and the peers; writes benchmarks/results.md and results.png.
 
@@ -62,3 +79,28 @@ def bench(session: nox.Session) -> None:
         except nox.command.CommandFailed:
             session.warn(f"could not install {peer}; the benchmarks go on without it")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"OMP_NUM_THREADS": "1"})
+
+
+@nox.session(python=PYTHON)
+def deepspeed(session: nox.Session) -> None:
+    """DeepSpeed ZeRO stages 1-3 with and without offload, on 2 CPU processes (gloo).
+
+    DeepSpeed builds from source; `DS_BUILD_OPS=0` skips compiling its C++ ops at install time (they
+    compile on first use, 35-55 s each, into TORCH_EXTENSIONS_DIR, which this session keeps in
+    `.cache/torch_extensions` so that later runs reuse them).
+    """
+    _install(session, "test")
+    session.install("setuptools", "wheel", "ninja")
+    session.run(
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "--no-build-isolation",
+        "deepspeed",
+        TORCH_PIN,
+        env={"DS_BUILD_OPS": "0"},
+    )
+    extensions = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch_extensions")
+    env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": extensions}
+    session.run("python", "-m", "pytest", "-q", "tests/strategies/deepspeed", *session.posargs, env=env)

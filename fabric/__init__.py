@@ -2,6 +2,7 @@
 
 from fabric.fabric import Fabric
 from fabric.utilities.seed import seed_everything
+from fabric.wrappers import is_wrapped
 
 __version__ = "0.1.0"
-__all__ = ["Fabric", "__version__", "seed_everything"]
+__all__ = ["Fabric", "__version__", "is_wrapped", "seed_everything"]

@@ -3,7 +3,10 @@
 The options are validated first (a bad value fails before any process starts), then written to the
 environment as ``FABRIC_*`` variables, which a plain ``Fabric()`` in the script picks up; torchrun
 (``torch.distributed.run``) starts the processes and watches them. A value in the script that
-contradicts an option is an error raised by the script's ``Fabric(...)``.
+contradicts an option is an error raised by the script's ``Fabric(...)``. Everything after SCRIPT
+goes to the script untouched (torchrun's own parser never sees it). With ``--max-restarts N``
+torchrun restarts every process after a failure, up to N times; with
+``fabric.checkpoint.CheckpointManager`` the script resumes from its last checkpoint.
 
 Example::
 
@@ -41,6 +44,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run.add_argument("--main-address", "--main_address", default="127.0.0.1", dest="main_address")
     run.add_argument("--main-port", "--main_port", type=int, default=None, dest="main_port")
     run.add_argument("--precision", default=None, help=f"one of {', '.join(PRECISIONS)}")
+    run.add_argument(
+        "--max-restarts",
+        "--max_restarts",
+        type=int,
+        default=0,
+        dest="max_restarts",
+        help="restart all processes after a failure, up to this many times (default: 0)",
+    )
     run.add_argument("script", help="the script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
     consolidate = commands.add_parser(
@@ -50,7 +61,16 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "into one file (full tensors), readable by torch.load and by Fabric.load on any strategy.",
     )
     consolidate.add_argument("checkpoint_dir", help="the sharded checkpoint directory")
-    consolidate.add_argument("output", help="the file to write")
+    consolidate.add_argument(
+        "output", nargs="?", default=None, help="the file to write (default: CHECKPOINT_DIR.consolidated)"
+    )
+    consolidate.add_argument(
+        "--output_file",
+        "--output-file",
+        dest="output_file",
+        default=None,
+        help="the file to write (Lightning's name)",
+    )
     return parser, run
 
 
@@ -77,6 +97,8 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
         error(
             f"--node-rank={args.node_rank}: must lie in 0..{args.num_nodes - 1} for --num-nodes={args.num_nodes}."
         )
+    if args.max_restarts < 0:
+        error(f"--max-restarts={args.max_restarts}: must be 0 or more.")
     if args.main_port is not None and not 1 <= args.main_port <= 65535:
         error(f"--main-port={args.main_port}: must be a TCP port, 1..65535.")
     if args.precision is not None:
@@ -106,12 +128,13 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
     raise AssertionError("unreachable")
 
 
-def _consolidate(directory: str, output: str, error: Callable[[str], NoReturn]) -> None:
+def _consolidate(directory: str, output: str | None, error: Callable[[str], NoReturn]) -> None:
+    from fabric.checkpoint.consolidate import consolidate, default_output
     from fabric.checkpoint.io import CheckpointError
-    from fabric.checkpoint.sharded import consolidate
 
     if not os.path.isdir(directory):
         error(f"consolidate: {directory!r} is not a directory; pass the sharded checkpoint directory.")
+    output = output if output is not None else default_output(directory)
     if os.path.isdir(output):
         error(f"consolidate: the output {output!r} is a directory; pass a file path.")
     try:
@@ -126,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser, run_parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "consolidate":
-        _consolidate(args.checkpoint_dir, args.output, parser.error)
+        if args.output is not None and args.output_file is not None and args.output != args.output_file:
+            parser.error("consolidate: the output was given twice (OUTPUT and --output_file); pass one.")
+        _consolidate(args.checkpoint_dir, args.output or args.output_file, parser.error)
         return
     nproc = _validate(args, run_parser.error)
 
@@ -155,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"--node-rank={args.node_rank}",
         f"--master-addr={args.main_address}",
         f"--master-port={port}",
+        f"--max-restarts={args.max_restarts}",
+        # `--` ends torchrun's options: the script's own (`--log x`) would otherwise be parsed as
+        # abbreviations of torchrun's (`--log-dir`), or clash with them.
+        "--",
         args.script,
         *args.script_args,
     ]

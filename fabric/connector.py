@@ -64,7 +64,7 @@ class Connector:
         num_nodes = int(self._from_env("num_nodes", num_nodes, 1))
         precision = self._from_env("precision", precision, None)
 
-        plugin_precision, plugin_environment = self._split_plugins(plugins)
+        plugin_precision, plugin_environment, plugin_checkpoint_io = self._split_plugins(plugins)
         if plugin_precision is not None and precision is not None:
             raise ValueError(
                 f"Fabric(precision={precision!r}, plugins=[{type(plugin_precision).__name__}(...)]): the precision "
@@ -81,6 +81,8 @@ class Connector:
         self.num_nodes = num_nodes
         self.precision = plugin_precision or self._resolve_precision(precision, self.accelerator)
         self.strategy = self._resolve_strategy(strategy, plugin_environment)
+        if plugin_checkpoint_io is not None:
+            self.strategy.checkpoint_io = plugin_checkpoint_io
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -90,7 +92,7 @@ class Connector:
             return value
         if value is None or (isinstance(value, str) and value == default) or value == default:
             return env_value
-        if str(value) != env_value:
+        if _normalized(name, value) != _normalized(name, env_value):
             raise ValueError(
                 f"Fabric({name}={value!r}) contradicts {_ENV_PREFIX}{name.upper()}={env_value!r}, set by "
                 f"`fabric run --{name.replace('_', '-')}`. Remove the argument from `Fabric(...)` to use the "
@@ -99,14 +101,16 @@ class Connector:
         return value
 
     @staticmethod
-    def _split_plugins(plugins: Any) -> tuple[Precision | None, Any]:
+    def _split_plugins(plugins: Any) -> tuple[Precision | None, Any, Any]:
+        from fabric.checkpoint.checkpoint_io import CheckpointIO
         from fabric.environments.cluster_environment import ClusterEnvironment
 
         if plugins is None:
-            return None, None
+            return None, None, None
         items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
         precision: Precision | None = None
         environment: ClusterEnvironment | None = None
+        checkpoint_io: CheckpointIO | None = None
         for plugin in items:
             if isinstance(plugin, Precision):
                 if precision is not None:
@@ -120,12 +124,18 @@ class Connector:
                         "Fabric(plugins=...): more than one cluster environment was given; pass one."
                     )
                 environment = plugin
+            elif isinstance(plugin, CheckpointIO):
+                if checkpoint_io is not None:
+                    raise ValueError(
+                        "Fabric(plugins=...): more than one CheckpointIO plugin was given; pass one."
+                    )
+                checkpoint_io = plugin
             else:
                 raise TypeError(
-                    f"Fabric(plugins=[{plugin!r}]): a plugin must be a Precision or a ClusterEnvironment "
-                    f"instance, got {type(plugin).__name__}."
+                    f"Fabric(plugins=[{plugin!r}]): a plugin must be a Precision, a ClusterEnvironment or a "
+                    f"CheckpointIO instance, got {type(plugin).__name__}."
                 )
-        return precision, environment
+        return precision, environment, checkpoint_io
 
     # ------------------------------------------------------------------ accelerator
     @staticmethod
@@ -239,3 +249,10 @@ class Connector:
                 parallel_devices=self.parallel_devices, num_nodes=self.num_nodes, environment=environment
             )
         return strategy
+
+
+def _normalized(name: str, value: Any) -> str:
+    """A setting as `fabric run` writes it, so that ``precision=16`` agrees with ``--precision 16-mixed``."""
+    if name == "precision":
+        value = PRECISION_ALIASES.get(value, value)
+    return str(value)

@@ -7,6 +7,8 @@ method then delegates to the strategy (which holds the accelerator and precision
 from __future__ import annotations
 
 import os
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, overload
@@ -17,6 +19,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.connector import Connector
 from fabric.loggers import Logger
@@ -25,7 +28,17 @@ from fabric.utilities.apply import move_to_device
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.seed import seed_everything as _seed_everything
 from fabric.utilities.types import PathLike, ReduceOp
-from fabric.wrappers import _FabricDataLoader, _FabricModule, _FabricOptimizer, _unwrap, is_wrapped
+from fabric.wrappers import (
+    _FabricDataLoader,
+    _FabricModule,
+    _FabricOptimizer,
+    _unwrap,
+    is_wrapped,
+    wrap_optimizer,
+)
+
+# what Fabric calls on a logger: any object with these methods is accepted (e.g. Lightning's loggers)
+_LOGGER_METHODS = ("log_metrics", "log_hyperparams", "save", "finalize")
 
 
 class Fabric:
@@ -78,14 +91,21 @@ class Fabric:
         self._callbacks = self._as_list(callbacks, "callbacks")
         self._loggers: list[Logger] = self._as_list(loggers, "loggers")
         for logger in self._loggers:
-            if not isinstance(logger, Logger):
+            missing = [m for m in _LOGGER_METHODS if not callable(getattr(logger, m, None))]
+            if not isinstance(logger, Logger) and missing:
                 raise TypeError(
-                    f"Fabric(loggers=[{logger!r}]): each logger must be a fabric.loggers.Logger, got "
-                    f"{type(logger).__name__}."
+                    f"Fabric(loggers=[{logger!r}]): a logger must be a fabric.loggers.Logger or implement the "
+                    f"logger interface ({', '.join(_LOGGER_METHODS)}); {type(logger).__name__} lacks "
+                    f"{', '.join(missing)}."
                 )
         self._launched = False
         self._environment_ready = False
+        self._stop_agreed = False
         self._models_setup = 0
+        # Which model each set-up optimizer updates (sharded optimizer state is keyed by its parameter
+        # names); weak, so that Fabric keeps nothing alive that the user dropped.
+        self._optimizer_owners: weakref.WeakKeyDictionary[Optimizer, Module] = weakref.WeakKeyDictionary()
+        self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     @staticmethod
     def _as_list(value: Any, name: str) -> list[Any]:
@@ -138,6 +158,30 @@ class Fabric:
             raise RuntimeError("Fabric.logger: no logger was given. Pass `Fabric(loggers=...)`.")
         return self._loggers[0]
 
+    @property
+    def should_stop(self) -> bool:
+        """Whether the run should save and stop now: a stop signal reached at least one process.
+
+        ``SIGUSR1`` and ``SIGTERM`` (what SLURM with ``--signal``, Kubernetes and torchrun send before
+        they kill a job) are recorded from the first time this property is read: read it once before
+        the loop to watch from the start. Each read agrees across processes (one all-reduce of a flag),
+        so every process must read it at the same points, and all stop at the same step. Once true,
+        it stays true without further communication.
+
+        Example::
+
+            for step, batch in enumerate(loader):
+                ...
+                if fabric.should_stop:
+                    fabric.save("ckpt.pt", state)
+                    break
+        """
+        if self._stop_agreed:
+            return True
+        lifecycle.watch_signals()
+        self._stop_agreed = self._strategy.reduce_boolean_decision(lifecycle.stop_requested(), all=False)
+        return self._stop_agreed
+
     # -------------------------------------------------------------------- launch
     def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
         """Start the processes of this run and set up each of them.
@@ -174,6 +218,8 @@ class Fabric:
         if not self._environment_ready:
             self._strategy.setup_environment()
             self._environment_ready = True
+            # Process group, environment: released at exit, in the order fabric.lifecycle documents.
+            lifecycle.on_exit(self._teardown, order=lifecycle.LEAVE_PROCESS_GROUP)
 
     def _check_launched(self) -> None:
         launcher = self._strategy.launcher
@@ -204,8 +250,12 @@ class Fabric:
             module, list(optimizers)
         )
         wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
-        wrapped_optimizers = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
+        wrapped_optimizers = [wrap_optimizer(o, self._strategy, self._callbacks) for o in strategy_optimizers]
+        self._link_module(module, wrapped_optimizers)
         self._models_setup += 1
+        self._setup_modules.add(module)
+        for optimizer in strategy_optimizers:
+            self._optimizer_owners[optimizer] = module
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
         if not wrapped_optimizers:
             return wrapped
@@ -220,7 +270,17 @@ class Fabric:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
         self._models_setup += 1
+        self._setup_modules.add(module)
+        self._link_module(module, None)
         return _FabricModule(forward_module, self._strategy, original_module=module)
+
+    def _link_module(self, module: Module, optimizers: list[_FabricOptimizer] | None) -> None:
+        # A module written for Lightning (it has a `_fabric` attribute) finds the fabric through it, for
+        # `self.log`, `self.logger` and its optimizers. Detected by that attribute: Lightning is not imported.
+        if hasattr(module, "_fabric"):
+            setattr(module, "_fabric", self)  # noqa: B010
+            if optimizers is not None:
+                setattr(module, "_fabric_optimizers", optimizers)  # noqa: B010
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers of a model already set up with :meth:`setup_module`."""
@@ -229,8 +289,17 @@ class Fabric:
             raise ValueError("Fabric.setup_optimizers() needs at least one optimizer.")
         for optimizer in optimizers:
             self._validate_optimizer(optimizer, "setup_optimizers")
-        wrapped = [_FabricOptimizer(self._strategy.setup_optimizer(o), self._strategy) for o in optimizers]
+        strategy_optimizers = [self._strategy.setup_optimizer(o) for o in optimizers]
+        for optimizer in strategy_optimizers:
+            owner = self._model_updated_by(optimizer)
+            if owner is not None:
+                self._optimizer_owners[optimizer] = owner
+        wrapped = [wrap_optimizer(o, self._strategy, self._callbacks) for o in strategy_optimizers]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _model_updated_by(self, optimizer: Optimizer) -> Module | None:
+        first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+        return next((m for m in self._setup_modules if any(p is first for p in m.parameters())), None)
 
     def setup_dataloaders(
         self, *dataloaders: DataLoader, use_distributed_sampler: bool = True, move_to_device: bool = True
@@ -324,6 +393,10 @@ class Fabric:
                 f"(clip by norm); got clip_val={clip_val!r}, max_norm={max_norm!r}."
             )
         raw_module, raw_optimizer = _unwrap(module), _unwrap(optimizer)
+        if self._strategy.precision.skips_nonfinite_steps:
+            # The scaler skips a step whose gradients overflowed (and lowers the scale): clipping must
+            # let that happen rather than raise on the inf/nan it will skip.
+            error_if_nonfinite = False
         if max_norm is not None:
             return self._strategy.clip_gradients_norm(
                 raw_module,
@@ -398,9 +471,19 @@ class Fabric:
         self._check_launched()
         return self._strategy.module_init_context(empty_init=empty_init)
 
-    def seed_everything(self, seed: int | None = None, workers: bool | None = None) -> int:
-        """Seed every random-number generator; see :func:`fabric.seed_everything`."""
-        return _seed_everything(seed, workers=bool(workers))
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
+        """Seed every random-number generator; see :func:`fabric.seed_everything`.
+
+        A static method as in Lightning (``Fabric.seed_everything(42)`` works on the class). Unlike the
+        function, ``workers`` defaults to ``True`` here: each DataLoader worker of each process gets
+        its own seed, so ranks do not draw identical augmentations.
+
+        Example::
+
+            Fabric.seed_everything(42)
+        """
+        return _seed_everything(seed, workers=True if workers is None else workers, verbose=verbose)
 
     # ----------------------------------------------------------------- callbacks
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
@@ -420,7 +503,7 @@ class Fabric:
                     f"Fabric.call({hook_name!r}): {type(callback).__name__}.{hook_name} is not callable."
                 )
                 continue
-            method(*args, **kwargs)
+            method(*args, **_accepted_kwargs(method, kwargs))
 
     def _call_callbacks(self, hook_name: str, **kwargs: Any) -> None:
         for callback in self._callbacks:
@@ -442,21 +525,49 @@ class Fabric:
             logger.log_metrics(values, step=step)
 
     # --------------------------------------------------------------- collectives
-    def all_reduce(self, data: Any, reduce_op: ReduceOp = "mean") -> Any:
-        """Reduce tensors (or nested collections of them) across processes: sum, mean, max or min."""
-        from fabric.utilities.collectives import apply_collective
+    def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp | Any = "mean") -> Any:
+        """Reduce tensors (or nested collections of them) across processes: sum, mean, max or min.
 
-        if reduce_op not in ("sum", "mean", "max", "min"):
-            raise ValueError(
-                f"Fabric.all_reduce(reduce_op={reduce_op!r}): allowed 'sum', 'mean', 'max', 'min'."
-            )
-        return apply_collective(data, lambda t: self._strategy.all_reduce(t, reduce_op=reduce_op))
+        Python numbers (and NumPy arrays) are turned into tensors on this process's device first, as
+        in Lightning. ``reduce_op`` is ``"sum"``, ``"mean"`` (or ``"avg"``), ``"max"``, ``"min"``, or a
+        ``torch.distributed.ReduceOp`` value; ``group`` is a process group (default: all processes).
 
-    def all_gather(self, data: Any) -> Any:
-        """Gather tensors from every process; each gains a leading dimension of size ``world_size``."""
-        from fabric.utilities.collectives import apply_collective
+        Example::
 
-        return apply_collective(data, self._strategy.all_gather)
+            mean_loss = fabric.all_reduce(loss, reduce_op="mean")
+        """
+        from fabric.utilities.collectives import all_reduce_in_group, apply_collective, normalize_reduce_op
+
+        op = normalize_reduce_op(reduce_op)
+        data = self._to_tensors(data)
+        if group is None and isinstance(op, str):
+            return apply_collective(data, lambda t: self._strategy.all_reduce(t, reduce_op=op))  # type: ignore[arg-type]
+        return apply_collective(data, lambda t: all_reduce_in_group(t, op, group, self.world_size))
+
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        """Gather tensors from every process; each gains a leading dimension of size ``world_size``.
+
+        Python numbers (and NumPy arrays) are turned into tensors first, as in Lightning. With
+        ``sync_grads=True`` the result keeps the autograd graph, so gradients flow back to every
+        process's input; ``group`` is a process group (default: all processes).
+
+        Example::
+
+            losses = fabric.all_gather(loss)  # shape (world_size,)
+        """
+        from fabric.utilities.collectives import all_gather_in_group, apply_collective
+
+        data = self._to_tensors(data)
+        if group is None and not sync_grads:
+            return apply_collective(data, self._strategy.all_gather)
+        return apply_collective(data, lambda t: all_gather_in_group(t, group, sync_grads, self.world_size))
+
+    def _to_tensors(self, data: Any) -> Any:
+        if isinstance(data, Tensor):
+            return data
+        from fabric.utilities.collectives import convert_to_tensors
+
+        return convert_to_tensors(data, self.device)
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         """Send ``obj`` (a tensor or any picklable object) from process ``src`` to all."""
@@ -494,16 +605,18 @@ class Fabric:
 
             fabric.save("ckpt.pt", {"model": model, "optimizer": optimizer, "step": step})
         """
-        if not isinstance(state, dict):
+        if not isinstance(state, Mapping):
             raise TypeError(
                 f"Fabric.save(path, state): `state` must be a dict like {{'model': model}}, got "
                 f"{type(state).__name__}."
             )
-        if filter is not None and not isinstance(filter, dict):
-            raise TypeError(
-                "Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`."
-            )
-        self._strategy.save_checkpoint(os.fspath(path), _unwrap_state(state), filter=filter)
+        self._strategy.save_checkpoint(
+            os.fspath(path),
+            _unwrap_state(state),
+            filter=filter,
+            owners=self._optimizer_owners,
+            per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
+        )
         self._strategy.barrier()
 
     def load(
@@ -533,7 +646,12 @@ class Fabric:
         """
         unwrapped = _unwrap_state(state) if isinstance(state, dict) else state
         remainder = self._strategy.load_checkpoint(
-            os.fspath(path), unwrapped, strict=strict, weights_only=weights_only
+            os.fspath(path),
+            unwrapped,
+            strict=strict,
+            weights_only=weights_only,
+            restore_rng=restore_rng,
+            owners=self._optimizer_owners,
         )
         if isinstance(state, dict) and isinstance(unwrapped, dict):
             # Plain values were replaced in the unwrapped copy: hand them back to the user's dict.
@@ -543,20 +661,66 @@ class Fabric:
         self._strategy.barrier()
         return remainder
 
-    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
-        """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``."""
-        self._strategy.load_raw(os.fspath(path), _unwrap(obj), strict=strict)
+    def load_raw(
+        self, path: PathLike, obj: Module | Optimizer, strict: bool = True, weights_only: bool = True
+    ) -> None:
+        """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``.
+
+        Example::
+
+            fabric.load_raw("pretrained.pt", model)
+        """
+        raw = _unwrap(obj)
+        owner = self._optimizer_owners.get(raw) if isinstance(raw, Optimizer) else None
+        self._strategy.load_raw(os.fspath(path), raw, strict=strict, weights_only=weights_only, owner=owner)
 
     # ------------------------------------------------------------------ helpers
     def _teardown(self) -> None:
+        """Release what the run holds: the process group, the environment's changes (called at exit)."""
         self._strategy.teardown()
 
 
-def _unwrap_state(state: dict[str, Any]) -> dict[str, Any]:
+_SIGNATURES: dict[Any, tuple[bool, frozenset[str]]] = {}
+
+
+def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``kwargs`` that ``method`` accepts (all of it when it takes ``**kwargs``).
+
+    Callbacks may declare only the arguments of a hook they use, as in Lightning. A signature is read
+    once per function and remembered.
+    """
+    if not kwargs:
+        return kwargs
+    function = getattr(method, "__func__", method)
+    known = _SIGNATURES.get(function)
+    if known is None:
+        import inspect
+
+        try:
+            parameters = inspect.signature(method).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: pass everything
+            known = (True, frozenset())
+        else:
+            var_keyword = any(p.kind is p.VAR_KEYWORD for p in parameters)
+            names = frozenset(
+                p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            )
+            known = (var_keyword, names)
+        try:
+            _SIGNATURES[function] = known
+        except TypeError:  # unhashable callable
+            pass
+    takes_all, names = known
+    return kwargs if takes_all else {k: v for k, v in kwargs.items() if k in names}
+
+
+def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
     # Dataloaders stay wrapped: the wrapper is what holds the position in the data.
-    return {
+    unwrapped = {
         key: value if isinstance(value, _FabricDataLoader) else _unwrap(value) for key, value in state.items()
     }
+    # `fabric.save(path, model.state_dict())` must write what `torch.save` would: an OrderedDict stays one.
+    return OrderedDict(unwrapped) if isinstance(state, OrderedDict) else unwrapped
 
 
 __all__ = ["Fabric"]

@@ -1,16 +1,17 @@
 """The objects the user holds after ``Fabric.setup``: a module, an optimizer and a dataloader.
 
-Each wrapper behaves like what it wraps (attribute access falls through to it, ``isinstance`` checks
-against ``torch.nn.Module`` and ``torch.optim.Optimizer`` pass) and adds only the fabric's work:
-precision around the forward pass, the strategy's optimizer step, batches moved to the device.
-Everything a wrapper decides (which conversions apply, where batches go) is decided at construction,
-so the per-step path is a few attribute reads.
+Each wrapper behaves like what it wraps (attribute access falls through to it; ``isinstance`` checks
+against ``torch.nn.Module``, ``torch.optim.Optimizer`` and the optimizer's own class pass) and adds
+only the fabric's work: precision around the forward pass, the strategy's optimizer step, batches
+moved to the device. Everything a wrapper decides (which conversions apply, where batches go) is
+decided at construction and kept as plain attributes, so the per-step path is a few attribute reads,
+and ``copy.deepcopy`` of a wrapper gives a wrapper of the copy.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,11 +20,23 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 if TYPE_CHECKING:
+    from fabric.precision import Precision
     from fabric.strategies.strategy import Strategy
 
 _MODULE_OWN_ATTRIBUTES = frozenset(
-    {"_forward_module", "_original_module", "_strategy", "_forward_methods", "_forward", "_precision"}
+    {
+        "_forward_module",
+        "_original_module",
+        "_strategy",
+        "_precision",
+        "_forward_methods",
+        "_step_methods",
+        "_plain_forward",
+    }
 )
+# Lightning's step methods: on a module wrapped by e.g. DDP, calling them directly would bypass the
+# wrapper's forward (no gradient averaging). They are routed through it, as Lightning routes them.
+_STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
 class _FabricModule(Module):
@@ -38,49 +51,64 @@ class _FabricModule(Module):
         self, forward_module: Module, strategy: Strategy, original_module: Module | None = None
     ) -> None:
         super().__init__()
+        original = original_module if original_module is not None else forward_module
         self._forward_module = forward_module
-        self._original_module = original_module if original_module is not None else forward_module
-        self._strategy = strategy
-        self._forward_methods: set[str] = set()
-        # kept out of `_modules`: it may be the module itself, which must not be registered twice more
-        self.__dict__["_forward"] = self._build_forward()
-
-    def _build_forward(self) -> Callable[..., Any]:
-        """Pick, once, the cheapest forward that does what the precision needs."""
-        precision = self._strategy.precision
-        module = self._forward_module
-        context = precision.forward_context if precision.has_forward_context else None
-        convert_in = precision.convert_input if precision.converts_input else None
-        convert_out = precision.convert_output if precision.converts_output else None
-
-        if context is None and convert_in is None and convert_out is None:
-            return module
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            if convert_in is not None:
-                args, kwargs = convert_in(args), convert_in(kwargs)
-            with context() if context is not None else nullcontext():
-                output = module(*args, **kwargs)
-            return convert_out(output) if convert_out is not None else output
-
-        return forward
+        self._original_module = original
+        precision = strategy.precision
+        # Plain references (the modules also beside `_modules`): read on every forward without going
+        # through nn.Module's __getattr__. They are ordinary attributes, so a deepcopy maps them to the
+        # copy's own modules.
+        self.__dict__["_forward_module"] = forward_module
+        self.__dict__["_original_module"] = original
+        self.__dict__["_strategy"] = strategy
+        self.__dict__["_precision"] = precision
+        self.__dict__["_forward_methods"] = set()
+        self.__dict__["_plain_forward"] = not (
+            precision.has_forward_context or precision.converts_input or precision.converts_output
+        )
+        wrapped = forward_module is not original
+        self.__dict__["_step_methods"] = frozenset(
+            name for name in _STEP_METHODS if wrapped and callable(getattr(original, name, None))
+        )
 
     @property
     def module(self) -> Module:
         """The user's module (same as in Lightning: ``model.module``)."""
         return self._original_module
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's first parameter or buffer (CPU for a module without any)."""
+        for tensor in _tensors(self._original_module):
+            return tensor.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's first floating-point parameter or buffer."""
+        for tensor in _tensors(self._original_module):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._forward(*args, **kwargs)
+        if self._plain_forward:
+            return self._forward_module(*args, **kwargs)
+        precision = self._precision
+        if precision.converts_input:
+            args, kwargs = precision.convert_input(args), precision.convert_input(kwargs)
+        with precision.forward_context():
+            output = self._forward_module(*args, **kwargs)
+        return precision.convert_output(output) if precision.converts_output else output
 
     def mark_forward_method(self, method: str | Callable) -> None:
         """Route calls of ``method`` through the strategy's wrapper and the precision, like ``forward``.
 
         Use this for a method other than ``forward`` that runs the model (e.g. ``generate``), so that
-        DDP or FSDP hooks and autocast apply to it.
+        DDP or FSDP hooks and autocast apply to it. The method may call ``forward`` itself.
         """
         name = method if isinstance(method, str) else method.__name__
-        if not isinstance(getattr(self._original_module, name, None), Callable):  # type: ignore[arg-type]
+        if not callable(getattr(self._original_module, name, None)):
             raise AttributeError(
                 f"mark_forward_method({method!r}): {type(self._original_module).__name__} has no method "
                 f"named {name!r}."
@@ -93,15 +121,32 @@ class _FabricModule(Module):
         method = getattr(self._original_module, name)
         if self._forward_module is self._original_module:
             # Nothing wraps the module: run the method under the precision directly.
-            return _PrecisionCall(self._strategy, method)(*args, **kwargs)
-        # A wrapper such as DDP runs its hooks around `forward` only, so the method has to be
-        # reached through it: `forward` of this instance is pointed at the method for one call.
-        original_forward = self._original_module.forward
-        self._original_module.forward = method  # type: ignore[method-assign]
+            return _PrecisionCall(self._precision, method)(*args, **kwargs)
+        return self._through_forward(method, *args, **kwargs)
+
+    def _through_forward(self, method: Callable, *args: Any, **kwargs: Any) -> Any:
+        # A wrapper such as DDP runs its hooks around `forward` only, so the method has to be reached
+        # through it: `forward` of the user's module is pointed at the method for one call, and put
+        # back before the method runs, so that the method's own calls of `forward` reach the real one.
+        original = self._original_module
+        had_instance_forward = "forward" in original.__dict__
+        saved = original.__dict__.get("forward")
+
+        def restore() -> None:
+            if had_instance_forward:
+                original.__dict__["forward"] = saved
+            else:
+                original.__dict__.pop("forward", None)
+
+        def redirected(*inner_args: Any, **inner_kwargs: Any) -> Any:
+            restore()
+            return method(*inner_args, **inner_kwargs)
+
+        original.__dict__["forward"] = redirected
         try:
-            return self._forward(*args, **kwargs)
+            return self.forward(*args, **kwargs)
         finally:
-            self._original_module.forward = original_forward  # type: ignore[method-assign]
+            restore()
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
@@ -109,12 +154,25 @@ class _FabricModule(Module):
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return self._original_module.load_state_dict(state_dict, strict=strict, assign=assign)
 
+    def train(self, mode: bool = True) -> _FabricModule:
+        # nn.Module.train would set `training` on this wrapper through __setattr__, i.e. on the user's
+        # module only; the wrapper's own flag must follow too, so that `model.training` is right.
+        self.__dict__["training"] = mode
+        self._forward_module.train(mode)
+        if self._original_module is not self._forward_module:
+            self._original_module.train(mode)
+        return self
+
     def __getattr__(self, name: str) -> Any:
         if name in _MODULE_OWN_ATTRIBUTES:
             return super().__getattr__(name)
         forward_methods = self.__dict__.get("_forward_methods")
         if forward_methods and name in forward_methods:
             return lambda *args, **kwargs: self._call_marked(name, *args, **kwargs)
+        step_methods = self.__dict__.get("_step_methods")
+        if step_methods and name in step_methods:
+            method = getattr(self._original_module, name)
+            return lambda *args, **kwargs: self._through_forward(method, *args, **kwargs)
         original = self._modules.get("_original_module") or self.__dict__.get("_original_module")
         if original is None:
             return super().__getattr__(name)
@@ -126,10 +184,26 @@ class _FabricModule(Module):
             return
         setattr(self._original_module, name, value)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> _FabricModule:
+        # The copy gets its own modules, but shares the run's strategy and precision (one process
+        # group, one gradient scaler): a copy (EMA, teacher) computes with its own weights.
+        memo[id(self._strategy)] = self._strategy
+        memo[id(self._precision)] = self._precision
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+
+def _tensors(module: Module) -> Iterator[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
 
 class _PrecisionCall:
-    def __init__(self, strategy: Strategy, method: Callable) -> None:
-        self._precision = strategy.precision
+    def __init__(self, precision: Precision, method: Callable) -> None:
+        self._precision = precision
         self._method = method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -144,16 +218,25 @@ class _PrecisionCall:
 class _FabricOptimizer(Optimizer):
     """A set-up optimizer: ``step`` goes through the strategy (gradient scaling, sharded steps).
 
-    It subclasses :class:`torch.optim.Optimizer` so that LR schedulers and ``isinstance`` checks
-    accept it, but it holds no state of its own: ``param_groups``, ``state`` and ``defaults`` are
-    the wrapped optimizer's.
+    It holds no state of its own: ``param_groups``, ``state`` and ``defaults`` are the wrapped
+    optimizer's. Each set-up optimizer is an instance of a subclass made once per optimizer class
+    (``FabricAdamW`` for ``AdamW``, see :func:`_optimizer_wrapper_class`), so that
+    ``isinstance(optimizer, torch.optim.AdamW)`` holds as for the user's object, without rewriting
+    ``__class__`` of an instance.
     """
 
-    def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
+    def __init__(self, optimizer: Optimizer, strategy: Strategy, callbacks: list[Any] | None = None) -> None:
         # Optimizer.__init__ is deliberately not called: this object owns no parameters.
+        precision = strategy.precision
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
         self.__dict__["_step"] = strategy.optimizer_step
+        self.__dict__["_precision"] = precision
+        # decided once: whether `loss.backward()` in place of `fabric.backward(loss)` must be caught
+        self.__dict__["_check_backward"] = precision.requires_fabric_backward
+        self.__dict__["_backwards_seen"] = precision.backward_calls
+        hooks = [getattr(c, "on_after_optimizer_step", None) for c in callbacks or ()]
+        self.__dict__["_after_step_hooks"] = [h for h in hooks if callable(h)]
 
     @property
     def optimizer(self) -> Optimizer:
@@ -185,12 +268,31 @@ class _FabricOptimizer(Optimizer):
         self._optimizer.defaults = value
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        if self._check_backward and closure is None:  # a closure runs its own fabric.backward
+            calls = self._precision.backward_calls
+            if calls == self._backwards_seen:
+                self._no_fabric_backward()
+            self.__dict__["_backwards_seen"] = calls
         if closure is None:
-            return self._step(self._optimizer)
-        return self._step(self._optimizer, closure=closure)
+            output = self._step(self._optimizer)
+        else:
+            output = self._step(self._optimizer, closure=closure)
+        for hook in self._after_step_hooks:
+            hook(strategy=self._strategy, optimizer=self._optimizer)
+        return output
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._optimizer.zero_grad(set_to_none=set_to_none)
+    def _no_fabric_backward(self) -> None:
+        # No fabric.backward since this optimizer's last step: gradients here came from a plain
+        # `loss.backward()`, which skipped the loss scaling the precision needs.
+        if any(p.grad is not None for group in self._optimizer.param_groups for p in group["params"]):
+            raise RuntimeError(
+                f"The precision {self._precision.precision!r} needs `fabric.backward(loss)` instead of "
+                f"`loss.backward()`: the gradients of this optimizer were computed without it (so the "
+                f"loss was not scaled). Replace `loss.backward()` with `fabric.backward(loss)`."
+            )
+
+    def zero_grad(self, *args: Any, **kwargs: Any) -> None:
+        self._optimizer.zero_grad(*args, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         return self._strategy.get_optimizer_state(self._optimizer)
@@ -202,28 +304,82 @@ class _FabricOptimizer(Optimizer):
         self._optimizer.add_param_group(param_group)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_optimizer"], name)
+        try:
+            optimizer = self.__dict__["_optimizer"]
+        except KeyError:
+            raise AttributeError(name) from None
+        return getattr(optimizer, name)
 
     def __repr__(self) -> str:
         return f"FabricOptimizer({self._optimizer!r})"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The class is made at run time: rebuild from the wrapped optimizer (copy, deepcopy, pickle).
+        return _rebuild_optimizer, (self._optimizer, self._strategy), {"_state": self.__dict__}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update(state.get("_state", state))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _FabricOptimizer:
+        # The copy wraps a copy of the optimizer, and shares the run's strategy and precision.
+        memo[id(self._strategy)] = self._strategy
+        memo[id(self._precision)] = self._precision
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
+
+
+_OPTIMIZER_CLASSES: dict[type, type] = {}
+
+
+def _optimizer_wrapper_class(optimizer_class: type) -> type:
+    """The wrapper class for ``optimizer_class``: a subclass of both, made on first use and reused.
+
+    Our class comes first in the method order, so ``step``, ``zero_grad`` and the state accessors
+    are the wrapper's; every other method of the optimizer's class also resolves (``isinstance``,
+    LR schedulers and methods such as ``register_step_pre_hook`` work on the wrapper).
+    """
+    wrapper_class: type | None = _OPTIMIZER_CLASSES.get(optimizer_class)
+    if wrapper_class is None:
+        if issubclass(optimizer_class, _FabricOptimizer) or optimizer_class is Optimizer:
+            wrapper_class = _FabricOptimizer
+        else:
+            wrapper_class = type(
+                f"Fabric{optimizer_class.__name__}",
+                (_FabricOptimizer, optimizer_class),
+                {"__module__": __name__, "__doc__": _FabricOptimizer.__doc__},
+            )
+        _OPTIMIZER_CLASSES[optimizer_class] = wrapper_class
+    return wrapper_class
+
+
+def wrap_optimizer(
+    optimizer: Optimizer, strategy: Strategy, callbacks: list[Any] | None = None
+) -> _FabricOptimizer:
+    """A set-up optimizer of the right wrapper class for ``optimizer``."""
+    return _optimizer_wrapper_class(type(optimizer))(optimizer, strategy, callbacks)
+
+
+def _rebuild_optimizer(optimizer: Optimizer, strategy: Strategy) -> _FabricOptimizer:
+    wrapper = _optimizer_wrapper_class(type(optimizer))
+    return object.__new__(wrapper)  # type: ignore[no-any-return]
 
 
 class _FabricDataLoader:
     """A set-up dataloader: yields batches already on the device, and knows where it is.
 
     Iterating it is iterating the wrapped loader (plus a move to the device, for accelerators), so it
-    costs nothing per batch on a CPU. It is *stateful*: ``state_dict()`` records the epoch, the number of
-    batches already yielded in it, and the random state at the start of the epoch (which decides the
-    shuffle order and the workers' seeds). ``Fabric.save``/``Fabric.load`` store and restore it for each
-    process, so a run resumed mid-epoch sees exactly the batches an uninterrupted run would have seen.
-    Resuming mid-epoch re-reads the epoch's first batches and drops them: that keeps the workers'
-    random streams (augmentations) exactly as in the uninterrupted run.
+    costs nothing per batch on a CPU. Every ``iter()`` is a new epoch, also when the previous one was
+    cut short with ``break``: the sampler's ``set_epoch`` gets the epoch number, as in Lightning.
+
+    It is *stateful*: ``state_dict()`` records the epoch, the number of batches already yielded in it,
+    and the random state at the start of the epoch (which decides the shuffle order and the workers'
+    seeds). ``Fabric.save``/``Fabric.load`` store and restore it for each process, so a run resumed
+    mid-epoch sees exactly the batches an uninterrupted run would have seen. Resuming mid-epoch re-reads
+    the epoch's first batches and drops them: that keeps the workers' random streams (augmentations)
+    exactly as in the uninterrupted run.
     """
 
     def __init__(self, dataloader: DataLoader, device: torch.device | None, strategy: Strategy) -> None:
@@ -234,6 +390,8 @@ class _FabricDataLoader:
         self._batches = 0  # batches yielded in the current epoch
         self._epoch_rng: dict[str, Any] | None = None  # random state right before the epoch's iterator
         self._resume: dict[str, Any] | None = None
+        self._iterations = 0  # iter() calls begun; names the live iteration
+        self._live: int | None = None  # the iteration in progress, if any
 
     @property
     def device(self) -> torch.device | None:
@@ -255,6 +413,7 @@ class _FabricDataLoader:
         self._epoch = int(state_dict["epoch"])
         self._batches = 0
         self._epoch_rng = None
+        self._live = None
         if state_dict["batches"] > 0 and state_dict["epoch_rng"] is not None:
             self._resume = state_dict
 
@@ -270,12 +429,36 @@ class _FabricDataLoader:
         if "generator" in state and self._dataloader.generator is not None:
             self._dataloader.generator.set_state(state["generator"])
 
+    def _end_epoch(self) -> None:
+        self._epoch += 1
+        self._batches = 0
+        self._epoch_rng = None
+        self._live = None
+
+    def _set_sampler_epoch(self) -> None:
+        loader = self._dataloader
+        batch_sampler = loader.batch_sampler
+        for sampler in (loader.sampler, getattr(batch_sampler, "sampler", None)):
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                # Each pass is a new epoch: a DistributedSampler reshuffles, as users expect.
+                set_epoch(self._epoch)
+                return
+
     def __iter__(self) -> Iterator[Any]:
-        sampler = getattr(self._dataloader, "sampler", None)
-        set_epoch = getattr(sampler, "set_epoch", None)
-        if callable(set_epoch):
-            # Each pass is a new epoch: a DistributedSampler reshuffles, as users expect.
-            set_epoch(self._epoch)
+        if self._live is not None:
+            # The previous pass was cut short (`break`): this pass is the next epoch. Its end is not
+            # recorded at the `break` itself, so a checkpoint written after it resumes the cut epoch
+            # at the batch reached, as one written inside the loop does.
+            self._end_epoch()
+        self._iterations += 1
+        token = self._live = self._iterations
+        yield from self._iterate()
+        if self._live == token:
+            self._end_epoch()
+
+    def _iterate(self) -> Iterator[Any]:
+        self._set_sampler_epoch()
         resume, self._resume = self._resume, None
         if resume is None:
             self._epoch_rng = self._epoch_generator_state()
@@ -301,12 +484,13 @@ class _FabricDataLoader:
             self._batches += 1
             yield move(batch, self._device) if move is not None else batch
             batch = next(iterator, _END)
-        self._epoch += 1
-        self._batches = 0
-        self._epoch_rng = None
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_dataloader"], name)
+        try:
+            dataloader = self.__dict__["_dataloader"]
+        except KeyError:
+            raise AttributeError(name) from None  # e.g. during copy or unpickling
+        return getattr(dataloader, name)
 
 
 _END = object()
@@ -328,4 +512,4 @@ def is_wrapped(obj: Any) -> bool:
     return isinstance(obj, (_FabricModule, _FabricOptimizer, _FabricDataLoader))
 
 
-__all__ = ["_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped"]
+__all__ = ["_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped", "wrap_optimizer"]

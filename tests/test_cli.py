@@ -15,6 +15,9 @@ from fabric.environments import find_free_network_port
 
 ROOT = Path(__file__).parent.parent
 TARGET = Path(__file__).parent / "scripts" / "cli_target.py"
+# The script's own arguments, passed through untouched: options torchrun would read as abbreviations
+# of its own (`--log` of `--log-dir`), one of fabric's own options, a `--`.
+SCRIPT_ARGS = ["an arg", "--x=1", "--log", "out.txt", "--devices", "5", "--", "--max-restarts=3"]
 
 
 def _env(out: Path, **extra: str) -> dict[str, str]:
@@ -47,9 +50,9 @@ def test_run_two_devices_end_to_end(tmp_path: Path) -> None:
         "--precision",
         "bf16",
         str(TARGET),
-        "an arg",
-        "--x=1",
-        env=_env(tmp_path),
+        *SCRIPT_ARGS,
+        # the same precision in code, spelled differently: not a contradiction
+        env=_env(tmp_path, CLI_TARGET_KWARGS=json.dumps({"precision": "bf16-mixed"})),
     )
     output, _ = process.communicate(timeout=100)
     assert process.returncode == 0, output
@@ -59,7 +62,7 @@ def test_run_two_devices_end_to_end(tmp_path: Path) -> None:
         assert report["world_size"] == 2
         assert report["strategy"] == "DDPStrategy"
         assert report["precision"] == "bf16-mixed"
-        assert report["argv"] == ["an arg", "--x=1"]
+        assert report["argv"] == SCRIPT_ARGS
         assert report["agree"]
 
 

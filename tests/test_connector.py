@@ -21,7 +21,7 @@ from fabric.strategies import SingleDeviceStrategy
         ({"accelerator": "gpu"}, RuntimeError, "no GPU is available"),
         ({"precision": "8-true"}, ValueError, r"precision='8-true'\) is not supported"),
         ({"precision": "bf16-mixed", "plugins": TruePrecision("bf16-true")}, ValueError, "given twice"),
-        ({"plugins": [object()]}, TypeError, "must be a Precision or a ClusterEnvironment"),
+        ({"plugins": [object()]}, TypeError, "must be a Precision, a ClusterEnvironment or a CheckpointIO"),
         ({"strategy": "nonsense"}, ValueError, r"strategy='nonsense'\) is not a known strategy"),
         ({"strategy": 3}, TypeError, "pass a strategy name"),
         ({"num_nodes": 0}, ValueError, "num_nodes must be an int >= 1"),

@@ -22,13 +22,14 @@ import pickle
 import re
 import secrets
 import socket
+import stat
 import zipfile
 from typing import IO, Any, TypeAlias
 
 import torch
 from torch.serialization import MAP_LOCATION
 
-__all__ = ["CheckpointError", "atomic_save", "fsync_directory", "safe_load"]
+__all__ = ["CheckpointError", "NotAFileError", "atomic_save", "fsync_directory", "safe_load", "verify_file"]
 
 # Whatever torch.load accepts: a device, a device string, a {from: to} dict, or a callable on storages.
 MapLocation: TypeAlias = MAP_LOCATION
@@ -53,6 +54,42 @@ class CheckpointError(RuntimeError):
     The message always names the file and the next step. The low-level exception, when there is one, is
     kept as ``__cause__``.
     """
+
+
+class NotAFileError(IsADirectoryError, ValueError):
+    """A single-file checkpoint was expected at a path that holds a directory, a device, a pipe or a socket.
+
+    A ``ValueError`` too, as Lightning raises for the same mistake, so ported error handling still works.
+    """
+
+
+def _refuse_non_regular(path: str, display: str, action: str) -> None:
+    """Raise :class:`NotAFileError` when ``path`` exists and is not a regular file.
+
+    Saving renames a new file over the target, which would replace a device (``/dev/null``) or a named
+    pipe; loading would block forever on a pipe. Neither is ever what the user meant.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        hint = (
+            "Pass a file path inside it instead, e.g. 'checkpoints/last.pt'."
+            if action == "save"
+            else "Pass the path of a file written by `fabric.save`/`torch.save`; a sharded checkpoint "
+            "directory is loaded with `fabric.load`."
+        )
+        raise NotAFileError(
+            errno.EISDIR, f"Cannot {action} a checkpoint file at '{display}': it is a directory. {hint}"
+        )
+    raise NotAFileError(
+        errno.EINVAL,
+        f"Cannot {action} a checkpoint file at '{display}': it is not a regular file (a device, pipe or socket). "
+        "Choose another path.",
+    )
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -94,12 +131,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
         atomic_save({"model": model.state_dict(), "step": step}, "checkpoints/last.pt")
     """
     target = os.path.realpath(os.fspath(path))
-    if os.path.isdir(target):
-        raise IsADirectoryError(
-            errno.EISDIR,
-            f"Cannot save a checkpoint to '{os.fspath(path)}': it is a directory. "
-            "Pass a file path inside it instead, e.g. 'checkpoints/last.pt'.",
-        )
+    _refuse_non_regular(target, os.fspath(path), "save")
     directory, name = os.path.split(target)
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temp_files(directory, name)
@@ -147,7 +179,7 @@ def safe_load(
 
     Raises:
         FileNotFoundError: nothing exists at ``path``.
-        IsADirectoryError: ``path`` is a directory, not a single-file checkpoint.
+        NotAFileError: ``path`` is a directory, a device or a pipe, not a single-file checkpoint.
         CheckpointError: the file is corrupted, truncated, not a PyTorch checkpoint, or (with
             ``weights_only=True``) contains arbitrary Python objects.
 
@@ -157,6 +189,7 @@ def safe_load(
         model.load_state_dict(state["model"])
     """
     display = os.fspath(path)
+    _refuse_non_regular(display, display, "load")
     try:
         file = open(display, "rb")  # noqa: SIM115 -- closed below, after both the check and the load
     except FileNotFoundError:
@@ -164,23 +197,44 @@ def safe_load(
             errno.ENOENT,
             f"No checkpoint file at '{display}'. Check the path, or save a checkpoint there first.",
         ) from None
-    except IsADirectoryError:
-        raise IsADirectoryError(
-            errno.EISDIR,
-            f"Cannot load '{display}' as a checkpoint file: it is a directory. Pass the path of a file "
-            "written by `atomic_save`/`torch.save`; a sharded checkpoint is a directory and is loaded by "
-            "the strategy that wrote it.",
-        ) from None
     with file:
-        is_zip = _starts_with_zip_magic(file)
-        if verify and is_zip:
+        return load_verified(
+            file, display, map_location=map_location, weights_only=weights_only, verify=verify
+        )
+
+
+def verify_file(path: str | os.PathLike[str]) -> None:
+    """Check a single-file checkpoint's integrity (every zip record's CRC-32) without loading it.
+
+    Reads the file once and allocates nothing beyond a read buffer; a legacy non-zip file, which carries
+    no checksum, is loaded instead (``weights_only=True``) as the only way to tell whether it is whole.
+    """
+    display = os.fspath(path)
+    _refuse_non_regular(display, display, "load")
+    with open(display, "rb") as file:
+        if _starts_with_zip_magic(file):
             _verify_zip_archive(file, display)
-        file.seek(0)
-        try:
-            return torch.load(file, map_location=map_location, weights_only=weights_only)
-        except Exception as error:
-            verified = verify and is_zip
-            raise _load_error(error, file, display, weights_only=weights_only, verified=verified) from error
+            return
+    safe_load(display)
+
+
+def load_verified(
+    file: IO[bytes],
+    display: str,
+    map_location: MapLocation = "cpu",
+    weights_only: bool = True,
+    verify: bool = True,
+) -> Any:
+    """:func:`safe_load` on an open, seekable binary file (``display`` names it in errors)."""
+    is_zip = _starts_with_zip_magic(file)
+    if verify and is_zip:
+        _verify_zip_archive(file, display)
+    file.seek(0)
+    try:
+        return torch.load(file, map_location=map_location, weights_only=weights_only)
+    except Exception as error:
+        verified = verify and is_zip
+        raise _load_error(error, file, display, weights_only=weights_only, verified=verified) from error
 
 
 def _create_temp_file(directory: str, name: str) -> tuple[int, str]:

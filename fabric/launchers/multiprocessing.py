@@ -2,8 +2,10 @@
 
 Used by ``"ddp_spawn"`` (spawn: a fresh interpreter per process; the function and its arguments are
 pickled) and ``"ddp_fork"``/``"ddp_notebook"`` (fork: works for functions defined in a notebook).
-``torch.multiprocessing`` joins the processes, stops all when one fails, and re-raises the failing
-process's traceback here. Rank 0's return value comes back through a queue.
+``torch.multiprocessing`` joins the processes, stops all when one fails (after a short grace period,
+not its default 30 s), and re-raises the failing process's traceback here. A process whose function
+raised leaves at once, without waiting for the others at the end of the run. Rank 0's return value
+comes back through a queue.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.multiprocessing as mp
 
+from fabric import lifecycle
 from fabric.launchers.launcher import Launcher
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.seed import reset_seed
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
     from fabric.strategies.parallel import ParallelStrategy
 
 _POLL_SECONDS = 0.1
+#: after one process failed: how long the others get to end by themselves, then after SIGTERM
+_GRACE_SECONDS = 2.0
 
 
 class MultiprocessingLauncher(Launcher):
@@ -61,7 +66,8 @@ class MultiprocessingLauncher(Launcher):
         # Read the result while waiting: a result larger than the pipe's buffer blocks rank 0 in `put`
         # until it is read, so reading only after the join would wait forever.
         received: list[bytes] = []
-        while not processes.join(timeout=_POLL_SECONDS):  # raises, with the traceback, if one failed
+        # `join` raises, with the traceback, if one failed
+        while not processes.join(timeout=_POLL_SECONDS, grace_period=_GRACE_SECONDS):
             if not received and not return_queue.empty():
                 received.append(return_queue.get())
         return pickle.loads(received[0] if received else return_queue.get())
@@ -77,8 +83,18 @@ def _run_in_child(
 ) -> None:
     strategy._local_rank = process_index
     reset_seed()
-    result = function(*args, **kwargs)
+    try:
+        result = function(*args, **kwargs)
+    except BaseException:
+        # torch.multiprocessing catches the exception itself, so no excepthook runs: say it here, so
+        # that leaving the process group skips the meeting with ranks that are still training. The
+        # group is left only after torch has reported this traceback (at exit), so that the parent
+        # reports this failure, not the others' broken connections.
+        lifecycle.mark_failed()
+        raise
     if process_index == 0:
         # Plain pickle bytes, on the CPU: torch's queue pickler would pass tensors as shared-memory
         # handles, which the parent can no longer open once this process has exited.
         return_queue.put(pickle.dumps(move_to_device(result, torch.device("cpu"))))
+    # A forked child ends with `os._exit`, which skips `atexit`: run the exit steps now.
+    lifecycle.shutdown()

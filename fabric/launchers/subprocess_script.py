@@ -4,12 +4,12 @@ Process 0 is the one the user started. It starts processes 1..N-1 with the same 
 script or module and the same arguments, telling each its ``LOCAL_RANK`` through the environment.
 It then watches them: when one fails, it stops the others and exits with an error, so a crash never
 leaves the rest waiting in a collective. Children die with their parent (``PR_SET_PDEATHSIG`` on
-Linux), so killing process 0 leaves nothing behind either.
+Linux), so killing process 0 leaves nothing behind either. At a normal exit process 0 waits for the
+children and exits non-zero if any of them failed (``fabric.lifecycle`` runs that step).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import subprocess
@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fabric import lifecycle
 from fabric.environments import ClusterEnvironment
 from fabric.launchers.launcher import Launcher
 
@@ -36,7 +37,6 @@ class SubprocessScriptLauncher(Launcher):
         self.num_processes = num_processes
         self.num_nodes = num_nodes
         self.children: list[subprocess.Popen] = []
-        self._failed = False
         self._stopping = False  # set once this process stops the children itself
 
     @property
@@ -49,7 +49,7 @@ class SubprocessScriptLauncher(Launcher):
         try:
             return function(*args, **kwargs)
         except BaseException:
-            self._failed = True
+            lifecycle.mark_failed()
             raise
 
     def _start_children(self) -> None:
@@ -61,21 +61,17 @@ class SubprocessScriptLauncher(Launcher):
         env["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
         for local_rank in range(1, self.num_processes):
             env["LOCAL_RANK"] = str(local_rank)
+            # From the directory the command was started in, even if the script changed directory since.
             self.children.append(
-                subprocess.Popen(command, env=dict(env), cwd=os.getcwd(), preexec_fn=_die_with_parent)
+                subprocess.Popen(
+                    command, env=dict(env), cwd=lifecycle.STARTUP_CWD, preexec_fn=_die_with_parent
+                )
             )
         # This process is local rank 0; children and library code alike may read it from here.
         os.environ["LOCAL_RANK"] = "0"
         watchdog = threading.Thread(target=self._watch, name="fabric-watchdog", daemon=True)
         watchdog.start()
-        atexit.register(self._at_exit)
-        previous_hook = sys.excepthook
-
-        def hook(*exc_info: Any) -> None:
-            self._failed = True
-            previous_hook(*exc_info)
-
-        sys.excepthook = hook
+        lifecycle.on_exit(self._at_exit, order=lifecycle.STOP_CHILDREN)
 
     def _watch(self) -> None:
         """Stop the whole run as soon as one child fails."""
@@ -102,15 +98,22 @@ class SubprocessScriptLauncher(Launcher):
             time.sleep(_POLL_SECONDS)
 
     def _at_exit(self) -> None:
-        if self._failed:
+        """After a failure here: stop the children. Otherwise wait for them, and fail if one failed."""
+        if lifecycle.has_failed():
             self._terminate_children()
             return
-        deadline = time.monotonic() + 3600
         for child in self.children:
-            try:
-                child.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+            child.wait()  # the watchdog ends the run if a child fails meanwhile
+        failed = [(rank, child) for rank, child in enumerate(self.children, start=1) if child.returncode]
+        for rank, child in failed:
+            print(
+                f"[fabric] local rank {rank} (pid {child.pid}) exited with code {child.returncode} after this "
+                f"process finished; the run failed.",
+                file=sys.stderr,
+                flush=True,
+            )
+        if failed:
+            lifecycle.fail_exit(1)
 
     def _terminate_children(self) -> None:
         self._stopping = True
@@ -140,7 +143,8 @@ def _rerun_command() -> list[str]:
             "was not started from a script file (interactive session, notebook or `python -c`). Use "
             "strategy='ddp_notebook' (fork) or 'ddp_spawn' with `fabric.launch(fn)`, or run a script."
         )
-    return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
+    # `__main__.__file__` is absolute since Python 3.9; a relative one is relative to the start directory.
+    return [sys.executable, os.path.join(lifecycle.STARTUP_CWD, script), *sys.argv[1:]]
 
 
 def _die_with_parent() -> None:

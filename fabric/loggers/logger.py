@@ -24,6 +24,11 @@ class Logger(ABC):
         return None
 
     @property
+    def experiment(self) -> Any:
+        """The object the logger writes through (a file writer, a ``SummaryWriter``); ``None`` if it has none."""
+        return None
+
+    @property
     def log_dir(self) -> str | None:
         return None
 
@@ -40,3 +45,19 @@ class Logger(ABC):
     def finalize(self, status: str) -> None:
         """Close the logger at the end of the run."""
         self.save()
+
+
+class _DummyExperiment:
+    """What ``logger.experiment`` returns on ranks other than 0: every method call does nothing."""
+
+    def nop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __getattr__(self, _: str) -> Any:
+        return self.nop
+
+    def __getitem__(self, index: int) -> _DummyExperiment:
+        return self
+
+    def __setitem__(self, *args: Any) -> None:
+        pass

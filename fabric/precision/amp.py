@@ -5,6 +5,12 @@ Parameters stay in float32; autocast runs each op in the lower dtype where that 
 in float32), so a Fabric loop matches a raw ``torch.autocast`` loop bit for bit. Outputs are
 returned as float32. ``"16-mixed"`` scales the loss with a :class:`torch.amp.GradScaler` whose
 state is part of every checkpoint the fabric saves.
+
+The scaler is updated once per iteration, not once per optimizer step: with two optimizers stepped
+after one backward, both unscale with the same scale (updating after the first, as Lightning does,
+halves the scale after an overflow and the second optimizer then applies a doubled gradient). The
+update runs at the next ``backward``, or before an optimizer is stepped a second time, or when the
+state is saved.
 """
 
 from __future__ import annotations
@@ -28,8 +34,27 @@ class MixedPrecision(Precision):
 
     has_forward_context = True
     converts_output = True
+    requires_fabric_backward = True
 
-    def __init__(self, precision: str, device_type: str, scaler: torch.amp.GradScaler | None = None) -> None:
+    def __init__(
+        self,
+        precision: str,
+        device_type: str | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        *,
+        device: str | None = None,
+    ) -> None:
+        if device_type is None:
+            device_type = device  # Lightning's name for it
+        elif device is not None and device != device_type:
+            raise ValueError(
+                f"MixedPrecision(device_type={device_type!r}, device={device!r}): these name the same thing; "
+                f"pass one of them."
+            )
+        if device_type is None:
+            raise TypeError(
+                "MixedPrecision(precision, device): pass the device type, e.g. device='cuda' or 'cpu'."
+            )
         if precision not in _MIXED_DTYPES:
             raise ValueError(
                 f"MixedPrecision(precision={precision!r}): expected one of {sorted(_MIXED_DTYPES)}."
@@ -45,6 +70,17 @@ class MixedPrecision(Precision):
         if scaler is None and precision == "16-mixed":
             scaler = torch.amp.GradScaler(device_type)
         self.scaler = scaler
+        self.backward_calls = 0
+        self._stepped: set[int] = set()  # optimizers stepped since the scaler's last update
+
+    @property
+    def skips_nonfinite_steps(self) -> bool:  # type: ignore[override]
+        return self.scaler is not None
+
+    @property
+    def device(self) -> str:
+        """The device type autocast runs on (Lightning's attribute name)."""
+        return self.device_type
 
     @property
     def autocast_dtype(self) -> torch.dtype:
@@ -57,9 +93,19 @@ class MixedPrecision(Precision):
         return convert_floating_tensors(data, torch.get_default_dtype())
 
     def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
+        self.backward_calls += 1
         if self.scaler is not None:
+            if self._stepped:
+                self._update_scale()
             tensor = self.scaler.scale(tensor)
         tensor.backward(*args, **kwargs)
+
+    def _update_scale(self) -> None:
+        assert self.scaler is not None
+        # Skipped when nothing is recorded since the last update (the user called `scaler.update()`).
+        if getattr(self.scaler, "_per_optimizer_states", True):
+            self.scaler.update()
+        self._stepped.clear()
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         if self.scaler is None:
@@ -69,17 +115,26 @@ class MixedPrecision(Precision):
                 "precision='16-mixed' cannot scale gradients for torch.optim.LBFGS, whose closure calls "
                 "backward several times per step. Use precision='bf16-mixed' or '32-true' with LBFGS."
             )
-        # GradScaler.step unscales (unless already done), skips the step on inf/nan, then we update.
+        if id(optimizer) in self._stepped:
+            self._update_scale()  # a second step of this optimizer: the previous iteration is over
+        # GradScaler.step unscales (unless already done) and skips the step on inf/nan; the update of
+        # the scale waits for the end of the iteration (see the module docstring).
         result = self.scaler.step(optimizer, **kwargs)
-        self.scaler.update()
+        self._stepped.add(id(optimizer))
         return result
 
     def unscale_gradients(self, optimizer: Optimizer) -> None:
         if self.scaler is not None:
+            if id(optimizer) in self._stepped:
+                self._update_scale()
             self.scaler.unscale_(optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        if self.scaler is None:
+            return {}
+        if self._stepped:
+            self._update_scale()  # the iteration's update, so a resumed run starts from the same scale
+        return {"scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.scaler is not None and "scaler" in state_dict:

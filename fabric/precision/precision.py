@@ -27,6 +27,14 @@ class Precision:
     converts_output: bool = False
     #: whether :meth:`forward_context` does anything
     has_forward_context: bool = False
+    #: whether gradients from a plain ``loss.backward()`` would be wrong (e.g. unscaled): the optimizer
+    #: wrapper then checks, at ``step``, that ``Fabric.backward`` ran (read once, at setup)
+    requires_fabric_backward: bool = False
+    #: number of :meth:`backward` calls so far (counted where :attr:`requires_fabric_backward`)
+    backward_calls: int = 0
+    #: whether :meth:`optimizer_step` skips a step whose gradients are not finite (so clipping must
+    #: not raise on them)
+    skips_nonfinite_steps: bool = False
 
     def convert_module(self, module: Module) -> Module:
         """Cast the parameters and buffers of ``module`` to this precision's parameter dtype."""

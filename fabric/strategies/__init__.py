@@ -12,6 +12,7 @@ from fabric.strategies.strategy import BackwardSyncControl, Strategy
 __all__ = [
     "BackwardSyncControl",
     "DDPStrategy",
+    "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
     "SingleDeviceStrategy",
@@ -28,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from fabric.strategies.model_parallel import ModelParallelStrategy
 
         return ModelParallelStrategy
+    if name == "DeepSpeedStrategy":
+        from fabric.strategies.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy
     if name == "FSDPStrategy":
         from fabric.strategies.fsdp import FSDPStrategy
 

@@ -8,7 +8,7 @@ real initial values, and writes sharded or full checkpoints. The engine is PyTor
 
 from __future__ import annotations
 
-import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
@@ -20,25 +20,19 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.accelerators import Accelerator
-from fabric.checkpoint.io import atomic_save, safe_load
-from fabric.checkpoint.sharded import (
-    META_FILE,
-    commit_directory,
+from fabric.checkpoint.states import (
     module_state,
     optimizer_state,
     optimizer_state_by_index,
     optimizer_state_by_name,
     parameter_names,
-    save_sharded,
     set_module_state,
     set_optimizer_state,
-    temporary_directory_for,
 )
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
-from fabric.strategies.strategy import PER_RANK_STATE_KEY, BackwardSyncControl, _per_rank_state
-from fabric.utilities.types import PathLike
+from fabric.strategies.strategy import BackwardSyncControl
 
 ShardingPolicy = set[type[Module]] | Callable[[Module], bool]
 
@@ -105,8 +99,8 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self.reshard_after_forward = reshard_after_forward
         self.state_dict_type = state_dict_type
         self._mesh: Any = None
-        self._optimizer_modules: dict[int, Module] = {}
-        self._sharded: list[Module] = []
+        # Weak: the strategy must not keep every model it ever sharded alive.
+        self._sharded: weakref.WeakSet[Module] = weakref.WeakSet()
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -161,15 +155,13 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                 )
             for group in optimizer.param_groups:
                 group["params"] = [new_params[names[id(p)]] for p in group["params"]]
-            self._optimizer_modules[id(optimizer)] = sharded
         return sharded, optimizers
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
-        """Remember which sharded model an optimizer belongs to (its checkpoints are keyed by names)."""
+        """Check that the optimizer updates the parameters of a model sharded by this strategy."""
         first = next((p for group in optimizer.param_groups for p in group["params"]), None)
         for module in self._sharded:
             if any(p is first for p in module.parameters()):
-                self._optimizer_modules[id(optimizer)] = module
                 return optimizer
         raise ValueError(
             "FSDPStrategy: the optimizer's parameters do not belong to a model set up with `fabric.setup_module`. "
@@ -206,7 +198,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         fully_shard(module, **kwargs)
         if meta:
             _materialize(module, self.root_device if not self.cpu_offload else torch.device("cpu"))
-        self._sharded.append(module)
+        self._sharded.add(module)
         return module
 
     # ---------------------------------------------------------------------- steps
@@ -219,107 +211,37 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         return _gradient_sync_disabled(module) if enabled else _nothing()
 
     # ---------------------------------------------------------------- checkpoints
-    def _module_for(self, optimizer: Optimizer, state: dict[str, Any]) -> Module:
-        module = self._optimizer_modules.get(id(optimizer))
-        if module is None:
-            module = next((m for m in state.values() if isinstance(m, Module)), None)
-        if module is None:
-            raise KeyError("Saving or loading an FSDP optimizer needs its model in the same `state`.")
-        return module
+    @property
+    def checkpoint_layout(self) -> Literal["file", "sharded"]:
+        return "sharded" if self.state_dict_type == "sharded" else "file"
 
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: dict[str, Any],
-        filter: dict[str, Callable[[str, Any], bool]] | None = None,
-    ) -> None:
-        """Sharded: a directory, every process writing its shard. Full: one file from rank 0."""
-        if self.state_dict_type == "full":
-            self._save_full(path, state, filter or {})
-        else:
-            self._save_sharded(path, state, filter or {})
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        return module_state(module, full=True)
 
-    def _save_full(
-        self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]]
-    ) -> None:
-        converted: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, Module):
-                converted[key] = module_state(obj, full=True)
-            elif isinstance(obj, Optimizer):
-                # The index-keyed form of `optimizer.state_dict()`: loads with plain torch too.
-                converted[key] = optimizer_state_by_index(
-                    optimizer_state(self._module_for(obj, state), obj, full=True)
-                )
-            else:
-                converted[key] = obj
-        checkpoint = self._convert_state(converted, filter)
-        per_rank = self.gather_object(_per_rank_state(state))
-        if self.is_global_zero:
-            checkpoint[PER_RANK_STATE_KEY] = per_rank
-            atomic_save(checkpoint, path)
-
-    def _save_sharded(
-        self, path: PathLike, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]]
-    ) -> None:
-        shards: dict[str, Any] = {}
-        rest: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, Module):
-                shards[key] = module_state(obj)
-            elif isinstance(obj, Optimizer):
-                shards[key] = optimizer_state(self._module_for(obj, state), obj)
-            else:
-                rest[key] = obj
-            if key in filter and key in shards:
-                shards[key] = {k: v for k, v in shards[key].items() if filter[key](k, v)}
-        meta = self._convert_state(rest, {k: v for k, v in filter.items() if k in rest})
-        meta[PER_RANK_STATE_KEY] = self.gather_object(_per_rank_state(state))
-        token = self.broadcast(os.urandom(8).hex())
-        tmp = temporary_directory_for(path, token)
-        if self.is_global_zero:
-            os.makedirs(tmp)
-        self.barrier()
-        try:
-            save_sharded(shards, tmp)
-            if self.is_global_zero:
-                atomic_save(meta, os.path.join(tmp, META_FILE))
-            self.barrier()
-            if self.is_global_zero:
-                commit_directory(tmp, path)
-        except BaseException:
-            if self.is_global_zero and os.path.isdir(tmp):
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.barrier()
+    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
+        # The index-keyed form of `optimizer.state_dict()`: loads with plain torch too.
+        return optimizer_state_by_index(
+            optimizer_state(self._model_of(optimizer, module), optimizer, full=True)
+        )
 
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
         set_module_state(module, state_dict, strict=strict, full=True)
 
     def load_optimizer_state_dict(
-        self, optimizer: Optimizer, value: dict[str, Any], state: dict[str, Any]
+        self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
     ) -> None:
-        module = self._module_for(optimizer, state)
-        by_name = optimizer_state_by_name(value, optimizer, parameter_names([module]))
+        module = self._model_of(optimizer, module)
+        by_name = optimizer_state_by_name(state_dict, optimizer, parameter_names([module]))
         set_optimizer_state(module, optimizer, by_name, full=True)
 
-    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
-        return module_state(module, full=True)
-
-    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
-        loaded = safe_load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, Module):
-            set_module_state(obj, loaded, strict=strict, full=True)
-        else:
-            module = self._optimizer_modules.get(id(obj))
-            if module is None:
-                raise KeyError(
-                    "load_raw of an FSDP optimizer needs the optimizer returned by `fabric.setup`."
-                )
-            by_name = optimizer_state_by_name(loaded, obj, parameter_names([module]))
-            set_optimizer_state(module, obj, by_name, full=True)
+    @staticmethod
+    def _model_of(optimizer: Optimizer, module: Module | None) -> Module:
+        if module is None:
+            raise KeyError(
+                f"FSDP keeps {type(optimizer).__name__}'s state by parameter name, so saving or loading it needs "
+                f"the model it updates: set both up with `fabric.setup(model, optimizer)`."
+            )
+        return module
 
 
 # --------------------------------------------------------------------------- helpers

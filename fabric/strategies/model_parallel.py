@@ -116,7 +116,7 @@ class ModelParallelStrategy(FSDPStrategy):
             )
         if meta:
             _materialize(module, self.root_device)
-        self._sharded.append(module)
+        self._sharded.add(module)
         return module
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import sys
+import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
@@ -71,6 +72,8 @@ class ParallelStrategy(Strategy):
         self._timeout = timeout
         self._start_method = start_method
         self._local_rank: int | None = None  # set by the multiprocessing launcher in each child
+        self._collectives = 0  # collectives called so far by this process, named in errors
+        self._debug_collectives = False  # FABRIC_DEBUG_COLLECTIVES=1, read once at set-up
 
     # ------------------------------------------------------------------ configure
     def configure(
@@ -149,6 +152,7 @@ class ParallelStrategy(Strategy):
         environment.set_world_size(self.num_nodes * self.num_processes)
         environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
         set_global_rank(self.global_rank)
+        self._debug_collectives = os.environ.get("FABRIC_DEBUG_COLLECTIVES", "0") == "1"
         super().setup_environment()
         if dist.is_initialized():
             return
@@ -156,19 +160,20 @@ class ParallelStrategy(Strategy):
         host = f"[{address}]" if ":" in address else address
         dist.init_process_group(
             backend=self.process_group_backend,
-            init_method=f"tcp://{host}:{environment.main_port}",
+            **_rendezvous(host, environment.main_port, self.world_size, self._timeout),
             world_size=self.world_size,
             rank=self.global_rank,
             timeout=self._timeout,
             device_id=self.root_device if self.root_device.type == "cuda" else None,
         )
-        # Left to interpreter shutdown, gloo's threads can be destroyed while a peer still talks to
-        # them, and the process aborts ("terminate called without an active exception": seen in 2 of
-        # 12 plain torchrun runs). Meeting the peers first, then destroying the group, avoids it.
-        _install_exit_hooks()
+        # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade).
+        lifecycle.install()
 
     # --------------------------------------------------------------- collectives
     def _run(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        self._collectives += 1  # the only per-call cost outside debug mode: which collective this is
+        if self._debug_collectives:
+            self._check_same_collective(name, args)
         try:
             return function(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as err:
@@ -177,8 +182,34 @@ class ParallelStrategy(Strategy):
             raise CollectiveError(
                 f"The collective `{name}` failed on rank {self.global_rank} of {self.world_size}: {err}. Another "
                 f"process crashed or did not reach `{name}` within the timeout ({self._timeout}). Every process "
-                f"must call the same collectives in the same order."
+                f"must call the same collectives in the same order. This process was in collective "
+                f"#{self._collectives} (`{name}`, {_describe(args)}); the stack below shows where. Set "
+                f"FABRIC_DEBUG_COLLECTIVES=1 to check before every collective that all processes call the same "
+                f"one with the same shapes."
             ) from err
+
+    def _check_same_collective(self, name: str, args: tuple) -> None:
+        """FABRIC_DEBUG_COLLECTIVES=1: all processes must be about to call the same collective, same shapes."""
+        mine = (self._collectives, name, _describe(args))
+        everyone: list[Any] = [None] * self.world_size
+        try:
+            dist.all_gather_object(everyone, mine)
+        except (RuntimeError, dist.DistBackendError) as err:
+            raise CollectiveError(
+                f"FABRIC_DEBUG_COLLECTIVES: rank {self.global_rank} is about to call collective #{mine[0]} "
+                f"(`{name}`, {mine[2]}), and not every process came to compare within the timeout "
+                f"({self._timeout}): {err}. A process skipped a collective, or crashed."
+            ) from err
+        first = next((rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]), None)
+        if first is not None:
+            calls = "; ".join(
+                f"rank {rank}: #{n} `{call}` ({shapes})" for rank, (n, call, shapes) in enumerate(everyone)
+            )
+            raise CollectiveError(
+                f"FABRIC_DEBUG_COLLECTIVES: the processes disagree on the next collective: rank {first} differs "
+                f"from rank 0. {calls}. Every process must call the same collectives, in the same order, with "
+                f"tensors of the same shapes."
+            )
 
     def all_reduce(self, tensor: Tensor, reduce_op: ReduceOp = "mean") -> Tensor:
         result = tensor.clone()
@@ -258,9 +289,9 @@ class ParallelStrategy(Strategy):
 
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        """Leave the process group (see :func:`_leave_process_group`), then undo the environment's changes."""
         super().teardown()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_process_group()
         if self.cluster_environment is not None:
             self.cluster_environment.teardown()
 
@@ -279,6 +310,18 @@ _DTYPES = [
     torch.complex64,
     torch.complex128,
 ]
+
+
+def _describe(args: tuple) -> str:
+    """The shapes and dtypes of a collective's tensor arguments, for an error message."""
+    parts = []
+    for arg in args:
+        items = arg if isinstance(arg, (list, tuple)) else [arg]
+        for item in items:
+            # Only tensors: the objects of broadcast/gather_object legitimately differ between ranks.
+            if isinstance(item, Tensor):
+                parts.append(f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}")
+    return "tensors " + ", ".join(parts) if parts else "no tensors"
 
 
 def _dtype_code(dtype: torch.dtype) -> int:
@@ -304,35 +347,55 @@ def _is_communication_failure(error: BaseException) -> bool:
     return any(marker in message for marker in _COMMUNICATION_FAILURES)
 
 
-_EXIT_BARRIER_TIMEOUT = timedelta(seconds=10)
-_exit_state = {"installed": False, "failed": False}
+def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta) -> dict[str, Any]:
+    """How ``init_process_group`` meets the others: a tcp:// address, or, after a torchrun restart, a store.
+
+    torchrun's agent keeps one store across restarts (``fabric run --max-restarts``): restarted
+    processes would read the previous round's addresses from it and fail to connect. A prefix per
+    restart round keeps the rounds apart.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {"init_method": f"tcp://{host}:{port}"}
+    store = dist.TCPStore(host.strip("[]"), port, world_size, is_master=False, timeout=timeout)
+    return {"store": dist.PrefixStore(f"fabric/restart_{restart}", store)}
 
 
-def _install_exit_hooks() -> None:
-    """Destroy the process group at exit; remember whether the exit is an uncaught exception."""
-    if _exit_state["installed"]:
-        return
-    _exit_state["installed"] = True
-    previous_hook = sys.excepthook
-
-    def hook(*exc_info: Any) -> None:
-        _exit_state["failed"] = True
-        previous_hook(*exc_info)
-
-    sys.excepthook = hook
-    atexit.register(_destroy_process_group)
+_EXIT_MEETING_SECONDS = 10.0
+_ARRIVED_KEY = "fabric/exit/arrived"
+_LEAVING_KEY = "fabric/exit/leaving"
 
 
-def _destroy_process_group() -> None:
-    """At a normal exit: meet the other processes, then destroy the process group.
+def _leave_process_group() -> None:
+    """Meet the other processes (a few seconds at most), then destroy the process group.
 
-    After an uncaught exception the meeting is skipped: the others are still training and would
-    never come; the launcher stops them.
+    Left to interpreter shutdown, gloo's threads can be destroyed while a peer still talks to them,
+    and the process aborts ("terminate called without an active exception": seen in 2 of 12 plain
+    torchrun runs); meeting the peers first avoids it. The meeting is a counter in the rendezvous
+    store with a deadline of our own, not a collective: a collective (even ``monitored_barrier`` on the
+    ranks other than 0) waits for the process group's timeout, 30 minutes by default, when a peer is
+    dead. After a failure in this process the meeting is skipped: the others are still training and
+    would never come; the launcher stops them.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    if dist.get_backend() == "gloo" and not _exit_state["failed"]:
-        with contextlib.suppress(Exception):
-            dist.monitored_barrier(timeout=_EXIT_BARRIER_TIMEOUT)
+    if not lifecycle.has_failed() and dist.get_world_size() > 1:
+        with contextlib.suppress(Exception):  # a peer's store already gone: it has left, so do we
+            _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+
+
+def _meet(store: dist.Store, rank: int, world_size: int) -> None:
+    """A barrier on store counters with our own deadline; rank 0 (usually the store's host) leaves last."""
+    deadline = time.monotonic() + _EXIT_MEETING_SECONDS
+    store.add(_ARRIVED_KEY, 1)
+    while store.add(_ARRIVED_KEY, 0) < world_size and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if rank != 0:
+        store.add(_LEAVING_KEY, 1)
+        return
+    # The others read the store until they see everyone arrived: keep it up until they have.
+    deadline = min(deadline, time.monotonic() + 2.0)
+    while store.add(_LEAVING_KEY, 0) < world_size - 1 and time.monotonic() < deadline:
+        time.sleep(0.02)

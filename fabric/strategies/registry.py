@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fabric.strategies.ddp import DDPStrategy
+from fabric.strategies.deepspeed import DeepSpeedStrategy
 from fabric.strategies.fsdp import FSDPStrategy
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
@@ -21,4 +22,28 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
         "init": {"start_method": "popen", "find_unused_parameters": True},
     },
     "fsdp": {"class": FSDPStrategy, "init": {}},
+    # DeepSpeed: the class imports no deepspeed module until a process sets it up
+    "deepspeed": {"class": DeepSpeedStrategy, "init": {}},
+    "deepspeed_stage_1": {"class": DeepSpeedStrategy, "init": {"stage": 1}},
+    "deepspeed_stage_2": {"class": DeepSpeedStrategy, "init": {"stage": 2}},
+    "deepspeed_stage_2_offload": {
+        "class": DeepSpeedStrategy,
+        "init": {"stage": 2, "offload_optimizer": True},
+    },
+    "deepspeed_stage_3": {"class": DeepSpeedStrategy, "init": {"stage": 3}},
+    "deepspeed_stage_3_offload": {
+        "class": DeepSpeedStrategy,
+        "init": {"stage": 3, "offload_optimizer": True, "offload_parameters": True},
+    },
+    "deepspeed_stage_3_offload_nvme": {
+        "class": DeepSpeedStrategy,
+        "init": {
+            "stage": 3,
+            "offload_optimizer": True,
+            "offload_parameters": True,
+            "remote_device": "nvme",
+            "offload_params_device": "nvme",
+            "offload_optimizer_device": "nvme",
+        },
+    },
 }

@@ -9,11 +9,10 @@ mixins (:class:`BackwardSyncControl`) that the facade asks for with ``isinstance
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -22,33 +21,15 @@ from torch.optim import Optimizer
 from torch.overrides import TorchFunctionMode
 
 from fabric.accelerators import Accelerator
-from fabric.checkpoint.io import atomic_save, safe_load
-from fabric.checkpoint.sharded import (
-    META_FILE,
-    consolidate,
-    is_name_keyed,
-    is_sharded_checkpoint,
-    load_sharded,
-    module_state,
-    optimizer_state,
-    resolve_checkpoint_path,
-    saved_keys,
-    set_module_state,
-    set_optimizer_state,
-)
+from fabric.checkpoint.states import is_name_keyed, set_optimizer_state
 from fabric.precision import Precision
 from fabric.utilities.apply import move_to_device
-from fabric.utilities.rank_zero import rank_zero_warn
-from fabric.utilities.rng import capture_rng_state, restore_rng_state
-from fabric.utilities.types import PathLike, ReduceOp, Stateful
+from fabric.utilities.types import PathLike, ReduceOp
 
 if TYPE_CHECKING:
+    from fabric.checkpoint.checkpoint_io import CheckpointIO
+    from fabric.checkpoint.pipeline import Checkpointer
     from fabric.launchers.launcher import Launcher
-
-#: key under which the precision plugin's state (e.g. the gradient scaler) is stored in checkpoints
-PRECISION_STATE_KEY = "__fabric_precision__"
-#: key under which each process's own state (random generators, dataloader positions) is stored
-PER_RANK_STATE_KEY = "__fabric_per_rank__"
 
 
 class Strategy(ABC):
@@ -58,6 +39,8 @@ class Strategy(ABC):
         self._accelerator = accelerator
         self._precision = precision if precision is not None else Precision()
         self._launcher: Launcher | None = None
+        self._checkpoint_io: CheckpointIO | None = None
+        self._checkpointer: Checkpointer | None = None
 
     # ---------------------------------------------------------------------- parts
     @property
@@ -203,237 +186,104 @@ class Strategy(ABC):
         return [obj]
 
     # ---------------------------------------------------------------- checkpoints
+    #: whether this strategy's processes each hold a shard (and read only their shard of a directory)
+    sharded_checkpoints: bool = False
+
+    @property
+    def checkpoint_layout(self) -> Literal["file", "sharded"]:
+        """``"file"``: one file written by global rank 0; ``"sharded"``: a directory, every process its shard."""
+        return "file"
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """How single-file checkpoints reach storage (``Fabric(plugins=[MyCheckpointIO()])`` replaces it)."""
+        if self._checkpoint_io is None:
+            from fabric.checkpoint.checkpoint_io import TorchCheckpointIO
+
+            self._checkpoint_io = TorchCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, checkpoint_io: CheckpointIO) -> None:
+        self._checkpoint_io = checkpoint_io
+
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """The save/load pipeline (:mod:`fabric.checkpoint.pipeline`), which asks this strategy's hooks below."""
+        if self._checkpointer is None:
+            from fabric.checkpoint.pipeline import Checkpointer
+
+            self._checkpointer = Checkpointer(self)
+        return self._checkpointer
+
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state of ``module`` for a single-file checkpoint (read on global rank 0)."""
         return module.state_dict()
 
-    def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
+        """The full, index-keyed state of ``optimizer`` (``module`` is the model it updates)."""
         return optimizer.state_dict()
 
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Load a full state dict into ``module``."""
         module.load_state_dict(state_dict, strict=strict)
 
     def load_optimizer_state_dict(
-        self, optimizer: Optimizer, value: dict[str, Any], state: dict[str, Any]
+        self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
     ) -> None:
         """Load a full optimizer state (index-keyed as ``optimizer.state_dict()``, or keyed by parameter name)."""
-        if is_name_keyed(value):
-            set_optimizer_state(
-                _owner_module(optimizer, state, "the checkpoint"), optimizer, value, full=False
-            )
+        if is_name_keyed(state_dict):
+            if module is None:
+                raise KeyError(
+                    f"This optimizer state is keyed by parameter names (from a sharded run), so loading it needs "
+                    f"the model {type(optimizer).__name__} updates: set both up with `fabric.setup(model, "
+                    f"optimizer)`, or put the model in the same `state`."
+                )
+            set_optimizer_state(module, optimizer, state_dict, full=False)
         else:
-            optimizer.load_state_dict(value)
+            optimizer.load_state_dict(state_dict)
 
     def save_checkpoint(
         self,
         path: PathLike,
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        owners: Mapping[Optimizer, Module] | None = None,
+        per_rank_keys: Collection[str] = (),
     ) -> None:
-        """Write ``state`` to one file, atomically, from global rank 0.
-
-        Each process's random state and dataloader positions are gathered into the file as well.
-        """
-        checkpoint = self._convert_state(state, filter or {})
-        per_rank = self.gather_object(_per_rank_state(state))
-        if self.is_global_zero:
-            checkpoint[PER_RANK_STATE_KEY] = per_rank
-            atomic_save(checkpoint, path)
+        """Write ``state`` in this strategy's layout (see :mod:`fabric.checkpoint.pipeline`)."""
+        self.checkpointer.save(path, state, filter=filter, owners=owners, per_rank_keys=per_rank_keys)
 
     def load_checkpoint(
         self,
         path: PathLike,
-        state: dict[str, Any] | Module | Optimizer | None = None,
+        state: dict[str, Any] | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,
-    ) -> dict[str, Any]:
-        """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it.
+        owners: Mapping[Optimizer, Module] | None = None,
+    ) -> Any:
+        """Restore ``state`` in place from any layout; return what the checkpoint holds beyond it."""
+        return self.checkpointer.load(
+            path, state, strict=strict, weights_only=weights_only, restore_rng=restore_rng, owners=owners
+        )
 
-        ``path`` is a single file (``save`` of a non-sharding strategy, or ``state_dict_type="full"``)
-        or a sharded directory; either loads into any strategy.
-        """
-        if isinstance(state, (Module, Optimizer)):
-            raise TypeError(
-                "Fabric.load(path, state): `state` must be a dict like {'model': model, ...}. To load a plain "
-                "state dict into one module or optimizer, use `Fabric.load_raw(path, obj)`."
-            )
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            path = resolve_checkpoint_path(path)  # recovers a directory a crashed save left aside
-        loaded: set[str] = set()
-        if is_sharded_checkpoint(path):
-            checkpoint, loaded = self._load_sharded_checkpoint(path, state, strict, weights_only)
-        else:
-            checkpoint = safe_load(path, map_location="cpu", weights_only=weights_only)
-            if not isinstance(checkpoint, dict):
-                raise TypeError(
-                    f"The checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of states. To "
-                    f"read a plain `torch.save` file of one module or optimizer, use `Fabric.load_raw`."
-                )
-        precision_state = checkpoint.pop(PRECISION_STATE_KEY, None)
-        if precision_state is not None:
-            self.precision.load_state_dict(precision_state)
-        per_rank = checkpoint.pop(PER_RANK_STATE_KEY, None)
-        if state is None:
-            return checkpoint
-        missing = [key for key in state if key not in checkpoint and key not in loaded]
-        if strict and missing:
-            raise KeyError(
-                f"The checkpoint '{path}' has no entry for {missing} requested in `state` (it holds "
-                f"{sorted(set(checkpoint) | loaded)}). Remove those keys from `state`, or pass strict=False to "
-                f"skip them."
-            )
-        for key, obj in state.items():
-            if key not in checkpoint or key in loaded:
-                continue
-            value = checkpoint.pop(key)
-            self._restore(obj, value, strict, key, state)
-        if per_rank is not None:
-            self._restore_per_rank(path, per_rank, state, restore_rng)
-        return checkpoint
-
-    #: whether this strategy's processes each hold a shard (and read only their shard of a directory)
-    sharded_checkpoints: bool = False
-
-    def _load_sharded_checkpoint(
-        self, directory: str, state: dict[str, Any] | None, strict: bool, weights_only: bool
-    ) -> tuple[dict[str, Any], set[str]]:
-        """Load the modules and optimizers of ``state`` from a sharded directory; return the rest."""
-        meta_path = os.path.join(directory, META_FILE)
-        meta = safe_load(meta_path, weights_only=weights_only) if os.path.exists(meta_path) else {}
-        if state is None:
-            return _read_whole_directory(directory, meta), set()
-        stored = saved_keys(directory)
-        targets: dict[str, Any] = {}
-        owners: dict[str, Module] = {}
-        for key, obj in state.items():
-            if key not in stored:
-                continue
-            if isinstance(obj, Module):
-                targets[key] = module_state(obj)
-            elif isinstance(obj, Optimizer):
-                owners[key] = _owner_module(obj, state, directory)
-                targets[key] = optimizer_state(owners[key], obj)
-        if targets:
-            load_sharded(targets, directory, distributed=self.sharded_checkpoints, strict=strict)
-        for key, value in targets.items():
-            obj = state[key]
-            if isinstance(obj, Module):
-                set_module_state(obj, value, strict=strict, full=False)
-            else:
-                set_optimizer_state(owners[key], obj, value, full=False)
-        return meta, set(targets)
-
-    def _restore_per_rank(
-        self, path: PathLike, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
+    def load_raw(
+        self,
+        path: PathLike,
+        obj: Module | Optimizer,
+        strict: bool = True,
+        weights_only: bool = True,
+        owner: Module | None = None,
     ) -> None:
-        """Give this process its own random state and dataloader positions back."""
-        if len(per_rank) != self.world_size:
-            rank_zero_warn(
-                f"The checkpoint '{path}' was written by {len(per_rank)} process(es) and is loaded by "
-                f"{self.world_size}: the random state is not restored and dataloaders continue from rank 0's "
-                f"position, so the resumed run will not repeat the original exactly."
-            )
-            return
-        mine = per_rank[self.global_rank]
-        for key, loader_state in mine["dataloaders"].items():
-            if key in state and isinstance(state[key], Stateful):
-                state[key].load_state_dict(loader_state)
-        if restore_rng:
-            restore_rng_state(mine["rng"])
-
-    def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
-        """Load a plain ``torch.save`` file of a state dict (or a module) into ``obj``."""
-        loaded = safe_load(path, map_location="cpu", weights_only=True)
-        if isinstance(loaded, Module):  # pragma: no cover - weights_only refuses pickled modules
-            loaded = loaded.state_dict()
-        if isinstance(obj, Module):
-            self.load_module_state_dict(obj, loaded, strict=strict)
-        elif isinstance(obj, Optimizer):
-            obj.load_state_dict(loaded)
-        else:
-            raise TypeError(
-                f"Fabric.load_raw(path, obj): `obj` must be a module or an optimizer, got "
-                f"{type(obj).__name__}. For other objects use `Fabric.load`."
-            )
-
-    def _convert_state(
-        self, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]]
-    ) -> dict[str, Any]:
-        unknown = set(filter) - set(state)
-        if unknown:
-            raise KeyError(
-                f"Fabric.save(filter=...) names {sorted(unknown)}, which are not keys of `state` "
-                f"({sorted(state)}). Filter keys must match the state's keys."
-            )
-        converted: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, Module):
-                value = self.get_module_state_dict(obj)
-            elif isinstance(obj, Optimizer):
-                value = self.get_optimizer_state(obj)
-            elif isinstance(obj, Stateful):
-                value = obj.state_dict()
-            else:
-                value = obj
-            if key in filter:
-                if not isinstance(value, dict):
-                    raise TypeError(
-                        f"Fabric.save(filter={{{key!r}: ...}}): `{key}` is not a dict or stateful."
-                    )
-                value = {k: v for k, v in value.items() if filter[key](k, v)}
-            converted[key] = value
-        precision_state = self.precision.state_dict()
-        if precision_state:
-            converted[PRECISION_STATE_KEY] = precision_state
-        return converted
-
-    def _restore(self, obj: Any, value: Any, strict: bool, key: str, state: dict[str, Any]) -> None:
-        if isinstance(obj, Module):
-            self.load_module_state_dict(obj, value, strict=strict)
-        elif isinstance(obj, Optimizer):
-            self.load_optimizer_state_dict(obj, value, state)
-        elif isinstance(obj, Stateful):
-            obj.load_state_dict(value)
-        else:
-            state[key] = value
+        """Load a plain ``torch.save`` file of a state dict into ``obj``."""
+        self.checkpointer.load_raw(path, obj, strict=strict, weights_only=weights_only, owner=owner)
 
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
         self.precision.teardown()
         if self._accelerator is not None:
             self._accelerator.teardown()
-
-
-def _owner_module(optimizer: Optimizer, state: dict[str, Any], where: str) -> Module:
-    """The module in ``state`` whose parameters ``optimizer`` updates."""
-    first = next((p for group in optimizer.param_groups for p in group["params"]), None)
-    for obj in state.values():
-        if isinstance(obj, Module) and any(p is first for p in obj.parameters()):
-            return obj
-    raise KeyError(
-        f"Loading an optimizer from {where} needs its model in the same `state` (e.g. "
-        f"{{'model': model, 'optimizer': optimizer}}): its state is stored by parameter name."
-    )
-
-
-def _read_whole_directory(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """Everything in a sharded directory as one dict of full tensors (for ``load(path)`` without state)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        target = os.path.join(scratch, "full.pt")
-        consolidate(directory, target)
-        return safe_load(target)
-
-
-def _per_rank_state(state: dict[str, Any]) -> dict[str, Any]:
-    from fabric.wrappers import _FabricDataLoader
-
-    return {
-        "rng": capture_rng_state(),
-        "dataloaders": {k: v.state_dict() for k, v in state.items() if isinstance(v, _FabricDataLoader)},
-    }
 
 
 class BackwardSyncControl(ABC):

@@ -28,6 +28,11 @@ def move_to_device(data: Any, device: torch.device) -> Any:
     return apply_to_collection(data, Tensor, _to_device, device)
 
 
+def move_data_to_device(batch: Any, device: torch.device | str | int) -> Any:
+    """Lightning's name: move every tensor (and module) in ``batch`` to ``device``."""
+    return move_to_device(batch, torch.device(device) if not isinstance(device, torch.device) else device)
+
+
 def _convert_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     return tensor.to(dtype) if torch.is_floating_point(tensor) else tensor
 

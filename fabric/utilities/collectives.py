@@ -1,11 +1,19 @@
-"""Applying a per-tensor collective over a nested collection, with a fast path for a bare tensor."""
+"""Collectives over nested collections, and the forms of them that the strategies do not cover.
+
+``Fabric.all_reduce``/``all_gather`` hand a bare tensor straight to the strategy. The rarer forms
+(an explicit process group, a raw ``torch.distributed.ReduceOp``, a gather that keeps the autograd
+graph) go through ``torch.distributed`` directly here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
+
+_REDUCE_NAMES = {"sum": "sum", "mean": "mean", "avg": "mean", "max": "max", "min": "min"}
 
 
 def apply_collective(data: Any, function: Callable[[Tensor], Tensor]) -> Any:
@@ -20,3 +28,94 @@ def apply_collective(data: Any, function: Callable[[Tensor], Tensor]) -> Any:
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(data, Tensor, function)
+
+
+def convert_to_tensors(data: Any, device: torch.device) -> Any:
+    """Python numbers and NumPy arrays in ``data`` as tensors on ``device`` (Lightning's conversion).
+
+    ``bool`` becomes ``uint8`` (NCCL cannot reduce ``bool``), ``int`` becomes ``int32`` and ``float``
+    becomes ``float32``, as Lightning converts them, so reduced values have the same dtypes.
+    """
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    from fabric.utilities.apply import move_to_device
+
+    data = apply_to_collection(data, bool, lambda v: torch.tensor(v, dtype=torch.uint8))
+    data = apply_to_collection(data, int, lambda v: torch.tensor(v, dtype=torch.int))
+    data = apply_to_collection(data, float, lambda v: torch.tensor(v, dtype=torch.float))
+    try:
+        import numpy as np
+    except ImportError:
+        pass
+    else:
+        data = apply_to_collection(data, np.ndarray, torch.from_numpy)
+    return move_to_device(data, device)
+
+
+def normalize_reduce_op(reduce_op: Any) -> Any:
+    """``reduce_op`` as one of our names (``"sum"``, ``"mean"``, ``"max"``, ``"min"``) where it is one.
+
+    A ``torch.distributed.ReduceOp`` with no such name (``PRODUCT``, ``BAND``, ...) is returned as it is.
+    """
+    if isinstance(reduce_op, str):
+        name = _REDUCE_NAMES.get(reduce_op.lower())
+        if name is None:
+            raise ValueError(
+                f"Fabric.all_reduce(reduce_op={reduce_op!r}): allowed 'sum', 'mean' ('avg'), 'max', 'min', or a "
+                f"torch.distributed.ReduceOp value."
+            )
+        return name
+    import torch.distributed as dist
+
+    by_op = {
+        dist.ReduceOp.SUM: "sum",
+        dist.ReduceOp.AVG: "mean",
+        dist.ReduceOp.MAX: "max",
+        dist.ReduceOp.MIN: "min",
+    }
+    if isinstance(reduce_op, (dist.ReduceOp.RedOpType, dist.ReduceOp)):
+        return by_op.get(reduce_op, reduce_op)  # type: ignore[arg-type]
+    raise TypeError(
+        f"Fabric.all_reduce(reduce_op={reduce_op!r}): expected a string ('sum', 'mean', 'max', 'min') or a "
+        f"torch.distributed.ReduceOp, got {type(reduce_op).__name__}."
+    )
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_in_group(tensor: Tensor, reduce_op: Any, group: Any | None, world_size: int) -> Tensor:
+    """All-reduce ``tensor`` within ``group`` with a name or a ``ReduceOp`` (a copy; the input is kept)."""
+    if not _distributed():
+        return tensor
+    import torch.distributed as dist
+
+    result = tensor.clone()
+    if reduce_op == "mean":
+        if not (torch.is_floating_point(result) or torch.is_complex(result)):
+            result = result.to(torch.get_default_dtype())
+        dist.all_reduce(result, op=dist.ReduceOp.SUM, group=group)
+        return result / dist.get_world_size(group)
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    dist.all_reduce(result, op=ops.get(reduce_op, reduce_op), group=group)
+    return result
+
+
+def all_gather_in_group(tensor: Tensor, group: Any | None, sync_grads: bool, world_size: int) -> Tensor:
+    """Stack ``tensor`` from every process of ``group``; with ``sync_grads`` the result is differentiable."""
+    if not _distributed():
+        return tensor.unsqueeze(0)
+    import torch.distributed as dist
+
+    tensor = tensor.contiguous()
+    if sync_grads:
+        from torch.distributed.nn.functional import all_gather
+
+        kwargs = {"group": group} if group is not None else {}
+        return torch.stack(all_gather(tensor, **kwargs))
+    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, tensor, group=group)
+    return torch.stack(gathered)

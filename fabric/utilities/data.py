@@ -7,25 +7,50 @@ arguments.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from fabric.utilities.seed import worker_init_function, workers_seeding_enabled
+from fabric.utilities.seed import global_seed, pl_worker_init_function, workers_seeding_enabled
 
 
 def prepare_dataloader(
     dataloader: DataLoader, sampler_kwargs: dict[str, Any] | None, global_rank: int
 ) -> DataLoader:
-    """Return ``dataloader`` ready for this process (the same object when nothing has to change)."""
+    """Return ``dataloader`` ready for this process (the same object when nothing has to change).
+
+    The distributed sampler is seeded with the :func:`~fabric.seed_everything` seed, as Lightning
+    seeds it: the same seed gives the same batches on each rank under both.
+    """
     needs_sampler = sampler_kwargs is not None and sampler_kwargs.get("num_replicas", 1) > 1
     needs_seeding = (
         workers_seeding_enabled() and dataloader.num_workers > 0 and dataloader.worker_init_fn is None
     )
     if not needs_sampler and not needs_seeding:
         return dataloader
-    from fabric.utilities.distributed_data import rebuild_dataloader
+    from fabric.utilities.distributed_data import rebuild_dataloader, with_worker_init_fn
 
-    worker_init_fn = partial(worker_init_function, rank=global_rank) if needs_seeding else None
-    return rebuild_dataloader(dataloader, sampler_kwargs if needs_sampler else None, worker_init_fn)
+    worker_init_fn = partial(pl_worker_init_function, rank=global_rank) if needs_seeding else None
+    if not needs_sampler:
+        assert worker_init_fn is not None
+        return with_worker_init_fn(dataloader, worker_init_fn)  # any DataLoader subclass
+    assert sampler_kwargs is not None
+    sampler_kwargs = {"seed": global_seed(), **sampler_kwargs}
+    return rebuild_dataloader(dataloader, sampler_kwargs, worker_init_fn)
+
+
+def suggested_max_num_workers(local_world_size: int) -> int:
+    """A number of DataLoader workers per process that keeps this machine's CPUs busy but not crowded.
+
+    The CPUs this process may run on, shared among the ``local_world_size`` processes of this machine,
+    less one for each process's main thread (the same rule as Lightning's); at least 1.
+    """
+    if local_world_size < 1:
+        raise ValueError(
+            f"suggested_max_num_workers(local_world_size={local_world_size}): pass the number of processes on "
+            f"this machine, at least 1 (e.g. `fabric.world_size // fabric.num_nodes`)."
+        )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // local_world_size - 1)

@@ -25,16 +25,21 @@ from torch.utils.data import (
 class DistributedSamplerWrapper(Sampler[int]):
     """Shard the indices produced by any sampler across processes.
 
-    Each epoch the wrapped sampler is iterated in full (with its own randomness, seeded by the epoch
-    so every process draws the same order) and process ``rank`` takes every ``num_replicas``-th
-    index, padded like ``DistributedSampler`` so all processes get the same count.
+    Each epoch the wrapped sampler is iterated in full, with torch's random generator seeded by
+    ``seed + epoch`` (the :func:`~fabric.seed_everything` seed, as ``DistributedSampler`` is seeded),
+    so every process draws the same order, a new one each epoch, and a different one for another
+    seed. Process ``rank`` takes every ``num_replicas``-th index, padded like ``DistributedSampler``
+    so all processes get the same count.
     """
 
-    def __init__(self, sampler: Sampler, num_replicas: int, rank: int, drop_last: bool = False) -> None:
+    def __init__(
+        self, sampler: Sampler, num_replicas: int, rank: int, drop_last: bool = False, seed: int = 0
+    ) -> None:
         self.sampler = sampler
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.seed = seed
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -51,7 +56,7 @@ class DistributedSamplerWrapper(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.epoch)
+            torch.manual_seed(self.seed + self.epoch)
             indices = list(self.sampler)
         per_rank = len(self)
         total = per_rank * self.num_replicas
@@ -70,6 +75,20 @@ def _distributed_sampler(dataloader: DataLoader, kwargs: dict[str, Any]) -> Samp
     if isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None:
         return DistributedSampler(dataloader.dataset, shuffle=True, **kwargs)  # type: ignore[arg-type]
     return DistributedSamplerWrapper(sampler, **kwargs)  # type: ignore[arg-type]
+
+
+def with_worker_init_fn(dataloader: DataLoader, worker_init_fn: Callable[[int], None]) -> DataLoader:
+    """A shallow copy of ``dataloader`` whose workers run ``worker_init_fn``; the user's loader is kept.
+
+    ``worker_init_fn`` is the one argument a DataLoader lets be set after construction, so this works
+    for any subclass of DataLoader, whose constructor arguments are unknown.
+    """
+    import copy
+
+    clone = copy.copy(dataloader)
+    clone.worker_init_fn = worker_init_fn
+    clone._iterator = None  # a persistent worker pool belongs to the original
+    return clone
 
 
 def rebuild_dataloader(

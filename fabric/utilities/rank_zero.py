@@ -9,11 +9,22 @@ only; strategies update it after their setup.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["global_rank", "rank_zero_debug", "rank_zero_info", "rank_zero_warn", "set_global_rank"]
+T = TypeVar("T")
+
+__all__ = [
+    "global_rank",
+    "rank_zero_debug",
+    "rank_zero_info",
+    "rank_zero_only",
+    "rank_zero_warn",
+    "set_global_rank",
+]
 
 
 def _rank_from_environment() -> int:
@@ -68,3 +79,21 @@ def rank_zero_debug(*args: Any, stacklevel: int = 5, **kwargs: Any) -> None:
     """``logging.debug`` on global rank 0 only."""
     if _rank == 0:
         _sync_lightning_rank().rank_zero_debug(*args, stacklevel=stacklevel, **kwargs)
+
+
+def rank_zero_only(function: Callable[..., T]) -> Callable[..., T | None]:
+    """Decorator: run ``function`` on global rank 0 only (elsewhere the call returns ``None``).
+
+    Example::
+
+        @rank_zero_only
+        def save_plots(): ...
+    """
+
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> T | None:
+        if _rank == 0:
+            return function(*args, **kwargs)
+        return None
+
+    return wrapped

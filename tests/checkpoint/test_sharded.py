@@ -26,16 +26,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric import Fabric
+from fabric.checkpoint.consolidate import consolidate
 from fabric.checkpoint.io import CheckpointError
 from fabric.checkpoint.sharded import (
+    checksum,
     commit_directory,
-    consolidate,
-    is_name_keyed,
-    optimizer_state_by_index,
-    optimizer_state_by_name,
+    files_to_record,
     resolve_checkpoint_path,
-    save_sharded,
+    save_shards,
+    write_manifest,
 )
+from fabric.checkpoint.states import is_name_keyed, optimizer_state_by_index, optimizer_state_by_name
 from tests.strategies.fsdp_scripts.common import Net, compare_state, fresh, full_parameters, section_errors
 from tests.strategies.multiprocess import REPO_ROOT, launch_env, read_rank_results, run_python
 
@@ -276,7 +277,8 @@ def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) ->
 def _write_directory(path: Path, value: float) -> None:
     tmp = path.parent / f".{path.name}.tmp-test"
     tmp.mkdir()
-    save_sharded({"model": {"w": torch.full((3,), value)}}, str(tmp))
+    save_shards({"model": {"w": torch.full((3,), value)}}, str(tmp))
+    write_manifest(str(tmp), {name: checksum(str(tmp / name)) for name in files_to_record(str(tmp))})
     commit_directory(str(tmp), path)
 
 

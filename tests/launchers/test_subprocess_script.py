@@ -138,3 +138,25 @@ def test_a_collective_one_rank_never_reaches_fails_after_the_timeout(tmp_path: P
     assert "0:00:05" in outcome["error"]  # the configured timeout, named in the message
     assert 4.5 < outcome["seconds"] < 20
     assert wait_until_gone(pids, timeout=5) == []
+
+
+CHDIR_SCRIPT = """
+import json, os, sys
+from fabric import Fabric
+
+os.chdir("work")  # relative, before launch: the other rank must start where this one did
+fabric = Fabric(accelerator="cpu", devices=2)
+fabric.launch()
+with open(f"rank{fabric.global_rank}.json", "w") as f:
+    json.dump({"cwd": os.getcwd(), "argv": sys.argv[1:]}, f)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_script_that_changes_directory_before_launch(tmp_path: Path) -> None:
+    (tmp_path / "work").mkdir()
+    (tmp_path / "train.py").write_text(CHDIR_SCRIPT)
+    run = run_python(["train.py", "--log", "x"], cwd=tmp_path, timeout=80)
+    assert run.returncode == 0, run.output
+    ranks = read_rank_results(tmp_path / "work", world_size=2)
+    assert ranks[0] == ranks[1] == {"cwd": str((tmp_path / "work").resolve()), "argv": ["--log", "x"]}

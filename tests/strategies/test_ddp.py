@@ -94,7 +94,7 @@ def test_all_reduce_nested_collections(ranks: list[dict[str, Any]]) -> None:
             "list0": [1, 10],
             "list1_0": [[3.0, 3.0], [3.0, 3.0]],
             "list1_1": "text",
-            "number": 7,
+            "number": 14,
         }
         assert c["nested_max"] == [1, 0]
 

@@ -199,7 +199,8 @@ def collectives(fabric: Fabric) -> dict[str, Any]:
         "list0": reduced["list"][0].tolist(),
         "list1_0": reduced["list"][1][0].tolist(),
         "list1_1": reduced["list"][1][1],
-        "number": reduced["number"],
+        # numbers are turned into tensors and reduced too, as in Lightning
+        "number": reduced["number"].item(),
     }
     out["nested_max"] = fabric.all_reduce({"a": [torch.tensor([rank, -rank])]}, reduce_op="max")["a"][
         0

@@ -1,0 +1,996 @@
+"""DeepSpeed ZeRO (stages 1, 2, 3, with CPU or NVMe offload) behind the strategy interface.
+
+The engine is DeepSpeed's own: this file builds its config from Lightning-style arguments (a user's
+config wins; a contradiction between the two is an error), starts it on the process group our
+parallel base created, routes ``backward`` and ``optimizer.step()`` through the engine, and writes
+DeepSpeed's checkpoint directory atomically together with our per-rank resume state.
+
+DeepSpeed runs on a CPU too: without oneCCL its CPU accelerator talks over gloo. It is imported only
+when a DeepSpeed strategy is set up, never by ``import fabric``.
+
+Checkpoint layout (a directory)::
+
+    ckpt/
+      latest, zero_to_fp32.py            # DeepSpeed's
+      checkpoint/                        # DeepSpeed's tag directory: model states, one optimizer
+        mp_rank_00_model_states.pt       # partition per rank (and, in stage 3, model partitions)
+        zero_pp_rank_0_mp_rank_00_optim_states.pt ...
+      meta.pt                            # ours: plain values, per-rank resume state, which keys
+                                         # named the model and the optimizer
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric.accelerators import Accelerator
+from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
+from fabric.environments import ClusterEnvironment
+from fabric.precision import Precision
+from fabric.precision.deepspeed import DeepSpeedPrecision
+from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
+from fabric.strategies.strategy import (
+    BackwardSyncControl,
+)
+from fabric.utilities.types import PathLike
+
+#: DeepSpeed's tag (sub-directory) inside our checkpoint directory
+TAG = "checkpoint"
+#: our file beside DeepSpeed's: plain values and per-rank resume state
+META_FILE = "meta.pt"
+#: key in meta.pt that says which state keys held the model and the optimizer
+DEEPSPEED_KEY = "__fabric_deepspeed__"
+
+_INSTALL_HINT = "pip install torch-fabric[deepspeed]"
+_NVME_DEFAULT = "/local_nvme"
+
+
+def deepspeed_available() -> bool:
+    """Whether ``import deepspeed`` can succeed (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("deepspeed") is not None
+    except (ValueError, ImportError):
+        return False
+
+
+class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
+    """ZeRO data parallelism with DeepSpeed: optimizer states (stage 1), gradients (2) and parameters (3)
+    sharded across processes, optionally offloaded to CPU memory or NVMe.
+
+    The arguments carry Lightning's names. Without ``config`` they build the DeepSpeed config; with a
+    ``config`` (a dict or the path of a JSON file) the config wins, arguments left at their default are
+    ignored, and an argument you changed that contradicts the config is a ``ValueError``. The Fabric
+    ``precision`` fills the config's ``fp16``/``bf16`` section.
+
+    Args:
+        stage: ZeRO stage 0 (plain data parallel), 1, 2 or 3.
+        offload_optimizer: keep optimizer states (and the fp32 master weights) in CPU memory; with a
+            torch optimizer this sets ``"zero_force_ds_cpu_optimizer": false`` so DeepSpeed accepts it.
+        offload_parameters: stage 3 only: keep the parameter partitions in CPU memory.
+        remote_device: where ``init_module`` under stage 3 creates the partitions (``"cpu"``, ``"nvme"``).
+        offload_params_device, offload_optimizer_device: ``"cpu"`` or ``"nvme"``.
+        nvme_path: the directory DeepSpeed swaps to when a device is ``"nvme"``.
+        pin_memory: pin offloaded CPU memory (useful only with a GPU).
+        contiguous_gradients, overlap_comm, allgather_partitions, reduce_scatter, allgather_bucket_size,
+        reduce_bucket_size, sub_group_size: the ZeRO settings of the same names.
+        loss_scale, initial_scale_power, loss_scale_window, hysteresis, min_loss_scale: float16 loss
+            scaling (``loss_scale=0`` is dynamic).
+        logging_batch_size_per_gpu: ``train_micro_batch_size_per_gpu`` for DeepSpeed's throughput logs.
+        config: a complete DeepSpeed config (dict or path to a JSON file).
+        logging_level: DeepSpeed's logger level.
+        exclude_frozen_parameters: leave parameters without gradients out of checkpoints.
+        timeout, start_method, process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+
+    Gradient accumulation and clipping are DeepSpeed's: set ``gradient_accumulation_steps`` and
+    ``gradient_clipping`` in ``config`` and call ``fabric.backward`` and ``optimizer.step()`` on every
+    micro-batch (the engine steps at every N-th call).
+
+    Example::
+
+        strategy = DeepSpeedStrategy(stage=3, offload_optimizer=True, offload_parameters=True)
+        fabric = Fabric(strategy=strategy, devices=2, precision="bf16-mixed")
+    """
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        zero_optimization: bool = True,
+        stage: int = 2,
+        remote_device: str | None = None,
+        offload_optimizer: bool = False,
+        offload_parameters: bool = False,
+        offload_params_device: str = "cpu",
+        nvme_path: str = _NVME_DEFAULT,
+        params_buffer_count: int = 5,
+        params_buffer_size: int = 100_000_000,
+        max_in_cpu: int = 1_000_000_000,
+        offload_optimizer_device: str = "cpu",
+        optimizer_buffer_count: int = 4,
+        pin_memory: bool = False,
+        sub_group_size: int = 1_000_000_000_000,
+        contiguous_gradients: bool = True,
+        overlap_comm: bool = True,
+        allgather_partitions: bool = True,
+        reduce_scatter: bool = True,
+        allgather_bucket_size: int = 200_000_000,
+        reduce_bucket_size: int = 200_000_000,
+        zero_allow_untested_optimizer: bool = True,
+        logging_batch_size_per_gpu: int = 1,
+        config: PathLike | dict[str, Any] | None = None,
+        logging_level: int = logging.WARN,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        loss_scale: float = 0,
+        initial_scale_power: int = 16,
+        loss_scale_window: int = 1000,
+        hysteresis: int = 2,
+        min_loss_scale: int = 1,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta = DEFAULT_TIMEOUT,
+        start_method: str = "popen",
+        exclude_frozen_parameters: bool = False,
+    ) -> None:
+        if not deepspeed_available():
+            raise ModuleNotFoundError(
+                f"DeepSpeedStrategy needs the `deepspeed` package, which is not installed. Install it with "
+                f"`{_INSTALL_HINT}` (on a machine without CUDA: `DS_BUILD_OPS=0 {_INSTALL_HINT}`), or choose "
+                f"another strategy such as 'fsdp' or 'ddp'."
+            )
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            precision=None,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+        )
+        if precision is not None:
+            self.precision = precision
+        arguments = dict(
+            zero_optimization=zero_optimization,
+            stage=stage,
+            remote_device=remote_device,
+            offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters,
+            offload_params_device=offload_params_device,
+            nvme_path=nvme_path,
+            params_buffer_count=params_buffer_count,
+            params_buffer_size=params_buffer_size,
+            max_in_cpu=max_in_cpu,
+            offload_optimizer_device=offload_optimizer_device,
+            optimizer_buffer_count=optimizer_buffer_count,
+            pin_memory=pin_memory,
+            sub_group_size=sub_group_size,
+            contiguous_gradients=contiguous_gradients,
+            overlap_comm=overlap_comm,
+            allgather_partitions=allgather_partitions,
+            reduce_scatter=reduce_scatter,
+            allgather_bucket_size=allgather_bucket_size,
+            reduce_bucket_size=reduce_bucket_size,
+            zero_allow_untested_optimizer=zero_allow_untested_optimizer,
+            logging_batch_size_per_gpu=logging_batch_size_per_gpu,
+            loss_scale=loss_scale,
+            initial_scale_power=initial_scale_power,
+            loss_scale_window=loss_scale_window,
+            hysteresis=hysteresis,
+            min_loss_scale=min_loss_scale,
+        )
+        _check_arguments(arguments)
+        user_config = _read_config(config)
+        self.config: dict[str, Any] = _merge_config(_config_from_arguments(arguments), user_config, arguments)
+        # float16 loss-scale settings: added to the config's "fp16" section only when float16 is used
+        self._loss_scale: dict[str, Any] = self.config.pop("__loss_scale__", {})
+        self.logging_level = logging_level
+        self.remote_device = remote_device
+        self.exclude_frozen_parameters = exclude_frozen_parameters
+        # Weak: a model the user dropped (e.g. rebuilt to resume from a checkpoint) is not kept alive by us.
+        self._engines: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._optimizer_engines: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._forwarded: dict[int, Any] = {}  # engines that ran forward since the last backward
+        self._hooked: set[int] = set()
+        self._forward_hooks_on = False
+
+    # ----------------------------------------------------------------- precision
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: Precision) -> None:
+        """Accept the precision the connector resolved from the Fabric's ``precision`` string.
+
+        DeepSpeed does mixed precision itself, so any plugin is replaced by the DeepSpeed plugin of the
+        same name; an unsupported name fails here, before any process starts.
+        """
+        if not isinstance(precision, DeepSpeedPrecision):
+            if type(precision) not in _CONVERTIBLE_PRECISIONS():
+                raise TypeError(
+                    f"DeepSpeedStrategy cannot use the precision plugin {type(precision).__name__}: DeepSpeed does "
+                    f"mixed precision itself. Pass Fabric(precision='32-true' | 'bf16-mixed' | '16-mixed' | "
+                    f"'bf16-true' | '16-true') instead."
+                )
+            precision = DeepSpeedPrecision(precision.precision)
+        self._precision = precision
+
+    def _deepspeed_precision(self) -> DeepSpeedPrecision:
+        # The default plain precision stays as it is until the connector had its say (it replaces only
+        # a plain default); after that it is converted like any other.
+        if not isinstance(self._precision, DeepSpeedPrecision):
+            self.precision = self._precision
+        assert isinstance(self._precision, DeepSpeedPrecision)
+        return self._precision
+
+    @property
+    def zero_stage(self) -> int:
+        section = self.config.get("zero_optimization") or {}
+        return int(section.get("stage", 0)) if isinstance(section, Mapping) else 0
+
+    def _engine_config(self) -> dict[str, Any]:
+        """The config given to DeepSpeed: ours plus the precision's section (a contradiction is an error)."""
+        config = json.loads(json.dumps(self.config))  # a deep copy DeepSpeed may change freely
+        precision = self._deepspeed_precision()
+        wanted = precision.config_section()
+        for section in ("fp16", "bf16"):
+            enabled_in_config = bool((config.get(section) or {}).get("enabled", False))
+            if enabled_in_config and section not in wanted:
+                raise ValueError(
+                    f"The DeepSpeed config enables '{section}', but Fabric(precision={precision.precision!r}). "
+                    f"Pass Fabric(precision={'16-mixed' if section == 'fp16' else 'bf16-mixed'!r}), or remove "
+                    f"'{section}' from the config."
+                )
+        for section, value in wanted.items():
+            config[section] = {**value, **(config.get(section) or {}), "enabled": True}
+        if "fp16" in wanted:
+            for key, default in _LOSS_SCALE_DEFAULTS.items():
+                config["fp16"].setdefault(key, self._loss_scale.get(key, default))
+        # DeepSpeed clips at norm 1.0 unless told otherwise; a Fabric loop clips only when asked.
+        config.setdefault("gradient_clipping", 0.0)
+        return config
+
+    # ---------------------------------------------------------------------- setup
+    def setup_environment(self) -> None:
+        if self.root_device.type == "cpu":
+            # Without it DeepSpeed probes for accelerators and warns; the value only names the CPU backend.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        self._deepspeed_precision()
+        super().setup_environment()
+        import deepspeed
+
+        # DeepSpeed adopts the process group created above instead of starting its own.
+        deepspeed.init_distributed(
+            dist_backend=self.process_group_backend, auto_mpi_discovery=False, timeout=self._timeout
+        )
+        logging.getLogger("DeepSpeed").setLevel(self.logging_level)
+        self._check_dtype_support()
+
+    def _check_dtype_support(self) -> None:
+        """DeepSpeed refuses a dtype its accelerator lacks only when the engine is built: say so up front."""
+        from deepspeed.accelerator import get_accelerator
+
+        precision = self._deepspeed_precision()
+        accelerator = get_accelerator()
+        dtype = precision.param_dtype
+        supported = {
+            torch.float16: accelerator.is_fp16_supported,
+            torch.bfloat16: accelerator.is_bf16_supported,
+        }.get(dtype)
+        if supported is not None and not supported():
+            other = "'bf16-mixed'" if dtype is torch.float16 else "'32-true'"
+            raise ValueError(
+                f"Fabric(precision={precision.precision!r}) with DeepSpeed: DeepSpeed's "
+                f"{accelerator.device_name()} accelerator does not support {dtype} on this machine (on a CPU, "
+                f"float16 needs oneDNN fp16 support, e.g. AVX512-FP16 or AMX-FP16). Use precision={other}."
+            )
+
+    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
+        """Under stage 3, ``empty_init=True`` (or ``None``) creates each parameter partitioned from the start.
+
+        ``deepspeed.zero.Init`` runs every module's normal initialization, then keeps only this
+        process's partition, so the model never exists whole in one process. ``empty_init=False``
+        creates the whole model (partitioned at ``setup``).
+        """
+        if self.zero_stage != 3 or empty_init is False:
+            return super().module_init_context(empty_init=empty_init)
+        import deepspeed
+
+        stack = ExitStack()
+        stack.enter_context(self.precision.module_init_context())
+        stack.enter_context(
+            deepspeed.zero.Init(
+                config_dict_or_path=self._engine_config(),
+                remote_device=self.remote_device,
+                pin_memory=bool(self.config["zero_optimization"].get("offload_param", {}).get("pin_memory")),
+            )
+        )
+        return stack
+
+    def module_to_device(self, module: Module) -> None:
+        if _is_partitioned(module):
+            return  # zero.Init placed the partitions already
+        module.to(self.root_device)
+
+    def setup_module_and_optimizers(
+        self, module: Module, optimizers: list[Optimizer]
+    ) -> tuple[Module, list[Any]]:
+        """Build the DeepSpeed engine of ``module`` and its optimizer; return the engine and DeepSpeed's optimizer.
+
+        One engine holds one model and at most one optimizer. When the config names an optimizer
+        (``"optimizer": {"type": "Adam", ...}``) DeepSpeed creates it (e.g. its CPU Adam under
+        offload), and ``fabric.setup(model)`` returns ``(model, optimizer)``.
+        """
+        if len(optimizers) > 1:
+            raise ValueError(
+                f"DeepSpeedStrategy: fabric.setup() got {len(optimizers)} optimizers; a DeepSpeed engine drives one "
+                f"model and one optimizer. Combine the parameter groups into one optimizer, or set up each model "
+                f"with its own optimizer in separate `fabric.setup(model, optimizer)` calls."
+            )
+        optimizer = optimizers[0] if optimizers else None
+        if optimizer is not None and "optimizer" in self.config:
+            raise ValueError(
+                f"DeepSpeedStrategy: the config names an optimizer ({self.config['optimizer'].get('type')!r}) and "
+                f"fabric.setup() got a {type(optimizer).__name__} too. Either remove 'optimizer' from the config, "
+                f"or call `model, optimizer = fabric.setup(model)` and DeepSpeed creates it."
+            )
+        if id(module) in self._engines:
+            raise ValueError("DeepSpeedStrategy: this model was already set up; set it up once.")
+        import deepspeed
+
+        config = self._engine_config()
+        if optimizer is not None and _offloads_optimizer(config):
+            # DeepSpeed refuses a torch optimizer under offload unless told that it is meant.
+            config.setdefault("zero_force_ds_cpu_optimizer", False)
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            model=module,
+            optimizer=optimizer,
+            model_parameters=None
+            if optimizer is not None
+            else [p for p in module.parameters() if p.requires_grad],
+            config=config,
+            dist_init_required=False,
+        )
+        self._engines[id(module)] = engine
+        if len(self._engines) > 1 or self._forward_hooks_on:
+            # Only with several engines must `backward` tell which one ran; one engine costs no hook.
+            for other in self._engines.values():
+                if id(other) not in self._hooked:
+                    other.register_forward_pre_hook(self._note_forward)
+                    self._hooked.add(id(other))
+            self._forward_hooks_on = True
+        if ds_optimizer is None:
+            return engine, []
+        self._optimizer_engines[id(ds_optimizer)] = engine
+        return engine, [ds_optimizer]
+
+    def setup_module(self, module: Module) -> Module:
+        """A model without optimizer: an engine for inference (no optimizer may be set up for it later)."""
+        engine, optimizers = self.setup_module_and_optimizers(module, [])
+        if optimizers:
+            raise ValueError(
+                "DeepSpeedStrategy: the config names an optimizer; set the model up with `model, optimizer = "
+                "fabric.setup(model)` to receive it."
+            )
+        return engine
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        raise NotImplementedError(
+            "DeepSpeedStrategy builds the model and its optimizer together into one engine: call "
+            "`model, optimizer = fabric.setup(model, optimizer)` instead of `setup_module` + `setup_optimizers`."
+        )
+
+    # ---------------------------------------------------------------------- steps
+    def _engine_for_backward(self, module: Module | None) -> Any:
+        if module is not None:
+            if _is_engine(module):
+                return module
+            engine = self._engines.get(id(module))
+            if engine is not None:
+                return engine
+            raise ValueError(
+                f"fabric.backward(loss, model=...): the model ({type(module).__name__}) was not set up by this "
+                f"DeepSpeedStrategy. Pass the model returned by `fabric.setup`."
+            )
+        if len(self._engines) == 1:
+            return next(iter(self._engines.values()))
+        if not self._engines:
+            raise RuntimeError(
+                "fabric.backward(): no model was set up. Call `fabric.setup(model, optimizer)` first; the DeepSpeed "
+                "engine runs the backward pass."
+            )
+        if len(self._forwarded) == 1:
+            # Several engines exist (e.g. a model rebuilt to resume), but only one ran since the last backward.
+            return next(iter(self._forwarded.values()))
+        raise ValueError(
+            f"fabric.backward(loss): {len(self._engines)} DeepSpeed models are set up and "
+            f"{len(self._forwarded)} of them ran since the last backward; say which one the loss belongs to: "
+            f"`fabric.backward(loss, model=model)`."
+        )
+
+    def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
+        """The engine's backward: scales the loss (fp16, accumulation) and reduces gradients as ZeRO needs."""
+        engine = self._engine_for_backward(module)
+        self._forwarded.clear()
+        engine.backward(tensor, *args, **kwargs)
+
+    def _note_forward(self, engine: Module, args: Any) -> None:
+        self._forwarded[id(engine)] = engine
+
+    def optimizer_step(self, optimizer: Any, **kwargs: Any) -> Any:
+        """The engine's step: unscales, clips (``gradient_clipping``), steps at the accumulation boundary, zeroes."""
+        engine = self._optimizer_engines.get(id(optimizer))
+        if engine is None:
+            raise ValueError(
+                f"DeepSpeedStrategy: {type(optimizer).__name__} is not the optimizer of a DeepSpeed engine. Use the "
+                f"optimizer returned by `fabric.setup(model, optimizer)`."
+            )
+        if kwargs.get("closure") is not None:
+            raise TypeError(
+                "DeepSpeedStrategy: optimizer.step(closure) is not supported; the engine runs backward and step "
+                "itself. Call `fabric.backward(loss)` and then `optimizer.step()`."
+            )
+        return engine.step()
+
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+        if not enabled:
+            return nullcontext()
+        raise NotImplementedError(
+            "DeepSpeedStrategy: no_backward_sync is not supported; DeepSpeed accumulates gradients itself. Set "
+            "`gradient_accumulation_steps` in the DeepSpeed config (DeepSpeedStrategy(config={..., "
+            "'gradient_accumulation_steps': N})), remove `fabric.no_backward_sync`, and call `fabric.backward(loss)` "
+            "and `optimizer.step()` on every micro-batch: the engine steps the optimizer on every N-th call."
+        )
+
+    def clip_gradients_norm(
+        self,
+        module: Module,
+        optimizer: Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = True,
+    ) -> Tensor:
+        raise NotImplementedError(
+            f"DeepSpeedStrategy: fabric.clip_gradients(max_norm={max_norm}) is not supported; DeepSpeed clips inside "
+            f"its optimizer step. Set it in the config instead: DeepSpeedStrategy(config={{..., "
+            f"'gradient_clipping': {max_norm}}}), and remove the `fabric.clip_gradients` call."
+        )
+
+    def clip_gradients_value(self, module: Module, optimizer: Optimizer, clip_val: float) -> None:
+        raise NotImplementedError(
+            f"DeepSpeedStrategy: fabric.clip_gradients(clip_val={clip_val}) is not supported; DeepSpeed clips only "
+            f"by norm, inside its optimizer step. Set 'gradient_clipping' (a max norm) in the DeepSpeed config and "
+            f"remove the `fabric.clip_gradients` call."
+        )
+
+    # ---------------------------------------------------------------- checkpoints
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict of ``module`` on every process (stage 3 gathers the partitions first)."""
+        if _is_engine(module):
+            module = module.module  # type: ignore[assignment]
+        if not _is_partitioned(module):
+            return module.state_dict()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Load a full state dict; under ZeRO the optimizer's fp32 master copy is refreshed from it."""
+        engine = self._engines.get(id(module))
+        target = engine.module if engine is not None else module
+        if _is_partitioned(target):
+            import deepspeed
+
+            # Every process holds the full file: each loads it into the gathered parameters and keeps
+            # its own partition when the context ends.
+            with deepspeed.zero.GatheredParameters(list(target.parameters()), modifier_rank=0):
+                if self.is_global_zero:
+                    target.load_state_dict(state_dict, strict=strict)
+                else:
+                    _check_keys(target, state_dict, strict)
+        else:
+            target.load_state_dict(state_dict, strict=strict)
+        optimizer = getattr(engine, "optimizer", None) if engine is not None else None
+        refresh = getattr(optimizer, "refresh_fp32_params", None)
+        if callable(refresh):
+            refresh()
+
+    def save_checkpoint(
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        owners: Mapping[Optimizer, Module] | None = None,
+        per_rank_keys: Collection[str] = (),
+    ) -> None:
+        """Write DeepSpeed's checkpoint directory plus ``meta.pt`` and a manifest, atomically.
+
+        The engine writes its partitions on every process; the pipeline does the rest as for any
+        checkpoint directory (written beside ``path``, checksummed, swapped in when complete).
+        ``state`` must hold the one DeepSpeed model (and may hold its optimizer); everything else goes
+        into ``meta.pt``, with each process's random state and dataloader positions.
+        """
+        from fabric.checkpoint.pipeline import convert_plain
+
+        filter = filter or {}
+        engine, module_key, optimizer_key, rest = self._split_state(state)
+        bad_filter = [k for k in filter if k in (module_key, optimizer_key)]
+        if bad_filter:
+            raise ValueError(
+                f"Fabric.save(filter=...) names {bad_filter}: with DeepSpeed the model and optimizer are saved "
+                f"whole by the engine and cannot be filtered. Filter only plain entries of `state`."
+            )
+        meta = convert_plain(rest, filter)
+        meta.update(self.checkpointer.resume_state(state, per_rank_keys))
+        meta[DEEPSPEED_KEY] = {"module": module_key, "optimizer": optimizer_key, "stage": self.zero_stage}
+
+        def write_engine(tmp: str) -> None:
+            engine.save_checkpoint(
+                tmp, tag=TAG, save_latest=True, exclude_frozen_parameters=self.exclude_frozen_parameters
+            )
+
+        self.checkpointer.write_directory(os.fspath(path), write_engine, meta)
+
+    def load_checkpoint(
+        self,
+        path: PathLike,
+        state: dict[str, Any] | None = None,
+        strict: bool = True,
+        weights_only: bool = True,
+        restore_rng: bool = True,
+        owners: Mapping[Optimizer, Module] | None = None,
+    ) -> Any:
+        """Load a DeepSpeed checkpoint directory, or a full single file (model weights and plain values)."""
+        path = os.fspath(path)
+        if os.path.isfile(path) or state is None or not isinstance(state, dict):
+            # A single file (e.g. consolidated, or written by another strategy): the generic loader
+            # restores the model through `load_module_state_dict`; the optimizer cannot be mapped
+            # onto ZeRO's partitions.
+            if isinstance(state, dict) and os.path.isfile(path):
+                self._refuse_full_optimizer(state)
+            if state is None and not os.path.isfile(path):
+                return _read_whole_checkpoint(resolve_deepspeed_checkpoint(path), weights_only)
+            return super().load_checkpoint(path, state, strict, weights_only, restore_rng, owners)
+        directory = resolve_deepspeed_checkpoint(path)
+        engine, module_key, optimizer_key, _ = self._split_state(state)
+        self.checkpointer.verify_directory(directory)
+        if weights_only:
+            check_engine_files(directory)
+        meta = self.checkpointer.read_meta(directory, weights_only)
+        meta.pop(DEEPSPEED_KEY, None)
+        load_path, _ = engine.load_checkpoint(
+            directory,
+            tag=TAG,
+            load_module_strict=strict,
+            load_optimizer_states=optimizer_key is not None,
+            load_lr_scheduler_states=False,
+            load_module_only=optimizer_key is None,
+        )
+        if load_path is None:
+            raise CheckpointError(
+                f"DeepSpeed found no checkpoint in '{directory}' (tag '{TAG}'). Pass a directory written by "
+                f"`fabric.save` under DeepSpeedStrategy."
+            )
+        restored = [k for k in (module_key, optimizer_key) if k is not None]
+        return self.checkpointer.restore(directory, meta, state, restored, strict=strict, restore_rng=restore_rng)
+
+    def _refuse_full_optimizer(self, state: dict[str, Any]) -> None:
+        for key, obj in state.items():
+            if id(obj) in self._optimizer_engines:
+                raise CheckpointError(
+                    f"DeepSpeedStrategy: loading the optimizer `{key}` from a single full file is not supported: "
+                    f"ZeRO keeps its optimizer state in its own partitioned layout. Load only the model (and plain "
+                    f"values) from the file, e.g. fabric.load(path, {{'model': model}}), or resume from a "
+                    f"DeepSpeed checkpoint directory."
+                )
+
+    def _split_state(self, state: dict[str, Any]) -> tuple[Any, str, str | None, dict[str, Any]]:
+        """The one engine in ``state``, the keys of its model and optimizer, and everything else."""
+        module_keys = [k for k, v in state.items() if id(v) in self._engines or _is_engine(v)]
+        optimizer_keys = [k for k, v in state.items() if id(v) in self._optimizer_engines]
+        if len(module_keys) != 1:
+            raise ValueError(
+                f"DeepSpeedStrategy: `state` must hold exactly one model set up with DeepSpeed to save or load a "
+                f"checkpoint; it holds {len(module_keys)} ({module_keys}). Save each model to its own path."
+            )
+        module = state[module_keys[0]]
+        engine = module if _is_engine(module) else self._engines[id(module)]
+        optimizer_key = None
+        for key in optimizer_keys:
+            if self._optimizer_engines[id(state[key])] is not engine:
+                raise ValueError(
+                    f"DeepSpeedStrategy: the optimizer `{key}` belongs to another model than `{module_keys[0]}`; "
+                    f"save each model with its own optimizer."
+                )
+            optimizer_key = key
+        others = [k for k, v in state.items() if isinstance(v, (Module, Optimizer)) and k not in module_keys]
+        others = [k for k in others if k != optimizer_key]
+        if others:
+            raise ValueError(
+                f"DeepSpeedStrategy: `state` holds {others}, models or optimizers not set up with this DeepSpeed "
+                f"engine. Save them separately, or set them up with `fabric.setup`."
+            )
+        rest = {k: v for k, v in state.items() if k not in module_keys and k != optimizer_key}
+        return engine, module_keys[0], optimizer_key, rest
+
+    def load_raw(
+        self,
+        path: PathLike,
+        obj: Module | Optimizer,
+        strict: bool = True,
+        weights_only: bool = True,
+        owner: Module | None = None,
+    ) -> None:
+        if isinstance(obj, Module):
+            super().load_raw(path, obj, strict=strict, weights_only=weights_only)
+            return
+        raise NotImplementedError(
+            "DeepSpeedStrategy: load_raw of an optimizer is not supported (ZeRO partitions its state); resume the "
+            "optimizer from a DeepSpeed checkpoint directory with `fabric.load`."
+        )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def is_deepspeed_checkpoint(path: PathLike) -> bool:
+    """Whether ``path`` is a checkpoint directory written by :class:`DeepSpeedStrategy`."""
+    return (
+        os.path.isdir(path)
+        and os.path.isdir(os.path.join(path, TAG))
+        and os.path.isfile(os.path.join(path, META_FILE))
+    )
+
+
+def resolve_deepspeed_checkpoint(path: PathLike) -> str:
+    """``path``, or the previous version that a save killed between its two renames left aside."""
+    import glob
+
+    from fabric.checkpoint.sharded import _OLD_TAG
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        parent, name = os.path.split(path)
+        olds = sorted(
+            glob.glob(os.path.join(parent, f".{glob.escape(name)}{_OLD_TAG}*")), key=os.path.getmtime
+        )
+        olds = [o for o in olds if is_deepspeed_checkpoint(o)]
+        if not olds:
+            raise FileNotFoundError(f"No checkpoint at '{path}'.")
+        path = olds[-1]
+    if not is_deepspeed_checkpoint(path):
+        raise CheckpointError(
+            f"'{path}' is not a DeepSpeed checkpoint directory written by Fabric (it needs '{TAG}/' and "
+            f"'{META_FILE}'). Pass the directory `fabric.save` wrote under DeepSpeedStrategy."
+        )
+    return path
+
+
+def _read_meta(directory: str, weights_only: bool) -> dict[str, Any]:
+    from fabric.checkpoint.pipeline import Checkpointer
+
+    return Checkpointer.read_meta(directory, weights_only)
+
+
+def _read_whole_checkpoint(directory: str, weights_only: bool = True) -> dict[str, Any]:
+    """Everything in a DeepSpeed directory as one dict of full tensors (``fabric.load(path)`` without state)."""
+    import tempfile
+
+    from fabric.checkpoint.pipeline import RESERVED_KEYS
+
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "full.pt")
+        consolidate_deepspeed(directory, target, weights_only=weights_only)
+        checkpoint = safe_load(target, map_location="cpu")
+    for key in RESERVED_KEYS:
+        checkpoint.pop(key, None)
+    return checkpoint
+
+
+#: what DeepSpeed's own checkpoint files may reference beyond tensors and containers
+_DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.checkpoint.constants",
+)
+
+
+def check_engine_files(directory: str) -> None:
+    """Refuse a DeepSpeed directory whose files hold more than tensors, containers and DeepSpeed's own records.
+
+    DeepSpeed reads its files with ``torch.load(weights_only=False)``, so a crafted file would run code.
+    Each file is first opened with ``torch.load(weights_only=True)``, admitting only the few DeepSpeed
+    classes its checkpoints contain; anything else is an error before DeepSpeed reads a byte.
+    """
+    import torch.serialization
+
+    root = os.path.join(directory, TAG)
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            continue
+        unsafe = [
+            g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            if not g.startswith(_DEEPSPEED_SAFE_GLOBALS)
+        ]
+        if unsafe:
+            raise CheckpointError(
+                f"The DeepSpeed checkpoint file '{path}' references Python objects beyond DeepSpeed's own checkpoint "
+                f"records ({', '.join(sorted(unsafe))}); loading it could run code, so it was refused. If, and only "
+                f"if, you trust the source of this checkpoint, load it with `weights_only=False`."
+            )
+
+
+def consolidate_deepspeed(directory: PathLike, output: PathLike, weights_only: bool = True) -> None:
+    """Turn a DeepSpeed checkpoint directory into one file that ``torch.load`` and any strategy's ``Fabric.load`` read.
+
+    The model's weights are merged from the ZeRO partitions into full float32 tensors (DeepSpeed's
+    ``get_fp32_state_dict_from_zero_checkpoint``) and stored under the key the model had in
+    ``fabric.save``'s state; the plain values and the per-rank resume state come along. The optimizer
+    state is not consolidated (ZeRO's layout is its own): resume the optimizer from the directory.
+    Runs on one process, without a process group.
+    """
+    if not deepspeed_available():
+        raise ModuleNotFoundError(
+            f"Consolidating a DeepSpeed checkpoint needs the `deepspeed` package to read ZeRO's partitions: "
+            f"`{_INSTALL_HINT}`."
+        )
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from fabric.checkpoint.pipeline import check_directory_alone
+
+    directory = resolve_deepspeed_checkpoint(directory)
+    check_directory_alone(directory)
+    if weights_only:
+        check_engine_files(directory)
+    meta = _read_meta(directory, weights_only=weights_only)
+    info = meta.pop(DEEPSPEED_KEY, {}) or {}
+    module_key = info.get("module") or "model"
+    weights = get_fp32_state_dict_from_zero_checkpoint(directory, tag=TAG)
+    checkpoint = dict(meta)
+    checkpoint[module_key] = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+    atomic_save(checkpoint, output)
+
+
+# --------------------------------------------------------------------------- config
+_LOSS_SCALE_DEFAULTS = {
+    "loss_scale": 0,
+    "initial_scale_power": 16,
+    "loss_scale_window": 1000,
+    "hysteresis": 2,
+    "min_loss_scale": 1,
+}
+_DEVICES = ("cpu", "nvme")
+
+
+def _CONVERTIBLE_PRECISIONS() -> tuple[type, ...]:
+    from fabric.precision import MixedPrecision, TruePrecision
+
+    return (Precision, MixedPrecision, TruePrecision)
+
+
+def _check_arguments(arguments: dict[str, Any]) -> None:
+    if arguments["stage"] not in (0, 1, 2, 3):
+        raise ValueError(f"DeepSpeedStrategy(stage={arguments['stage']!r}): allowed 0, 1, 2, 3.")
+    for name in ("offload_params_device", "offload_optimizer_device"):
+        if arguments[name] not in _DEVICES:
+            raise ValueError(f"DeepSpeedStrategy({name}={arguments[name]!r}): allowed 'cpu' or 'nvme'.")
+    if arguments["remote_device"] not in (None, *_DEVICES):
+        raise ValueError(
+            f"DeepSpeedStrategy(remote_device={arguments['remote_device']!r}): allowed None, 'cpu' or 'nvme'."
+        )
+    if arguments["offload_parameters"] and arguments["stage"] != 3:
+        raise ValueError(
+            f"DeepSpeedStrategy(offload_parameters=True, stage={arguments['stage']}): parameters are offloaded only "
+            f"in ZeRO stage 3. Pass stage=3, or offload_optimizer=True alone."
+        )
+    if arguments["offload_optimizer"] and arguments["stage"] == 0:
+        raise ValueError(
+            "DeepSpeedStrategy(offload_optimizer=True, stage=0): offload needs ZeRO (stage 1, 2 or 3)."
+        )
+
+
+def _read_config(config: PathLike | dict[str, Any] | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    if isinstance(config, Mapping):
+        return json.loads(json.dumps(dict(config)))
+    if isinstance(config, (str, os.PathLike)):
+        if not os.path.isfile(config):
+            raise FileNotFoundError(
+                f"DeepSpeedStrategy(config={os.fspath(config)!r}): no such file. Pass a dict or the path of a "
+                f"DeepSpeed JSON config."
+            )
+        with open(config) as file:
+            loaded = json.load(file)
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"DeepSpeedStrategy(config={os.fspath(config)!r}): the JSON must hold an object."
+            )
+        return loaded
+    raise TypeError(
+        f"DeepSpeedStrategy(config={config!r}): pass a dict or the path of a JSON file, got {type(config).__name__}."
+    )
+
+
+def _config_from_arguments(a: dict[str, Any]) -> dict[str, Any]:
+    """The config the arguments describe (Lightning's mapping of the same arguments)."""
+    zero: dict[str, Any] = {
+        "stage": a["stage"],
+        "contiguous_gradients": a["contiguous_gradients"],
+        "overlap_comm": a["overlap_comm"],
+        "allgather_partitions": a["allgather_partitions"],
+        "reduce_scatter": a["reduce_scatter"],
+        "allgather_bucket_size": a["allgather_bucket_size"],
+        "reduce_bucket_size": a["reduce_bucket_size"],
+        "sub_group_size": a["sub_group_size"],
+    }
+    if a["offload_optimizer"]:
+        zero["offload_optimizer"] = {
+            "device": a["offload_optimizer_device"],
+            "nvme_path": a["nvme_path"],
+            "buffer_count": a["optimizer_buffer_count"],
+            "pin_memory": a["pin_memory"],
+        }
+    if a["offload_parameters"]:
+        zero["offload_param"] = {
+            "device": a["offload_params_device"],
+            "nvme_path": a["nvme_path"],
+            "buffer_count": a["params_buffer_count"],
+            "buffer_size": a["params_buffer_size"],
+            "max_in_cpu": a["max_in_cpu"],
+            "pin_memory": a["pin_memory"],
+        }
+    config: dict[str, Any] = {
+        "zero_allow_untested_optimizer": a["zero_allow_untested_optimizer"],
+        "train_micro_batch_size_per_gpu": a["logging_batch_size_per_gpu"],
+        "__loss_scale__": {key: a[key] for key in _LOSS_SCALE_DEFAULTS},
+    }
+    if a["zero_optimization"]:
+        config["zero_optimization"] = zero
+    return config
+
+
+# Which argument sets which config entry: used to find contradictions with a user's config.
+_ARGUMENT_PATHS: dict[str, tuple[str, ...]] = {
+    "stage": ("zero_optimization", "stage"),
+    "contiguous_gradients": ("zero_optimization", "contiguous_gradients"),
+    "overlap_comm": ("zero_optimization", "overlap_comm"),
+    "allgather_partitions": ("zero_optimization", "allgather_partitions"),
+    "reduce_scatter": ("zero_optimization", "reduce_scatter"),
+    "allgather_bucket_size": ("zero_optimization", "allgather_bucket_size"),
+    "reduce_bucket_size": ("zero_optimization", "reduce_bucket_size"),
+    "sub_group_size": ("zero_optimization", "sub_group_size"),
+    "offload_optimizer_device": ("zero_optimization", "offload_optimizer", "device"),
+    "offload_params_device": ("zero_optimization", "offload_param", "device"),
+    "zero_allow_untested_optimizer": ("zero_allow_untested_optimizer",),
+    "logging_batch_size_per_gpu": ("train_micro_batch_size_per_gpu",),
+}
+
+
+def _merge_config(
+    from_arguments: dict[str, Any], user: dict[str, Any] | None, arguments: dict[str, Any]
+) -> dict[str, Any]:
+    """The user's config, completed by the arguments that were changed from their defaults.
+
+    Without a user config the arguments' config is used whole. With one, an argument left at its
+    default adds nothing (the config is complete as written, as in Lightning); a changed argument
+    adds its entry where the config has none, and is an error where the config says otherwise.
+    """
+    if user is None:
+        return from_arguments
+    defaults = _ARGUMENT_DEFAULTS()
+    changed = {name for name, value in arguments.items() if value != defaults[name]}
+    merged = json.loads(json.dumps(user))
+    loss_scale = {k: arguments[k] for k in _LOSS_SCALE_DEFAULTS if k in changed}
+    merged["__loss_scale__"] = loss_scale
+    merged.setdefault("train_micro_batch_size_per_gpu", arguments["logging_batch_size_per_gpu"])
+    for key, value in loss_scale.items():
+        configured = (user.get("fp16") or {}).get(key)
+        if configured is not None and configured != value:
+            raise ValueError(
+                f"DeepSpeedStrategy({key}={value!r}) contradicts the config's 'fp16': {{'{key}': {configured!r}}}. "
+                f"Set it in one place only."
+            )
+    # switches that create whole sections
+    if "zero_optimization" in changed and not arguments["zero_optimization"] and "zero_optimization" in user:
+        raise ValueError(
+            "DeepSpeedStrategy(zero_optimization=False) contradicts the config, which has a 'zero_optimization' "
+            "section. Remove one of the two."
+        )
+    section_switches = {"offload_optimizer": "offload_optimizer", "offload_parameters": "offload_param"}
+    zero_user = user.get("zero_optimization") or {}
+    for argument, config_key in section_switches.items():
+        if argument in changed:
+            if config_key in zero_user and not zero_user[config_key]:
+                raise ValueError(
+                    f"DeepSpeedStrategy({argument}=True) contradicts the config's "
+                    f"zero_optimization.{config_key}. Set it in one place only."
+                )
+            if config_key not in zero_user:
+                merged.setdefault("zero_optimization", {})[config_key] = from_arguments["zero_optimization"][
+                    config_key
+                ]
+    for argument, path in _ARGUMENT_PATHS.items():
+        if argument not in changed:
+            continue
+        value = arguments[argument]
+        node: Any = user
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            _set_path(merged, path, value)
+        elif node != value:
+            raise ValueError(
+                f"DeepSpeedStrategy({argument}={value!r}) contradicts the config, which sets "
+                f"{'.'.join(path)}={node!r}. Set it in one place only: drop the argument (the config wins) or "
+                f"change the config."
+            )
+    return merged
+
+
+def _set_path(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = config
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def _ARGUMENT_DEFAULTS() -> dict[str, Any]:
+    import inspect
+
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(DeepSpeedStrategy.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _offloads_optimizer(config: dict[str, Any]) -> bool:
+    section = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
+    return section.get("device", "none") in _DEVICES
+
+
+def _is_engine(module: Any) -> bool:
+    # DeepSpeedEngine is identified by class name: importing deepspeed only to check would cost seconds.
+    return any(cls.__name__ == "DeepSpeedEngine" for cls in type(module).__mro__)
+
+
+def _is_partitioned(module: Module) -> bool:
+    """Whether ZeRO-3 partitioned the parameters of ``module`` (they carry a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def _check_keys(module: Module, state_dict: dict[str, Any], strict: bool) -> None:
+    if not strict:
+        return
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"Error(s) in loading state_dict for {type(module).__name__}: Missing key(s): {missing}; unexpected "
+            f"key(s): {unexpected}. Pass strict=False to skip them."
+        )
+
+
+__all__ = [
+    "DeepSpeedStrategy",
+    "consolidate_deepspeed",
+    "deepspeed_available",
+    "is_deepspeed_checkpoint",
+    "resolve_deepspeed_checkpoint",
+]

@@ -1,0 +1,229 @@
+"""Runs that survive the cluster, on real processes: pre-emption, restarts, SLURM, truthful exit codes.
+
+Every run is a fresh set of processes on 127.0.0.1 (gloo, a free port each); ``run_python`` fails the
+test if a process of the run is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.strategies.multiprocess import kill_session, launch_env, run_python, wait_until_gone
+
+SCRIPTS = Path(__file__).parent / "scripts"
+LONG_RUN = SCRIPTS / "long_run.py"
+EXIT_CODES = SCRIPTS / "exit_codes.py"
+
+
+def _results(out: Path, world_size: int = 2) -> list[dict[str, Any]]:
+    return [json.loads((out / f"result{rank}.json").read_text()) for rank in range(world_size)]
+
+
+def _wait_for(path: Path, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            kill_session(process.pid)
+            raise AssertionError(f"{path} never appeared; output:\n{process.communicate()[0]}")
+        time.sleep(0.1)
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float) -> str:
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        kill_session(process.pid)
+        raise AssertionError(f"the run did not end within {timeout} s:\n{process.communicate()[0]}") from None
+
+
+# --------------------------------------------------------------------------------------- pre-emption
+@pytest.mark.timeout(90)
+def test_a_signal_to_one_rank_saves_at_the_same_step_everywhere_and_exits_zero(tmp_path: Path) -> None:
+    """SIGUSR1 to rank 1 only, mid-epoch: both ranks agree, save the same step, and end with code 0."""
+    args = [sys.executable, str(LONG_RUN), str(tmp_path), "--devices", "2", "--steps", "100000"]
+    process = _start([*args, "--every", "100000", "--sleep", "0.05"], launch_env())
+    _wait_for(tmp_path / "pid1", 60, process)
+    time.sleep(0.5)
+    os.kill(int((tmp_path / "pid1").read_text()), signal.SIGUSR1)
+    output = _finish(process, 60)
+    assert process.returncode == 0, output
+    zero, one = _results(tmp_path)
+    assert zero["stopped"] and one["stopped"]
+    assert zero["step"] == one["step"] > 0
+    assert zero["weights"] == one["weights"]
+    assert zero["checkpoints"] == [f"step-{zero['step']:09d}.ckpt"]
+
+
+# ------------------------------------------------------------------------------------------- restarts
+@pytest.mark.timeout(180)
+def test_fabric_run_max_restarts_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Rank 1 is SIGKILLed once at step 7; torchrun restarts both; the run resumes from step 4."""
+    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+    interrupted.mkdir()
+    reference.mkdir()
+    common = ["--steps", "12", "--every", "4"]
+    restarted = _start(
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "run",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--max-restarts",
+            "1",
+            str(LONG_RUN),
+            str(interrupted),
+            *common,
+            "--kill-at",
+            "7",
+        ],
+        launch_env(),
+    )
+    uninterrupted = _start(
+        [sys.executable, str(LONG_RUN), str(reference), "--devices", "2", *common], launch_env()
+    )
+    restarted_output = _finish(restarted, 170)
+    reference_output = _finish(uninterrupted, 100)
+    assert restarted.returncode == 0, restarted_output
+    assert uninterrupted.returncode == 0, reference_output
+    assert (interrupted / "killed-once").exists()
+    results, expected = _results(interrupted), _results(reference)
+    for result in results:
+        assert (result["restart"], result["resumed_from"], result["step"]) == (1, 4, 12), result
+    assert results[0]["weights"] == expected[0]["weights"] == expected[1]["weights"]
+
+
+# ---------------------------------------------------------------------------------------------- SLURM
+def _slurm_env(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("srun", "scontrol"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\nexec {sys.executable} {SCRIPTS / f"{name}_stub.py"} "$@"\n')
+        stub.chmod(0o755)
+    return launch_env(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="train",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NNODES="1",
+        SLURM_NODELIST="127.0.0.1",
+        SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+    )
+
+
+@pytest.mark.timeout(90)
+def test_simulated_slurm_preemption_saves_requeues_and_exits_zero(tmp_path: Path) -> None:
+    """`srun` (a stub that forwards signals) gets SIGUSR1, as with `sbatch --signal=USR1@90`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = _slurm_env(tmp_path)
+    process = _start(
+        [
+            "srun",
+            sys.executable,
+            str(LONG_RUN),
+            str(out),
+            "--steps",
+            "100000",
+            "--every",
+            "100000",
+            "--sleep",
+            "0.05",
+        ],
+        env,
+    )
+    _wait_for(out / "pid1", 60, process)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGUSR1)
+    output = _finish(process, 60)
+    assert process.returncode == 0, output
+    zero, one = _results(out)
+    assert zero["stopped"] and one["stopped"] and zero["step"] == one["step"]
+    assert (out / "checkpoints" / f"step-{zero['step']:09d}.ckpt").exists()
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # once, by rank 0, after the save
+
+
+# -------------------------------------------------------------------------------- truthful exit codes
+@pytest.mark.timeout(90)
+def test_python_script_exits_nonzero_when_a_rank_fails_after_rank_zero_finished(tmp_path: Path) -> None:
+    run = run_python([str(EXIT_CODES), "late"], timeout=80)
+    assert run.returncode != 0, run.output
+    assert "deliberate failure on rank 1" in run.output
+    assert "local rank 1 (pid" in run.output and "exited with code 1" in run.output
+
+
+@pytest.mark.timeout(90)
+def test_ddp_spawn_exits_promptly_when_a_rank_raises(tmp_path: Path) -> None:
+    """Rank 0 computes for a minute without a collective: the launcher must stop it, not wait."""
+    run = run_python([str(EXIT_CODES), "spawn"], timeout=80)
+    assert run.returncode != 0, run.output
+    assert "deliberate failure on rank 1" in run.output
+    assert run.seconds < 50, run.output  # start-up (imports) included; the old path waited 60 s or more
+
+
+@pytest.mark.timeout(90)
+def test_fabric_run_exits_nonzero_when_a_rank_fails(tmp_path: Path) -> None:
+    run = run_python(
+        ["-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", str(EXIT_CODES), "raise"],
+        timeout=80,
+    )
+    assert run.returncode != 0, run.output
+    assert "deliberate failure on rank 1" in run.output
+
+
+@pytest.mark.timeout(90)
+def test_srun_exits_nonzero_when_a_rank_fails(tmp_path: Path) -> None:
+    process = _start(["srun", sys.executable, str(EXIT_CODES), "raise"], _slurm_env(tmp_path))
+    output = _finish(process, 80)
+    assert process.returncode != 0, output
+    assert "deliberate failure on rank 1" in output
+    assert wait_until_gone([process.pid], timeout=5) == []
+
+
+# ------------------------------------------------------------------------------------- hang diagnosis
+@pytest.mark.timeout(90)
+def test_a_skipped_collective_names_the_collective_and_its_shapes_within_the_timeout(tmp_path: Path) -> None:
+    run = run_python([str(SCRIPTS / "hang.py"), "skip", str(tmp_path)], timeout=80)
+    outcome = json.loads((tmp_path / "rank0.json").read_text())
+    assert outcome["type"] == "CollectiveError", (outcome, run.output)
+    # the first all_reduce is #1, the one rank 1 skipped is #2
+    assert "collective #2 (`all_reduce`, tensors (3, 2) float32)" in outcome["error"]
+    assert 14 < outcome["seconds"] < 45  # the strategy's timeout (15 s), not torch's 30 minutes
+
+
+@pytest.mark.timeout(90)
+def test_debug_collectives_names_the_first_mismatch_on_every_rank(tmp_path: Path) -> None:
+    run = run_python(
+        [str(SCRIPTS / "hang.py"), "shapes", str(tmp_path)],
+        timeout=80,
+        env=launch_env(FABRIC_DEBUG_COLLECTIVES="1"),
+    )
+    assert run.returncode == 0, run.output
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert outcome["type"] == "CollectiveError", outcome
+        assert "rank 1 differs from rank 0" in outcome["error"]
+        assert (
+            "rank 0: #2 `all_reduce` (tensors (3,) float32); rank 1: #2 `all_reduce` (tensors (4,) float32)"
+            in (outcome["error"])
+        )
