@@ -303,11 +303,19 @@ def write_section(path: Path, section: str) -> None:
 
 
 def keep_section(old: str, new: str) -> str:
-    """``new`` with the GPU section of ``old`` appended (for the CPU runner, which rewrites the file)."""
-    if BEGIN not in old or END not in old:
-        return new
-    section = BEGIN + old.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
-    return new.rstrip("\n") + "\n\n" + section
+    """``new`` with every marked section of ``old`` appended (for the CPU runner, which rewrites the file).
+
+    A section is what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->``: this script's GPU
+    table and any other figure measured elsewhere (e.g. ``benchmarks/deepspeed.py``).
+    """
+    import re
+
+    sections = [
+        match.group(0) for match in re.finditer(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", old, re.S)
+    ]
+    for section in sections:
+        new = new.rstrip("\n") + "\n\n" + section + "\n"
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:
