@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -207,6 +208,9 @@ class Completed:
     stderr: str
     seconds: float
     timed_out: bool
+    #: user + system CPU seconds of the process and all its descendants that were waited for (a launcher
+    #: waits for its workers, so their time is in it); None when the group was killed
+    cpu_seconds: float | None = None
 
 
 def run(
@@ -217,6 +221,7 @@ def run(
     A launcher (torchrun) starts children of its own; killing only the launcher on a timeout would leave
     them holding the port and the CPU while the next measurement runs.
     """
+    cpu_before = _children_cpu()
     start = time.perf_counter()
     proc = subprocess.Popen(
         list(args),
@@ -234,7 +239,14 @@ def run(
         _kill_group(proc)
         out, err = proc.communicate()
         timed_out = True
-    return Completed(proc.returncode, out, err, time.perf_counter() - start, timed_out)
+    seconds = time.perf_counter() - start
+    cpu = None if timed_out else _children_cpu() - cpu_before
+    return Completed(proc.returncode, out, err, seconds, timed_out, cpu)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

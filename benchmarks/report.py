@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness import Table
 
-_UNIT_FORMAT = {"us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
+_UNIT_FORMAT = {"calls": "{:.1f}", "us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
 _FAMILIES = (("lightning", "tab:purple"), ("accelerate", "tab:orange"), ("fabric", "tab:blue"))
 
 
@@ -27,10 +27,11 @@ def markdown(tables: Sequence[Table], header: dict[str, str]) -> str:
         "",
         "**ratio**: the median over rounds of (implementation / reference row of the same round); the "
         "reference is the first row of each table; below 1 is faster or smaller. **range**: the lowest and "
-        "highest single-round ratio; a wide range means a noisy machine. **CPU ratio** (step timings): the "
-        "same on the CPU time of the measuring process, which leaves out time spent preempted by other "
-        "work on the machine; the targets are judged on the wall-clock ratio. Targets apply to fabric's "
-        "rows only.",
+        "highest single-round ratio; a wide range means a noisy machine. **CPU ratio**: the same on CPU "
+        "time (user + system): of the measuring process for 1-process steps, which leaves out time spent "
+        "preempted by other work on the machine; of all processes for multi-process rows, which shows "
+        "processes that spin. The targets are judged on the wall-clock ratio. Targets apply to fabric's "
+        "rows only. **Calls per step** tables count function calls, which is exact: one run, no range.",
         "",
         "## Targets",
         "",

@@ -21,15 +21,18 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import checkpoint, ddp_steps, imports, launch, memory, steps
+from cases import calls, checkpoint, ddp_steps, imports, launch, memory, steps, threads
+from gpu import keep_section
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, Row, Settings, Table, log
 from report import chart, markdown
 
 FIGURES = {
     "imports": imports.measure,
+    "calls": calls.measure,
     "steps": steps.measure,
     "ddp": ddp_steps.measure,
     "launch": launch.measure,
+    "threads": threads.measure,
     "checkpoint": checkpoint.measure,
     "memory": memory.measure,
 }
@@ -110,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     header = _header(settings, seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.md"
-    results.write_text(markdown(tables, header))
+    previous = results.read_text() if results.exists() else ""
+    # the GPU section comes from benchmarks/gpu.py on another machine: keep it
+    results.write_text(keep_section(previous, markdown(tables, header)))
     log(f"wrote {results}")
     try:
         mode = "quick smoke run (not representative)" if settings.quick else "full run"

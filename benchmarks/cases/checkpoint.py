@@ -25,7 +25,7 @@ from typing import Any
 from harness import PYTHON, Check, Row, Settings, Table, Unavailable, Worker, log, serve
 
 TENSORS = 8
-SAVE_TARGET = 1.15
+SAVE_TARGET = 1.05  # against torch.save + fsync
 MEMORY_TARGET = 10.0  # percent of the state size
 TIMEOUT = 180.0
 
@@ -38,12 +38,16 @@ class Case:
     target: float | None = None
 
 
+# Fabric.save fsyncs the file and its directory (a checkpoint that a crash can truncate is worse than a
+# slower one), so its like-for-like reference is torch.save followed by an fsync; plain torch.save is
+# shown beside it for scale.
 SAVES = [
-    Case("torch.save", "`torch.save(state, path)`", "torch.save"),
-    Case("torch.save+fsync", "`torch.save` + flush + `os.fsync` (reference)", "torch.save"),
-    Case("atomic_save", "`fabric.checkpoint.atomic_save(state, path)`", "torch.save", SAVE_TARGET),
-    Case("Fabric.save", "`Fabric.save(path, {'model': module})`", "torch.save", SAVE_TARGET),
+    Case("torch.save+fsync", "`torch.save` + flush + `os.fsync` (reference)", "torch.save+fsync"),
+    Case("torch.save", "`torch.save(state, path)` (no fsync)", "torch.save+fsync"),
+    Case("atomic_save", "`fabric.checkpoint.atomic_save(state, path)`", "torch.save+fsync", SAVE_TARGET),
+    Case("Fabric.save", "`Fabric.save(path, {'model': module})`", "torch.save+fsync", SAVE_TARGET),
 ]
+REFERENCE_LABELS = {"torch.save+fsync": "torch.save` + `os.fsync"}
 LOADS = [
     Case("torch.load", "`torch.load(path)`", "torch.load"),
     Case("safe_load", "`fabric.checkpoint.safe_load(path)`", "torch.load"),
@@ -98,7 +102,7 @@ def measure(settings: Settings) -> list[Table]:
                     row.extra = {"extra peak memory": cell}
             tables.append(
                 Table(
-                    title=f"Checkpoint {verb} time, {size} state: against `{reference}`",
+                    title=f"Checkpoint {verb} time, {size} state: against `{REFERENCE_LABELS.get(reference, reference)}`",
                     unit="s",
                     rows=rows,
                     description=(

@@ -12,6 +12,7 @@ Run as a script (under a launcher) this file is the measured program: ``launch.p
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 
@@ -20,6 +21,8 @@ from harness import FABRIC, PYTHON, RAW, Row, Settings, Table, child_env, failur
 TARGET = 1.0
 TIMEOUT = 180.0
 STAMP_VARIABLE = "BENCH_FIRST_STEP_FILE"
+SUBPROCESS = "fabric (subprocess launcher)"
+KEYS = {RAW: "raw", FABRIC: "fabric", SUBPROCESS: "fabric-subprocess"}
 
 
 def _command(name: str, port: int) -> list[str]:
@@ -34,6 +37,9 @@ def _command(name: str, port: int) -> list[str]:
             __file__,
             "raw",
         ]
+    if name == SUBPROCESS:
+        # `python train.py` with Fabric(devices=2): process 0 re-runs the script for process 1
+        return [PYTHON, __file__, "fabric-subprocess"]
     return [PYTHON, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", __file__, "fabric"]
 
 
@@ -41,15 +47,19 @@ def measure(settings: Settings) -> list[Table]:
     rows = {
         RAW: Row("raw DDP script, `torchrun --nproc_per_node=2`", short="torchrun"),
         FABRIC: Row("fabric script, `fabric run`", short="fabric run"),
+        SUBPROCESS: Row(
+            "fabric script with `Fabric(devices=2)`, `python train.py` (subprocess launcher)",
+            short="python train.py",
+        ),
     }
-    rows[FABRIC].target = TARGET
-    names = [RAW, FABRIC]
+    rows[FABRIC].target = rows[SUBPROCESS].target = TARGET
+    names = [RAW, FABRIC, SUBPROCESS]
     for round_index in range(settings.launch_rounds):
         log(f"launch to first step: round {round_index + 1}/{settings.launch_rounds}")
         for name in settings.rotation(names, round_index):
             if rows[name].note:
                 continue
-            stamp = settings.workdir / f"first-step-{round_index}-{'raw' if name == RAW else 'fabric'}"
+            stamp = settings.workdir / f"first-step-{round_index}-{KEYS[name]}"
             port = free_port()
             env = child_env(
                 **{STAMP_VARIABLE: str(stamp), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
@@ -61,6 +71,10 @@ def measure(settings: Settings) -> list[Table]:
                 log(f"  launch {name}: {rows[name].note}")
                 continue
             rows[name].samples.append(float(stamp.read_text()) - started)
+            rows[name].cpu_samples.append(done.cpu_seconds)
+    for row in rows.values():
+        cpu = [value for value in row.cpu_samples if value is not None]
+        row.extra = {"CPU time, all processes": f"{statistics.median(cpu):.2f} s" if cpu else "—"}
     return [
         Table(
             title="Launch to first step, 2 processes (gloo)",
@@ -68,8 +82,11 @@ def measure(settings: Settings) -> list[Table]:
             rows=list(rows.values()),
             description=(
                 f"Median over {settings.launch_rounds} launches each, rotating order: from starting the "
-                f"launcher to rank 0 finishing its first training step (tiny MLP, DDP)."
+                f"launcher to rank 0 finishing its first training step (tiny MLP, DDP). CPU time: user + "
+                f"system time of the launcher and all its processes over the whole run (to their exit), "
+                f"from `getrusage(RUSAGE_CHILDREN)`."
             ),
+            extra_columns=["CPU time, all processes"],
             chart_label="launch",
         )
     ]
@@ -99,7 +116,8 @@ def _main(mode: str) -> None:
     else:
         from fabric import Fabric
 
-        fabric = Fabric()
+        # under `fabric run` the options come from the command line; run directly, from the script
+        fabric = Fabric() if mode == "fabric" else Fabric(accelerator="cpu", strategy="ddp", devices=2)
         fabric.launch()
         module = make_model("mlp")
         model, optimizer = fabric.setup(module, make_optimizer(module))

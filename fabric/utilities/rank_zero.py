@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,10 +44,16 @@ def global_rank() -> int:
 
 
 def set_global_rank(rank: int) -> None:
-    """Tell the rank-zero helpers which global rank this process has."""
+    """Tell the rank-zero helpers which global rank this process has.
+
+    ``lightning_utilities`` is told only if it is already imported: importing it here would put its
+    cost (and ``packaging``'s) on every process's path to the first step. Each helper below passes the
+    rank on when it first imports it.
+    """
     global _rank
     _rank = rank
-    _sync_lightning_rank()
+    if "lightning_utilities.core.rank_zero" in sys.modules:
+        _sync_lightning_rank()
 
 
 def _sync_lightning_rank() -> Any:
