@@ -36,6 +36,7 @@ from fabric.checkpoint.sharded import (
 )
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
+from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import PER_RANK_STATE_KEY, BackwardSyncControl, _per_rank_state
 from fabric.utilities.types import PathLike
@@ -107,6 +108,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._mesh: Any = None
         self._optimizer_modules: dict[int, Module] = {}
         self._sharded: list[Module] = []
+        self._init_logs: list[InitLog] = []
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -133,11 +135,17 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         """With ``empty_init=True`` the model is created on the meta device: no memory, no init yet.
 
         ``setup`` then shards it and gives each process only its shard, initialized with the values
-        a normal seeded init gives (each module's ``reset_parameters``).
+        a normal seeded init gives: the construction's operations are recorded and replayed shard by
+        shard (see :mod:`fabric.strategies._deferred_init`), so a model's own initialization (e.g. a
+        ``_init_weights`` applied in ``__init__``) is kept exactly.
         """
         stack = ExitStack()
         stack.enter_context(torch.device("meta") if empty_init else self.root_device)
         stack.enter_context(self.precision.module_init_context())
+        if empty_init:
+            recorder = InitRecorder(self.root_device if not self.cpu_offload else torch.device("cpu"))
+            self._init_logs.append(recorder.log)
+            stack.enter_context(recorder)
         return stack
 
     def setup_module_and_optimizers(
@@ -190,8 +198,10 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         pin = self.root_device.type != "cpu"
         offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
         meta = _has_meta(module)
-        if meta:
+        log = self._init_log_for(module) if meta else None
+        if meta and log is None:
             _check_initializable(module)
+        names = _tensor_names(module) if log is not None else {}
         kwargs = {
             "mesh": self._mesh,
             "reshard_after_forward": self.reshard_after_forward,
@@ -201,13 +211,26 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         policy = self._wrap_policy or _default_policy(module)
         # Children before parents: each unit holds the parameters not already in a smaller unit.
         for submodule in reversed(list(module.modules())):
-            if submodule is not module and policy(submodule):
+            if submodule is not module and not isinstance(submodule, _CONTAINERS) and policy(submodule):
                 fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
-            _materialize(module, self.root_device if not self.cpu_offload else torch.device("cpu"))
+            device = self.root_device if not self.cpu_offload else torch.device("cpu")
+            if log is not None:
+                _materialize_from_log(module, log, names, device)
+            else:
+                _materialize(module, device)
         self._sharded.append(module)
         return module
+
+    def _init_log_for(self, module: Module) -> InitLog | None:
+        """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""
+        tensors = [*module.parameters(), *module.buffers()]
+        for log in self._init_logs:
+            if log.covers(tensors):
+                self._init_logs.remove(log)  # replayed once; its tensors can be freed afterwards
+                return log
+        return None
 
     # ---------------------------------------------------------------------- steps
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
@@ -340,14 +363,52 @@ def _as_predicate(policy: ShardingPolicy | None, name: str) -> Callable[[Module]
     )
 
 
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
 def _default_policy(model: Module) -> Callable[[Module], bool]:
-    """Each direct child of ``model`` that holds parameters is its own unit."""
-    children = {id(child) for child in model.children() if any(True for _ in child.parameters())}
-    return lambda module: id(module) in children
+    """Each direct child of ``model`` that holds parameters is its own unit.
+
+    Containers (``ModuleList``, ``ModuleDict``) have no forward, so FSDP2 cannot shard them ("does not
+    support containers"): their children take their place, recursively. With the usual transformer
+    layout (``self.blocks = nn.ModuleList(...)``) each block becomes a unit.
+    """
+    units: set[int] = set()
+
+    def visit(parent: Module) -> None:
+        for child in parent.children():
+            if not any(True for _ in child.parameters()):
+                continue
+            if isinstance(child, _CONTAINERS):
+                visit(child)
+            else:
+                units.add(id(child))
+
+    visit(model)
+    return lambda module: id(module) in units
 
 
 def _has_meta(module: Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def _tensor_names(module: Module) -> dict[int, str]:
+    """``id`` of each parameter and buffer (before sharding replaces them) -> its qualified name."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    names.update({id(b): name for name, b in module.named_buffers()})
+    return names
+
+
+def _materialize_from_log(module: Module, log: InitLog, names: dict[int, str], device: torch.device) -> None:
+    """Give each process its shards with the values the recorded construction gives (bit for bit)."""
+    module.to_empty(device=device)
+    targets = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+    def sink(name: str, full: Tensor) -> None:
+        with torch.no_grad():
+            _copy_shard(full, targets[name])
+
+    replay_into(log, device, names, sink)
 
 
 def _check_initializable(module: Module) -> None:
