@@ -5,3 +5,14 @@ from fabric.utilities.seed import seed_everything
 
 __version__ = "0.1.0"
 __all__ = ["Fabric", "__version__", "seed_everything"]
+
+# Subpackages by attribute (`fabric.plugins.collectives`, `fabric.strategies.fsdp`), imported on first use.
+_SUBPACKAGES = ("accelerators", "environments", "launchers", "loggers", "plugins", "precision", "strategies", "utilities")
+
+
+def __getattr__(name: str) -> object:
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"fabric.{name}")
+    raise AttributeError(f"module 'fabric' has no attribute {name!r}")

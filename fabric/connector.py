@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fabric.accelerators import ACCELERATORS, Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
+from fabric.accelerators import ACCELERATOR_REGISTRY, ACCELERATORS, Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
 
@@ -35,14 +35,14 @@ ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps")
 _ENV_PREFIX = "FABRIC_"
 
 
-def _strategy_registry() -> dict[str, dict[str, Any]]:
-    """Strategy names and what each one means (class and constructor arguments).
+def _strategy_registry() -> Any:
+    """Strategy names and what each one means (class and constructor arguments), users' own included.
 
     Built on demand so that no distributed module is imported for a single-device run.
     """
-    from fabric.strategies.registry import STRATEGY_NAMES
+    from fabric.strategies.registry import STRATEGY_REGISTRY
 
-    return STRATEGY_NAMES
+    return STRATEGY_REGISTRY
 
 
 class Connector:
@@ -132,6 +132,8 @@ class Connector:
     def _resolve_accelerator(accelerator: str | Accelerator, strategy: Any) -> Accelerator:
         if isinstance(accelerator, Accelerator):
             return accelerator
+        if isinstance(accelerator, str) and accelerator not in ACCELERATORS and accelerator in ACCELERATOR_REGISTRY:
+            return ACCELERATOR_REGISTRY.get(accelerator)  # a name the user registered
         if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATOR_NAMES:
             raise ValueError(
                 f"Fabric(accelerator={accelerator!r}) is not a known accelerator. Allowed: "
@@ -205,8 +207,7 @@ class Connector:
             if name not in registry:
                 known = ", ".join(repr(n) for n in ("auto", "single_device", *registry))
                 raise ValueError(f"Fabric(strategy={strategy!r}) is not a known strategy. Allowed: {known}.")
-            entry = registry[name]
-            instance = entry["class"](**entry["init"])
+            instance = registry.get(name)
         return self._finish(instance, environment)
 
     @staticmethod

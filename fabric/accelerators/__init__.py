@@ -4,6 +4,7 @@ from fabric.accelerators.accelerator import Accelerator
 from fabric.accelerators.cpu import CPUAccelerator
 from fabric.accelerators.cuda import CUDAAccelerator
 from fabric.accelerators.mps import MPSAccelerator
+from fabric.utilities.registry import AcceleratorRegistry
 
 ACCELERATORS: dict[str, type[Accelerator]] = {
     "cpu": CPUAccelerator,
@@ -11,4 +12,9 @@ ACCELERATORS: dict[str, type[Accelerator]] = {
     "mps": MPSAccelerator,
 }
 
-__all__ = ["ACCELERATORS", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator"]
+#: Lightning's ``ACCELERATOR_REGISTRY``: the built-in names, plus any a user registers with ``register(...)``.
+ACCELERATOR_REGISTRY = AcceleratorRegistry()
+for _name, _cls in ACCELERATORS.items():
+    ACCELERATOR_REGISTRY.register(_name, _cls, description=f"{_cls.__name__}")
+
+__all__ = ["ACCELERATORS", "ACCELERATOR_REGISTRY", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator"]

@@ -1,35 +1,40 @@
 """Strategies: how models, optimizers, collectives and checkpoints work for one engine each.
 
-Multi-process strategies are imported on first use, so ``import fabric`` stays free of
-``torch.distributed`` set-up for single-device runs.
+Multi-process strategies (and their modules, e.g. ``fabric.strategies.fsdp``) are imported on first
+use, so ``import fabric`` stays free of ``torch.distributed`` set-up for single-device runs.
 """
 
+import importlib
 from typing import Any
 
 from fabric.strategies.single_device import SingleDeviceStrategy
 from fabric.strategies.strategy import BackwardSyncControl, Strategy
 
+#: public name -> module that defines it, imported when the name is first used
+_LAZY = {
+    "DDPStrategy": "ddp",
+    "FSDPStrategy": "fsdp",
+    "ModelParallelStrategy": "model_parallel",
+    "ParallelStrategy": "parallel",
+    "STRATEGY_REGISTRY": "registry",
+}
+_SUBMODULES = ("ddp", "fsdp", "model_parallel", "parallel", "registry", "single_device", "strategy")
+
 __all__ = [
+    "STRATEGY_REGISTRY",
     "BackwardSyncControl",
     "DDPStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
+    "ParallelStrategy",
     "SingleDeviceStrategy",
     "Strategy",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DDPStrategy":
-        from fabric.strategies.ddp import DDPStrategy
-
-        return DDPStrategy
-    if name == "ModelParallelStrategy":
-        from fabric.strategies.model_parallel import ModelParallelStrategy
-
-        return ModelParallelStrategy
-    if name == "FSDPStrategy":
-        from fabric.strategies.fsdp import FSDPStrategy
-
-        return FSDPStrategy
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"fabric.strategies.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fabric.strategies.{name}")
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")

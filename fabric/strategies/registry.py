@@ -10,6 +10,7 @@ from typing import Any
 
 from fabric.strategies.ddp import DDPStrategy
 from fabric.strategies.fsdp import FSDPStrategy
+from fabric.utilities.registry import StrategyRegistry
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
@@ -20,5 +21,23 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
         "class": DDPStrategy,
         "init": {"start_method": "popen", "find_unused_parameters": True},
     },
+    "ddp_spawn_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "spawn", "find_unused_parameters": True},
+    },
+    "ddp_fork_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "fork", "find_unused_parameters": True},
+    },
+    "ddp_notebook_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "fork", "find_unused_parameters": True},
+    },
     "fsdp": {"class": FSDPStrategy, "init": {}},
+    "fsdp_cpu_offload": {"class": FSDPStrategy, "init": {"cpu_offload": True}},
 }
+
+#: Lightning's ``STRATEGY_REGISTRY``: the names above, plus any a user registers with ``register(...)``.
+STRATEGY_REGISTRY = StrategyRegistry()
+for _name, _entry in STRATEGY_NAMES.items():
+    STRATEGY_REGISTRY.register(_name, _entry["class"], **_entry["init"])
