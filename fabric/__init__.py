@@ -7,7 +7,16 @@ __version__ = "0.1.0"
 __all__ = ["Fabric", "__version__", "seed_everything"]
 
 # Subpackages by attribute (`fabric.plugins.collectives`, `fabric.strategies.fsdp`), imported on first use.
-_SUBPACKAGES = ("accelerators", "environments", "launchers", "loggers", "plugins", "precision", "strategies", "utilities")
+_SUBPACKAGES = (
+    "accelerators",
+    "environments",
+    "launchers",
+    "loggers",
+    "plugins",
+    "precision",
+    "strategies",
+    "utilities",
+)
 
 
 def __getattr__(name: str) -> object:

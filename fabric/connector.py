@@ -16,7 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fabric.accelerators import ACCELERATOR_REGISTRY, ACCELERATORS, Accelerator, CPUAccelerator, CUDAAccelerator, MPSAccelerator
+from fabric.accelerators import (
+    ACCELERATOR_REGISTRY,
+    ACCELERATORS,
+    Accelerator,
+    CPUAccelerator,
+    CUDAAccelerator,
+    MPSAccelerator,
+)
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
 
@@ -132,7 +139,11 @@ class Connector:
     def _resolve_accelerator(accelerator: str | Accelerator, strategy: Any) -> Accelerator:
         if isinstance(accelerator, Accelerator):
             return accelerator
-        if isinstance(accelerator, str) and accelerator not in ACCELERATORS and accelerator in ACCELERATOR_REGISTRY:
+        if (
+            isinstance(accelerator, str)
+            and accelerator not in ACCELERATORS
+            and accelerator in ACCELERATOR_REGISTRY
+        ):
             return ACCELERATOR_REGISTRY.get(accelerator)  # a name the user registered
         if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATOR_NAMES:
             raise ValueError(

@@ -17,4 +17,11 @@ ACCELERATOR_REGISTRY = AcceleratorRegistry()
 for _name, _cls in ACCELERATORS.items():
     ACCELERATOR_REGISTRY.register(_name, _cls, description=f"{_cls.__name__}")
 
-__all__ = ["ACCELERATORS", "ACCELERATOR_REGISTRY", "Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator"]
+__all__ = [
+    "ACCELERATORS",
+    "ACCELERATOR_REGISTRY",
+    "Accelerator",
+    "CPUAccelerator",
+    "CUDAAccelerator",
+    "MPSAccelerator",
+]

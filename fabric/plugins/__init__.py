@@ -24,7 +24,14 @@ _INSTEAD = {
     "XLACheckpointIO": "use `fabric.save`/`fabric.load` with the XLA strategy",
 }
 
-__all__ = ["ClusterEnvironment", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision", *_SUBMODULES]
+__all__ = [
+    "ClusterEnvironment",
+    "DoublePrecision",
+    "HalfPrecision",
+    "MixedPrecision",
+    "Precision",
+    *_SUBMODULES,
+]
 
 
 def __getattr__(name: str) -> Any:

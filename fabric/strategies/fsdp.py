@@ -120,7 +120,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                     "not both."
                 )
             layers = activation_checkpointing
-            activation_checkpointing_policy = set(layers) if isinstance(layers, (list, tuple, set)) else {layers}
+            activation_checkpointing_policy = (
+                set(layers) if isinstance(layers, (list, tuple, set)) else {layers}
+            )
         self._wrap_policy = _as_predicate(auto_wrap_policy, "auto_wrap_policy")
         self._checkpoint_policy = _as_predicate(
             activation_checkpointing_policy, "activation_checkpointing_policy"
@@ -425,7 +427,9 @@ def _offload_flag(value: Any) -> bool:
         return value
     if hasattr(value, "offload_params"):
         return bool(value.offload_params)
-    raise TypeError(f"FSDPStrategy(cpu_offload={value!r}): pass True/False or `CPUOffload(offload_params=...)`.")
+    raise TypeError(
+        f"FSDPStrategy(cpu_offload={value!r}): pass True/False or `CPUOffload(offload_params=...)`."
+    )
 
 
 def _check_device_mesh(value: Any, strategy: str) -> Any:
@@ -483,7 +487,9 @@ def _fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
         if key in _FSDP1_NO_OPS and value == _FSDP1_NO_OPS[key]:
             continue
         if key in _FSDP1_ONLY:
-            raise ValueError(f"FSDPStrategy({key}={value!r}) is an FSDP1 option with no FSDP2 equivalent: {_FSDP1_ONLY[key]}.")
+            raise ValueError(
+                f"FSDPStrategy({key}={value!r}) is an FSDP1 option with no FSDP2 equivalent: {_FSDP1_ONLY[key]}."
+            )
         if key == "ignored_modules":
             passed["ignored_params"] = {p for module in value for p in module.parameters()}
             continue
@@ -493,7 +499,12 @@ def _fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
         from torch.distributed.fsdp import fully_shard
 
-        allowed = set(inspect.signature(fully_shard).parameters) - {"module", "mesh", "mp_policy", "offload_policy"}
+        allowed = set(inspect.signature(fully_shard).parameters) - {
+            "module",
+            "mesh",
+            "mp_policy",
+            "offload_policy",
+        }
         unknown = sorted(set(passed) - allowed)
         if unknown:
             raise TypeError(
@@ -510,7 +521,9 @@ def _as_predicate(policy: Any, name: str) -> Callable[[Module], bool] | None:
     if classes_of is not None:
         policy = set(classes_of)
     if callable(policy) and not isinstance(policy, type) and _takes_recurse(policy):
-        fsdp1_policy = policy  # FSDP1 signature fn(module, recurse, nonwrapped_numel): ask about the module itself
+        fsdp1_policy = (
+            policy  # FSDP1 signature fn(module, recurse, nonwrapped_numel): ask about the module itself
+        )
 
         def predicate(module: Module) -> bool:
             numel = sum(p.numel() for p in module.parameters())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+
 class Registry(dict):
     """A dict of ``name -> {kind: cls, f"{kind}_name": name, "description": str, "init_params": dict}``.
 
@@ -73,6 +74,7 @@ class Registry(dict):
     def __str__(self) -> str:
         return f"Registered {self._kind} names: {', '.join(self)}"
 
+
 class StrategyRegistry(Registry):
     """Lightning's ``STRATEGY_REGISTRY`` shape (``available_strategies()``)."""
 
@@ -81,6 +83,7 @@ class StrategyRegistry(Registry):
 
     def available_strategies(self) -> list[str]:
         return self.available()
+
 
 class AcceleratorRegistry(Registry):
     """Lightning's ``ACCELERATOR_REGISTRY`` shape (``available_accelerators()``)."""

@@ -75,7 +75,9 @@ def test_subpackages_are_attributes_and_import_stays_light() -> None:
         "assert fabric.strategies.fsdp.FSDPStrategy is FSDPStrategy; "
         "assert fabric.plugins.collectives.TorchCollective; print('ok')"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=launch_env(), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=launch_env(), capture_output=True, text=True, timeout=60
+    )
     assert result.stdout.strip() == "ok", result.stderr
 
 

@@ -55,7 +55,9 @@ class TorchCollective:
     def world_size(self) -> int:
         return dist.get_world_size(self.group)
 
-    def setup(self, main_address: str | None = None, main_port: str | int | None = None, **kwargs: Any) -> TorchCollective:
+    def setup(
+        self, main_address: str | None = None, main_port: str | int | None = None, **kwargs: Any
+    ) -> TorchCollective:
         """Create the default process group (``init_process_group(**kwargs)``) unless one exists."""
         if self.is_initialized():
             return self
@@ -180,7 +182,9 @@ class TorchCollective:
             return
         dist.barrier(group=self.group, device_ids=device_ids)
 
-    def monitored_barrier(self, timeout: datetime.timedelta | None = None, wait_all_ranks: bool = False) -> None:
+    def monitored_barrier(
+        self, timeout: datetime.timedelta | None = None, wait_all_ranks: bool = False
+    ) -> None:
         dist.monitored_barrier(group=self.group, timeout=timeout, wait_all_ranks=wait_all_ranks)
 
     @staticmethod
@@ -189,7 +193,9 @@ class TorchCollective:
         if not isinstance(op, str):
             return op
         if op.upper() not in _OPS:
-            raise ValueError(f"TorchCollective: op={op!r} is not known. Allowed: {', '.join(o.lower() for o in _OPS)}.")
+            raise ValueError(
+                f"TorchCollective: op={op!r} is not known. Allowed: {', '.join(o.lower() for o in _OPS)}."
+            )
         return getattr(dist.ReduceOp, op.upper())
 
 

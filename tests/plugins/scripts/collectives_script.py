@@ -20,7 +20,11 @@ from fabric.plugins.collectives import CollectibleGroup, TorchCollective
 def worker(rank: int, out_dir: str) -> None:
     world = TorchCollective()
     world.setup(
-        backend="gloo", rank=rank, world_size=3, main_address="127.0.0.1", main_port=os.environ["MASTER_PORT"],
+        backend="gloo",
+        rank=rank,
+        world_size=3,
+        main_address="127.0.0.1",
+        main_port=os.environ["MASTER_PORT"],
         timeout=timedelta(seconds=60),
     )
     world.create_group(timeout=timedelta(seconds=60))

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import torch
-from common import attempt, data, full, full_parameters, max_diff, report, run_sections
+from common import attempt, data, full_parameters, max_diff, report, run_sections
 from torch import nn
 
 from fabric import Fabric
@@ -85,7 +85,8 @@ def gpt_meta_init(fabric: Fabric) -> dict[str, Any]:
     units = sum(1 for m in model.module.modules() if type(m).__name__.startswith("FSDP"))
     return {
         "on_meta": on_meta,
-        "equal": values.keys() == expected.keys() and all(torch.equal(values[k], expected[k]) for k in values),
+        "equal": values.keys() == expected.keys()
+        and all(torch.equal(values[k], expected[k]) for k in values),
         "max_diff": max_diff(values, expected),
         "rng_after_equal": bool(torch.equal(drawn_after, reference_drawn_after)),
         "output_diff": output_diff,
@@ -124,7 +125,9 @@ def option_checks() -> dict[str, Any]:
         "full_reshard": FSDPStrategy().reshard_after_forward,
         "mp_param_dtype": str(mp._mp_policy.param_dtype),
         "bad_strategy": attempt(lambda: FSDPStrategy(sharding_strategy="HALF_SHARD")),
-        "buffer_dtype": attempt(lambda: FSDPStrategy(mixed_precision=MixedPrecision(buffer_dtype=torch.float16))),
+        "buffer_dtype": attempt(
+            lambda: FSDPStrategy(mixed_precision=MixedPrecision(buffer_dtype=torch.float16))
+        ),
         "fsdp1_only": attempt(lambda: FSDPStrategy(backward_prefetch=None)),
         "unknown_kwarg": attempt(lambda: FSDPStrategy(no_such_option=1)),
         "no_op_kwarg": attempt(lambda: FSDPStrategy(use_orig_params=True, limit_all_gathers=True)),
