@@ -22,6 +22,7 @@ from fabric.connector import Connector
 from fabric.loggers import Logger
 from fabric.strategies import BackwardSyncControl, Strategy
 from fabric.utilities.apply import move_to_device
+from fabric.utilities.compiled import compile_again, unwrap_compiled
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.seed import seed_everything as _seed_everything
 from fabric.utilities.types import PathLike, ReduceOp
@@ -185,13 +186,23 @@ class Fabric:
         self._ensure_environment()
 
     # --------------------------------------------------------------------- setup
-    def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+    def setup(
+        self,
+        module: Module,
+        *optimizers: Optimizer,
+        move_to_device: bool = True,
+        _reapply_compile: bool = True,
+    ) -> Any:
         """Set up a model and its optimizers; returns them wrapped, in the same order.
+
+        A ``torch.compile``d model is compiled again after the strategy wraps it (``_reapply_compile=True``,
+        Lightning's default and semantics); its checkpoints hold the plain module's keys.
 
         Example::
 
             model, optimizer = fabric.setup(model, optimizer)
         """
+        module, dynamo_ctx = unwrap_compiled(module) if _reapply_compile else (module, None)
         self._check_launched()
         self._validate_module(module, "setup")
         for optimizer in optimizers:
@@ -203,7 +214,9 @@ class Fabric:
         forward_module, strategy_optimizers = self._strategy.setup_module_and_optimizers(
             module, list(optimizers)
         )
-        wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
+        if dynamo_ctx is not None:
+            forward_module = compile_again(forward_module, dynamo_ctx)
+        wrapped = _FabricModule(forward_module, self._strategy, original_module=unwrap_compiled(module)[0])
         wrapped_optimizers = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
         self._models_setup += 1
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
@@ -211,16 +224,24 @@ class Fabric:
             return wrapped
         return (wrapped, *wrapped_optimizers)
 
-    def setup_module(self, module: Module, move_to_device: bool = True) -> _FabricModule:
-        """Set up a model without optimizers (e.g. for sharding strategies, before creating them)."""
+    def setup_module(
+        self, module: Module, move_to_device: bool = True, _reapply_compile: bool = True
+    ) -> _FabricModule:
+        """Set up a model without optimizers (e.g. for sharding strategies, before creating them).
+
+        ``_reapply_compile``: as for :meth:`setup`.
+        """
+        module, dynamo_ctx = unwrap_compiled(module) if _reapply_compile else (module, None)
         self._check_launched()
         self._validate_module(module, "setup_module")
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
+        if dynamo_ctx is not None:
+            forward_module = compile_again(forward_module, dynamo_ctx)
         self._models_setup += 1
-        return _FabricModule(forward_module, self._strategy, original_module=module)
+        return _FabricModule(forward_module, self._strategy, original_module=unwrap_compiled(module)[0])
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers of a model already set up with :meth:`setup_module`."""

@@ -19,6 +19,7 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, CollectiveError, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
+from fabric.utilities.compiled import unwrap_compiled
 
 __all__ = ["DEFAULT_TIMEOUT", "CollectiveError", "DDPStrategy"]
 
@@ -80,6 +81,7 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         """
         if not enabled:
             return nullcontext()
+        module = unwrap_compiled(module)[0]  # compiled after wrapping (`setup(_reapply_compile=True)`)
         if not isinstance(module, DistributedDataParallel):
             raise TypeError(
                 f"no_backward_sync needs the module returned by `fabric.setup`, got {type(module).__name__}."
