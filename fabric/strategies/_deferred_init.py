@@ -19,6 +19,10 @@ When the construction ends, the log is replayed once without keeping anything, o
 generators where a normal construction leaves them: random numbers drawn after ``init_module`` are the
 same as without ``empty_init``.
 
+``torch.nn.init.trunc_normal_``, ``orthogonal_``, ``dirac_`` and ``sparse_`` do nothing on a meta tensor;
+their calls are recorded whole (a torch-function mode sees them ask ``tensor.is_meta``) and replayed
+by calling them on the real tensor.
+
 Limits (documented in the README): effects outside ATen operations are not replayed. A constructor that
 calls ``torch.manual_seed`` or draws from NumPy or Python's ``random`` for a tensor's values, or that
 assigns ``param.data = ...``, is not reproduced; use ``empty_init=False`` for such models.
@@ -26,16 +30,18 @@ assigns ``param.data = ...``, is not reproduced; use ``empty_init=False`` for su
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
-
-_META = torch.device("meta")
 
 
 @dataclass
@@ -63,6 +69,42 @@ class InitLog:
         return bool(tensors) and all(id(t) in seen for t in tensors)
 
 
+#: ``torch.nn.init`` functions that return at once on a meta tensor (their work is data-dependent, e.g.
+#: the rejection loop of ``trunc_normal_``), so no ATen operation of theirs reaches the dispatch mode
+_SKIPPED_ON_META = ("trunc_normal_", "orthogonal_", "dirac_", "sparse_")
+
+
+class _SkippedInitRecorder(TorchFunctionMode):
+    """Record calls of :data:`_SKIPPED_ON_META` functions as whole operations, replayed by calling them.
+
+    They are seen where they ask ``tensor.is_meta`` (a property read that torch-function modes
+    receive); the call's arguments are read from the public function's frame.
+    """
+
+    def __init__(self, log: InitLog) -> None:
+        super().__init__()
+        self._log = log
+        self._is_meta = torch._C.TensorBase.__dict__["is_meta"]
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        result = func(*args, **(kwargs or {}))
+        if result is True and getattr(func, "__self__", None) is self._is_meta:
+            self._record(sys._getframe(1))
+        return result
+
+    def _record(self, frame: FrameType | None) -> None:
+        while frame is not None and frame.f_globals.get("__name__") == "torch.nn.init":
+            name = frame.f_code.co_name
+            if name in _SKIPPED_ON_META:
+                function = getattr(torch.nn.init, name)
+                arguments = {p: frame.f_locals[p] for p in inspect.signature(function).parameters}
+                tensor = arguments.pop("tensor")
+                self._log.keep.append(tensor)
+                self._log.ops.append(_Op(function, (tensor,), arguments, [tensor]))
+                return
+            frame = frame.f_back
+
+
 class InitRecorder(TorchDispatchMode):
     """Keep every ATen operation run while a model is constructed (see the module docstring)."""
 
@@ -70,17 +112,20 @@ class InitRecorder(TorchDispatchMode):
         super().__init__()
         self.log = InitLog()
         self._device = device
+        self._skipped = _SkippedInitRecorder(self.log)
 
     def __enter__(self) -> InitRecorder:
         self.log.cpu_rng = torch.get_rng_state()
         if self._device.type == "cuda" and torch.cuda.is_available():
             self.log.cuda_rng = torch.cuda.get_rng_state_all()
         self.log.default_dtype = torch.get_default_dtype()
+        self._skipped.__enter__()
         super().__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
+        self._skipped.__exit__(*exc)
         if exc[0] is None:
             # Leave the generators where a normal construction leaves them.
             with _generators_at(self.log, self._device, restore=False):
@@ -176,7 +221,9 @@ def replay(
             by_root.setdefault(root.get(key, key), []).append(key)
         return real[key]
 
-    with torch.no_grad():
+    # `device` as the default device: a replayed init function's own factory calls (`sparse_`'s
+    # `randperm`) must not land on the meta device of an enclosing `init_module` context.
+    with torch.no_grad(), device:
         for index, op in enumerate(log.ops):
             args = tree_map(to_real, op.args)
             kwargs = tree_map(to_real, op.kwargs)

@@ -597,6 +597,12 @@ def _materialize_from_log(module: Module, log: InitLog, names: dict[int, str], d
     targets = {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
     def sink(name: str, full: Tensor) -> None:
+        if name not in targets:
+            raise RuntimeError(
+                f"init_module(empty_init=True): the parameter or buffer {name!r} of the constructed model is gone "
+                f"after parallelizing (renamed or replaced), so its initial value has nowhere to go. Keep the "
+                f"names, or create the model with empty_init=False."
+            )
         with torch.no_grad():
             _copy_shard(full, targets[name])
 
