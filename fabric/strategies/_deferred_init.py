@@ -181,7 +181,11 @@ def replay_into(
 
 
 def replay(
-    log: InitLog, device: torch.device, tensors: dict[int, str], sink: Callable[[str, Tensor], None]
+    log: InitLog,
+    device: torch.device,
+    tensors: dict[int, str],
+    sink: Callable[[str, Tensor], None],
+    stats: dict[str, int] | None = None,
 ) -> None:
     """Run the logged operations on ``device``; ``tensors`` maps ``id(meta tensor)`` to a name for ``sink``.
 
@@ -189,24 +193,27 @@ def replay(
     named one goes to ``sink`` first. Meta tensors that no logged operation created (the objects
     ``nn.Parameter`` wraps around ``torch.empty``) start as uninitialized tensors of the same shape,
     exactly as ``torch.empty`` gives them in a normal construction.
+
+    Memory: a tensor is allocated only at the last operation that overwrites all of it (``normal_``,
+    ``zero_``, ``trunc_normal_``, ...), when everything before only wrote to it: a model that runs
+    ``reset_parameters`` in its layers and its own ``_init_weights`` at the end holds one full
+    parameter at a time, not all of them. The earlier random operations still run, on a scratch
+    tensor freed at once, so the random stream stays exact. ``stats["peak"]`` (if given) receives the
+    largest number of elements alive at once.
     """
-    root: dict[int, int] = {}  # id of a tensor -> id of the tensor whose memory it uses
-    last: dict[int, int] = {}  # id of a root -> index of the last op that uses it or a view of it
-    for index, op in enumerate(log.ops):
-        ins = [t for t in tree_flatten((op.args, op.kwargs))[0] if isinstance(t, Tensor)]
-        for t in ins:
-            last[root.setdefault(id(t), id(t))] = index
-        aliases = _aliased_inputs(op)
-        for position, t in enumerate(op.outputs):
-            source = aliases.get(position)
-            root.setdefault(id(t), root[id(source)] if source is not None else id(t))
-            last[root[id(t)]] = index
+    plan = _plan(log)
     ends: dict[int, list[int]] = {}
-    for key, at in last.items():
+    for key, at in plan.last.items():
         ends.setdefault(at, []).append(key)
+    root = plan.root
     real: dict[int, Tensor] = {}
     by_root: dict[int, list[int]] = {}
+    pending: dict[int, _Op] = {}  # views of a tensor not allocated yet, made when first needed
     named_roots = {root.get(key, key): name for key, name in tensors.items()}
+
+    def remember(key: int, tensor: Tensor) -> None:
+        real[key] = tensor
+        by_root.setdefault(root.get(key, key), []).append(key)
 
     def to_real(value: Any) -> Any:
         if isinstance(value, torch.device) and value.type == "meta":
@@ -215,30 +222,128 @@ def replay(
             return value
         key = id(value)
         if key not in real:
-            if not value.is_meta:
+            if key in pending:
+                op = pending.pop(key)
+                remember(key, op.func(*tree_map(to_real, op.args), **tree_map(to_real, op.kwargs)))
+            elif not value.is_meta:
                 return value
-            real[key] = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
-            by_root.setdefault(root.get(key, key), []).append(key)
+            else:
+                remember(
+                    key, torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
+                )
         return real[key]
 
     # `device` as the default device: a replayed init function's own factory calls (`sparse_`'s
     # `randperm`) must not land on the meta device of an enclosing `init_module` context.
     with torch.no_grad(), device:
         for index, op in enumerate(log.ops):
+            dead = plan.dead.get(index)
+            if dead == "alias":
+                pending[id(op.outputs[0])] = op
+                continue
+            if dead == "scratch":  # the value is overwritten later: draw the same numbers, then drop them
+                meta = op.args[0]
+                scratch = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=device)
+                op.func(scratch, *tree_map(to_real, op.args[1:]), **tree_map(to_real, op.kwargs))
+                continue
+            if dead == "drop":
+                op.func(*tree_map(to_real, op.args), **tree_map(to_real, op.kwargs))
+                continue
+            if dead == "skip":
+                continue
             args = tree_map(to_real, op.args)
             kwargs = tree_map(to_real, op.kwargs)
             out = op.func(*args, **kwargs)
             real_outputs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
             for meta_out, real_out in zip(op.outputs, real_outputs):
                 if id(meta_out) not in real:
-                    real[id(meta_out)] = real_out
-                    by_root.setdefault(root.get(id(meta_out), id(meta_out)), []).append(id(meta_out))
+                    remember(id(meta_out), real_out)
+            if stats is not None:
+                live = sum(real[k].numel() for k in by_root if k in real)
+                stats["peak"] = max(stats.get("peak", 0), live)
             for key in ends.get(index, ()):
                 _finish(key, real, by_root, named_roots, sink)
         for key in list(named_roots):  # named tensors no operation touched: `torch.empty` values
             meta = next((t for t in log.keep if id(t) == key), None)
             if meta is not None:
                 sink(named_roots.pop(key), torch.empty(meta.shape, dtype=meta.dtype, device=device))
+
+
+#: in-place operations that overwrite all of their tensor without reading it, by name
+_OVERWRITES = {"normal_", "uniform_", "fill_", "zero_", "random_", "exponential_", "geometric_", "cauchy_"}
+_OVERWRITES |= {"log_normal_", "bernoulli_", "trunc_normal_", "orthogonal_", "sparse_", "dirac_"}
+_NOT_RANDOM_FACTORIES = {"empty", "empty_strided", "zeros", "ones", "full", "arange"}
+
+
+@dataclass
+class _Plan:
+    root: dict[int, int]  # id of a tensor -> id of the tensor whose memory it uses
+    last: dict[int, int]  # id of a root -> index of the last op that uses it or a view of it
+    dead: dict[int, str]  # index of an op whose result is overwritten later -> "alias", "random" or "skip"
+
+
+def _plan(log: InitLog) -> _Plan:
+    """Liveness of every tensor, and which operations only write values that a later one overwrites."""
+    root: dict[int, int] = {}
+    last: dict[int, int] = {}
+    metas: dict[int, Tensor] = {}
+    kinds: list[tuple[str, set[int]]] = []
+    for index, op in enumerate(log.ops):
+        ins = [t for t in tree_flatten((op.args, op.kwargs))[0] if isinstance(t, Tensor)]
+        for t in ins:
+            last[root.setdefault(id(t), id(t))] = index
+            metas.setdefault(id(t), t)
+        aliases = _aliased_inputs(op)
+        for position, t in enumerate(op.outputs):
+            source = aliases.get(position)
+            root.setdefault(id(t), root[id(source)] if source is not None else id(t))
+            last[root[id(t)]] = index
+            metas.setdefault(id(t), t)
+        roots = {root[id(t)] for t in (*ins, *op.outputs)}
+        distinct_inputs = {id(t) for t in ins}
+        if not ins and len(op.outputs) == 1:
+            kind = "factory"
+        elif len(ins) == 1 and len(op.outputs) == 1 and 0 in aliases and op.outputs[0] is not ins[0]:
+            kind = "alias"
+        elif len(distinct_inputs) == 1 and all(t is ins[0] for t in op.outputs) and ins[0] is op.args[0]:
+            kind = "self"
+        else:
+            kind = "other"
+        kinds.append((kind, roots))
+    # The last full overwrite of each root, if everything touching it before was a write of its own.
+    start: dict[int, int] = {}
+    for index, (kind, roots) in enumerate(kinds):
+        op = log.ops[index]
+        if kind == "self" and _name(op) in _OVERWRITES:
+            target, (key,) = op.args[0], roots
+            base = metas[key]
+            if target.numel() == base.numel() and target.storage_offset() == 0:
+                start[key] = index
+    for index, (kind, roots) in enumerate(kinds):
+        for key in roots:
+            if key in start and index < start[key] and (kind == "other" or len(roots) > 1):
+                del start[key]
+    dead: dict[int, str] = {}
+    for index, (kind, roots) in enumerate(kinds):
+        if len(roots) != 1 or kind == "other":
+            continue
+        (key,) = roots
+        if key not in start or index >= start[key]:
+            continue
+        if kind == "alias":
+            dead[index] = "alias"
+        elif kind == "self":  # its result is overwritten; it may still draw random numbers
+            dead[index] = "scratch"
+        elif _name(log.ops[index]) in _NOT_RANDOM_FACTORIES:
+            dead[index] = "skip"
+        else:
+            dead[index] = "drop"  # a factory that may draw random numbers: run it, keep nothing
+    return _Plan(root, last, dead)
+
+
+def _name(op: _Op) -> str:
+    packet = getattr(op.func, "overloadpacket", None)
+    return getattr(packet or op.func, "__name__", "")
 
 
 def _finish(

@@ -92,3 +92,24 @@ def test_replay_leaves_the_callers_generator_alone() -> None:
     state = torch.get_rng_state()
     replay_into(recorder.log, torch.device("cpu"), {id(model.wte.weight): "w"}, lambda name, full: None)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_model_that_reinitializes_holds_one_parameter_at_a_time() -> None:
+    """`reset_parameters` in each layer, then `_init_weights` over all: the first values are dead."""
+    from fabric.strategies._deferred_init import replay
+
+    torch.manual_seed(2)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = GPTLike()
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    values: dict[str, torch.Tensor] = {}
+    stats: dict[str, int] = {}
+    torch.set_rng_state(recorder.log.cpu_rng)
+    replay(
+        recorder.log, torch.device("cpu"), names, lambda n, full: values.__setitem__(n, full.clone()), stats
+    )
+    expected, _ = _reference(GPTLike, seed=2)
+    assert all(torch.equal(values[k], expected[k]) for k in expected)
+    largest = max(t.numel() for t in expected.values())
+    total = sum(t.numel() for t in expected.values())
+    assert stats["peak"] <= 2 * largest < total  # not the whole model at once
