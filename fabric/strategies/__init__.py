@@ -37,4 +37,9 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"fabric.strategies.{_LAZY[name]}"), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"fabric.strategies.{name}")
+    if name == "DataParallelStrategy":
+        raise AttributeError(
+            "fabric.strategies has no DataParallelStrategy (Lightning's 'dp'): use DDPStrategy (strategy='ddp'), "
+            "one process per device, which PyTorch recommends over nn.DataParallel."
+        )
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")
