@@ -196,7 +196,9 @@ class Fabric:
         """Set up a model and its optimizers; returns them wrapped, in the same order.
 
         A ``torch.compile``d model is compiled again after the strategy wraps it (``_reapply_compile=True``,
-        Lightning's default and semantics); its checkpoints hold the plain module's keys.
+        Lightning's default and semantics); its checkpoints hold the plain module's keys. With
+        ``_reapply_compile=False`` the strategy wraps the compiled module as it is (as in Lightning);
+        ``fabric.save`` still writes plain keys.
 
         Example::
 
@@ -216,7 +218,7 @@ class Fabric:
         )
         if dynamo_ctx is not None:
             forward_module = compile_again(forward_module, dynamo_ctx)
-        wrapped = _FabricModule(forward_module, self._strategy, original_module=unwrap_compiled(module)[0])
+        wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
         wrapped_optimizers = [_FabricOptimizer(o, self._strategy) for o in strategy_optimizers]
         self._models_setup += 1
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
@@ -241,7 +243,7 @@ class Fabric:
         if dynamo_ctx is not None:
             forward_module = compile_again(forward_module, dynamo_ctx)
         self._models_setup += 1
-        return _FabricModule(forward_module, self._strategy, original_module=unwrap_compiled(module)[0])
+        return _FabricModule(forward_module, self._strategy, original_module=module)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         """Set up optimizers of a model already set up with :meth:`setup_module`."""
@@ -566,17 +568,24 @@ class Fabric:
 
     def load_raw(self, path: PathLike, obj: Module | Optimizer, strict: bool = True) -> None:
         """Load a plain ``torch.save`` file of a module's or optimizer's state dict into ``obj``."""
-        self._strategy.load_raw(os.fspath(path), _unwrap(obj), strict=strict)
+        self._strategy.load_raw(os.fspath(path), _plain(obj), strict=strict)
 
     # ------------------------------------------------------------------ helpers
     def _teardown(self) -> None:
         self._strategy.teardown()
 
 
+def _plain(obj: Any) -> Any:
+    """The user's object behind the wrapper; for a module compiled without `_reapply_compile`, the module
+    inside the compiled one, so that checkpoints hold plain keys."""
+    obj = _unwrap(obj)
+    return unwrap_compiled(obj)[0] if isinstance(obj, Module) else obj
+
+
 def _unwrap_state(state: dict[str, Any]) -> dict[str, Any]:
     # Dataloaders stay wrapped: the wrapper is what holds the position in the data.
     return {
-        key: value if isinstance(value, _FabricDataLoader) else _unwrap(value) for key, value in state.items()
+        key: value if isinstance(value, _FabricDataLoader) else _plain(value) for key, value in state.items()
     }
 
 
