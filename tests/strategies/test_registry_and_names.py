@@ -91,7 +91,8 @@ def test_plugins_names_and_what_to_use_instead() -> None:
     assert Precision is fabric.precision.Precision
     with pytest.raises(AttributeError, match="precision="):
         fabric.plugins.FSDPPrecision  # noqa: B018
-    assert fabric.plugins.CheckpointIO is fabric.checkpoint.CheckpointIO  # Lightning's storage plugin interface
+    # Lightning's storage plugin interface
+    assert fabric.plugins.CheckpointIO is fabric.checkpoint.CheckpointIO
     assert fabric.plugins.io.TorchCheckpointIO is fabric.checkpoint.TorchCheckpointIO
     with pytest.raises(AttributeError, match="fabric.save"):
         fabric.plugins.XLACheckpointIO  # noqa: B018
