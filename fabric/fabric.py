@@ -88,6 +88,8 @@ class Fabric:
             plugins=plugins,
         )
         self._strategy: Strategy = connector.strategy
+        # decided once, the strategy and its precision being known: what `backward` calls each step
+        self._backward = self._strategy._step_call("backward")
         self._accelerator: Accelerator = connector.accelerator
         self._callbacks = self._as_list(callbacks, "callbacks")
         self._loggers: list[Logger] = self._as_list(loggers, "loggers")
@@ -406,8 +408,10 @@ class Fabric:
 
             fabric.backward(loss)
         """
-        module = model._forward_module if isinstance(model, _FabricModule) else model
-        self._strategy.backward(tensor, module, *args, **kwargs)
+        module: Module | None = model
+        if model is not None and isinstance(model, _FabricModule):
+            module = model._forward_module
+        self._backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
         self,

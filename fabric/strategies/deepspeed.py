@@ -209,8 +209,13 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         """Accept the precision the connector resolved from the Fabric's ``precision`` string.
 
         DeepSpeed does mixed precision itself, so any plugin is replaced by the DeepSpeed plugin of the
-        same name; an unsupported name fails here, before any process starts.
+        same name; an unsupported name fails here, before any process starts. The first assignment is
+        the base class's plain default (``__init__`` passes none): it is kept as it is, so that the
+        connector can still replace it (see :meth:`_deepspeed_precision`).
         """
+        if "_precision" not in self.__dict__:
+            self._precision = precision
+            return
         if not isinstance(precision, DeepSpeedPrecision):
             if type(precision) not in _CONVERTIBLE_PRECISIONS():
                 raise TypeError(
