@@ -209,6 +209,13 @@ def test_a_skipped_collective_names_the_collective_and_its_shapes_within_the_tim
     # the first all_reduce is #1, the one rank 1 skipped is #2
     assert "collective #2 (`all_reduce`, tensors (3, 2) float32)" in outcome["error"]
     assert 14 < outcome["seconds"] < 45  # the strategy's timeout (15 s), not torch's 30 minutes
+    # the report from every rank, gathered through the store: rank 1 was missing, and here is where it was
+    report = outcome["error"].split("Where every rank is now", 1)[1]
+    assert "rank 0 (this process): in collective #2 (`all_reduce`, tensors (3, 2) float32)" in report
+    assert "rank 1: not in a collective (it has called 1 so far)" in report
+    rank_one = report.split("rank 1: ", 1)[1]
+    assert "in _skip_the_collective" in rank_one and "hang.py" in rank_one
+    assert "no answer" not in report
 
 
 @pytest.mark.timeout(90)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -17,6 +18,7 @@ from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
+from fabric.strategies.hang_report import HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
 from fabric.utilities.rank_zero import set_global_rank
 from fabric.utilities.types import ReduceOp
@@ -74,6 +76,10 @@ class ParallelStrategy(Strategy):
         self._local_rank: int | None = None  # set by the multiprocessing launcher in each child
         self._collectives = 0  # collectives called so far by this process, named in errors
         self._debug_collectives = False  # FABRIC_DEBUG_COLLECTIVES=1, read once at set-up
+        # (number, name, args) of the collective this process is in, None between collectives: read by
+        # the hang watcher's thread only when another rank asks (see fabric/strategies/hang_report.py)
+        self._in_collective: tuple[int, str, tuple] | None = None
+        self._hang_watcher: HangWatcher | None = None
 
     # ------------------------------------------------------------------ configure
     def configure(
@@ -154,8 +160,11 @@ class ParallelStrategy(Strategy):
         set_global_rank(self.global_rank)
         self._debug_collectives = os.environ.get("FABRIC_DEBUG_COLLECTIVES", "0") == "1"
         super().setup_environment()
-        if dist.is_initialized():
-            return
+        if not dist.is_initialized():
+            self._init_process_group(environment)
+        self._start_hang_watcher()
+
+    def _init_process_group(self, environment: ClusterEnvironment) -> None:
         address = environment.main_address
         host = f"[{address}]" if ":" in address else address
         dist.init_process_group(
@@ -169,24 +178,55 @@ class ParallelStrategy(Strategy):
         # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade).
         lifecycle.install()
 
+    def _start_hang_watcher(self) -> None:
+        """Answer other ranks' hang reports from now on (one daemon thread; see ``hang_report``)."""
+        if self._hang_watcher is not None or self.world_size < 2:
+            return
+        try:
+            store = dist.distributed_c10d._get_default_store()
+        except Exception:  # a process group without a store (not ours to diagnose)
+            return
+        self._hang_watcher = HangWatcher(store, self.global_rank, self.world_size, self._where)
+        self._hang_watcher.start()
+
+    def _where(self) -> str:
+        """What this process is doing, collective-wise, for a hang report (on the watcher's thread)."""
+        current = self._in_collective
+        if current is None:
+            return f"not in a collective (it has called {self._collectives} so far)"
+        number, name, args = current
+        return f"in collective #{number} (`{name}`, {_describe(args)})"
+
     # --------------------------------------------------------------- collectives
     def _run(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         self._collectives += 1  # the only per-call cost outside debug mode: which collective this is
         if self._debug_collectives:
             self._check_same_collective(name, args)
+        self._in_collective = (self._collectives, name, args)  # read only when a hang report is asked for
         try:
             return function(*args, **kwargs)
         except (RuntimeError, dist.DistBackendError) as err:
             if not isinstance(err, dist.DistBackendError) and not _is_communication_failure(err):
                 raise  # a local error (bad dtype, bad shape): its own message says it best
+            report = self._hang_report()
             raise CollectiveError(
                 f"The collective `{name}` failed on rank {self.global_rank} of {self.world_size}: {err}. Another "
                 f"process crashed or did not reach `{name}` within the timeout ({self._timeout}). Every process "
                 f"must call the same collectives in the same order. This process was in collective "
                 f"#{self._collectives} (`{name}`, {_describe(args)}); the stack below shows where. Set "
                 f"FABRIC_DEBUG_COLLECTIVES=1 to check before every collective that all processes call the same "
-                f"one with the same shapes."
+                f"one with the same shapes.{report}"
             ) from err
+        finally:
+            self._in_collective = None
+
+    def _hang_report(self) -> str:
+        """Where every rank is, asked through the store (a few seconds at most); empty without a watcher."""
+        if self._hang_watcher is None:
+            return ""
+        # this rank's stack up to the strategy method that called `_run` (frame 1 is `_run` itself)
+        report = self._hang_watcher.report(self._where(), format_stack(sys._getframe(2)))
+        return f"\n\nWhere every rank is now (Python stacks of the main threads, innermost last):\n{report}"
 
     def _check_same_collective(self, name: str, args: tuple) -> None:
         """FABRIC_DEBUG_COLLECTIVES=1: all processes must be about to call the same collective, same shapes."""
@@ -198,7 +238,7 @@ class ParallelStrategy(Strategy):
             raise CollectiveError(
                 f"FABRIC_DEBUG_COLLECTIVES: rank {self.global_rank} is about to call collective #{mine[0]} "
                 f"(`{name}`, {mine[2]}), and not every process came to compare within the timeout "
-                f"({self._timeout}): {err}. A process skipped a collective, or crashed."
+                f"({self._timeout}): {err}. A process skipped a collective, or crashed.{self._hang_report()}"
             ) from err
         first = next((rank for rank, theirs in enumerate(everyone) if theirs != everyone[0]), None)
         if first is not None:
@@ -291,6 +331,9 @@ class ParallelStrategy(Strategy):
     def teardown(self) -> None:
         """Leave the process group (see :func:`_leave_process_group`), then undo the environment's changes."""
         super().teardown()
+        if self._hang_watcher is not None:
+            self._hang_watcher.stop()
+            self._hang_watcher = None
         _leave_process_group()
         if self.cluster_environment is not None:
             self.cluster_environment.teardown()

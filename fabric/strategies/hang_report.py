@@ -1,0 +1,139 @@
+"""Hang diagnosis: when a collective times out, ask every rank where it is, through the rendezvous store.
+
+A timed-out collective only tells the rank that waited what *it* was doing. The rank that never came
+is the interesting one. So every rank runs one small daemon thread (:class:`HangWatcher`) from
+set-up on; it reads one counter in the process group's store about once a second (a few bytes over a
+connection that already exists, off the training thread: no extra collective, nothing per step). When
+a collective fails, the rank that waited bumps the counter (:meth:`HangWatcher.report`); every
+watcher answers with its rank, the collective its main thread is in (number, name, shapes), and the
+Python stack of its main thread (``sys._current_frames``, as ``faulthandler`` shows it, but as text we
+can put in the error). The rank that waited gathers the answers for a few seconds and returns one
+report. A rank that answers nothing is dead, or its interpreter is stuck in C code holding the GIL.
+
+The store, not the process group, carries the answers: the process group is what just failed, and
+gloo/nccl cannot be used again after a timeout; the store is a separate TCP server that still works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+import torch.distributed as dist
+
+#: how often a watcher looks for a request (seconds); one store read each time, off the main thread
+POLL_SECONDS = 1.0
+#: how long the rank that timed out waits for the answers; a dead peer costs this much, no more
+ANSWER_SECONDS = 5.0
+#: frames of each stack in the report (the innermost ones: where the rank is)
+STACK_FRAMES = 12
+_REQUEST_KEY = "request"
+_PREFIX = "fabric/hang"
+
+
+def main_thread_stack(limit: int = STACK_FRAMES) -> str:
+    """The innermost ``limit`` frames of the main thread's Python stack, ``file:line in function`` each."""
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    if frame is None:
+        return "  (no Python stack: the main thread has ended)"
+    return format_stack(frame, limit)
+
+
+def format_stack(frame: FrameType, limit: int = STACK_FRAMES) -> str:
+    """The innermost ``limit`` frames up to ``frame``, as ``traceback`` prints them."""
+    return "".join(traceback.format_stack(frame)[-limit:]).rstrip()
+
+
+class HangWatcher:
+    """One per process: answers hang-report requests from other ranks, and makes one when asked.
+
+    Args:
+        store: the rendezvous store the process group was created with (``_get_default_store()``).
+        rank: this process's global rank.
+        world_size: how many ranks answer.
+        where: returns what this rank is doing now, e.g. ``"in collective #2 `all_reduce` (...)"``;
+            called on the watcher thread only when a report is requested.
+    """
+
+    def __init__(self, store: dist.Store, rank: int, world_size: int, where: Callable[[], str]) -> None:
+        self._store = dist.PrefixStore(_PREFIX, store)
+        self._rank = rank
+        self._world_size = world_size
+        self._where = where
+        self._stop = threading.Event()
+        self._answered = 0
+        self._thread = threading.Thread(target=self._watch, name="fabric-hang-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop answering (at teardown, before the process group and its store go away)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------------------ answering
+    def _watch(self) -> None:
+        # Any store error means the store's host (rank 0's process, or the launcher) is gone: the run
+        # is ending, and there is nobody left to answer. Leave quietly.
+        with contextlib.suppress(Exception):
+            while not self._stop.wait(POLL_SECONDS):
+                requested = self._store.add(_REQUEST_KEY, 0)
+                if requested > self._answered:
+                    self._answered = requested
+                    self._answer(requested)
+
+    def _answer(self, request: int) -> None:
+        try:
+            where = self._where()
+        except Exception as error:  # the report must not fail because one description did
+            where = f"(could not describe: {error!r})"
+        answer = {"request": request, "where": where, "stack": main_thread_stack()}
+        self._store.set(f"answer/{self._rank}", json.dumps(answer))
+
+    # ------------------------------------------------------------------------------- asking
+    def report(self, own_where: str, own_stack: str, timeout: float = ANSWER_SECONDS) -> str:
+        """Ask every other rank where it is; wait ``timeout`` seconds at most; one block per rank.
+
+        ``own_where`` and ``own_stack`` describe this rank (the caller knows its stack best: the frames
+        of the report itself would only be noise).
+        """
+        try:
+            request = self._store.add(_REQUEST_KEY, 1)
+        except Exception as error:
+            return f"(no report from the other ranks: the rendezvous store is unreachable: {error!r})"
+        self._answered = max(self._answered, request)  # our own entry is written below, not by our thread
+        answers: dict[int, dict] = {}
+        others = [rank for rank in range(self._world_size) if rank != self._rank]
+        deadline = time.monotonic() + timeout
+        while True:
+            for rank in others:
+                if rank not in answers:
+                    answer = self._read(rank)
+                    if answer is not None and answer["request"] >= request:
+                        answers[rank] = answer
+            if len(answers) == len(others) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        blocks = [f"rank {self._rank} (this process): {own_where}\n{own_stack}"]
+        for rank in others:
+            if rank in answers:
+                blocks.append(f"rank {rank}: {answers[rank]['where']}\n{answers[rank]['stack']}")
+            else:
+                blocks.append(
+                    f"rank {rank}: no answer within {timeout:.0f} s (the process is dead, or stuck in C code "
+                    "holding the Python interpreter)"
+                )
+        return "\n".join(blocks)
+
+    def _read(self, rank: int) -> dict | None:
+        key = f"answer/{rank}"
+        with contextlib.suppress(Exception):
+            if self._store.check([key]):
+                return json.loads(self._store.get(key))
+        return None
