@@ -135,8 +135,8 @@ def test_a_collective_one_rank_never_reaches_fails_after_the_timeout(tmp_path: P
     outcome = json.loads((tmp_path / "timeout0.json").read_text())
     assert outcome["type"] == "CollectiveError", outcome
     assert "`all_reduce`" in outcome["error"]
-    assert "0:00:05" in outcome["error"]  # the configured timeout, named in the message
-    assert 4.5 < outcome["seconds"] < 20
+    assert "0:00:20" in outcome["error"]  # the configured timeout, named in the message
+    assert 19.5 < outcome["seconds"] < 60
     assert wait_until_gone(pids, timeout=5) == []
 
 
