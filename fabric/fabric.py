@@ -107,6 +107,19 @@ class Fabric:
         self._optimizer_owners: weakref.WeakKeyDictionary[Optimizer, Module] = weakref.WeakKeyDictionary()
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # `ddp_spawn` pickles the Fabric into each process; weak containers do not pickle, their contents do.
+        state = self.__dict__.copy()
+        state["_optimizer_owners"] = list(self._optimizer_owners.items())
+        state["_setup_modules"] = list(self._setup_modules)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        owners, modules = state.pop("_optimizer_owners"), state.pop("_setup_modules")
+        self.__dict__.update(state)
+        self._optimizer_owners = weakref.WeakKeyDictionary(owners)
+        self._setup_modules = weakref.WeakSet(modules)
+
     @staticmethod
     def _as_list(value: Any, name: str) -> list[Any]:
         if value is None:
