@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from fabric.accelerators import (
+    ACCELERATOR_REGISTRY,
     ACCELERATORS,
     Accelerator,
     CPUAccelerator,
@@ -46,14 +47,14 @@ XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")
 _ENV_PREFIX = "FABRIC_"
 
 
-def _strategy_registry() -> dict[str, dict[str, Any]]:
-    """Strategy names and what each one means (class and constructor arguments).
+def _strategy_registry() -> Any:
+    """Strategy names and what each one means (class and constructor arguments), users' own included.
 
     Built on demand so that no distributed module is imported for a single-device run.
     """
-    from fabric.strategies.registry import STRATEGY_NAMES
+    from fabric.strategies.registry import STRATEGY_REGISTRY
 
-    return STRATEGY_NAMES
+    return STRATEGY_REGISTRY
 
 
 class Connector:
@@ -153,6 +154,12 @@ class Connector:
     def _resolve_accelerator(accelerator: str | Accelerator, strategy: Any) -> Accelerator:
         if isinstance(accelerator, Accelerator):
             return accelerator
+        if (
+            isinstance(accelerator, str)
+            and accelerator not in ACCELERATORS
+            and accelerator in ACCELERATOR_REGISTRY
+        ):
+            return ACCELERATOR_REGISTRY.get(accelerator)  # a name the user registered
         if not isinstance(accelerator, str) or accelerator.lower() not in ACCELERATOR_NAMES:
             raise ValueError(
                 f"Fabric(accelerator={accelerator!r}) is not a known accelerator. Allowed: "
@@ -247,8 +254,7 @@ class Connector:
             if name not in registry:
                 known = ", ".join(repr(n) for n in ("auto", "single_device", *registry))
                 raise ValueError(f"Fabric(strategy={strategy!r}) is not a known strategy. Allowed: {known}.")
-            entry = registry[name]
-            instance = entry["class"](**entry["init"])
+            instance = registry.get(name)
         return self._finish(instance, environment)
 
     @staticmethod

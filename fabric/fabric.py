@@ -25,6 +25,7 @@ from fabric.connector import Connector
 from fabric.loggers import Logger
 from fabric.strategies import BackwardSyncControl, Strategy
 from fabric.utilities.apply import move_to_device
+from fabric.utilities.compiled import compile_again, unwrap_compiled
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.seed import seed_everything as _seed_everything
 from fabric.utilities.types import PathLike, ReduceOp
@@ -87,6 +88,8 @@ class Fabric:
             plugins=plugins,
         )
         self._strategy: Strategy = connector.strategy
+        # decided once, the strategy and its precision being known: what `backward` calls each step
+        self._backward = self._strategy._step_call("backward")
         self._accelerator: Accelerator = connector.accelerator
         self._callbacks = self._as_list(callbacks, "callbacks")
         self._loggers: list[Logger] = self._as_list(loggers, "loggers")
@@ -108,17 +111,16 @@ class Fabric:
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     def __getstate__(self) -> dict[str, Any]:
-        # `ddp_spawn` pickles the Fabric into each process; weak containers do not pickle, their contents do.
+        # Spawned processes receive the Fabric pickled, before anything is set up in them; the weak
+        # bookkeeping of set-up objects cannot be pickled and starts empty there.
         state = self.__dict__.copy()
-        state["_optimizer_owners"] = list(self._optimizer_owners.items())
-        state["_setup_modules"] = list(self._setup_modules)
+        del state["_optimizer_owners"], state["_setup_modules"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        owners, modules = state.pop("_optimizer_owners"), state.pop("_setup_modules")
         self.__dict__.update(state)
-        self._optimizer_owners = weakref.WeakKeyDictionary(owners)
-        self._setup_modules = weakref.WeakSet(modules)
+        self._optimizer_owners = weakref.WeakKeyDictionary()
+        self._setup_modules = weakref.WeakSet()
 
     @staticmethod
     def _as_list(value: Any, name: str) -> list[Any]:
@@ -244,13 +246,25 @@ class Fabric:
         self._ensure_environment()
 
     # --------------------------------------------------------------------- setup
-    def setup(self, module: Module, *optimizers: Optimizer, move_to_device: bool = True) -> Any:
+    def setup(
+        self,
+        module: Module,
+        *optimizers: Optimizer,
+        move_to_device: bool = True,
+        _reapply_compile: bool = True,
+    ) -> Any:
         """Set up a model and its optimizers; returns them wrapped, in the same order.
+
+        A ``torch.compile``d model is compiled again after the strategy wraps it (``_reapply_compile=True``,
+        Lightning's default and semantics); its checkpoints hold the plain module's keys. With
+        ``_reapply_compile=False`` the strategy wraps the compiled module as it is (as in Lightning);
+        ``fabric.save`` still writes plain keys.
 
         Example::
 
             model, optimizer = fabric.setup(model, optimizer)
         """
+        module, dynamo_ctx = unwrap_compiled(module) if _reapply_compile else (module, None)
         self._check_launched()
         self._validate_module(module, "setup")
         for optimizer in optimizers:
@@ -262,6 +276,8 @@ class Fabric:
         forward_module, strategy_optimizers = self._strategy.setup_module_and_optimizers(
             module, list(optimizers)
         )
+        if dynamo_ctx is not None:
+            forward_module = compile_again(forward_module, dynamo_ctx)
         wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
         wrapped_optimizers = [wrap_optimizer(o, self._strategy, self._callbacks) for o in strategy_optimizers]
         self._link_module(module, wrapped_optimizers)
@@ -274,14 +290,22 @@ class Fabric:
             return wrapped
         return (wrapped, *wrapped_optimizers)
 
-    def setup_module(self, module: Module, move_to_device: bool = True) -> _FabricModule:
-        """Set up a model without optimizers (e.g. for sharding strategies, before creating them)."""
+    def setup_module(
+        self, module: Module, move_to_device: bool = True, _reapply_compile: bool = True
+    ) -> _FabricModule:
+        """Set up a model without optimizers (e.g. for sharding strategies, before creating them).
+
+        ``_reapply_compile``: as for :meth:`setup`.
+        """
+        module, dynamo_ctx = unwrap_compiled(module) if _reapply_compile else (module, None)
         self._check_launched()
         self._validate_module(module, "setup_module")
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         forward_module = self._strategy.setup_module(module)
+        if dynamo_ctx is not None:
+            forward_module = compile_again(forward_module, dynamo_ctx)
         self._models_setup += 1
         self._setup_modules.add(module)
         self._link_module(module, None)
@@ -384,8 +408,10 @@ class Fabric:
 
             fabric.backward(loss)
         """
-        module = model._forward_module if isinstance(model, _FabricModule) else model
-        self._strategy.backward(tensor, module, *args, **kwargs)
+        module: Module | None = model
+        if model is not None and isinstance(model, _FabricModule):
+            module = model._forward_module
+        self._backward(tensor, module, *args, **kwargs)
 
     def clip_gradients(
         self,
@@ -688,7 +714,7 @@ class Fabric:
 
             fabric.load_raw("pretrained.pt", model)
         """
-        raw = _unwrap(obj)
+        raw = _plain(obj)
         owner = self._optimizer_owners.get(raw) if isinstance(raw, Optimizer) else None
         self._strategy.load_raw(os.fspath(path), raw, strict=strict, weights_only=weights_only, owner=owner)
 
@@ -732,10 +758,17 @@ def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict
     return kwargs if takes_all else {k: v for k, v in kwargs.items() if k in names}
 
 
+def _plain(obj: Any) -> Any:
+    """The user's object behind the wrapper; for a module compiled without `_reapply_compile`, the module
+    inside the compiled one, so that checkpoints hold plain keys."""
+    obj = _unwrap(obj)
+    return unwrap_compiled(obj)[0] if isinstance(obj, Module) else obj
+
+
 def _unwrap_state(state: Mapping[str, Any]) -> dict[str, Any]:
     # Dataloaders stay wrapped: the wrapper is what holds the position in the data.
     unwrapped = {
-        key: value if isinstance(value, _FabricDataLoader) else _unwrap(value) for key, value in state.items()
+        key: value if isinstance(value, _FabricDataLoader) else _plain(value) for key, value in state.items()
     }
     # `fabric.save(path, model.state_dict())` must write what `torch.save` would: an OrderedDict stays one.
     return OrderedDict(unwrapped) if isinstance(state, OrderedDict) else unwrapped

@@ -230,7 +230,7 @@ class _FabricOptimizer(Optimizer):
         precision = strategy.precision
         self.__dict__["_optimizer"] = optimizer
         self.__dict__["_strategy"] = strategy
-        self.__dict__["_step"] = strategy.optimizer_step
+        self.__dict__["_step"] = strategy._step_call("optimizer_step")
         self.__dict__["_precision"] = precision
         # decided once: whether `loss.backward()` in place of `fabric.backward(loss)` must be caught
         self.__dict__["_check_backward"] = precision.requires_fabric_backward
@@ -446,6 +446,11 @@ class _FabricDataLoader:
                 return
 
     def __iter__(self) -> Iterator[Any]:
+        # The generator itself, not one wrapping it: one call less per batch. Nothing runs until the
+        # first `next()`, so an `iter()` that is never consumed changes no epoch.
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
         if self._live is not None:
             # The previous pass was cut short (`break`): this pass is the next epoch. Its end is not
             # recorded at the `break` itself, so a checkpoint written after it resumes the cut epoch
@@ -453,11 +458,6 @@ class _FabricDataLoader:
             self._end_epoch()
         self._iterations += 1
         token = self._live = self._iterations
-        yield from self._iterate()
-        if self._live == token:
-            self._end_epoch()
-
-    def _iterate(self) -> Iterator[Any]:
         self._set_sampler_epoch()
         resume, self._resume = self._resume, None
         if resume is None:
@@ -484,6 +484,8 @@ class _FabricDataLoader:
             self._batches += 1
             yield move(batch, self._device) if move is not None else batch
             batch = next(iterator, _END)
+        if self._live == token:
+            self._end_epoch()
 
     def __getattr__(self, name: str) -> Any:
         try:

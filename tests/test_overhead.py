@@ -26,7 +26,9 @@ sys.path.remove(str(BENCH_DIR))
 @pytest.fixture(scope="module")
 def counts() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(BENCH_DIR), PYTHONWARNINGS="ignore")
+    # keep the caller's PYTHONPATH: it may point at the checkout under test rather than the installed copy
+    path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=path, PYTHONWARNINGS="ignore")
     done = subprocess.run(
         [sys.executable, str(BENCH_DIR / "cases" / "calls.py"), "raw,fabric", ",".join(PRECISIONS)],
         capture_output=True,

@@ -5,6 +5,7 @@ from fabric.accelerators.cpu import CPUAccelerator
 from fabric.accelerators.cuda import CUDAAccelerator
 from fabric.accelerators.mps import MPSAccelerator
 from fabric.accelerators.xla import XLAAccelerator
+from fabric.utilities.registry import AcceleratorRegistry
 
 ACCELERATORS: dict[str, type[Accelerator]] = {
     "cpu": CPUAccelerator,
@@ -14,8 +15,14 @@ ACCELERATORS: dict[str, type[Accelerator]] = {
     "tpu": XLAAccelerator,
 }
 
+#: Lightning's ``ACCELERATOR_REGISTRY``: the built-in names, plus any a user registers with ``register(...)``.
+ACCELERATOR_REGISTRY = AcceleratorRegistry()
+for _name, _cls in ACCELERATORS.items():
+    ACCELERATOR_REGISTRY.register(_name, _cls, description=f"{_cls.__name__}")
+
 __all__ = [
     "ACCELERATORS",
+    "ACCELERATOR_REGISTRY",
     "Accelerator",
     "CPUAccelerator",
     "CUDAAccelerator",

@@ -24,17 +24,23 @@ def consolidate(
     directory (writing there would damage the checkpoint being read) and is written atomically.
     Optimizer states stay keyed by parameter name, which ``Fabric.load`` maps back onto the optimizer.
     """
-    directory = sharded.resolve_checkpoint_path(directory)
+    from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
+
+    directory = sharded.resolve_checkpoint_path(
+        directory, accept=lambda p: sharded.is_sharded_checkpoint(p) or is_deepspeed_checkpoint(p)
+    )
+    if is_deepspeed_checkpoint(directory):
+        output = os.fspath(output) if output is not None else default_output(directory)
+        _refuse_output_inside(directory, output)
+        consolidate_deepspeed(directory, output, weights_only=weights_only)
+        return output
     if not sharded.is_sharded_checkpoint(directory):
-        raise CheckpointError(f"'{directory}' is not a sharded checkpoint directory (it has no .metadata).")
-    output = os.fspath(output) if output is not None else default_output(directory)
-    root = os.path.realpath(directory)
-    target = os.path.realpath(output)
-    if os.path.commonpath([root, target]) == root:
         raise CheckpointError(
-            f"The output '{output}' lies inside the checkpoint directory '{directory}': writing there would damage "
-            f"the checkpoint. Choose a path outside it, e.g. '{default_output(directory)}'."
+            f"'{directory}' is not a sharded checkpoint directory (it has no .metadata, and is not a DeepSpeed "
+            f"checkpoint written by Fabric)."
         )
+    output = os.fspath(output) if output is not None else default_output(directory)
+    _refuse_output_inside(directory, output)
     manifest = check_directory_alone(directory)
     metadata = sharded.read_metadata(directory, weights_only)
     if manifest is not None:
@@ -45,3 +51,12 @@ def consolidate(
         checkpoint.update(safe_load(meta_path, weights_only=weights_only))
     atomic_save(checkpoint, output)
     return output
+
+
+def _refuse_output_inside(directory: str, output: str) -> None:
+    root = os.path.realpath(directory)
+    if os.path.commonpath([root, os.path.realpath(output)]) == root:
+        raise CheckpointError(
+            f"The output '{output}' lies inside the checkpoint directory '{directory}': writing there would damage "
+            f"the checkpoint. Choose a path outside it, e.g. '{default_output(directory)}'."
+        )

@@ -33,6 +33,7 @@ from torch.optim import Optimizer
 
 from fabric.checkpoint import sharded, states
 from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
+from fabric.checkpoint.deepspeed_format import DEEPSPEED_KEY, is_deepspeed_checkpoint
 from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.types import Stateful
@@ -41,7 +42,7 @@ from fabric.utilities.types import Stateful
 PRECISION_STATE_KEY = "__fabric_precision__"
 #: key under which each process's own state (random generators, dataloader positions) is stored
 PER_RANK_STATE_KEY = "__fabric_per_rank__"
-RESERVED_KEYS = frozenset({PRECISION_STATE_KEY, PER_RANK_STATE_KEY})
+RESERVED_KEYS = frozenset({PRECISION_STATE_KEY, PER_RANK_STATE_KEY, DEEPSPEED_KEY})
 
 Filter = Mapping[str, Callable[[str, Any], bool]]
 Owners = Mapping[Optimizer, Module]
@@ -263,7 +264,10 @@ class Checkpointer:
             # A directory a crashed save left aside; else the CheckpointIO plugin says what is there.
             with contextlib.suppress(FileNotFoundError):
                 path = sharded.resolve_checkpoint_path(path)
-        if not is_remote(path) and os.path.isdir(path):
+        if not is_remote(path) and os.path.isdir(path) and is_deepspeed_checkpoint(path):
+            # Written by DeepSpeedStrategy, read here without an engine: merged into one file first.
+            checkpoint = _read_deepspeed_directory(path, weights_only)
+        elif not is_remote(path) and os.path.isdir(path):
             if not sharded.is_sharded_checkpoint(path):
                 raise CheckpointError(
                     f"'{path}' is a directory but not a sharded checkpoint (it has no {sharded.DCP_METADATA_FILE}). "
@@ -456,6 +460,19 @@ class Checkpointer:
                 f"Fabric.load_raw(path, obj): `obj` must be a module or an optimizer, got {type(obj).__name__}. "
                 f"For other objects use `Fabric.load`."
             )
+
+
+def _read_deepspeed_directory(path: str, weights_only: bool) -> dict[str, Any]:
+    import tempfile
+
+    from fabric.checkpoint.deepspeed_format import consolidate_deepspeed
+
+    with tempfile.TemporaryDirectory() as scratch:
+        target = os.path.join(scratch, "consolidated.pt")
+        consolidate_deepspeed(path, target, weights_only=weights_only)
+        checkpoint = safe_load(target, weights_only=weights_only)
+    checkpoint.pop(DEEPSPEED_KEY, None)
+    return checkpoint
 
 
 def convert_plain(state: Mapping[str, Any], filter: Filter) -> dict[str, Any]:

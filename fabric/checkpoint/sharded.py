@@ -36,7 +36,7 @@ import re
 import secrets
 import shutil
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -247,16 +247,19 @@ def _old_versions(path: str) -> list[str]:
     return []
 
 
-def resolve_checkpoint_path(path: str | os.PathLike[str]) -> str:
+def resolve_checkpoint_path(
+    path: str | os.PathLike[str], accept: Callable[[str], bool] = is_sharded_checkpoint
+) -> str:
     """``path``, or the previous version left aside by a save that crashed between its two renames.
 
-    The version found is read through the same checks as any other (safe metadata, manifest), so a
-    crafted directory placed there gains nothing.
+    ``accept`` says which directories count as a checkpoint (DCP's by default; DeepSpeed's for its
+    strategy). The version found is read through the same checks as any other (safe metadata,
+    manifest), so a crafted directory placed there gains nothing.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path):
         return path
-    olds = sorted((p for p in _old_versions(path) if is_sharded_checkpoint(p)), key=os.path.getmtime)
+    olds = sorted((p for p in _old_versions(path) if accept(p)), key=os.path.getmtime)
     if olds:
         return olds[-1]
     raise FileNotFoundError(f"No checkpoint at '{path}'. Check the path, or save a checkpoint there first.")

@@ -38,21 +38,6 @@ def env_port(name: str, fix: str) -> int:
     return port
 
 
-def refuse_change(what: str, requested: int, fixed: int, source: str) -> None:
-    """Raise ``ValueError`` when fabric computed ``requested`` but the scheduler fixed ``fixed``.
-
-    Schedulers decide ranks and world size; a different value computed from fabric's arguments means
-    those arguments do not describe the allocation, and the rendezvous would hang rather than fail.
-    """
-    if requested != fixed:
-        raise ValueError(
-            f"Cannot set the {what} to {requested}: the scheduler that started this process fixed it"
-            f" at {source}={fixed}. This means `devices` and `num_nodes` do not describe the allocation;"
-            f" pass values that match it (devices per node times num_nodes equals the scheduler's number"
-            f" of tasks)."
-        )
-
-
 def mismatch(argument: str, received: int, expected: int, source: str, fix: str) -> ValueError:
     """Build the error for a user argument that contradicts the scheduler's allocation."""
     return ValueError(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from fabric.environments._env import env_int, env_port, refuse_change, require_env
+from fabric.environments._env import env_int, env_port, require_env
 from fabric.environments.cluster_environment import ClusterEnvironment
 
 
 class ScheduledEnvironment(ClusterEnvironment):
-    """Reads world size and global rank from the variables a scheduler sets; the setters only check.
+    """Reads world size and global rank from the variables a scheduler sets; the setters are ignored.
 
     Subclasses name the two variables and the advice shown when one is missing; they still answer
     the questions that differ per scheduler (local and node rank, rendezvous, detection).
@@ -28,13 +28,14 @@ class ScheduledEnvironment(ClusterEnvironment):
         return env_int(self._WORLD_SIZE_VARIABLE, self._FIX)
 
     def set_world_size(self, size: int) -> None:
-        refuse_change("world size", size, self.world_size(), self._WORLD_SIZE_VARIABLE)
+        """Ignored, as in Lightning: the scheduler fixed the world size (``validate_settings`` checks the
+        arguments against it before anything starts)."""
 
     def global_rank(self) -> int:
         return env_int(self._GLOBAL_RANK_VARIABLE, self._FIX)
 
     def set_global_rank(self, rank: int) -> None:
-        refuse_change("global rank", rank, self.global_rank(), self._GLOBAL_RANK_VARIABLE)
+        """Ignored, as in Lightning: the scheduler fixed this process's rank."""
 
 
 class MasterVariablesEnvironment(ScheduledEnvironment):

@@ -5,9 +5,26 @@ from __future__ import annotations
 import os
 import socket
 
-from fabric.environments._env import env_int, env_port, mismatch, require_env
-from fabric.environments._ports import port_from_job_id
+from fabric.environments._env import env_int, env_port, mismatch
 from fabric.environments._scheduled import ScheduledEnvironment
+
+
+def lsf_port_from_job_id(job_id: str | None) -> int:
+    """Lightning's LSF port: ``LSB_JOBID % 1000 + 10000``, so that mixed Lightning/fabric jobs agree.
+
+    Raises ``ValueError`` (Lightning's type) when the job id is missing or not a number.
+    """
+    if job_id is None:
+        raise ValueError(
+            "The environment variable LSB_JOBID is not set, so no rendezvous port can be derived. Run inside an "
+            "LSF job (`bsub`, then `jsrun`), or set MASTER_PORT."
+        )
+    if not job_id.strip().isdigit():
+        raise ValueError(
+            f"LSB_JOBID={job_id!r} is not a number; LSF job ids are. Set MASTER_PORT to choose a port."
+        )
+    return int(job_id) % 1000 + 10000
+
 
 _REQUIRED = ("LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE")
 
@@ -41,7 +58,7 @@ class LSFEnvironment(ScheduledEnvironment):
     def main_port(self) -> int:
         if "MASTER_PORT" in os.environ:
             return env_port("MASTER_PORT", "Unset it to derive the port from LSB_JOBID.")
-        return port_from_job_id(require_env("LSB_JOBID", self._FIX))
+        return lsf_port_from_job_id(os.environ.get("LSB_JOBID"))
 
     @staticmethod
     def detect() -> bool:
@@ -99,18 +116,20 @@ class LSFEnvironment(ScheduledEnvironment):
 
     def _compute_hosts(self) -> list[str]:
         """Host of every compute slot, from the rankfile, without the launch node on the first line."""
-        path = require_env("LSB_DJOB_RANKFILE", self._FIX)
+        path = os.environ.get("LSB_DJOB_RANKFILE")
+        if not path:  # Lightning's type (ValueError) for a missing or empty variable
+            raise ValueError(f"The environment variable LSB_DJOB_RANKFILE is not set or empty. {self._FIX}")
         try:
             with open(path, encoding="utf-8") as file:
                 lines = [line.strip() for line in file]
         except OSError as err:
-            raise RuntimeError(
+            raise type(err)(  # Lightning's type: FileNotFoundError, PermissionError, ...
                 f"Cannot read the LSF rankfile LSB_DJOB_RANKFILE={path!r}: {err.strerror}. It is written by"
                 " LSF when the job starts; run inside the job (`bsub`, then `jsrun`), or unset the variable."
             ) from err
         hosts = [line for line in lines if line]
         if len(hosts) < 2:
-            raise RuntimeError(
+            raise ValueError(
                 f"The LSF rankfile LSB_DJOB_RANKFILE={path!r} lists no compute host: it has"
                 f" {len(hosts)} non-empty line(s), and the first is the launch node. Request compute nodes"
                 " with `bsub -nnodes N` and start the script with `jsrun`."

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from fabric.environments._env import env_port, mismatch, refuse_change
+from fabric.environments._env import env_port, mismatch
 from fabric.environments._ports import find_free_network_port
 from fabric.environments.cluster_environment import ClusterEnvironment
 
@@ -78,13 +78,13 @@ class MPIEnvironment(ClusterEnvironment):
         return self._mpi().world_size
 
     def set_world_size(self, size: int) -> None:
-        refuse_change("world size", size, self.world_size(), "MPI COMM_WORLD size")
+        """Ignored, as in Lightning: the MPI launcher fixed the world size."""
 
     def global_rank(self) -> int:
         return self._mpi().global_rank
 
     def set_global_rank(self, rank: int) -> None:
-        refuse_change("global rank", rank, self.global_rank(), "MPI COMM_WORLD rank")
+        """Ignored, as in Lightning: the MPI launcher fixed this process's rank."""
 
     def local_rank(self) -> int:
         return self._mpi().local_rank

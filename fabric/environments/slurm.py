@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import signal
+import subprocess
 
-from fabric.environments._env import env_int, env_port, mismatch
+from fabric.environments._env import env_int, env_port, mismatch, require_env
 from fabric.environments._ports import port_from_job_id
 from fabric.environments._scheduled import ScheduledEnvironment
 
@@ -31,7 +33,8 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
         ['a1', 'b2', 'b3', 'c']
     """
     hosts: list[str] = []
-    for expression in _split_top_level(nodelist):
+    # Space-separated lists too ("host0 host1", as Lightning accepts).
+    for expression in _split_top_level(re.sub(r"\s*,\s*|\s+", ",", nodelist.strip())):
         hosts.extend(_expand_expression(expression, nodelist))
     return hosts
 
@@ -119,9 +122,53 @@ class SLURMEnvironment(ScheduledEnvironment):
     _GLOBAL_RANK_VARIABLE = "SLURM_PROCID"
     _FIX = "Start the script with `srun python ...` inside the allocation, or do not select SLURMEnvironment."
 
+    def __init__(self, auto_requeue: bool = True, requeue_signal: signal.Signals | None = None) -> None:
+        """``auto_requeue``/``requeue_signal`` as in Lightning: read by code that handles the signal SLURM
+        sends before the time limit (``#SBATCH --signal=SIGUSR1@90``) and then calls :meth:`requeue`.
+        Fabric itself installs no signal handler (neither does Lightning Fabric; its Trainer does)."""
+        super().__init__()
+        self.auto_requeue = auto_requeue
+        if requeue_signal is None and hasattr(signal, "SIGUSR1"):
+            requeue_signal = signal.SIGUSR1
+        self.requeue_signal = requeue_signal
+
+    @staticmethod
+    def job_id() -> int | None:
+        """``SLURM_JOB_ID`` as an int, or None outside a job (or in an interactive one)."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if job_id is None or os.environ.get("SLURM_JOB_NAME") in _INTERACTIVE_JOB_NAMES:
+            return None
+        try:
+            return int(job_id.split("_")[0])
+        except ValueError:
+            return None
+
+    @staticmethod
+    def job_name() -> str | None:
+        return os.environ.get("SLURM_JOB_NAME")
+
+    def requeue(self) -> None:
+        """Put this job back in the queue (``scontrol requeue``), from global rank 0 only.
+
+        Call it from your handler of :attr:`requeue_signal` after saving a checkpoint, when
+        :attr:`auto_requeue` is set; the requeued job resumes from that checkpoint.
+        """
+        if not self.auto_requeue or self.global_rank() != 0:
+            return
+        job_id = os.environ.get("SLURM_ARRAY_JOB_ID")
+        if job_id is not None:
+            job_id = f"{job_id}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        else:
+            job_id = require_env("SLURM_JOB_ID", self._FIX)
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+
     @property
     def main_address(self) -> str:
-        """First host of ``SLURM_NODELIST`` (or ``SLURM_JOB_NODELIST``): SLURM places task 0 there."""
+        """First host of ``SLURM_NODELIST`` (or ``SLURM_JOB_NODELIST``): SLURM places task 0 there.
+
+        Without either (a hand-made launch that sets the SLURM task variables), ``MASTER_ADDR`` or
+        127.0.0.1, as Lightning does.
+        """
         for name in ("SLURM_NODELIST", "SLURM_JOB_NODELIST"):
             nodelist = os.environ.get(name)
             if nodelist is None:
@@ -130,7 +177,7 @@ class SLURMEnvironment(ScheduledEnvironment):
                 return expand_slurm_nodelist(nodelist)[0]
             except ValueError as err:
                 raise ValueError(f"{name}: {err}") from None
-        raise RuntimeError(f"Neither SLURM_NODELIST nor SLURM_JOB_NODELIST is set. {self._FIX}")
+        return os.environ.get("MASTER_ADDR", "127.0.0.1")
 
     @property
     def main_port(self) -> int:

@@ -7,19 +7,6 @@ import os
 from fabric.environments._env import env_int, mismatch
 from fabric.environments._scheduled import MasterVariablesEnvironment
 
-# torchrun sets all of these in every worker; requiring the full set keeps a stray RANK or
-# WORLD_SIZE left in a shell from being mistaken for a torchrun launch.
-_REQUIRED = (
-    "TORCHELASTIC_RUN_ID",
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
-
 
 class TorchElasticEnvironment(MasterVariablesEnvironment):
     """Every process was started by ``torchrun``; ranks and rendezvous come from its variables.
@@ -38,8 +25,10 @@ class TorchElasticEnvironment(MasterVariablesEnvironment):
 
     @staticmethod
     def detect() -> bool:
-        """True when every variable torchrun sets in its workers is present."""
-        return all(name in os.environ for name in _REQUIRED)
+        """True when ``TORCHELASTIC_RUN_ID`` is set, as ``torch.distributed.is_torchelastic_launched()`` and
+        Lightning decide (a stray ``RANK`` left in a shell does not count). A missing rank variable then
+        fails when it is read, with a message naming it."""
+        return "TORCHELASTIC_RUN_ID" in os.environ
 
     def local_rank(self) -> int:
         return env_int("LOCAL_RANK", self._FIX)

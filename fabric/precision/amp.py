@@ -90,7 +90,10 @@ class MixedPrecision(Precision):
         return torch.autocast(self.device_type, dtype=self._dtype)
 
     def convert_output(self, data: Any) -> Any:
-        return convert_floating_tensors(data, torch.get_default_dtype())
+        dtype = torch.get_default_dtype()
+        if isinstance(data, Tensor):  # the usual output, a bare tensor: cast here, once per step
+            return data.to(dtype) if data.is_floating_point() else data
+        return convert_floating_tensors(data, dtype)
 
     def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
         self.backward_calls += 1

@@ -1,20 +1,51 @@
 """Strategies: how models, optimizers, collectives and checkpoints work for one engine each.
 
-Multi-process strategies are imported on first use, so ``import fabric`` stays free of
-``torch.distributed`` set-up for single-device runs.
+Multi-process strategies (and their modules, e.g. ``fabric.strategies.fsdp``) are imported on first
+use, so ``import fabric`` stays free of ``torch.distributed`` set-up for single-device runs.
 """
 
+import importlib
 from typing import Any
 
 from fabric.strategies.single_device import SingleDeviceStrategy
 from fabric.strategies.strategy import BackwardSyncControl, Strategy
 
+#: public name -> module that defines it, imported when the name is first used
+_LAZY = {
+    "DDPStrategy": "ddp",
+    "FSDPStrategy": "fsdp",
+    "ModelParallelStrategy": "model_parallel",
+    "ParallelStrategy": "parallel",
+    "STRATEGY_REGISTRY": "registry",
+    "DeepSpeedStrategy": "deepspeed",
+    # the XLA modules import torch-xla only when a run is set up
+    "SingleXLAStrategy": "xla_single",
+    "XLAStrategy": "xla",
+    "XLAFSDPStrategy": "xla_fsdp",
+}
+_SUBMODULES = (
+    "ddp",
+    "deepspeed",
+    "fsdp",
+    "model_parallel",
+    "parallel",
+    "registry",
+    "single_device",
+    "strategy",
+    "xla",
+    "xla_common",
+    "xla_fsdp",
+    "xla_single",
+)
+
 __all__ = [
+    "STRATEGY_REGISTRY",
     "BackwardSyncControl",
     "DDPStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
+    "ParallelStrategy",
     "SingleDeviceStrategy",
     "SingleXLAStrategy",
     "Strategy",
@@ -24,29 +55,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "DDPStrategy":
-        from fabric.strategies.ddp import DDPStrategy
-
-        return DDPStrategy
-    if name == "ModelParallelStrategy":
-        from fabric.strategies.model_parallel import ModelParallelStrategy
-
-        return ModelParallelStrategy
-    if name == "DeepSpeedStrategy":
-        from fabric.strategies.deepspeed import DeepSpeedStrategy
-
-        return DeepSpeedStrategy
-    if name == "FSDPStrategy":
-        from fabric.strategies.fsdp import FSDPStrategy
-
-        return FSDPStrategy
-    if name in ("SingleXLAStrategy", "XLAStrategy", "XLAFSDPStrategy"):
-        # these modules import torch-xla only when a run is set up
-        from fabric.strategies import xla, xla_fsdp, xla_single
-
-        return {
-            "SingleXLAStrategy": xla_single.SingleXLAStrategy,
-            "XLAStrategy": xla.XLAStrategy,
-            "XLAFSDPStrategy": xla_fsdp.XLAFSDPStrategy,
-        }[name]
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"fabric.strategies.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fabric.strategies.{name}")
+    if name == "DataParallelStrategy":
+        raise AttributeError(
+            "fabric.strategies has no DataParallelStrategy (Lightning's 'dp'): use DDPStrategy (strategy='ddp'), "
+            "one process per device, which PyTorch recommends over nn.DataParallel."
+        )
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")

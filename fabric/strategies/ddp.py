@@ -19,6 +19,7 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, CollectiveError, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
+from fabric.utilities.compiled import unwrap_compiled
 
 __all__ = ["DEFAULT_TIMEOUT", "CollectiveError", "DDPStrategy"]
 
@@ -28,8 +29,8 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     Args:
         start_method: ``"popen"`` re-runs the user's command for each extra process (scripts);
-            ``"spawn"`` or ``"fork"`` start processes with multiprocessing and need
-            ``fabric.launch(fn)`` (``"fork"`` works from notebooks).
+            ``"spawn"``, ``"fork"`` or ``"forkserver"`` start processes with multiprocessing and need
+            ``fabric.launch(fn)`` (``"fork"`` works from notebooks). Lightning's spellings.
         process_group_backend: ``"gloo"``, ``"nccl"``, ...; default: nccl on CUDA, gloo otherwise.
         timeout: how long a collective waits for the other processes before failing.
         **ddp_kwargs: passed to ``DistributedDataParallel`` (``find_unused_parameters``,
@@ -49,8 +50,14 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         process_group_backend: str | None = None,
         timeout: timedelta = DEFAULT_TIMEOUT,
         start_method: str = "popen",
+        checkpoint_io: Any = None,
         **ddp_kwargs: Any,
     ) -> None:
+        if checkpoint_io is not None:
+            raise ValueError(
+                f"DDPStrategy(checkpoint_io={checkpoint_io!r}): there is no pluggable checkpoint IO; `fabric.save` and "
+                f"`fabric.load` write and verify checkpoints. Remove the argument."
+            )
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -74,6 +81,7 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         """
         if not enabled:
             return nullcontext()
+        module = unwrap_compiled(module)[0]  # compiled after wrapping (`setup(_reapply_compile=True)`)
         if not isinstance(module, DistributedDataParallel):
             raise TypeError(
                 f"no_backward_sync needs the module returned by `fabric.setup`, got {type(module).__name__}."

@@ -31,6 +31,7 @@ from fabric.checkpoint.states import (
 )
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
+from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
 
@@ -50,7 +51,17 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         activation_checkpointing_policy: module classes (or a callable) whose activations are
             recomputed in backward instead of stored.
         reshard_after_forward: free gathered parameters after forward (``True``, least memory) or keep
-            them for backward (``False``, less communication).
+            them for backward (``False``, less communication). Default: from ``sharding_strategy``.
+        sharding_strategy: Lightning's names (or torch's ``ShardingStrategy``) mapped onto FSDP2:
+            ``"FULL_SHARD"``; ``"SHARD_GRAD_OP"`` (no reshard after forward); ``"HYBRID_SHARD"`` (a 2-D
+            ``(replicate, shard)`` mesh, sizes from ``device_mesh``, default ``(num_nodes, devices)``);
+            ``"NO_SHARD"`` (every process holds everything: a ``(world_size, 1)`` mesh).
+        device_mesh: ``(replicate, shard)`` sizes for hybrid sharding, or a ready ``DeviceMesh``.
+        mixed_precision: FSDP2's ``MixedPrecisionPolicy`` or FSDP1's ``MixedPrecision`` (its
+            ``param_dtype``/``reduce_dtype``); overrides what the precision plugin implies.
+        activation_checkpointing: Lightning's older spelling of ``activation_checkpointing_policy``.
+        **kwargs: passed to ``fully_shard`` (e.g. ``shard_placement_fn``, ``ignored_params``); FSDP1-only
+            options raise an error that says what to use instead.
         state_dict_type: ``"sharded"`` (a directory, every process writes its shard) or ``"full"``
             (one file written by rank 0, readable by ``torch.load``).
         timeout, start_method, process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
@@ -73,10 +84,15 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         timeout: timedelta = DEFAULT_TIMEOUT,
         start_method: str = "popen",
         auto_wrap_policy: ShardingPolicy | None = None,
-        cpu_offload: bool = False,
+        cpu_offload: Any = False,
         activation_checkpointing_policy: ShardingPolicy | None = None,
-        reshard_after_forward: bool = True,
+        reshard_after_forward: bool | None = None,
         state_dict_type: Literal["sharded", "full"] = "sharded",
+        sharding_strategy: Any = "FULL_SHARD",
+        device_mesh: tuple[int, int] | Any = None,
+        mixed_precision: Any = None,
+        activation_checkpointing: Any = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             accelerator=accelerator,
@@ -91,16 +107,33 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             raise ValueError(
                 f"FSDPStrategy(state_dict_type={state_dict_type!r}): allowed 'sharded' or 'full'."
             )
+        if activation_checkpointing is not None:
+            if activation_checkpointing_policy is not None:
+                raise ValueError(
+                    "FSDPStrategy: pass `activation_checkpointing_policy` or the older `activation_checkpointing`, "
+                    "not both."
+                )
+            layers = activation_checkpointing
+            activation_checkpointing_policy = (
+                set(layers) if isinstance(layers, (list, tuple, set)) else {layers}
+            )
         self._wrap_policy = _as_predicate(auto_wrap_policy, "auto_wrap_policy")
         self._checkpoint_policy = _as_predicate(
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
-        self.cpu_offload = cpu_offload
+        self.cpu_offload = _offload_flag(cpu_offload)
+        self.sharding_strategy = _sharding_strategy_name(sharding_strategy)
+        if reshard_after_forward is None:
+            reshard_after_forward = self.sharding_strategy not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
         self.reshard_after_forward = reshard_after_forward
+        self._device_mesh = _check_device_mesh(device_mesh, self.sharding_strategy)
+        self._mp_policy = _mixed_precision_policy(mixed_precision)
+        self._fully_shard_kwargs = _fully_shard_kwargs(kwargs)
         self.state_dict_type = state_dict_type
         self._mesh: Any = None
         # Weak: the strategy must not keep every model it ever sharded alive.
         self._sharded: weakref.WeakSet[Module] = weakref.WeakSet()
+        self._init_logs: list[InitLog] = []
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -114,9 +147,25 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             precision.scaler = ShardedGradScaler(self.root_device.type)
 
     def _create_mesh(self) -> Any:
-        from torch.distributed.device_mesh import init_device_mesh
+        """A 1-D mesh over all processes; 2-D ``(replicate, shard)`` for ``HYBRID_SHARD`` and ``NO_SHARD``."""
+        from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-        return init_device_mesh(self.root_device.type, (self.world_size,))
+        if isinstance(self._device_mesh, DeviceMesh):
+            return self._device_mesh
+        if self.sharding_strategy == "NO_SHARD":
+            shape: tuple[int, ...] = (self.world_size, 1)  # replicate everywhere, shard over one process
+        elif self.sharding_strategy in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+            # Default: shard within a node (fast links), replicate across nodes.
+            shape = self._device_mesh or (self.num_nodes, self.world_size // self.num_nodes)
+            if shape[0] * shape[1] != self.world_size:
+                raise ValueError(
+                    f"FSDPStrategy(device_mesh={shape}): the (replicate, shard) sizes multiply to "
+                    f"{shape[0] * shape[1]}, but there are {self.world_size} processes. Pass sizes whose product "
+                    f"is {self.world_size}."
+                )
+        else:
+            return init_device_mesh(self.root_device.type, (self.world_size,))
+        return init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def module_to_device(self, module: Module) -> None:
         if self.cpu_offload or _has_meta(module):
@@ -127,11 +176,17 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         """With ``empty_init=True`` the model is created on the meta device: no memory, no init yet.
 
         ``setup`` then shards it and gives each process only its shard, initialized with the values
-        a normal seeded init gives (each module's ``reset_parameters``).
+        a normal seeded init gives: the construction's operations are recorded and replayed shard by
+        shard (see :mod:`fabric.strategies._deferred_init`), so a model's own initialization (e.g. a
+        ``_init_weights`` applied in ``__init__``) is kept exactly.
         """
         stack = ExitStack()
         stack.enter_context(torch.device("meta") if empty_init else self.root_device)
         stack.enter_context(self.precision.module_init_context())
+        if empty_init:
+            recorder = InitRecorder(self.root_device if not self.cpu_offload else torch.device("cpu"))
+            self._init_logs.append(recorder.log)
+            stack.enter_context(recorder)
         return stack
 
     def setup_module_and_optimizers(
@@ -175,31 +230,49 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             _apply_activation_checkpointing(module, self._checkpoint_policy)
         precision = self.precision
         mp_policy = MixedPrecisionPolicy()
-        if isinstance(precision, MixedPrecision):
+        if self._mp_policy is not None:
+            mp_policy = self._mp_policy
+        elif isinstance(precision, MixedPrecision):
             # Compute in the low dtype; reduce gradients in float32 so that no precision is lost summing.
             mp_policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
         # Pinned memory only speeds up copies to an accelerator; without one, pinning fails.
         pin = self.root_device.type != "cpu"
         offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
         meta = _has_meta(module)
-        if meta:
+        log = self._init_log_for(module) if meta else None
+        if meta and log is None:
             _check_initializable(module)
+        names = _tensor_names(module) if log is not None else {}
         kwargs = {
             "mesh": self._mesh,
             "reshard_after_forward": self.reshard_after_forward,
             "mp_policy": mp_policy,
             "offload_policy": offload,
+            **self._fully_shard_kwargs,
         }
         policy = self._wrap_policy or _default_policy(module)
         # Children before parents: each unit holds the parameters not already in a smaller unit.
         for submodule in reversed(list(module.modules())):
-            if submodule is not module and policy(submodule):
+            if submodule is not module and not isinstance(submodule, _CONTAINERS) and policy(submodule):
                 fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
-            _materialize(module, self.root_device if not self.cpu_offload else torch.device("cpu"))
+            device = self.root_device if not self.cpu_offload else torch.device("cpu")
+            if log is not None:
+                _materialize_from_log(module, log, names, device)
+            else:
+                _materialize(module, device)
         self._sharded.add(module)
         return module
+
+    def _init_log_for(self, module: Module) -> InitLog | None:
+        """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""
+        tensors = [*module.parameters(), *module.buffers()]
+        for log in self._init_logs:
+            if log.covers(tensors):
+                self._init_logs.remove(log)  # replayed once; its tensors can be freed afterwards
+                return log
+        return None
 
     # ---------------------------------------------------------------------- steps
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
@@ -245,9 +318,142 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
 
 # --------------------------------------------------------------------------- helpers
-def _as_predicate(policy: ShardingPolicy | None, name: str) -> Callable[[Module], bool] | None:
+_SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
+#: FSDP1 arguments whose FSDP2 behaviour is already what they ask for: accepted and dropped
+_FSDP1_NO_OPS = {"use_orig_params": True, "limit_all_gathers": True}
+#: FSDP1 arguments with no FSDP2 equivalent, and what to do instead
+_FSDP1_ONLY = {
+    "backward_prefetch": "FSDP2 prefetches the next unit in backward by itself; remove the argument",
+    "forward_prefetch": "FSDP2 prefetches by itself (explicit control: `FSDPModule.set_modules_to_forward_prefetch`)",
+    "sync_module_states": "seed before creating the model (`fabric.seed_everything`) so all processes start equal",
+    "param_init_fn": "create the model under `fabric.init_module(empty_init=True)`; its own init is kept",
+    "device_id": "the strategy places the model on each process's device; remove the argument",
+    "ignored_states": "pass `ignored_params` (a set of parameters), which FSDP2 accepts",
+}
+
+
+def _sharding_strategy_name(value: Any) -> str:
+    """``"FULL_SHARD"`` etc., from a string (any case) or torch's ``ShardingStrategy`` enum."""
+    name = getattr(value, "name", value)
+    if isinstance(name, str) and name.upper() in _SHARDING_STRATEGIES:
+        return name.upper()
+    raise ValueError(
+        f"FSDPStrategy(sharding_strategy={value!r}): allowed {', '.join(_SHARDING_STRATEGIES)} (a string or "
+        f"`torch.distributed.fsdp.ShardingStrategy`)."
+    )
+
+
+def _offload_flag(value: Any) -> bool:
+    """``cpu_offload``: a bool, or FSDP1's ``CPUOffload(offload_params=...)``."""
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "offload_params"):
+        return bool(value.offload_params)
+    raise TypeError(
+        f"FSDPStrategy(cpu_offload={value!r}): pass True/False or `CPUOffload(offload_params=...)`."
+    )
+
+
+def _check_device_mesh(value: Any, strategy: str) -> Any:
+    """``device_mesh``: ``(replicate, shard)`` sizes or a ready ``DeviceMesh``, for hybrid sharding."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
+            raise ValueError(
+                f"FSDPStrategy(device_mesh={value!r}): pass two positive ints, (replicate size, shard size)."
+            )
+        if strategy not in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+            raise ValueError(
+                f"FSDPStrategy(device_mesh={value!r}, sharding_strategy={strategy!r}): mesh sizes only apply to "
+                f"hybrid sharding. Pass sharding_strategy='HYBRID_SHARD' or drop `device_mesh`."
+            )
+        return value
+    if type(value).__name__ == "DeviceMesh":
+        return value
+    raise TypeError(f"FSDPStrategy(device_mesh={value!r}): pass (replicate, shard) sizes or a DeviceMesh.")
+
+
+def _mixed_precision_policy(value: Any) -> Any:
+    """FSDP1's ``MixedPrecision`` dataclass (Lightning users pass it) as FSDP2's ``MixedPrecisionPolicy``."""
+    if value is None:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if isinstance(value, MixedPrecisionPolicy):
+        return value
+    if not hasattr(value, "param_dtype"):
+        raise TypeError(
+            f"FSDPStrategy(mixed_precision={value!r}): pass `torch.distributed.fsdp.MixedPrecisionPolicy` or "
+            f"FSDP1's `MixedPrecision`."
+        )
+    if getattr(value, "buffer_dtype", None) is not None:
+        raise ValueError(
+            f"FSDPStrategy(mixed_precision=MixedPrecision(buffer_dtype={value.buffer_dtype})): FSDP2 does not "
+            f"cast buffers. Create the model in that dtype (`fabric.init_module()` under a '-true' precision) "
+            f"or leave buffer_dtype unset."
+        )
+    if getattr(value, "keep_low_precision_grads", False):
+        raise ValueError(
+            "FSDPStrategy(mixed_precision=MixedPrecision(keep_low_precision_grads=True)): FSDP2 has no equivalent; "
+            "gradients are reduced in `reduce_dtype` and stored in the parameters' dtype. Remove the flag."
+        )
+    # FSDP2 casts the inputs of each unit to param_dtype, as FSDP1 does at the root by default.
+    return MixedPrecisionPolicy(param_dtype=value.param_dtype, reduce_dtype=value.reduce_dtype)
+
+
+def _fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Extra ``FSDPStrategy(**kwargs)`` for ``fully_shard``; FSDP1-only ones get a clear error."""
+    passed: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _FSDP1_NO_OPS and value == _FSDP1_NO_OPS[key]:
+            continue
+        if key in _FSDP1_ONLY:
+            raise ValueError(
+                f"FSDPStrategy({key}={value!r}) is an FSDP1 option with no FSDP2 equivalent: {_FSDP1_ONLY[key]}."
+            )
+        if key == "ignored_modules":
+            passed["ignored_params"] = {p for module in value for p in module.parameters()}
+            continue
+        passed[key] = value
+    if passed:
+        import inspect
+
+        from torch.distributed.fsdp import fully_shard
+
+        allowed = set(inspect.signature(fully_shard).parameters) - {
+            "module",
+            "mesh",
+            "mp_policy",
+            "offload_policy",
+        }
+        unknown = sorted(set(passed) - allowed)
+        if unknown:
+            raise TypeError(
+                f"FSDPStrategy got {unknown}, which `fully_shard` does not accept. Allowed extra arguments: "
+                f"{sorted(allowed - {'reshard_after_forward'})}."
+            )
+    return passed
+
+
+def _as_predicate(policy: Any, name: str) -> Callable[[Module], bool] | None:
     if policy is None:
         return None
+    classes_of = getattr(policy, "_module_classes", None)  # FSDP1's ModuleWrapPolicy
+    if classes_of is not None:
+        policy = set(classes_of)
+    if callable(policy) and not isinstance(policy, type) and _takes_recurse(policy):
+        fsdp1_policy = (
+            policy  # FSDP1 signature fn(module, recurse, nonwrapped_numel): ask about the module itself
+        )
+
+        def predicate(module: Module) -> bool:
+            numel = sum(p.numel() for p in module.parameters())
+            return bool(fsdp1_policy(module=module, recurse=False, nonwrapped_numel=numel))
+
+        return predicate
+    if isinstance(policy, type) and issubclass(policy, Module):
+        policy = {policy}
     if isinstance(policy, (set, frozenset, list, tuple)):
         classes = tuple(policy)
         if not all(isinstance(c, type) and issubclass(c, Module) for c in classes):
@@ -262,14 +468,67 @@ def _as_predicate(policy: ShardingPolicy | None, name: str) -> Callable[[Module]
     )
 
 
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
+def _takes_recurse(function: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return "recurse" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _default_policy(model: Module) -> Callable[[Module], bool]:
-    """Each direct child of ``model`` that holds parameters is its own unit."""
-    children = {id(child) for child in model.children() if any(True for _ in child.parameters())}
-    return lambda module: id(module) in children
+    """Each direct child of ``model`` that holds parameters is its own unit.
+
+    Containers (``ModuleList``, ``ModuleDict``) have no forward, so FSDP2 cannot shard them ("does not
+    support containers"): their children take their place, recursively. With the usual transformer
+    layout (``self.blocks = nn.ModuleList(...)``) each block becomes a unit.
+    """
+    units: set[int] = set()
+
+    def visit(parent: Module) -> None:
+        for child in parent.children():
+            if not any(True for _ in child.parameters()):
+                continue
+            if isinstance(child, _CONTAINERS):
+                visit(child)
+            else:
+                units.add(id(child))
+
+    visit(model)
+    return lambda module: id(module) in units
 
 
 def _has_meta(module: Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def _tensor_names(module: Module) -> dict[int, str]:
+    """``id`` of each parameter and buffer (before sharding replaces them) -> its qualified name."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    names.update({id(b): name for name, b in module.named_buffers()})
+    return names
+
+
+def _materialize_from_log(module: Module, log: InitLog, names: dict[int, str], device: torch.device) -> None:
+    """Give each process its shards with the values the recorded construction gives (bit for bit)."""
+    module.to_empty(device=device)
+    targets = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+    def sink(name: str, full: Tensor) -> None:
+        if name not in targets:
+            raise RuntimeError(
+                f"init_module(empty_init=True): the parameter or buffer {name!r} of the constructed model is gone "
+                f"after parallelizing (renamed or replaced), so its initial value has nowhere to go. Keep the "
+                f"names, or create the model with empty_init=False."
+            )
+        with torch.no_grad():
+            _copy_shard(full, targets[name])
+
+    replay_into(log, device, names, sink)
 
 
 def _check_initializable(module: Module) -> None:

@@ -24,7 +24,7 @@ from fabric.utilities.types import ReduceOp
 
 #: torch's own default for process groups; long because the first collective can wait for slow data loading
 DEFAULT_TIMEOUT = timedelta(minutes=30)
-_START_METHODS = ("popen", "spawn", "fork")
+_START_METHODS = ("popen", "spawn", "fork", "forkserver")
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 _MAX_DIMS = 16
 #: dtypes gloo refuses ("Invalid scalar type"), and the wider dtype each travels as instead

@@ -14,6 +14,7 @@ from fabric.strategies.fsdp import FSDPStrategy
 from fabric.strategies.xla import XLAStrategy
 from fabric.strategies.xla_fsdp import XLAFSDPStrategy
 from fabric.strategies.xla_single import SingleXLAStrategy
+from fabric.utilities.registry import StrategyRegistry
 
 STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp": {"class": DDPStrategy, "init": {"start_method": "popen"}},
@@ -23,6 +24,18 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "ddp_find_unused_parameters_true": {
         "class": DDPStrategy,
         "init": {"start_method": "popen", "find_unused_parameters": True},
+    },
+    "ddp_spawn_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "spawn", "find_unused_parameters": True},
+    },
+    "ddp_fork_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "fork", "find_unused_parameters": True},
+    },
+    "ddp_notebook_find_unused_parameters_true": {
+        "class": DDPStrategy,
+        "init": {"start_method": "fork", "find_unused_parameters": True},
     },
     "fsdp": {"class": FSDPStrategy, "init": {}},
     # DeepSpeed: the class imports no deepspeed module until a process sets it up
@@ -53,4 +66,10 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "single_xla": {"class": SingleXLAStrategy, "init": {}},
     "xla": {"class": XLAStrategy, "init": {}},
     "xla_fsdp": {"class": XLAFSDPStrategy, "init": {}},
+    "fsdp_cpu_offload": {"class": FSDPStrategy, "init": {"cpu_offload": True}},
 }
+
+#: Lightning's ``STRATEGY_REGISTRY``: the names above, plus any a user registers with ``register(...)``.
+STRATEGY_REGISTRY = StrategyRegistry()
+for _name, _entry in STRATEGY_NAMES.items():
+    STRATEGY_REGISTRY.register(_name, _entry["class"], **_entry["init"])

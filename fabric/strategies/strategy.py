@@ -37,7 +37,8 @@ class Strategy(ABC):
 
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self._accelerator = accelerator
-        self._precision = precision if precision is not None else Precision()
+        # A plain attribute, not a property: it is read on every step (backward, optimizer step).
+        self.precision: Precision = precision if precision is not None else Precision()
         self._launcher: Launcher | None = None
         self._checkpoint_io: CheckpointIO | None = None
         self._checkpointer: Checkpointer | None = None
@@ -50,14 +51,6 @@ class Strategy(ABC):
     @accelerator.setter
     def accelerator(self, accelerator: Accelerator) -> None:
         self._accelerator = accelerator
-
-    @property
-    def precision(self) -> Precision:
-        return self._precision
-
-    @precision.setter
-    def precision(self, precision: Precision) -> None:
-        self._precision = precision
 
     @property
     def launcher(self) -> Launcher | None:
@@ -142,6 +135,16 @@ class Strategy(ABC):
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)
+
+    def _step_call(self, name: Literal["backward", "optimizer_step"]) -> Callable[..., Any]:
+        """The callable to run for ``name`` on every step, decided once (by the wrappers, at set-up).
+
+        A strategy that keeps the base method, which only hands over to the precision, gets the
+        precision's method itself: one call less per step. One that overrides it gets its own.
+        """
+        if getattr(type(self), name) is getattr(Strategy, name):
+            return getattr(self.precision, name)
+        return getattr(self, name)
 
     def clip_gradients_norm(
         self,

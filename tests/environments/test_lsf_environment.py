@@ -46,7 +46,7 @@ def test_reads_jsrun_variables_and_rankfile() -> None:
     assert LSFEnvironment.detect()
     assert env.creates_processes_externally
     assert env.main_address == "a01n01"  # the launch node "batch3" is skipped
-    assert env.main_port == 15000 + 4567
+    assert env.main_port == 4567 % 1000 + 10000  # Lightning's derivation, so mixed jobs agree
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (12, 7, 1, 1)
     env.set_world_size(12)
     env.set_global_rank(7)
@@ -71,7 +71,7 @@ def test_missing_rankfile_names_variable_and_path(monkeypatch: pytest.MonkeyPatc
     missing = tmp_path / "gone.rankfile"
     monkeypatch.setenv("LSB_DJOB_RANKFILE", str(missing))
     with pytest.raises(
-        RuntimeError, match=r"Cannot read the LSF rankfile LSB_DJOB_RANKFILE='.*gone\.rankfile'"
+        FileNotFoundError, match=r"Cannot read the LSF rankfile LSB_DJOB_RANKFILE='.*gone\.rankfile'"
     ):
         _ = LSFEnvironment().main_address
 
@@ -83,7 +83,7 @@ def test_rankfile_with_only_the_launch_node_is_an_error(
     path = tmp_path / "launch-only.rankfile"
     path.write_text("batch3\n\n")
     monkeypatch.setenv("LSB_DJOB_RANKFILE", str(path))
-    with pytest.raises(RuntimeError, match=r"lists no compute host: it has 1 non-empty line"):
+    with pytest.raises(ValueError, match=r"lists no compute host: it has 1 non-empty line"):
         _ = LSFEnvironment().main_address
 
 
@@ -110,3 +110,16 @@ def test_not_detected_without_each_required_variable(
 ) -> None:
     monkeypatch.delenv(missing)
     assert not LSFEnvironment.detect()
+
+
+def test_port_derivation_is_lightnings_and_bad_job_ids_are_value_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fabric.environments.lsf import lsf_port_from_job_id
+
+    assert lsf_port_from_job_id("123456") == 10456
+    assert lsf_port_from_job_id("7") == 10007
+    with pytest.raises(ValueError, match="LSB_JOBID='12a' is not a number"):
+        lsf_port_from_job_id("12a")
+    with pytest.raises(ValueError, match="LSB_JOBID is not set"):
+        lsf_port_from_job_id(None)

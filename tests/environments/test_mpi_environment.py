@@ -119,8 +119,8 @@ def test_rank_three_of_four_on_two_nodes(monkeypatch: pytest.MonkeyPatch) -> Non
         env.validate_settings(num_devices=4, num_nodes=2)
     with pytest.raises(ValueError, match=r"`num_nodes=1` does not match .*2 distinct hosts"):
         env.validate_settings(num_devices=2, num_nodes=1)
-    with pytest.raises(ValueError, match=r"Cannot set the global rank to 0: .*MPI COMM_WORLD rank=3"):
-        env.set_global_rank(0)
+    env.set_global_rank(0)  # ignored, as in Lightning: the MPI launcher fixed the rank
+    assert env.global_rank() == 3
 
 
 def test_rank_zero_picks_the_port(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,11 +80,32 @@ def test_job_nodelist_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("srun")
-def test_missing_nodelist_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_nodelist_master_addr_or_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's fallback for a hand-made launch that sets only the task variables."""
     monkeypatch.delenv("SLURM_NODELIST")
-    monkeypatch.delenv("SLURM_JOB_NODELIST")
-    with pytest.raises(RuntimeError, match="Neither SLURM_NODELIST nor SLURM_JOB_NODELIST is set"):
-        _ = SLURMEnvironment().main_address
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    assert SLURMEnvironment().main_address == "127.0.0.1"
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.5")
+    assert SLURMEnvironment().main_address == "10.0.0.5"
+
+
+@pytest.mark.usefixtures("srun")
+def test_space_separated_nodelist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_NODELIST", "host0 host1 host3")
+    assert SLURMEnvironment().main_address == "host0"
+    assert expand_slurm_nodelist("a[1-2] b") == ["a1", "a2", "b"]
+
+
+@pytest.mark.usefixtures("srun")
+def test_auto_requeue_settings_as_in_lightning() -> None:
+    import signal
+
+    env = SLURMEnvironment()
+    assert env.auto_requeue is True and env.requeue_signal == signal.SIGUSR1
+    env = SLURMEnvironment(auto_requeue=False, requeue_signal=signal.SIGTERM)
+    assert env.auto_requeue is False and env.requeue_signal == signal.SIGTERM
+    env.requeue()  # auto_requeue off: does nothing (no scontrol call)
 
 
 @pytest.mark.usefixtures("srun")
@@ -132,11 +153,11 @@ def test_job_num_nodes_is_used_without_nnodes(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.usefixtures("srun")
-def test_setters_refuse_values_other_than_slurms() -> None:
-    with pytest.raises(ValueError, match=r"Cannot set the world size to 8: .* SLURM_NTASKS=4"):
-        SLURMEnvironment().set_world_size(8)
-    with pytest.raises(ValueError, match=r"Cannot set the global rank to 0: .* SLURM_PROCID=3"):
-        SLURMEnvironment().set_global_rank(0)
+def test_setters_are_ignored_as_in_lightning() -> None:
+    env = SLURMEnvironment()
+    env.set_world_size(8)
+    env.set_global_rank(0)
+    assert (env.world_size(), env.global_rank()) == (4, 3)
 
 
 @pytest.mark.parametrize(

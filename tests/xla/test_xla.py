@@ -206,7 +206,7 @@ def test_sharded_xla_checkpoint_consolidates_to_one_file(runs: Runs, tmp_path: P
     import torch
     from torch import nn
 
-    from fabric.checkpoint.sharded import consolidate
+    from fabric.checkpoint.consolidate import consolidate
 
     runs["xla_fsdp-4"]  # wrote the directory
     output = tmp_path / "one.pt"

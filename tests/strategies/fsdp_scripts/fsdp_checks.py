@@ -149,10 +149,11 @@ class MetaNet(nn.Module):
 
 
 def meta_init(fabric: Fabric) -> dict[str, Any]:
+    torch.manual_seed(123)  # the values are those of this construction, as without empty_init
     with fabric.init_module(empty_init=True):
         model = MetaNet()
     created_on_meta = all(p.is_meta for p in model.parameters())
-    torch.manual_seed(123)  # materialization happens in setup: seed right before it
+    torch.rand(3)  # draws between construction and setup do not change the model's values
     model = fabric.setup_module(model)
     reference = _seeded(MetaNet, seed=123)
     module = model.module
@@ -168,7 +169,7 @@ def meta_init(fabric: Fabric) -> dict[str, Any]:
     fabric.backward(model(x).sum())
     optimizer.step()
 
-    with fabric.init_module(empty_init=True):
+    with torch.device("meta"):  # made on meta outside `init_module`: nothing recorded its construction
         bad = NoReset()
     return {
         "created_on_meta": created_on_meta,

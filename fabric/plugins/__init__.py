@@ -1,0 +1,52 @@
+"""Lightning's ``plugins`` namespace: precision plugins, cluster environments and collectives by their Lightning names.
+
+Everything here is a name for a part that lives elsewhere in fabric (``fabric.precision``,
+``fabric.environments``); nothing is imported until it is used, so ``import fabric`` stays light.
+Names for engines we drive differently raise an ``AttributeError`` that says what to use instead.
+
+Example::
+
+    from fabric.plugins import DoublePrecision, ClusterEnvironment
+    from fabric.plugins.collectives import TorchCollective
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_SUBMODULES = ("collectives", "environments", "io", "precision")
+_FROM_ENVIRONMENTS = ("ClusterEnvironment",)
+_FROM_IO = ("CheckpointIO", "TorchCheckpointIO")
+_INSTEAD = {
+    "XLACheckpointIO": "use `fabric.save`/`fabric.load` with the XLA strategy (it moves tensors to the CPU itself)",
+}
+
+__all__ = [
+    "CheckpointIO",
+    "ClusterEnvironment",
+    "DoublePrecision",
+    "HalfPrecision",
+    "MixedPrecision",
+    "Precision",
+    "TorchCheckpointIO",
+    *_SUBMODULES,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fabric.plugins.{name}")
+    if name in _FROM_ENVIRONMENTS:
+        from fabric import environments
+
+        return getattr(environments, name)
+    if name in _FROM_IO:
+        from fabric.plugins import io
+
+        return getattr(io, name)
+    if name in _INSTEAD:
+        raise AttributeError(f"fabric.plugins has no {name}: {_INSTEAD[name]}.")
+    from fabric.plugins import precision
+
+    return getattr(precision, name)

@@ -1,0 +1,115 @@
+"""Recording a meta-device construction and replaying it gives a normal seeded construction's values, bit for bit.
+
+One process, no sharding: the replay hands each full tensor to a sink (FSDP copies a shard out of it).
+The multi-process FSDP runs are in ``test_fsdp.py`` and ``test_fsdp_options.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fabric.strategies._deferred_init import InitRecorder, replay_into
+
+
+class GPTLike(nn.Module):
+    """Blocks in a ModuleList; `_init_weights` with normal_(std=0.02) applied in `__init__`; a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(11, 6)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6)) for _ in range(2))
+        self.register_buffer("mask", torch.tril(torch.ones(4, 4)))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear):
+            nn.init.zeros_(module.bias)
+
+
+class ViTLike(nn.Module):
+    """Init functions PyTorch skips on meta tensors: trunc_normal_, orthogonal_, sparse_, dirac_."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, 7))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.a = nn.Linear(6, 5)
+        self.b = nn.Linear(5, 4)
+        self.conv = nn.Conv1d(3, 3, 1)
+        nn.init.orthogonal_(self.a.weight, gain=0.5)
+        nn.init.sparse_(self.b.weight, sparsity=0.3)
+        nn.init.dirac_(self.conv.weight)
+        self.b.weight.data.mul_(2.0)  # an in-place op through `.data` is recorded too
+
+
+def _record_and_replay(cls: type[nn.Module], seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    torch.manual_seed(seed)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = cls()
+    assert all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    drawn_after = torch.rand(3)
+    torch.rand(5)  # draws before the replay must not change the values
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    values: dict[str, torch.Tensor] = {}
+    replay_into(
+        recorder.log, torch.device("cpu"), names, lambda name, full: values.__setitem__(name, full.clone())
+    )
+    return values, drawn_after
+
+
+def _reference(cls: type[nn.Module], seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    torch.manual_seed(seed)
+    model = cls()
+    drawn_after = torch.rand(3)
+    return {n: t.detach() for n, t in (*model.named_parameters(), *model.named_buffers())}, drawn_after
+
+
+def test_gpt_like_init_is_reproduced_exactly() -> None:
+    values, after = _record_and_replay(GPTLike, seed=4)
+    expected, expected_after = _reference(GPTLike, seed=4)
+    assert values.keys() == expected.keys()
+    assert all(torch.equal(values[k], expected[k]) for k in values)
+    assert torch.equal(after, expected_after)  # the generator continues where a normal construction leaves it
+
+
+def test_init_functions_skipped_on_meta_are_replayed() -> None:
+    values, after = _record_and_replay(ViTLike, seed=9)
+    expected, expected_after = _reference(ViTLike, seed=9)
+    assert values.keys() == expected.keys()
+    assert all(torch.equal(values[k], expected[k]) for k in values)
+    assert torch.equal(after, expected_after)
+    assert not torch.equal(values["pos"], torch.zeros(1, 7))
+
+
+def test_replay_leaves_the_callers_generator_alone() -> None:
+    torch.manual_seed(1)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = GPTLike()
+    torch.manual_seed(77)
+    state = torch.get_rng_state()
+    replay_into(recorder.log, torch.device("cpu"), {id(model.wte.weight): "w"}, lambda name, full: None)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_model_that_reinitializes_holds_one_parameter_at_a_time() -> None:
+    """`reset_parameters` in each layer, then `_init_weights` over all: the first values are dead."""
+    from fabric.strategies._deferred_init import replay
+
+    torch.manual_seed(2)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = GPTLike()
+    names = {id(t): n for n, t in (*model.named_parameters(), *model.named_buffers())}
+    values: dict[str, torch.Tensor] = {}
+    stats: dict[str, int] = {}
+    torch.set_rng_state(recorder.log.cpu_rng)
+    replay(
+        recorder.log, torch.device("cpu"), names, lambda n, full: values.__setitem__(n, full.clone()), stats
+    )
+    expected, _ = _reference(GPTLike, seed=2)
+    assert all(torch.equal(values[k], expected[k]) for k in expected)
+    largest = max(t.numel() for t in expected.values())
+    total = sum(t.numel() for t in expected.values())
+    assert stats["peak"] <= 2 * largest < total  # not the whole model at once
