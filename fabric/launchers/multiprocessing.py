@@ -22,6 +22,7 @@ from fabric import lifecycle
 from fabric.launchers.launcher import Launcher
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.seed import reset_seed
+from fabric.utilities.threads import limit_threads
 
 if TYPE_CHECKING:
     from fabric.strategies.parallel import ParallelStrategy
@@ -82,6 +83,8 @@ def _run_in_child(
     return_queue: Any,
 ) -> None:
     strategy._local_rank = process_index
+    # Here, not in the parent: the parent (a notebook, say) keeps its own thread count after the run.
+    limit_threads(strategy.num_processes)
     reset_seed()
     try:
         result = function(*args, **kwargs)

@@ -22,6 +22,7 @@ from typing import Any
 from fabric import lifecycle
 from fabric.environments import ClusterEnvironment
 from fabric.launchers.launcher import Launcher
+from fabric.utilities.threads import limit_threads
 
 _POLL_SECONDS = 0.2
 _TERMINATE_GRACE_SECONDS = 5.0
@@ -54,6 +55,8 @@ class SubprocessScriptLauncher(Launcher):
 
     def _start_children(self) -> None:
         command = _rerun_command()
+        # This process's share of the cores; the children inherit it through OMP_NUM_THREADS.
+        limit_threads(self.num_processes)
         env = os.environ.copy()
         env["MASTER_ADDR"] = self.environment.main_address
         env["MASTER_PORT"] = str(self.environment.main_port)

@@ -21,6 +21,7 @@ from fabric.precision import Precision
 from fabric.strategies.hang_report import HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
 from fabric.utilities.rank_zero import set_global_rank
+from fabric.utilities.threads import limit_threads
 from fabric.utilities.types import ReduceOp
 
 #: torch's own default for process groups; long because the first collective can wait for slow data loading
@@ -158,6 +159,8 @@ class ParallelStrategy(Strategy):
         environment.set_world_size(self.num_nodes * self.num_processes)
         environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
         set_global_rank(self.global_rank)
+        # Processes started by torchrun, SLURM or a launcher: one share of the cores each, unless set.
+        limit_threads(self.num_processes)
         self._debug_collectives = os.environ.get("FABRIC_DEBUG_COLLECTIVES", "0") == "1"
         super().setup_environment()
         if not dist.is_initialized():
