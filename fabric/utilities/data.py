@@ -49,8 +49,8 @@ def suggested_max_num_workers(local_world_size: int) -> int:
     """
     if local_world_size < 1:
         raise ValueError(
-            f"suggested_max_num_workers(local_world_size={local_world_size}): pass the number of processes on "
-            f"this machine, at least 1 (e.g. `fabric.world_size // fabric.num_nodes`)."
+            f"suggested_max_num_workers(local_world_size={local_world_size}): local_world_size should be >= 1; pass "
+            f"the number of processes on this machine (e.g. `fabric.world_size // fabric.num_nodes`)."
         )
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // local_world_size - 1)

@@ -78,3 +78,11 @@ def test_disable_possible_user_warnings() -> None:
             warnings.warn("maybe", PossibleUserWarning, stacklevel=1)
             warnings.warn("other", UserWarning, stacklevel=1)
         assert [str(w.message) for w in caught] == ["other"]
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_suggested_max_num_workers_rejects_no_processes(bad: int) -> None:
+    from fabric.utilities.data import suggested_max_num_workers
+
+    with pytest.raises(ValueError, match=rf"local_world_size={bad}\): local_world_size should be >= 1"):
+        suggested_max_num_workers(bad)
