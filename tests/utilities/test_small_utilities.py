@@ -86,3 +86,17 @@ def test_suggested_max_num_workers_rejects_no_processes(bad: int) -> None:
 
     with pytest.raises(ValueError, match=rf"local_world_size={bad}\): local_world_size should be >= 1"):
         suggested_max_num_workers(bad)
+
+
+def test_deepspeed_precision_by_its_lightning_name_without_importing_deepspeed() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from fabric.plugins import DeepSpeedPrecision; "
+        "from fabric.precision.deepspeed import DeepSpeedPrecision as Ours; "
+        "assert DeepSpeedPrecision is Ours; p = DeepSpeedPrecision('bf16-mixed'); "
+        "assert p.config_section() == {'bf16': {'enabled': True}}; assert 'deepspeed' not in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
