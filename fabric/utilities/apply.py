@@ -49,8 +49,8 @@ def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
 def _to_scalar(tensor: Tensor) -> Any:
     if tensor.numel() != 1:
         raise ValueError(
-            f"convert_tensors_to_scalars: a tensor with {tensor.numel()} elements (shape {tuple(tensor.shape)}) "
-            f"cannot become a Python number; reduce it first (e.g. `.mean()`) or log its elements separately."
+            f"convert_tensors_to_scalars: the tensor of shape {tuple(tensor.shape)} does not contain a single element "
+            f"({tensor.numel()} elements), so it has no Python number; reduce it first (e.g. `.mean()`)."
         )
     return tensor.item()
 

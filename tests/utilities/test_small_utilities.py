@@ -54,7 +54,7 @@ def test_convert_tensors_to_scalars_leaves_the_input_alone() -> None:
     assert result == {"a": 2.0, "b": [3], "c": 1.5}
     assert type(result["a"]) is float and type(result["b"][0]) is int
     assert isinstance(data["a"], torch.Tensor)
-    with pytest.raises(ValueError, match="2 elements"):
+    with pytest.raises(ValueError, match=r"does not contain a single element \(2 elements\)"):
         convert_tensors_to_scalars({"x": torch.zeros(2)})
     assert move_data_to_device([torch.ones(1)], "cpu")[0].device.type == "cpu"
 
