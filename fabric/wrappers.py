@@ -114,7 +114,10 @@ class _FabricModule(Module):
                 f"named {name!r}."
             )
         if name == "forward":
-            raise ValueError("mark_forward_method('forward'): forward is already routed through the fabric.")
+            raise ValueError(
+                "mark_forward_method('forward'): You cannot mark the forward method itself; it is already routed "
+                "through the fabric."
+            )
         self._forward_methods.add(name)
 
     def _call_marked(self, name: str, *args: Any, **kwargs: Any) -> Any:
