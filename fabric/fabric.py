@@ -365,8 +365,8 @@ class Fabric:
             )
         if not isinstance(dataloader, DataLoader):
             raise TypeError(
-                f"Fabric.setup_dataloaders(): expected torch.utils.data.DataLoader, got "
-                f"{type(dataloader).__name__}."
+                f"Only PyTorch DataLoader are currently supported: Fabric.setup_dataloaders() expected "
+                f"torch.utils.data.DataLoader, got {type(dataloader).__name__}."
             )
         from fabric.utilities.data import prepare_dataloader
 
@@ -475,8 +475,8 @@ class Fabric:
         """
         if not isinstance(module, _FabricModule):
             raise TypeError(
-                "Fabric.no_backward_sync(module): pass the model returned by `fabric.setup(...)`, got "
-                f"{type(module).__name__}."
+                "You need to set up the model first: Fabric.no_backward_sync(module) takes the model returned by "
+                f"`fabric.setup(...)`, got {type(module).__name__}."
             )
         if not enabled or not isinstance(self._strategy, BackwardSyncControl):
             yield

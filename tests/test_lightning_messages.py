@@ -40,3 +40,11 @@ def test_optimizer_set_up_twice() -> None:
         ValueError, match="An optimizer should be passed only once to the `setup_optimizers` method"
     ):
         fabric.setup_optimizers(optimizer)
+
+
+def test_setup_dataloaders_and_no_backward_sync_errors() -> None:
+    fabric = Fabric(accelerator="cpu", devices=1)
+    with pytest.raises(TypeError, match="Only PyTorch DataLoader are currently supported.*got range"):
+        fabric.setup_dataloaders(range(2))
+    with pytest.raises(TypeError, match="You need to set up the model first.*got Linear"):
+        fabric.no_backward_sync(torch.nn.Linear(2, 2)).__enter__()
