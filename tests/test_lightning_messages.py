@@ -48,3 +48,15 @@ def test_setup_dataloaders_and_no_backward_sync_errors() -> None:
         fabric.setup_dataloaders(range(2))
     with pytest.raises(TypeError, match="You need to set up the model first.*got Linear"):
         fabric.no_backward_sync(torch.nn.Linear(2, 2)).__enter__()
+
+
+def test_fabric_dataloader_built_with_lightnings_signature() -> None:
+    from torch.utils.data import DataLoader
+
+    from fabric.wrappers import _FabricDataLoader
+
+    loader = _FabricDataLoader(DataLoader(range(4), batch_size=2))
+    assert loader.device is None and len(loader) == 2
+    assert [b.tolist() for b in loader] == [[0, 1], [2, 3]]
+    moved = _FabricDataLoader(DataLoader(range(2), batch_size=2), device=torch.device("cpu"))
+    assert [b.device.type for b in moved] == ["cpu"]
