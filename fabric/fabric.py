@@ -349,7 +349,9 @@ class Fabric:
         """
         self._check_launched()
         if not dataloaders:
-            raise ValueError("Fabric.setup_dataloaders() needs at least one DataLoader.")
+            raise ValueError(
+                "`setup_dataloaders` requires at least one dataloader: Fabric.setup_dataloaders() got none."
+            )
         wrapped = [self._setup_dataloader(d, use_distributed_sampler, move_to_device) for d in dataloaders]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
@@ -358,12 +360,13 @@ class Fabric:
     ) -> _FabricDataLoader:
         if isinstance(dataloader, _FabricDataLoader):
             raise ValueError(
-                "Fabric.setup_dataloaders(): this dataloader was already set up; set it up once."
+                "A dataloader should be passed only once to the `setup_dataloaders` method: Fabric.setup_dataloaders() "
+                "got one that was already set up; set it up once."
             )
         if not isinstance(dataloader, DataLoader):
             raise TypeError(
-                f"Fabric.setup_dataloaders(): expected torch.utils.data.DataLoader, got "
-                f"{type(dataloader).__name__}."
+                f"Only PyTorch DataLoader are currently supported: Fabric.setup_dataloaders() expected "
+                f"torch.utils.data.DataLoader, got {type(dataloader).__name__}."
             )
         from fabric.utilities.data import prepare_dataloader
 
@@ -377,13 +380,18 @@ class Fabric:
 
     def _validate_module(self, module: Any, method: str) -> None:
         if isinstance(module, _FabricModule):
-            raise ValueError(f"Fabric.{method}(): this model was already set up; set it up once.")
+            raise ValueError(
+                f"A model should be passed only once to the `{method}` method: this one was already set up; set it up once."
+            )
         if not isinstance(module, Module):
             raise TypeError(f"Fabric.{method}(): expected a torch.nn.Module, got {type(module).__name__}.")
 
     def _validate_optimizer(self, optimizer: Any, method: str) -> None:
         if isinstance(optimizer, _FabricOptimizer):
-            raise ValueError(f"Fabric.{method}(): this optimizer was already set up; set it up once.")
+            raise ValueError(
+                f"An optimizer should be passed only once to the `{method}` method: this one was already set up; "
+                f"set it up once."
+            )
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
                 f"Fabric.{method}(): expected a torch.optim.Optimizer, got {type(optimizer).__name__}."
@@ -467,8 +475,8 @@ class Fabric:
         """
         if not isinstance(module, _FabricModule):
             raise TypeError(
-                "Fabric.no_backward_sync(module): pass the model returned by `fabric.setup(...)`, got "
-                f"{type(module).__name__}."
+                "You need to set up the model first: Fabric.no_backward_sync(module) takes the model returned by "
+                f"`fabric.setup(...)`, got {type(module).__name__}."
             )
         if not enabled or not isinstance(self._strategy, BackwardSyncControl):
             yield

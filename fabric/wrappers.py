@@ -19,6 +19,8 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric.utilities.apply import move_to_device as _move_to_device
+
 if TYPE_CHECKING:
     from fabric.precision import Precision
     from fabric.strategies.strategy import Strategy
@@ -114,7 +116,10 @@ class _FabricModule(Module):
                 f"named {name!r}."
             )
         if name == "forward":
-            raise ValueError("mark_forward_method('forward'): forward is already routed through the fabric.")
+            raise ValueError(
+                "mark_forward_method('forward'): You cannot mark the forward method itself; it is already routed "
+                "through the fabric."
+            )
         self._forward_methods.add(name)
 
     def _call_marked(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -382,7 +387,9 @@ class _FabricDataLoader:
     exactly as in the uninterrupted run.
     """
 
-    def __init__(self, dataloader: DataLoader, device: torch.device | None, strategy: Strategy) -> None:
+    def __init__(
+        self, dataloader: DataLoader, device: torch.device | None = None, strategy: Strategy | None = None
+    ) -> None:
         self._dataloader = dataloader
         self._device = device
         self._strategy = strategy
@@ -478,11 +485,15 @@ class _FabricDataLoader:
                 first = next(iterator, _END)
             self._batches = skip
             restore_rng_state(current)  # the training's random state, as loaded from the checkpoint
-        move = self._strategy.batch_to_device if self._device is not None else None
+        device = self._device
+        move: Callable[[Any, torch.device], Any] | None = None
+        if device is not None:
+            # Lightning's signature builds one without a strategy: then a plain move to the device
+            move = self._strategy.batch_to_device if self._strategy is not None else _move_to_device
         batch = first
         while batch is not _END:
             self._batches += 1
-            yield move(batch, self._device) if move is not None else batch
+            yield move(batch, device) if move is not None and device is not None else batch
             batch = next(iterator, _END)
         if self._live == token:
             self._end_epoch()

@@ -66,14 +66,18 @@ def test_setup_module_then_optimizers() -> None:
     ("call", "error", "match"),
     [
         (lambda f: f.setup("not a module"), TypeError, "expected a torch.nn.Module"),
-        (lambda f: f.setup(f.setup(tiny_mlp())), ValueError, "already set up"),
+        (
+            lambda f: f.setup(f.setup(tiny_mlp())),
+            ValueError,
+            "A model should be passed only once to the `setup`",
+        ),
         (lambda f: f.setup(tiny_mlp(), "opt"), TypeError, "expected a torch.optim.Optimizer"),
         (
             lambda f: f.setup(tiny_mlp(), torch.optim.SGD(tiny_mlp(1).parameters(), lr=1)),
             ValueError,
             "do not belong to the model",
         ),
-        (lambda f: f.setup_dataloaders(), ValueError, "at least one DataLoader"),
+        (lambda f: f.setup_dataloaders(), ValueError, "`setup_dataloaders` requires at least one dataloader"),
         (lambda f: f.setup_dataloaders([1, 2]), TypeError, "expected torch.utils.data.DataLoader"),
         (lambda f: f.setup_optimizers(), ValueError, "at least one optimizer"),
         (lambda f: f.clip_gradients(tiny_mlp(), None), ValueError, "exactly one of"),

@@ -25,6 +25,7 @@ _INSTEAD = {
 __all__ = [
     "CheckpointIO",
     "ClusterEnvironment",
+    "DeepSpeedPrecision",
     "DoublePrecision",
     "HalfPrecision",
     "MixedPrecision",

@@ -13,7 +13,6 @@ import fabric.precision as _precision
 _INSTEAD = {
     "FSDPPrecision": "pass `precision=` ('bf16-mixed', '16-mixed', 'bf16-true', ...) with strategy='fsdp'; "
     "FSDPStrategy turns it into FSDP2's MixedPrecisionPolicy",
-    "DeepSpeedPrecision": "pass `precision=` with strategy='deepspeed'; the DeepSpeed strategy configures its engine",
     "XLAPrecision": "pass `precision=` with accelerator='tpu'; the XLA strategy handles it",
     "BitsandbytesPrecision": "quantize the model with bitsandbytes yourself before `fabric.setup`",
     "TransformerEnginePrecision": "use transformer_engine's modules and its `fp8_autocast` in your model",
@@ -21,6 +20,10 @@ _INSTEAD = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "DeepSpeedPrecision":  # its own module: importing it does not import deepspeed
+        from fabric.precision.deepspeed import DeepSpeedPrecision
+
+        return DeepSpeedPrecision
     if hasattr(_precision, name):
         return getattr(_precision, name)
     if name in _INSTEAD:
@@ -29,4 +32,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_precision.__all__})
+    return sorted({*globals(), *_precision.__all__, "DeepSpeedPrecision"})

@@ -57,12 +57,12 @@ class MixedPrecision(Precision):
             )
         if precision not in _MIXED_DTYPES:
             raise ValueError(
-                f"MixedPrecision(precision={precision!r}): expected one of {sorted(_MIXED_DTYPES)}."
+                f"Passed `MixedPrecision(precision={precision!r})`. Precision must be '16-mixed' or 'bf16-mixed'."
             )
         if scaler is not None and precision == "bf16-mixed":
             raise ValueError(
-                "MixedPrecision(precision='bf16-mixed', scaler=...): bfloat16 has the range of float32 and "
-                "needs no gradient scaler. Drop the scaler or use precision='16-mixed'."
+                "MixedPrecision(precision='bf16-mixed', scaler=...): `precision='bf16-mixed'` does not use a scaler: "
+                "bfloat16 has the range of float32. Drop the scaler or use precision='16-mixed'."
             )
         self.precision = precision
         self.device_type = device_type

@@ -37,7 +37,8 @@ class DeepSpeedPrecision(Precision):
     def __init__(self, precision: str = "32-true") -> None:
         if precision not in _DTYPES:
             raise ValueError(
-                f"DeepSpeedStrategy does not support precision={precision!r}. Allowed: "
+                f"DeepSpeedStrategy does not support precision={precision!r}: it is not supported in DeepSpeed. "
+                f"`precision` must be one of: "
                 f"{', '.join(repr(p) for p in _DTYPES)}. Use another strategy for '64-true'."
             )
         self.precision = precision

@@ -44,3 +44,24 @@ def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(data, Tensor, _convert_floating, dtype)
+
+
+def _to_scalar(tensor: Tensor) -> Any:
+    if tensor.numel() != 1:
+        raise ValueError(
+            f"convert_tensors_to_scalars: the tensor of shape {tuple(tensor.shape)} does not contain a single element "
+            f"({tensor.numel()} elements), so it has no Python number; reduce it first (e.g. `.mean()`)."
+        )
+    return tensor.item()
+
+
+def convert_tensors_to_scalars(data: Any) -> Any:
+    """Replace every one-element tensor in ``data`` by its Python number (``.item()``); ``data`` is not changed.
+
+    Raises ``ValueError`` for a tensor of more than one element, which has no single number.
+    """
+    if isinstance(data, Tensor):
+        return _to_scalar(data)
+    from lightning_utilities.core.apply_func import apply_to_collection
+
+    return apply_to_collection(data, Tensor, _to_scalar)

@@ -49,8 +49,42 @@ def suggested_max_num_workers(local_world_size: int) -> int:
     """
     if local_world_size < 1:
         raise ValueError(
-            f"suggested_max_num_workers(local_world_size={local_world_size}): pass the number of processes on "
-            f"this machine, at least 1 (e.g. `fabric.world_size // fabric.num_nodes`)."
+            f"suggested_max_num_workers(local_world_size={local_world_size}): local_world_size should be >= 1; pass "
+            f"the number of processes on this machine (e.g. `fabric.world_size // fabric.num_nodes`)."
         )
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // local_world_size - 1)
+
+
+def has_iterable_dataset(dataloader: object) -> bool:
+    """Whether ``dataloader`` reads an ``IterableDataset`` (which has no length and no sampler to shard)."""
+    from torch.utils.data import IterableDataset
+
+    return isinstance(getattr(dataloader, "dataset", None), IterableDataset)
+
+
+def has_len(dataloader: object) -> bool:
+    """Whether ``len(dataloader)`` works (``TypeError`` or ``NotImplementedError`` from it mean no).
+
+    Warns when the length is 0 (usually an empty dataset), and when an ``IterableDataset`` defines ``__len__``:
+    with several workers or processes each one iterates the whole dataset, so that length is only a guess.
+    """
+    try:
+        length = len(dataloader)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):
+        return False
+    import warnings
+
+    name = type(dataloader).__name__
+    if length == 0:
+        warnings.warn(
+            f"`{name}` returned 0 length. Check that its dataset is not empty.", UserWarning, stacklevel=2
+        )
+    if has_iterable_dataset(dataloader):
+        warnings.warn(
+            f"The `IterableDataset` of this `{name}` defines `__len__`; with several workers or processes each of "
+            f"them iterates the whole dataset unless it splits itself, so the length may not match the batches.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return True
