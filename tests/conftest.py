@@ -39,6 +39,10 @@ def _clean_run_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     dtype = torch.get_default_dtype()
     yield
+    # What the test set itself (e.g. seed_everything publishing its seed) must not reach the next test's
+    # module-scoped runs, which start before this fixture cleans up for that test.
+    for name in _RUN_VARIABLES:
+        os.environ.pop(name, None)
     torch.set_default_dtype(dtype)
     assert torch.get_default_dtype() == dtype
 
