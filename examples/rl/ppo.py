@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     agent.eval()
     returns = evaluate(agent, share, seed=10_000 + rank_seed, device=device)
     total = fabric.all_reduce(
-        torch.tensor([sum(returns), len(returns)], dtype=torch.float64, device=device), "sum"
+        torch.tensor([sum(returns), len(returns)], dtype=torch.float64, device=device), reduce_op="sum"
     )
     eval_mean = (total[0] / total[1]).item()
     fabric.log_dict({"eval_mean_return_100": eval_mean}, step=update)
