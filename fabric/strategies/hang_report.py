@@ -74,8 +74,14 @@ class HangWatcher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop answering (at teardown, before the process group and its store go away)."""
+        """Stop answering (at teardown, before the process group and its store go away).
+
+        Waits for the thread to leave: a thread still inside a store call when the store is destroyed
+        aborts the process at exit ("terminate called without an active exception").
+        """
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * POLL_SECONDS + 5)
 
     # ------------------------------------------------------------------------------ answering
     def _watch(self) -> None:
