@@ -17,9 +17,20 @@ written down once, here:
    processes it started). A step that learns that another process failed (a child's exit code)
    calls :func:`fail_exit`, and the process exits with that code instead of 0.
 4. **Exit after an exception**: the excepthook (or the launcher that caught the exception, where no
-   excepthook runs) calls :func:`mark_failed`; the steps then skip every wait on other processes
-   (they are still training and would never come) and the launcher stops its children at once.
+   excepthook runs) calls :func:`mark_failed`; the explainers registered with :func:`on_failure`
+   add what they know to the error before it is printed (the strategy: where every rank was, when a
+   collective that torch itself ran, such as DDP's gradient all-reduce, timed out); the steps then
+   skip every wait on other processes (they are still training and would never come) and the
+   launcher stops its children at once.
 5. **Teardown of child processes**: the launcher's :data:`STOP_CHILDREN` step.
+
+Environment variables are written only at set-up, by whoever owns the value, never when a property
+is read: a launcher writes the rendezvous (``MASTER_ADDR``/``MASTER_PORT``, ranks) into the
+environment of the processes it starts; a parallel strategy publishes ``MASTER_ADDR``/``MASTER_PORT``
+in its own process when it creates the process group (as Lightning does, for code that reads them) and
+restores the previous values at teardown; ``seed_everything`` writes ``PL_GLOBAL_SEED`` (Lightning's
+contract with dataloader workers); ``limit_threads`` writes ``OMP_NUM_THREADS`` for the children;
+``fabric run`` writes the ``FABRIC_*`` options for the script.
 
 Processes that end without running ``atexit`` (``multiprocessing``'s fork children) call
 :func:`shutdown` themselves; it runs the steps once, whoever calls it first.
@@ -59,6 +70,7 @@ class _State:
         self.exit_code = 0
         self.stop_signal: int | None = None
         self.steps: list[tuple[int, int, Callable[[], None]]] = []
+        self.explainers: list[Callable[[BaseException], str | None]] = []
         self.shut_down = False
         self.signals_watched = False
         self.lock = threading.Lock()
@@ -76,7 +88,7 @@ def install() -> None:
     previous = sys.excepthook
 
     def excepthook(*exc_info: Any) -> None:
-        _state.failed = True
+        mark_failed(exc_info[1])
         previous(*exc_info)
 
     sys.excepthook = excepthook
@@ -89,9 +101,43 @@ def on_exit(step: Callable[[], None], order: int) -> None:
     _state.steps.append((order, len(_state.steps), step))
 
 
-def mark_failed() -> None:
-    """Record that this process is ending with an error: exit steps must not wait for other processes."""
+def mark_failed(error: BaseException | None = None) -> None:
+    """Record that this process is ending with an error: exit steps must not wait for other processes.
+
+    With the ``error`` that ends it, the explainers (:func:`on_failure`) may add what they know to it
+    as notes (``BaseException.add_note``): the traceback printed next shows them under the message.
+    """
     _state.failed = True
+    if error is None or getattr(error, "__fabric_explained__", False):
+        return
+    try:
+        error.__fabric_explained__ = True  # type: ignore[attr-defined]
+    except Exception:  # an exception type with __slots__: explain it anyway, at most once per hook
+        pass
+    for explain in list(_state.explainers):
+        try:
+            note = explain(error)
+        except Exception as failure:  # an explanation must never replace the error it explains
+            note = f"[fabric] could not explain this error: {failure!r}"
+        if note:
+            error.add_note(note)
+
+
+def on_failure(explain: Callable[[BaseException], str | None]) -> None:
+    """Call ``explain(error)`` when this process ends with ``error``; a text it returns is added as a note.
+
+    The strategy uses it for what only it can tell about a failure that happened outside its own
+    calls, e.g. where every rank was when DDP's gradient all-reduce inside ``backward`` timed out.
+    """
+    install()
+    if explain not in _state.explainers:
+        _state.explainers.append(explain)
+
+
+def remove_on_failure(explain: Callable[[BaseException], str | None]) -> None:
+    """Stop calling ``explain`` (at teardown of whatever registered it)."""
+    if explain in _state.explainers:
+        _state.explainers.remove(explain)
 
 
 def has_failed() -> bool:

@@ -5,6 +5,7 @@ Each test runs a fresh interpreter, because what is under test is how a process 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,58 @@ def test_a_handler_the_user_installed_stays_in_charge() -> None:
         """
     )
     assert done.stdout == "user handler\nFalse\n", done.stderr
+
+
+@pytest.mark.timeout(70)
+def test_explainers_add_notes_to_the_error_that_ends_the_process_and_can_be_removed() -> None:
+    done = _python(
+        """
+        from fabric import lifecycle
+        lifecycle.on_failure(lambda error: f"explained: {error}")
+        lifecycle.on_failure(lambda error: None)  # nothing to say: no note
+        removed = lambda error: "must not appear"
+        lifecycle.on_failure(removed)
+        lifecycle.remove_on_failure(removed)
+        def broken(error):
+            raise KeyError("explainer bug")
+        lifecycle.on_failure(broken)  # must not hide the error it explains
+        raise RuntimeError("boom")
+        """
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert "RuntimeError: boom" in lines
+    notes = lines[lines.index("RuntimeError: boom") + 1 :]
+    assert notes[0] == "explained: boom"
+    assert notes[1].startswith("[fabric] could not explain this error: KeyError")
+    assert "must not appear" not in done.stderr
+
+
+@pytest.mark.timeout(70)
+def test_the_strategy_publishes_the_rendezvous_at_set_up_and_restores_the_environment_at_teardown() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import os, torch
+                from fabric import Fabric
+                fabric = Fabric(accelerator="cpu", strategy="ddp", devices=1)
+                fabric.launch()
+                fabric.setup(torch.nn.Linear(2, 2))
+                print(os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT") is not None)
+                fabric._teardown()
+                print(os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"))
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["127.0.0.1 True", "None None"]

@@ -219,6 +219,25 @@ def test_a_skipped_collective_names_the_collective_and_its_shapes_within_the_tim
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_a_timeout_in_the_gradient_communication_of_backward_comes_with_the_report(
+    tmp_path: Path, kind: str
+) -> None:
+    """DDP's all-reduce and FSDP's reduce-scatter run inside torch's backward, not through fabric's collectives:
+    the report is added to torch's error as a note, before the traceback is printed."""
+    run = run_python([str(SCRIPTS / "hang.py"), f"backward-{kind}", str(tmp_path)], timeout=80)
+    assert run.returncode != 0, run.output
+    assert "Timed out" in run.output, run.output  # torch's own error stays first
+    assert "rank 0 of 2: communication failed in backward" in run.output, run.output
+    report = run.output.split("Where every rank is now", 1)[1]
+    assert "rank 0 (this process): in backward" in report
+    rank_one = report.split("rank 1: ", 1)[1]
+    assert rank_one.startswith("not in a collective"), report
+    assert "in _skip_the_backward" in rank_one and "hang.py" in rank_one
+    assert "no answer" not in report
+
+
+@pytest.mark.timeout(90)
 def test_debug_collectives_names_the_first_mismatch_on_every_rank(tmp_path: Path) -> None:
     run = run_python(
         [str(SCRIPTS / "hang.py"), "shapes", str(tmp_path)],

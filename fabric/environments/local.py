@@ -14,7 +14,8 @@ _FIX = "Unset it, or set it to a valid value."
 class LocalEnvironment(ClusterEnvironment):
     """Processes started by fabric itself, on one machine or on several machines started by hand.
 
-    Reads ``MASTER_ADDR`` (default ``127.0.0.1``), ``MASTER_PORT`` (default: a free port, found once),
+    Reads ``MASTER_ADDR`` (default ``127.0.0.1``), ``MASTER_PORT`` (default: a free port, found once
+    by this object and never written to ``os.environ`` by it),
     ``NODE_RANK`` (default 0) and ``LOCAL_RANK`` (default 0). World size and global rank are not in the
     environment yet when the first process starts: the launcher or strategy computes them from
     ``devices`` and ``num_nodes`` and stores them with the setters.
@@ -55,16 +56,17 @@ class LocalEnvironment(ClusterEnvironment):
 
     @property
     def main_port(self) -> int:
-        """``MASTER_PORT``, else a free port on 127.0.0.1, found once and written to ``MASTER_PORT``.
+        """``MASTER_PORT``, else a free port on 127.0.0.1, found once by this object.
 
-        Writing it to ``os.environ`` makes the children the launcher starts inherit the same number
-        instead of each finding a different free port.
+        Reading it changes nothing in the process: the launcher writes the number into the environment
+        of each process it starts, and the strategy publishes it in this one when it creates the process
+        group (see ``fabric.lifecycle``), so every process agrees on it without a getter writing
+        ``os.environ``.
         """
         if "MASTER_PORT" in os.environ:
             return env_port("MASTER_PORT", _FIX)
         if self._chosen_port is None:
             self._chosen_port = find_free_network_port("127.0.0.1")
-        os.environ["MASTER_PORT"] = str(self._chosen_port)
         return self._chosen_port
 
     @staticmethod
@@ -122,7 +124,5 @@ class LocalEnvironment(ClusterEnvironment):
             )
 
     def teardown(self) -> None:
-        """Remove the ``MASTER_PORT`` this object wrote, so a later run in this process picks a new port."""
-        if self._chosen_port is not None and os.environ.get("MASTER_PORT") == str(self._chosen_port):
-            del os.environ["MASTER_PORT"]
+        """Forget the port this object chose, so that a later run with it picks a new one."""
         self._chosen_port = None

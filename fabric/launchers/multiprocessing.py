@@ -52,14 +52,14 @@ class MultiprocessingLauncher(Launcher):
 
     def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
         environment = self._strategy.environment
-        # Fix the rendezvous before the children exist, so that they all agree on it.
-        os.environ["MASTER_ADDR"] = environment.main_address
-        os.environ["MASTER_PORT"] = str(environment.main_port)
+        # Fixed here, before the children exist, so that they all agree on it; written into each child's
+        # environment (not this process's: a notebook that launches twice gets a fresh port each time).
+        rendezvous = {"MASTER_ADDR": environment.main_address, "MASTER_PORT": str(environment.main_port)}
         context = mp.get_context(self._start_method)
         return_queue = context.SimpleQueue()
         processes = mp.start_processes(
             _run_in_child,
-            args=(self._strategy, function, args, kwargs, return_queue),
+            args=(self._strategy, rendezvous, function, args, kwargs, return_queue),
             nprocs=self._strategy.num_processes,
             start_method=self._start_method,
             join=False,
@@ -77,23 +77,25 @@ class MultiprocessingLauncher(Launcher):
 def _run_in_child(
     process_index: int,
     strategy: ParallelStrategy,
+    rendezvous: dict[str, str],
     function: Callable,
     args: tuple,
     kwargs: dict[str, Any],
     return_queue: Any,
 ) -> None:
+    os.environ.update(rendezvous)
     strategy._local_rank = process_index
     # Here, not in the parent: the parent (a notebook, say) keeps its own thread count after the run.
     limit_threads(strategy.num_processes)
     reset_seed()
     try:
         result = function(*args, **kwargs)
-    except BaseException:
+    except BaseException as error:
         # torch.multiprocessing catches the exception itself, so no excepthook runs: say it here, so
         # that leaving the process group skips the meeting with ranks that are still training. The
         # group is left only after torch has reported this traceback (at exit), so that the parent
         # reports this failure, not the others' broken connections.
-        lifecycle.mark_failed()
+        lifecycle.mark_failed(error)
         raise
     if process_index == 0:
         # Plain pickle bytes, on the CPU: torch's queue pickler would pass tensors as shared-memory

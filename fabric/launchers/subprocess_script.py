@@ -49,8 +49,8 @@ class SubprocessScriptLauncher(Launcher):
             self._start_children()
         try:
             return function(*args, **kwargs)
-        except BaseException:
-            lifecycle.mark_failed()
+        except BaseException as error:
+            lifecycle.mark_failed(error)
             raise
 
     def _start_children(self) -> None:

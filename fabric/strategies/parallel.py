@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
-from fabric.strategies.hang_report import HangWatcher, format_stack
+from fabric.strategies.hang_report import STACK_FRAMES, HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
 from fabric.utilities.rank_zero import set_global_rank
 from fabric.utilities.threads import limit_threads
@@ -81,6 +82,8 @@ class ParallelStrategy(Strategy):
         # the hang watcher's thread only when another rank asks (see fabric/strategies/hang_report.py)
         self._in_collective: tuple[int, str, tuple] | None = None
         self._hang_watcher: HangWatcher | None = None
+        # what `_init_process_group` found in os.environ before publishing the rendezvous, for teardown
+        self._environ_before: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ configure
     def configure(
@@ -178,6 +181,11 @@ class ParallelStrategy(Strategy):
             timeout=self._timeout,
             device_id=self.root_device if self.root_device.type == "cuda" else None,
         )
+        # Published for code that reads them (Lightning does the same; DeepSpeed, user code that creates its
+        # own groups); the launcher already gave them to the processes it started. Undone at teardown.
+        for name, value in (("MASTER_ADDR", address), ("MASTER_PORT", str(environment.main_port))):
+            self._environ_before.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
         # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade).
         lifecycle.install()
 
@@ -191,6 +199,34 @@ class ParallelStrategy(Strategy):
             return
         self._hang_watcher = HangWatcher(store, self.global_rank, self.world_size, self._where)
         self._hang_watcher.start()
+        lifecycle.on_failure(self._explain_failure)
+
+    def _explain_failure(self, error: BaseException) -> str | None:
+        """The hang report for a communication failure outside fabric's collectives (at exit, as a note).
+
+        Fabric's own collectives (``_run``) put the report in their error. The gradient communication
+        of DDP and FSDP runs inside ``loss.backward()``, in torch's C++ code, and a timeout there reaches
+        the user as torch's bare error; this adds, before the traceback is printed, which rank was where.
+        """
+        if self._hang_watcher is None or isinstance(error, CollectiveError):
+            return None
+        if not isinstance(error, dist.DistBackendError) and not (
+            isinstance(error, RuntimeError) and _is_communication_failure(error)
+        ):
+            return None
+        frames = traceback.extract_tb(error.__traceback__)
+        if any(f"torch{os.sep}autograd" in frame.filename for frame in frames):
+            where = "in backward: the gradient communication that DDP or FSDP runs inside `backward` failed"
+        else:
+            where = "in a torch.distributed call made outside fabric's collectives"
+        stack = "".join(traceback.format_list(frames[-STACK_FRAMES:])).rstrip()
+        report = self._hang_watcher.report(where, stack)
+        return (
+            f"[fabric] rank {self.global_rank} of {self.world_size}: communication failed {where}. Another "
+            f"process crashed or did not reach the same point within the timeout ({self._timeout}); every "
+            f"process must run the same forward/backward passes and collectives in the same order.\n\n"
+            f"Where every rank is now (Python stacks of the main threads, innermost last):\n{report}"
+        )
 
     def _where(self) -> str:
         """What this process is doing, collective-wise, for a hang report (on the watcher's thread)."""
@@ -335,9 +371,16 @@ class ParallelStrategy(Strategy):
         """Leave the process group (see :func:`_leave_process_group`), then undo the environment's changes."""
         super().teardown()
         if self._hang_watcher is not None:
+            lifecycle.remove_on_failure(self._explain_failure)
             self._hang_watcher.stop()
             self._hang_watcher = None
         _leave_process_group()
+        for name, value in self._environ_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._environ_before.clear()
         if self.cluster_environment is not None:
             self.cluster_environment.teardown()
 

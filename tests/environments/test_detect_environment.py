@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,30 @@ def test_kubeflow_is_never_detected_automatically(monkeypatch: pytest.MonkeyPatc
         },
     )
     assert type(detect_environment()) is LocalEnvironment
+
+
+@pytest.mark.parametrize("scheduler", ["none", "torchrun", "srun", "lsf"])
+def test_reading_an_environment_never_writes_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scheduler: str
+) -> None:
+    """Environment variables are written at set-up by their owner (launcher, strategy), never by a getter."""
+    if scheduler == "torchrun":
+        _set(monkeypatch, TORCHRUN)
+    elif scheduler == "srun":
+        _set(monkeypatch, SRUN)
+    elif scheduler == "lsf":
+        _lsf(monkeypatch, tmp_path)
+        (tmp_path / "rankfile").write_text(f"batch1\n{socket.gethostname()}\n{socket.gethostname()}\n")
+    before = dict(os.environ)
+    env = detect_environment()
+    answers = [
+        env.creates_processes_externally,
+        env.main_address,
+        env.main_port,
+        env.world_size(),
+        env.global_rank(),
+        env.local_rank(),
+        env.node_rank(),
+    ]
+    assert all(answer is not None for answer in answers)
+    assert dict(os.environ) == before

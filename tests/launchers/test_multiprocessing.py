@@ -21,7 +21,7 @@ NAMES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out_file = tmp_path_factory.mktemp("launch_fn") / "results.json"
-    run = run_python([str(SCRIPTS / "launch_fn.py"), str(out_file), *NAMES, "raise"], timeout=110)
+    run = run_python([str(SCRIPTS / "launch_fn.py"), str(out_file), *NAMES, "raise", "unset"], timeout=110)
     assert run.returncode == 0, run.output
     return json.loads(out_file.read_text())
 
@@ -45,6 +45,14 @@ def test_launch_returns_rank_zero_result_and_ranks_agree(launched: dict[str, Any
 def test_rendezvous_on_loopback(launched: dict[str, Any], name: str) -> None:
     assert launched[name]["main_address"] == "127.0.0.1"
     assert launched[name]["env_master_addr"] == "127.0.0.1"
+
+
+def test_the_rendezvous_goes_to_the_children_not_into_the_launching_process(launched: dict[str, Any]) -> None:
+    """A notebook that launches twice must not carry the first run's port into the second."""
+    result = launched["unset"]
+    assert result["env_master_addr"] == "127.0.0.1"
+    assert result["env_master_port"] is not None and int(result["env_master_port"]) > 0
+    assert result["parent_env_after"] == {"MASTER_ADDR": None, "MASTER_PORT": None}
 
 
 def test_a_raising_rank_fails_launch_with_its_traceback(launched: dict[str, Any]) -> None:

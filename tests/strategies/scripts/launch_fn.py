@@ -4,6 +4,9 @@ For each strategy name (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``), one afte
 process and each on a fresh port, two processes train and ``launch`` returns rank 0's result (with a
 tensor and a payload larger than a pipe's buffer in it). With
 ``raise`` as the name, rank 1 of a ``ddp_fork`` run raises instead, and what ``launch`` raised is recorded.
+With ``unset``, a ``ddp_spawn`` run starts with neither MASTER_ADDR nor MASTER_PORT in this process's
+environment, and what the environment holds after the launch is recorded (the launcher must give the
+rendezvous to the children only).
 Writes ``{name: result}`` as JSON to OUT_FILE.
 """
 
@@ -46,6 +49,7 @@ def train(fabric: Fabric, steps: int) -> dict[str, Any]:
         "ranks_identical": bool(torch.equal(gathered[0], gathered[1])),
         "main_address": fabric.strategy.environment.main_address,
         "env_master_addr": os.environ.get("MASTER_ADDR"),
+        "env_master_port": os.environ.get("MASTER_PORT"),
         # A tensor and a payload larger than a pipe's buffer must come back too.
         "params": params,
         "payload": list(range(100_000)),
@@ -64,6 +68,16 @@ def main() -> None:
     results: dict[str, Any] = {"parent_pid": os.getpid()}
     for name in sys.argv[2:]:
         os.environ["MASTER_PORT"] = str(find_free_network_port())
+        if name == "unset":
+            del os.environ["MASTER_PORT"]
+            os.environ.pop("MASTER_ADDR", None)
+            result = Fabric(accelerator="cpu", strategy="ddp_spawn", devices=2).launch(train, 1)
+            results[name] = {
+                "env_master_addr": result["env_master_addr"],
+                "env_master_port": result["env_master_port"],
+                "parent_env_after": {key: os.environ.get(key) for key in ("MASTER_ADDR", "MASTER_PORT")},
+            }
+            continue
         if name == "raise":
             fabric = Fabric(accelerator="cpu", strategy="ddp_fork", devices=2)
             try:
