@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from fabric.checkpoint.io import MapLocation, atomic_save, load_verified, safe_load
+from fabric.utilities.cloud_io import is_remote
 
 #: protocols whose uploads become visible whole or not at all
 _ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
@@ -51,12 +52,6 @@ class CheckpointIO(ABC):
 
     def teardown(self) -> None:
         """Release whatever the plugin holds (connections, threads)."""
-
-
-def is_remote(path: Any) -> bool:
-    """Whether ``path`` names remote storage (``protocol://...``, other than ``file://``)."""
-    text = os.fspath(path) if isinstance(path, os.PathLike) else path
-    return isinstance(text, str) and "://" in text and not text.startswith("file://")
 
 
 def _filesystem(path: str) -> tuple[Any, str]:

@@ -22,6 +22,12 @@ _LAZY = {
     "Throughput": "fabric.utilities.throughput",
     "ThroughputMonitor": "fabric.utilities.throughput",
     "measure_flops": "fabric.utilities.throughput",
+    "rank_zero_deprecation": "fabric.utilities.rank_zero",
+    "disable_possible_user_warnings": "fabric.utilities.warnings",
+    "is_shared_filesystem": "fabric.utilities.filesystem",
+    "LightningEnum": "fabric.utilities.enums",
+    "SpikeDetection": "fabric.utilities.spike",
+    "TrainingSpikeException": "fabric.utilities.spike",
 }
 
 __all__ = sorted(_LAZY)

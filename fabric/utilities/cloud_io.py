@@ -23,3 +23,9 @@ def get_filesystem(path: str | os.PathLike, **kwargs: Any) -> Any:
         ) from error
     filesystem, _ = url_to_fs(os.fspath(path), **kwargs)
     return filesystem
+
+
+def is_remote(path: Any) -> bool:
+    """Whether ``path`` names remote storage (``protocol://...``, other than ``file://``)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")

@@ -20,6 +20,7 @@ T = TypeVar("T")
 __all__ = [
     "global_rank",
     "rank_zero_debug",
+    "rank_zero_deprecation",
     "rank_zero_info",
     "rank_zero_only",
     "rank_zero_warn",
@@ -79,6 +80,12 @@ def rank_zero_debug(*args: Any, stacklevel: int = 5, **kwargs: Any) -> None:
     """``logging.debug`` on global rank 0 only."""
     if _rank == 0:
         _sync_lightning_rank().rank_zero_debug(*args, stacklevel=stacklevel, **kwargs)
+
+
+def rank_zero_deprecation(message: str | Warning, stacklevel: int = 5, **kwargs: Any) -> None:
+    """A ``DeprecationWarning`` on global rank 0 only (Lightning's helper of the same name)."""
+    if _rank == 0:
+        _sync_lightning_rank().rank_zero_deprecation(message, stacklevel=stacklevel, **kwargs)
 
 
 def rank_zero_only(function: Callable[..., T]) -> Callable[..., T | None]:
