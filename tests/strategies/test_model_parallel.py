@@ -23,7 +23,7 @@ SCRIPTS = Path(__file__).resolve().parent / "fsdp_scripts"
 
 def _run(tmp_path_factory: pytest.TempPathFactory, dp: int, tp: int) -> tuple[Path, list[dict[str, Any]]]:
     out_dir = tmp_path_factory.mktemp(f"model_parallel_{dp}x{tp}")
-    run = run_python([str(SCRIPTS / "model_parallel_checks.py"), str(out_dir), str(dp), str(tp)], timeout=110)
+    run = run_python([str(SCRIPTS / "model_parallel_checks.py"), str(out_dir), str(dp), str(tp)], timeout=170)
     assert run.returncode == 0, run.output
     ranks = read_rank_results(out_dir, world_size=dp * tp)
     assert not section_errors(ranks), section_errors(ranks)
@@ -38,7 +38,7 @@ def mesh_run(
     return (*_run(tmp_path_factory, dp, tp), dp, tp)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_forward_backward_and_step_equal_the_unsharded_model(
     mesh_run: tuple[Path, list[dict[str, Any]], int, int],
 ) -> None:
@@ -50,7 +50,7 @@ def test_forward_backward_and_step_equal_the_unsharded_model(
         assert equivalence["param_diff_after_step"] < 1e-6
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_linears_are_sharded_column_and_row_wise(
     mesh_run: tuple[Path, list[dict[str, Any]], int, int],
 ) -> None:
@@ -66,7 +66,7 @@ def test_linears_are_sharded_column_and_row_wise(
         assert shapes["w2.weight"] == [6 // dp, 16 // tp]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_meta_init_gives_the_values_of_a_normal_seeded_init(
     mesh_run: tuple[Path, list[dict[str, Any]], int, int],
 ) -> None:
@@ -79,7 +79,7 @@ def test_meta_init_gives_the_values_of_a_normal_seeded_init(
         assert "reset_parameters" in meta["no_reset_parameters"]["message"]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_mesh_names_and_data_split(mesh_run: tuple[Path, list[dict[str, Any]], int, int]) -> None:
     _, ranks, dp, tp = mesh_run
     for rank, result in enumerate(ranks):
@@ -95,7 +95,7 @@ def test_mesh_names_and_data_split(mesh_run: tuple[Path, list[dict[str, Any]], i
     assert seen == [float(i) for i in range(8)]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_plain_fabric_loads_the_sharded_checkpoint(
     mesh_run: tuple[Path, list[dict[str, Any]], int, int],
 ) -> None:
