@@ -130,7 +130,7 @@ def test_config_precision_contradicting_fabric_precision_is_an_error() -> None:
 
 
 def test_torch_optimizer_with_offload_is_allowed_explicitly() -> None:
-    from fabric.strategies.deepspeed import _offloads_optimizer
+    from fabric.strategies.deepspeed_config import offloads_optimizer as _offloads_optimizer
 
     strategy = DeepSpeedStrategy(stage=2, offload_optimizer=True)
     assert _offloads_optimizer(strategy.config)
