@@ -81,10 +81,14 @@ class AsyncSave:
             write()
         except BaseException as error:
             self._error = error
-        with self._lock:
-            callbacks, self._callbacks = self._callbacks, []
-            self._finished.set()
-        if self._error is None:
+        # Callbacks (e.g. the manager's rotation) run before the save counts as finished, so that
+        # whoever waits for it also waits for them.
+        while True:
+            with self._lock:
+                callbacks, self._callbacks = self._callbacks, []
+                if not callbacks or self._error is not None:
+                    self._finished.set()
+                    return
             for callback in callbacks:
                 _run_callback(callback, self.path)
 
@@ -110,7 +114,8 @@ class AsyncSave:
     def add_done_callback(self, callback: Callable[[], None]) -> None:
         """Run ``callback()`` once the write has succeeded (in the writer thread, or now if it already has).
 
-        An error in the callback is printed, not raised: the checkpoint itself is complete.
+        The save counts as done only after its callbacks have run. An error in a callback is printed,
+        not raised: the checkpoint itself is complete.
         """
         with self._lock:
             if not self._finished.is_set():
@@ -149,8 +154,7 @@ def finish_at_exit(get_pending: Callable[[], AsyncSave | None]) -> Callable[[], 
         if error is not None:
             details = "".join(traceback.format_exception_only(type(error), error)).strip()
             print(
-                f"[fabric] the background save of '{pending.path}' failed: {details}\nThe previous checkpoint "
-                f"at that path, if any, is unchanged.",
+                f"[fabric] the background save of '{pending.path}' failed: {details}",
                 file=sys.stderr,
                 flush=True,
             )
