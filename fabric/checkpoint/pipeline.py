@@ -340,6 +340,13 @@ class Checkpointer:
                 f"at that path, if any, is unchanged. Fix the cause and save again."
             )
 
+    def finish_here(self) -> None:
+        """Wait for this process's save in flight and raise its error, without talking to the others (teardown)."""
+        pending, self._pending, self._unsettled = self._pending, None, False
+        error = pending.deliver() if pending is not None else None
+        if error is not None:
+            raise error
+
     def _collectives_for_background(self) -> GroupCollectives | SingleProcess:
         """The process group background writes talk on: created once, by every process, on this thread."""
         if self._background_collectives is None:

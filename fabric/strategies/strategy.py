@@ -332,6 +332,9 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        if self._checkpointer is not None:
+            # A checkpoint still being written in the background may need the process group.
+            self._checkpointer.finish_here()
         self.precision.teardown()
         if self._accelerator is not None:
             self._accelerator.teardown()

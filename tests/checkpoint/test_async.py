@@ -174,6 +174,21 @@ def test_an_error_in_the_background_is_raised_by_the_next_call(tmp_path: Path) -
     assert fabric.load(tmp_path / "ckpt.pt")["tag"] == "old"
 
 
+@pytest.mark.timeout(60)
+def test_teardown_waits_for_the_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = _Gate(monkeypatch)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model, _ = _model_and_optimizer(fabric)
+    pending = fabric.save(tmp_path / "ckpt.pt", {"model": model}, async_save=True)
+    assert pending is not None and not pending.done()
+    opener = threading.Timer(0.3, gate.open)
+    opener.start()
+    fabric._teardown()  # what exit runs after its own wait; it must not leave a write behind either
+    opener.join()
+    assert pending.done()
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"].keys() == model.state_dict().keys()
+
+
 def test_async_save_argument_and_strategies_that_write_their_own_way(tmp_path: Path) -> None:
     fabric = Fabric(accelerator="cpu", devices=1)
     with pytest.raises(TypeError, match=r"async_save='yes'"):
