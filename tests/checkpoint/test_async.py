@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -219,6 +220,18 @@ def test_snapshot_copies_tensors_and_keeps_structure() -> None:
     assert torch.equal(copied["a"], torch.arange(6.0).reshape(2, 3))
     assert torch.equal(copied["nested"]["b"][0], torch.ones(2))
     assert copied["nested"]["b"][1] == (3, "x") and copied["plain"] == {"k": [1]}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_writer_thread_yields_the_cpu_to_training() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: list[int] = []
+    handle = AsyncSave("unused")
+    handle.start(lambda: seen.append(niceness()))
+    handle.wait()
+    assert seen == [min(19, niceness() + 10)]
 
 
 @pytest.mark.timeout(60)
