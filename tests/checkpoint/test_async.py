@@ -10,10 +10,8 @@ change before anything is written.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from fabric import Fabric
 from fabric.checkpoint import CheckpointManager, TorchCheckpointIO
 from fabric.checkpoint.background import AsyncSave, snapshot
 from fabric.strategies import SingleDeviceStrategy
+from tests.checkpoint.killing import KillDuringWrite
 from tests.strategies.multiprocess import REPO_ROOT, read_rank_results, run_python
 
 SCRIPTS = REPO_ROOT / "tests" / "checkpoint" / "scripts"
@@ -288,36 +287,11 @@ def test_two_processes(tmp_path: Path, strategy: str) -> None:
         assert (tmp_path / "async" / "fabric-manifest.json").is_file()
 
 
-class _KillDuringWrite(threading.Thread):
-    """SIGKILL rank 1 once checkpoint A is saved and rank 1's shard of B has started to hit the disk."""
-
-    def __init__(self, out_dir: Path) -> None:
-        super().__init__(daemon=True)
-        self.out_dir = out_dir
-        self.stop = threading.Event()
-        self.killed_at_bytes: int | None = None
-
-    def run(self) -> None:
-        pid_file, saved = self.out_dir / "rank1.pid", self.out_dir / "A_saved"
-        while not self.stop.is_set():
-            if saved.exists() and pid_file.exists():
-                for shard in self.out_dir.glob(".checkpoint.tmp-*/__1_*.distcp"):
-                    try:
-                        size = shard.stat().st_size
-                    except FileNotFoundError:
-                        continue
-                    if size > 0:
-                        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                        self.killed_at_bytes = size
-                        return
-            time.sleep(0.001)
-
-
 @pytest.mark.timeout(150)
 def test_a_rank_killed_during_the_background_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     from tests.checkpoint.scripts.killed_async_save import LAYERS, WIDTH, big_model
 
-    killer = _KillDuringWrite(tmp_path)
+    killer = KillDuringWrite(tmp_path)
     killer.start()
     try:
         run = run_python([str(SCRIPTS / "killed_async_save.py"), str(tmp_path)], timeout=130)
