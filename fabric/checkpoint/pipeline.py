@@ -327,8 +327,14 @@ class Checkpointer:
         error = pending.deliver() if pending is not None else None
         host = self.host
         outcomes = [None if error is None else _describe_error(error)]
-        if host.world_size > 1:
-            outcomes = host.gather_object(outcomes[0])
+        try:
+            if host.world_size > 1:
+                outcomes = host.gather_object(outcomes[0])
+        except BaseException as unreachable:
+            if error is not None:
+                # The write's own failure first; why the others could not be reached comes with it.
+                raise error from unreachable
+            raise
         if error is not None:
             raise error
         failed = [(rank, message) for rank, message in enumerate(outcomes) if message is not None]
