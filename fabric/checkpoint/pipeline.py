@@ -330,10 +330,10 @@ class Checkpointer:
         try:
             if host.world_size > 1:
                 outcomes = host.gather_object(outcomes[0])
-        except BaseException as unreachable:
+        except BaseException:
             if error is not None:
-                # The write's own failure first; why the others could not be reached comes with it.
-                raise error from unreachable
+                # The write's own failure first (its cause, e.g. the OSError, stays attached).
+                raise error  # noqa: B904
             raise
         if error is not None:
             raise error
