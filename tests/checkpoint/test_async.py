@@ -110,7 +110,7 @@ def test_one_process_holds_the_values_at_the_call(tmp_path: Path, monkeypatch: p
     for key in ("model", "optimizer", "step", "history"):
         _assert_equal(restored[key], expected[key])
     assert restored["history"] == [1, 2]
-    # Byte-for-byte the same content as the synchronous save, rng state included.
+    # The same content as the synchronous save, random state included.
     _assert_equal(torch.load(tmp_path / "async.pt", weights_only=True), expected)
 
 
