@@ -1,10 +1,10 @@
 """Asynchronous saves (``Fabric.save(..., async_save=True)``): the same checkpoint as a synchronous save,
 holding the values at the call while training changes them, with errors that are never lost.
 
-Multi-process runs: ``scripts/async_save.py`` (two FSDP processes writing a sharded directory; two DDP
+Real runs: ``scripts/async_save.py`` (two FSDP processes writing a sharded directory; two DDP
 processes writing one file) and ``scripts/killed_async_save.py`` (a rank SIGKILLed mid-write). One
-process: in this process, with the background thread held at a gate so that the parameters certainly
-change before anything is written.
+plain process: in this process. Every background write is held at a gate until the parameters have
+changed, so that the checkpoint holding the values at the call is certain, not a matter of timing.
 """
 
 from __future__ import annotations
@@ -253,12 +253,12 @@ def test_manager_rotates_only_after_the_background_write(tmp_path: Path) -> None
     _assert_equal(model.state_dict(), expected)
 
 
-# ----------------------------------------------------------------------------------- two processes
+# ------------------------------------------------------------------------------------- real runs
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
-def test_two_processes(tmp_path: Path, strategy: str) -> None:
-    run = run_python([str(SCRIPTS / "async_save.py"), str(tmp_path), strategy, "2"], timeout=130)
-    ranks = read_rank_results(tmp_path, world_size=2)
+@pytest.mark.parametrize(("strategy", "devices"), [("fsdp", 2), ("ddp", 2)])
+def test_real_runs(tmp_path: Path, strategy: str, devices: int) -> None:
+    run = run_python([str(SCRIPTS / "async_save.py"), str(tmp_path), strategy, str(devices)], timeout=130)
+    ranks = read_rank_results(tmp_path, world_size=devices)
     for rank, result in enumerate(ranks):
         errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
         assert not errors, (rank, errors, run.output)
