@@ -11,7 +11,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor
@@ -37,6 +37,9 @@ from fabric.wrappers import (
     is_wrapped,
     wrap_optimizer,
 )
+
+if TYPE_CHECKING:
+    from fabric.checkpoint.background import AsyncSave
 
 # what Fabric calls on a logger: any object with these methods is accepted (e.g. Lightning's loggers)
 _LOGGER_METHODS = ("log_metrics", "log_hyperparams", "save", "finalize")
@@ -645,13 +648,24 @@ class Fabric:
         path: PathLike,
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
-    ) -> None:
+        *,
+        async_save: bool = False,
+    ) -> AsyncSave | None:
         """Save ``state`` (models, optimizers, anything with ``state_dict``, plain values) atomically.
 
         The file is written beside the target and renamed over it only once complete, so a crash
         mid-save leaves the previous checkpoint intact. The gradient scaler's state is included, and
         so are the random state of every process and the position of every set-up dataloader in
         ``state``: pass the dataloader (``{"loader": loader, ...}``) and :meth:`load` resumes exactly.
+
+        ``async_save=True`` (not in Lightning) returns as soon as the state is copied to CPU memory and
+        writes it in a background thread, with the same guarantees (atomic, checksummed, the previous
+        checkpoint kept until the new one is complete); training may change the parameters right
+        after. The copy costs one CPU copy of this process's state (its shard, for sharded
+        strategies). The returned handle has ``done()`` and ``wait()``; the next ``save``, ``load`` or
+        :meth:`wait_for_checkpoint` waits for the write and raises its error on every process, and so
+        does exit (with a non-zero exit code). Without it (the default) the save is synchronous and
+        returns ``None``, as in Lightning.
 
         Example::
 
@@ -662,14 +676,27 @@ class Fabric:
                 f"Fabric.save(path, state): `state` must be a dict like {{'model': model}}, got "
                 f"{type(state).__name__}."
             )
-        self._strategy.save_checkpoint(
+        if not isinstance(async_save, bool):
+            raise TypeError(f"Fabric.save(async_save={async_save!r}): pass True or False.")
+        save = self._strategy.save_checkpoint_async if async_save else self._strategy.save_checkpoint
+        pending = save(
             os.fspath(path),
             _unwrap_state(state),
             filter=filter,
             owners=self._optimizer_owners,
             per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
         )
-        self._strategy.barrier()
+        if pending is None:
+            self._strategy.barrier()
+        return pending
+
+    def wait_for_checkpoint(self) -> None:
+        """Wait for an asynchronous save to be written on every process; raise its error if it failed.
+
+        Every process must call it (it agrees on the outcome); it does nothing when no save is in flight.
+        ``save`` and ``load`` do the same by themselves first.
+        """
+        self._strategy.checkpointer.wait_for_pending()
 
     def load(
         self,

@@ -64,6 +64,11 @@ class CheckpointManager:
         keep_every: also keep every checkpoint whose step is a multiple of this (``None``: none).
         requeue: after the checkpoint a stop signal asked for, ask SLURM to requeue the job
             (``scontrol requeue``; only when running under SLURM).
+        async_save: write the periodic checkpoints of :meth:`step` in the background
+            (``Fabric.save(..., async_save=True)``: the loop blocks only for a copy of the state to CPU
+            memory, which costs one CPU copy of this process's state). Old checkpoints are rotated
+            out only once the new one is complete. The checkpoint a stop signal asks for is always
+            written synchronously: the process is about to end.
 
     Example::
 
@@ -84,6 +89,7 @@ class CheckpointManager:
         keep_last: int = 3,
         keep_every: int | None = None,
         requeue: bool = True,
+        async_save: bool = False,
     ) -> None:
         for name, value, minimum in (("every", every, 1), ("keep_every", keep_every, 1)):
             if value is not None and (not isinstance(value, int) or value < minimum):
@@ -100,6 +106,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.keep_every = keep_every
         self.requeue = requeue
+        self.async_save = async_save
         #: the number of :meth:`step` calls so far, including those before the checkpoint resumed from
         self.global_step = 0
         if fabric.is_global_zero:
@@ -123,8 +130,10 @@ class CheckpointManager:
     def latest(self) -> str | None:
         """The newest checkpoint that passes verification, or ``None``; corrupt ones are reported.
 
-        Global rank 0 looks, and tells the others, so every process loads the same checkpoint.
+        Global rank 0 looks, and tells the others, so every process loads the same checkpoint. A save
+        still being written in the background is finished first.
         """
+        self.fabric.wait_for_checkpoint()
         chosen = None
         if self.fabric.is_global_zero:
             for _, path in reversed(self.checkpoints()):
@@ -170,18 +179,27 @@ class CheckpointManager:
         self.global_step += 1
         stop = self.fabric.should_stop
         if stop or (self.every is not None and self.global_step % self.every == 0):
-            self.save(state)
+            self.save(state, async_save=self.async_save and not stop)
         if stop and self.requeue and self.fabric.is_global_zero:
             lifecycle.requeue_slurm_job()
         return stop
 
-    def save(self, state: dict[str, Any], step: int | None = None) -> str:
-        """Save ``state`` as the checkpoint of ``step`` (default: :attr:`global_step`), then rotate."""
+    def save(self, state: dict[str, Any], step: int | None = None, *, async_save: bool = False) -> str:
+        """Save ``state`` as the checkpoint of ``step`` (default: :attr:`global_step`), then rotate.
+
+        With ``async_save=True`` it returns once the state is copied to CPU memory; the rotation runs
+        on global rank 0 after the background write has committed the new checkpoint.
+        """
         step = self.global_step if step is None else step
         path = os.path.join(self.directory, f"step-{step:09d}.ckpt")
-        self.fabric.save(path, state)  # atomic; every process has finished when it returns
-        if self.fabric.is_global_zero:
-            self._rotate(keep=path)
+        if not async_save:
+            self.fabric.save(path, state)  # atomic; every process has finished when it returns
+            if self.fabric.is_global_zero:
+                self._rotate(keep=path)
+            return path
+        pending = self.fabric.save(path, state, async_save=True)
+        if pending is not None and self.fabric.is_global_zero:
+            pending.add_done_callback(lambda: self._rotate(keep=path))
         return path
 
     def _rotate(self, keep: str) -> None:

@@ -26,7 +26,7 @@ import shutil
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -37,6 +37,9 @@ from fabric.checkpoint.deepspeed_format import DEEPSPEED_KEY, is_deepspeed_check
 from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.types import Stateful
+
+if TYPE_CHECKING:
+    from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess
 
 #: key under which the precision plugin's state (e.g. the gradient scaler) is stored in checkpoints
 PRECISION_STATE_KEY = "__fabric_precision__"
@@ -97,12 +100,38 @@ class CheckpointHost(Protocol):
     ) -> None: ...
 
 
+class Collectives(Protocol):
+    """The collectives a directory write needs: the strategy's, or a background save's own group's."""
+
+    @property
+    def global_rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def is_global_zero(self) -> bool: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
+
+    def gather_object(self, obj: Any) -> list[Any]: ...
+
+
 class Checkpointer:
     """Saves and loads checkpoints for one strategy (its ``host``)."""
 
     def __init__(self, host: CheckpointHost) -> None:
         # The strategy owns the checkpointer; a weak link keeps the two from holding each other alive.
         self._host_ref = weakref.ref(host)
+        # Asynchronous saves (fabric.checkpoint.background): the one in flight on this process, whether
+        # one was started since the processes last agreed on the outcome (the same on every process,
+        # since saves are collective), and the process group their writes talk on.
+        self._pending: AsyncSave | None = None
+        self._unsettled = False
+        self._background_collectives: GroupCollectives | SingleProcess | None = None
+        self._exit_step_registered = False
 
     @property
     def host(self) -> CheckpointHost:
@@ -118,8 +147,15 @@ class Checkpointer:
         filter: Filter | None = None,
         owners: Owners | None = None,
         per_rank_keys: Collection[str] = (),
-    ) -> None:
-        """Write ``state`` to ``path`` in the strategy's layout; every process calls this."""
+        async_save: bool = False,
+    ) -> AsyncSave | None:
+        """Write ``state`` to ``path`` in the strategy's layout; every process calls this.
+
+        With ``async_save=True`` it returns once the state is copied to CPU memory, and the write goes on
+        in a background thread (:mod:`fabric.checkpoint.background`); the returned handle follows it.
+        A save still in flight is waited for first, and its error raised here.
+        """
+        self.wait_for_pending()
         _check_state(state, "save")
         filter = _check_filter(filter, state)
         owners = owners or {}
@@ -132,9 +168,8 @@ class Checkpointer:
                     f"to a local directory (and copy it), or use a full state dict (e.g. "
                     f"FSDPStrategy(state_dict_type='full'))."
                 )
-            self._save_directory(path, state, filter, owners, per_rank_keys, with_resume)
-        else:
-            self._save_file(path, state, filter, owners, per_rank_keys, with_resume)
+            return self._save_directory(path, state, filter, owners, per_rank_keys, with_resume, async_save)
+        return self._save_file(path, state, filter, owners, per_rank_keys, with_resume, async_save)
 
     def _save_file(
         self,
@@ -144,7 +179,8 @@ class Checkpointer:
         owners: Owners,
         per_rank_keys: Collection[str],
         with_resume: bool,
-    ) -> None:
+        async_save: bool = False,
+    ) -> AsyncSave | None:
         host = self.host
         checkpoint: dict[str, Any] = {}
         for key, obj in state.items():
@@ -159,8 +195,18 @@ class Checkpointer:
             checkpoint.update(self.resume_state(state, per_rank_keys))
         elif isinstance(state, OrderedDict):
             checkpoint = OrderedDict(checkpoint)  # `model.state_dict()` saved as is stays an OrderedDict
-        if host.is_global_zero:
-            host.checkpoint_io.save_checkpoint(checkpoint, path)
+        if not async_save:
+            if host.is_global_zero:
+                host.checkpoint_io.save_checkpoint(checkpoint, path)
+            return None
+        if not host.is_global_zero:
+            return self._start_background(path, None)
+        from fabric.checkpoint.background import snapshot
+
+        copied = snapshot(checkpoint)
+        checkpoint_io = host.checkpoint_io
+        # Only rank 0 writes a file, and with no collective: nothing in this thread talks to other processes.
+        return self._start_background(path, lambda: checkpoint_io.save_checkpoint(copied, path))
 
     def _save_directory(
         self,
@@ -170,7 +216,8 @@ class Checkpointer:
         owners: Owners,
         per_rank_keys: Collection[str],
         with_resume: bool,
-    ) -> None:
+        async_save: bool = False,
+    ) -> AsyncSave | None:
         host = self.host
         sharded.check_directory_target(path)
         shards: dict[str, Any] = {}
@@ -184,18 +231,42 @@ class Checkpointer:
                 _apply_filter(meta, key, _plain(obj), filter)
         if with_resume:
             meta.update(self.resume_state(state, per_rank_keys))
-        self.write_directory(path, lambda tmp: host.save_shards(shards, tmp), meta)
+        if not async_save:
+            self.write_directory(path, lambda tmp: host.save_shards(shards, tmp), meta)
+            return None
+        from fabric.checkpoint.background import snapshot
 
-    def write_directory(self, path: str, write_parts: Callable[[str], None], meta: dict[str, Any]) -> None:
+        collectives = self._collectives_for_background()
+        copied_shards, copied_meta = snapshot(shards), snapshot(meta)
+        group = collectives.group
+
+        def write() -> None:
+            self.write_directory(
+                path,
+                lambda tmp: sharded.save_shards(copied_shards, tmp, process_group=group),
+                copied_meta,
+                collectives=collectives,
+            )
+
+        return self._start_background(path, write)
+
+    def write_directory(
+        self,
+        path: str,
+        write_parts: Callable[[str], None],
+        meta: dict[str, Any],
+        collectives: Collectives | None = None,
+    ) -> None:
         """Write a checkpoint directory atomically; every process calls this.
 
         ``write_parts(tmp)`` runs on every process and writes the engine's files (DCP shards, a
         DeepSpeed engine's partitions) into the temporary directory; ``meta`` (plain values and the
         resume state) goes into ``meta.pt``. Then every process checksums its share of the files, rank 0
         writes the manifest last and swaps the directory in. A failure on the way removes the temporary
-        directory and leaves the previous checkpoint as it was.
+        directory and leaves the previous checkpoint as it was. ``collectives`` replaces the strategy's
+        collectives (a background save talks on a process group of its own).
         """
-        host = self.host
+        host: Collectives = collectives if collectives is not None else self.host
         sharded.check_directory_target(path)
         tmp = host.broadcast(sharded.create_temporary_directory(path) if host.is_global_zero else None)
         try:
@@ -236,6 +307,80 @@ class Checkpointer:
             resume[PRECISION_STATE_KEY] = precision_state
         return resume
 
+    # ------------------------------------------------------------------------ background saves
+    @property
+    def pending(self) -> AsyncSave | None:
+        """The asynchronous save this process started last, until the processes settle its outcome."""
+        return self._pending
+
+    def wait_for_pending(self) -> None:
+        """Wait for the asynchronous save in flight, agree on its outcome, raise its error on every process.
+
+        Every process calls this at the same point (a save, a load, ``fabric.wait_for_checkpoint()``):
+        after an asynchronous save it costs one small all-gather of the outcome on the training group,
+        which is also what makes a load on any process see a file that rank 0 has just finished.
+        Otherwise it does nothing.
+        """
+        if not self._unsettled:
+            return
+        pending, self._pending, self._unsettled = self._pending, None, False
+        error = pending.deliver() if pending is not None else None
+        host = self.host
+        outcomes = [None if error is None else _describe_error(error)]
+        try:
+            if host.world_size > 1:
+                outcomes = host.gather_object(outcomes[0])
+        except BaseException:
+            if error is not None:
+                # The write's own failure first (its cause, e.g. the OSError, stays attached).
+                raise error  # noqa: B904
+            raise
+        if error is not None:
+            raise error
+        failed = [(rank, message) for rank, message in enumerate(outcomes) if message is not None]
+        if failed:
+            where = "; ".join(f"rank {rank}: {message}" for rank, message in failed)
+            path = pending.path if pending is not None else "the checkpoint"
+            raise CheckpointError(
+                f"The background save of '{path}' failed on another process ({where}). The previous checkpoint "
+                f"at that path, if any, is unchanged. Fix the cause and save again."
+            )
+
+    def finish_here(self) -> None:
+        """Wait for this process's save in flight and raise its error, without talking to the others (teardown)."""
+        pending, self._pending, self._unsettled = self._pending, None, False
+        error = pending.deliver() if pending is not None else None
+        if error is not None:
+            raise error
+
+    def _collectives_for_background(self) -> GroupCollectives | SingleProcess:
+        """The process group background writes talk on: created once, by every process, on this thread."""
+        if self._background_collectives is None:
+            import torch.distributed as dist
+
+            from fabric.checkpoint.background import GroupCollectives, SingleProcess
+
+            if dist.is_available() and dist.is_initialized():
+                self._background_collectives = GroupCollectives.create()
+            else:
+                self._background_collectives = SingleProcess()
+        return self._background_collectives
+
+    def _start_background(self, path: str, write: Callable[[], None] | None) -> AsyncSave:
+        """Start ``write`` in a background thread (``None``: this process writes nothing); return its handle."""
+        from fabric import lifecycle
+        from fabric.checkpoint.background import AsyncSave, finish_at_exit
+
+        if not self._exit_step_registered:
+            # Before the process group is left: a sharded write still needs its group.
+            lifecycle.on_exit(finish_at_exit(lambda: self._pending), order=lifecycle.FINISH_CHECKPOINTS)
+            self._exit_step_registered = True
+        handle = AsyncSave.nothing_to_write(path) if write is None else AsyncSave(path)
+        self._pending, self._unsettled = handle, True
+        if write is not None:
+            handle.start(write)
+        return handle
+
     # -------------------------------------------------------------------------------------- load
     def load(
         self,
@@ -257,6 +402,7 @@ class Checkpointer:
             )
         if state is not None:
             _check_state(state, "load")
+        self.wait_for_pending()
         owners = owners or {}
         path = os.fspath(path)
         restored: set[str] = set()
@@ -440,6 +586,7 @@ class Checkpointer:
         owner: Module | None = None,
     ) -> None:
         """Load a plain ``torch.save`` file of a state dict into one module or optimizer."""
+        self.wait_for_pending()
         path = os.fspath(path)
         if not is_remote(path) and os.path.isdir(path):
             raise NotAFileError(
@@ -521,7 +668,11 @@ def _os_error_in(error: BaseException) -> OSError | None:
     return _os_error_behind(error)
 
 
-def _my_share(names: list[str], host: CheckpointHost) -> list[str]:
+def _describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _my_share(names: list[str], host: Collectives) -> list[str]:
     return names[host.global_rank :: host.world_size]
 
 

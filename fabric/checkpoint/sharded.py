@@ -156,12 +156,16 @@ def _temp_prefix(name: str) -> str:
     return f".{name[:120]}{_TMP_TAG}"
 
 
-def save_shards(shards: dict[str, Any], directory: str) -> None:
-    """Write the (sharded) tensors of ``shards`` into ``directory`` with DCP; every process calls this."""
+def save_shards(shards: dict[str, Any], directory: str, process_group: Any = None) -> None:
+    """Write the (sharded) tensors of ``shards`` into ``directory`` with DCP; every process calls this.
+
+    DCP's own collectives (planning, the gather of write results) run on ``process_group`` (default:
+    the default group); a background save passes its own.
+    """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(shards, checkpoint_id=directory, no_dist=not dist.is_initialized())
+    dcp.save(shards, checkpoint_id=directory, process_group=process_group, no_dist=not dist.is_initialized())
 
 
 def files_to_record(directory: str) -> list[str]:

@@ -27,6 +27,7 @@ from fabric.utilities.apply import move_to_device
 from fabric.utilities.types import PathLike, ReduceOp
 
 if TYPE_CHECKING:
+    from fabric.checkpoint.background import AsyncSave
     from fabric.checkpoint.checkpoint_io import CheckpointIO
     from fabric.checkpoint.pipeline import Checkpointer
     from fabric.launchers.launcher import Launcher
@@ -274,6 +275,36 @@ class Strategy(ABC):
         """Write ``state`` in this strategy's layout (see :mod:`fabric.checkpoint.pipeline`)."""
         self.checkpointer.save(path, state, filter=filter, owners=owners, per_rank_keys=per_rank_keys)
 
+    def save_checkpoint_async(
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        owners: Mapping[Optimizer, Module] | None = None,
+        per_rank_keys: Collection[str] = (),
+    ) -> AsyncSave:
+        """Snapshot ``state`` to CPU memory, write it in a background thread (:mod:`fabric.checkpoint.background`).
+
+        Only the pipeline's own layouts are written in the background: a strategy that writes its
+        checkpoints another way (its own ``save_checkpoint`` or ``save_shards``, e.g. DeepSpeed's
+        engine, torch-xla's planner) refuses, rather than silently saving synchronously.
+        """
+        own_writer = [
+            name
+            for name in ("save_checkpoint", "save_shards")
+            if getattr(type(self), name) is not getattr(Strategy, name)
+        ]
+        if own_writer:
+            raise NotImplementedError(
+                f"Fabric.save(async_save=True) is not supported with {type(self).__name__}: it writes checkpoints "
+                f"its own way ({', '.join(own_writer)}). Save synchronously (async_save=False, the default)."
+            )
+        pending = self.checkpointer.save(
+            path, state, filter=filter, owners=owners, per_rank_keys=per_rank_keys, async_save=True
+        )
+        assert pending is not None
+        return pending
+
     def load_checkpoint(
         self,
         path: PathLike,
@@ -301,6 +332,9 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------ teardown
     def teardown(self) -> None:
+        if self._checkpointer is not None:
+            # A checkpoint still being written in the background may need the process group.
+            self._checkpointer.finish_here()
         self.precision.teardown()
         if self._accelerator is not None:
             self._accelerator.teardown()

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from fabric.checkpoint.sharded import (
     write_manifest,
 )
 from fabric.checkpoint.states import is_name_keyed, optimizer_state_by_index, optimizer_state_by_name
+from tests.checkpoint.killing import KillDuringWrite
 from tests.strategies.fsdp_scripts.common import Net, compare_state, fresh, full_parameters, section_errors
 from tests.strategies.multiprocess import REPO_ROOT, launch_env, read_rank_results, run_python
 
@@ -218,36 +216,11 @@ def test_consolidate_refuses_a_directory_that_is_not_a_checkpoint(tmp_path: Path
 
 
 # ------------------------------------------------------------- a save killed halfway
-class _KillDuringWrite(threading.Thread):
-    """SIGKILL rank 1 once checkpoint A is saved and rank 1's shard of B has started to hit the disk."""
-
-    def __init__(self, out_dir: Path) -> None:
-        super().__init__(daemon=True)
-        self.out_dir = out_dir
-        self.stop = threading.Event()
-        self.killed_at_bytes: int | None = None
-
-    def run(self) -> None:
-        pid_file, saved = self.out_dir / "rank1.pid", self.out_dir / "A_saved"
-        while not self.stop.is_set():
-            if saved.exists() and pid_file.exists():
-                for shard in self.out_dir.glob(".checkpoint.tmp-*/__1_*.distcp"):
-                    try:
-                        size = shard.stat().st_size
-                    except FileNotFoundError:
-                        continue
-                    if size > 0:
-                        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                        self.killed_at_bytes = size
-                        return
-            time.sleep(0.001)
-
-
 @pytest.mark.timeout(180)
 def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     from tests.strategies.fsdp_scripts.killed_save import LAYERS, WIDTH, big_model
 
-    killer = _KillDuringWrite(tmp_path)
+    killer = KillDuringWrite(tmp_path)
     killer.start()
     try:
         run = run_python([str(SCRIPTS / "killed_save.py"), str(tmp_path)], timeout=150)
