@@ -1,0 +1,138 @@
+"""README promises that no other test file pinned: each test names the README sentence it holds to.
+
+Every test here is small and runs on one process; a promise about several processes lives beside the
+multi-process tests of its part.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from fabric import Fabric, seed_everything
+from fabric.checkpoint import CheckpointError
+from fabric.checkpoint.consolidate import consolidate
+from fabric.checkpoint.sharded import MANIFEST_FILE
+from fabric.strategies.single_device import SingleDeviceStrategy
+from fabric.utilities.data import prepare_dataloader
+
+
+class _ShardedSingleDevice(SingleDeviceStrategy):
+    """One process that writes the sharded directory layout (what FSDP writes), without a process group."""
+
+    @property
+    def checkpoint_layout(self) -> Literal["file", "sharded"]:
+        return "sharded"
+
+
+def _sharded_fabric() -> Fabric:
+    return Fabric(accelerator="cpu", devices=1, strategy=_ShardedSingleDevice())
+
+
+def _model_and_optimizer(fabric: Fabric, seed: int) -> tuple[Any, Any]:
+    torch.manual_seed(seed)
+    module = torch.nn.Linear(4, 3)
+    return fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+
+
+# ------------------------------------------------------------------------------------------ Checkpoints
+@pytest.mark.timeout(60)
+def test_a_directory_without_manifest_loads_with_a_warning_that_it_cannot_be_verified(tmp_path: Path) -> None:
+    """README, Checkpoints: "A directory without a manifest (written by an older version or by
+    `torch.distributed.checkpoint` directly) loads with a warning that it cannot be verified." The same
+    for `fabric consolidate`."""
+    fabric = _sharded_fabric()
+    model, optimizer = _model_and_optimizer(fabric, seed=1)
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer, "step": 7})
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / "ckpt" / MANIFEST_FILE).unlink()
+
+    target, target_optimizer = _model_and_optimizer(fabric, seed=2)
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        remainder = fabric.load(tmp_path / "ckpt", {"model": target, "optimizer": target_optimizer})
+    assert remainder == {"step": 7}
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in saved.items())
+
+    with pytest.warns(UserWarning, match="cannot be verified"):
+        out = consolidate(tmp_path / "ckpt", tmp_path / "one.pt")
+    merged = torch.load(out, weights_only=True)
+    assert all(torch.equal(merged["model"][k], v) for k, v in saved.items())
+
+
+@pytest.mark.timeout(60)
+def test_a_directory_with_its_manifest_loads_without_that_warning(tmp_path: Path) -> None:
+    """The counterpart: the warning above is not printed for every directory (it would then say nothing)."""
+    fabric = _sharded_fabric()
+    model, optimizer = _model_and_optimizer(fabric, seed=1)
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fabric.load(tmp_path / "ckpt", {"model": model, "optimizer": optimizer})
+    assert not [w for w in caught if "cannot be verified" in str(w.message)]
+
+
+@pytest.mark.timeout(60)
+def test_a_sharded_save_to_a_remote_path_is_a_clear_error(tmp_path: Path) -> None:
+    """README, Storage plugins: "Sharded directories are written to a local or mounted file system only
+    (a remote path is a clear error)"; the error names the path and the fix, and nothing is written."""
+    fsspec = pytest.importorskip("fsspec")
+    fabric = _sharded_fabric()
+    model, optimizer = _model_and_optimizer(fabric, seed=1)
+    url = f"memory://{tmp_path.name}/ckpt"
+    with pytest.raises(CheckpointError, match=r"memory://.*is remote.*state_dict_type='full'"):
+        fabric.save(url, {"model": model, "optimizer": optimizer})
+    assert not fsspec.filesystem("memory").exists(f"/{tmp_path.name}")
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------ Differences
+def test_a_seed_that_int_cannot_convert_is_a_value_error_naming_it() -> None:
+    """README, Differences: "a non-integer seed that `int()` cannot convert is a `ValueError` naming the
+    value"; one that `int()` converts is accepted, as in Lightning."""
+    with pytest.raises(ValueError, match=r"seed='forty-two'"):
+        seed_everything("forty-two", verbose=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"seed=\[1\]"):
+        Fabric.seed_everything([1], verbose=False)  # type: ignore[arg-type]
+    assert seed_everything("42", verbose=False) == 42  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_random_sampler_with_replacement_and_num_samples_keeps_its_meaning_under_ddp(rank: int) -> None:
+    """README, Differences: "A `RandomSampler` with replacement or a `num_samples` keeps its meaning
+    (Lightning replaces it by a plain shuffle)." Two ranks share `num_samples` draws with replacement
+    (30 draws from 10 items: repeats are certain), not one permutation of the 10 items."""
+    dataset = TensorDataset(torch.arange(10))
+
+    def drawn(rank: int) -> list[int]:
+        seed_everything(3, verbose=False)
+        sampler = RandomSampler(dataset, replacement=True, num_samples=30)
+        loader = DataLoader(dataset, sampler=sampler, batch_size=5)
+        prepared = prepare_dataloader(loader, {"num_replicas": 2, "rank": rank}, global_rank=rank)
+        return [int(i) for (batch,) in prepared for i in batch]
+
+    mine, other = drawn(rank), drawn(1 - rank)
+    assert len(mine) == len(other) == 15  # half of num_samples each, not half of the dataset
+    assert len(set(mine + other)) < 30  # with replacement
+    assert drawn(rank) == mine  # the same seed gives the same draws
+
+
+def test_a_random_sampler_with_num_samples_and_no_replacement_keeps_its_length() -> None:
+    dataset = TensorDataset(torch.arange(10))
+    seed_everything(3, verbose=False)
+    loader = DataLoader(dataset, sampler=RandomSampler(dataset, num_samples=4), batch_size=1)
+    per_rank = [
+        [
+            int(i)
+            for (batch,) in prepare_dataloader(loader, {"num_replicas": 2, "rank": r}, global_rank=r)
+            for i in batch
+        ]
+        for r in (0, 1)
+    ]
+    assert [len(p) for p in per_rank] == [2, 2]
+    assert len(set(per_rank[0] + per_rank[1])) == 4  # no replacement: four different items
