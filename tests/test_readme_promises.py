@@ -136,3 +136,73 @@ def test_a_random_sampler_with_num_samples_and_no_replacement_keeps_its_length()
     ]
     assert [len(p) for p in per_rank] == [2, 2]
     assert len(set(per_rank[0] + per_rank[1])) == 4  # no replacement: four different items
+
+
+# ------------------------------------------------------------------------------------------ Sharded training
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mixed_precision": "keep_low_precision_grads"}, "keep_low_precision_grads.*no equivalent"),
+        ({"sync_module_states": True}, "sync_module_states=True.*seed_everything"),
+        ({"param_init_fn": "a function"}, "param_init_fn=.*empty_init=True"),
+        ({"forward_prefetch": True}, "forward_prefetch=True.*FSDP1"),
+    ],
+)
+def test_fsdp1_only_options_say_what_to_do_instead(kwargs: dict[str, Any], message: str) -> None:
+    """README, Sharded training: "`buffer_dtype`/`keep_low_precision_grads` have no FSDP2 equivalent: error";
+    "FSDP1-only options (`backward_prefetch`, `sync_module_states`, `param_init_fn`, ...) raise an error that
+    says what to do instead" (buffer_dtype and backward_prefetch are in tests/strategies/test_fsdp_options.py)."""
+    from torch.distributed.fsdp import MixedPrecision
+
+    from fabric.strategies import FSDPStrategy
+
+    if kwargs.get("mixed_precision") == "keep_low_precision_grads":
+        kwargs = {"mixed_precision": MixedPrecision(keep_low_precision_grads=True)}
+    if kwargs.get("param_init_fn") == "a function":
+        kwargs = {"param_init_fn": lambda module: None}
+    with pytest.raises(ValueError, match=message):
+        FSDPStrategy(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ Logging
+def test_csv_file_is_the_one_lightnings_csv_logger_writes(tmp_path: Path) -> None:
+    """README, Logging: "a header row with every metric name and `step`, sorted by name (the same file
+    Lightning's `CSVLogger` writes), then one row per `log_dict` call, with empty cells for metrics not
+    logged at that step. A new metric name widens the header"."""
+    lightning_loggers = pytest.importorskip("lightning.fabric.loggers")
+    from fabric.loggers import CSVLogger
+
+    for cls, root in ((lightning_loggers.CSVLogger, "theirs"), (CSVLogger, "ours")):
+        logger = cls(tmp_path / root, name="exp", flush_logs_every_n_steps=2)
+        logger.log_metrics({"zeta": 1.0, "alpha": torch.tensor(0.5)}, step=0)
+        logger.log_metrics({"zeta": 2.0}, step=1)  # flushed here: the next new name rewrites the header
+        logger.log_metrics({"beta": 3, "alpha": 0.25}, step=2)
+        logger.log_metrics({"zeta": 0.125}, step=3)
+        logger.finalize("success")
+    ours = (tmp_path / "ours" / "exp" / "version_0" / "metrics.csv").read_text()
+    assert ours == (tmp_path / "theirs" / "exp" / "version_0" / "metrics.csv").read_text()
+    assert ours.splitlines()[0] == "alpha,beta,step,zeta"
+
+
+def test_a_row_logged_without_step_is_numbered_by_its_call(tmp_path: Path) -> None:
+    """README, Logging (a deliberate difference): without `step`, a row gets the number of rows logged
+    before it; Lightning's writer restarts that count after every flush (step 0 again)."""
+    from fabric.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="exp", flush_logs_every_n_steps=2)
+    for value in range(5):
+        logger.log_metrics({"x": float(value)})
+    logger.finalize("success")
+    lines = (tmp_path / "exp" / "version_0" / "metrics.csv").read_text().splitlines()
+    assert lines == ["step,x", "0,0.0", "1,1.0", "2,2.0", "3,3.0", "4,4.0"]
+
+
+def test_fabric_utilities_exports_every_name_lightning_fabric_utilities_does() -> None:
+    """README, Logging and throughput: "`fabric.utilities` exports every name `lightning.fabric.utilities`
+    does"."""
+    theirs = pytest.importorskip("lightning.fabric.utilities")
+    import fabric.utilities as ours
+
+    names = [name for name in theirs.__all__ if not name.startswith("_")]
+    assert len(names) > 5
+    assert [name for name in names if not hasattr(ours, name)] == []

@@ -104,3 +104,25 @@ def test_bad_arguments_name_the_argument(tmp_path: Path, kwargs: dict, message: 
     fabric, _ = _setup()
     with pytest.raises(ValueError, match=message):
         CheckpointManager(fabric, tmp_path, **kwargs)
+
+
+def test_requeue_false_stops_without_requeueing_on_slurm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, Long runs: "On SLURM the manager then runs `scontrol requeue $SLURM_JOB_ID` on rank 0
+    (`requeue=False` to opt out)"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "scontrol"
+    script = Path(__file__).parent.parent / "scripts" / "scontrol_stub.py"
+    stub.write_text(f'#!/bin/sh\nexec {sys.executable} {script} "$@"\n')
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SCONTROL_LOG", str(tmp_path / "log"))
+    fabric, state = _setup()
+    manager = CheckpointManager(fabric, tmp_path / "ckpts", every=100, requeue=False)
+    lifecycle.request_stop()
+    assert manager.step(state) is True
+    assert [step for step, _ in manager.checkpoints()] == [1]  # still saved
+    assert not (tmp_path / "log").exists()  # but scontrol was not called
