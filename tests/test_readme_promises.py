@@ -206,3 +206,36 @@ def test_fabric_utilities_exports_every_name_lightning_fabric_utilities_does() -
     names = [name for name in theirs.__all__ if not name.startswith("_")]
     assert len(names) > 5
     assert [name for name in names if not hasattr(ours, name)] == []
+
+
+# ------------------------------------------------------------------------------------------ Lightning parity
+def _losses_of(fabric_class: type, precision: str) -> tuple[list[float], Any]:
+    fabric = fabric_class(accelerator="cpu", devices=1, precision=precision)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = fabric.setup(model, optimizer)
+    x, y = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), torch.ones(4, 1)
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses, fabric.strategy.precision
+
+
+def test_16_mixed_on_a_cpu_is_float16_with_scaling_where_lightning_runs_bf16_mixed() -> None:
+    """README, Differences: "`16-mixed` on a CPU is what it says: float16 autocast with loss scaling;
+    Lightning warns and runs `bf16-mixed` instead, so its numbers there are those of our `bf16-mixed`"."""
+    lightning_fabric = pytest.importorskip("lightning.fabric")
+    from fabric.precision.amp import MixedPrecision
+
+    with pytest.warns(UserWarning, match="bf16-mixed"):
+        theirs, _ = _losses_of(lightning_fabric.Fabric, "16-mixed")
+    ours_bf16, _ = _losses_of(Fabric, "bf16-mixed")
+    ours_fp16, precision = _losses_of(Fabric, "16-mixed")
+    assert theirs == ours_bf16
+    assert isinstance(precision, MixedPrecision) and precision.scaler is not None
+    assert ours_fp16 != ours_bf16
