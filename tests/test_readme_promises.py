@@ -239,3 +239,37 @@ def test_16_mixed_on_a_cpu_is_float16_with_scaling_where_lightning_runs_bf16_mix
     assert theirs == ours_bf16
     assert isinstance(precision, MixedPrecision) and precision.scaler is not None
     assert ours_fp16 != ours_bf16
+
+
+@pytest.mark.timeout(120)
+def test_a_sharded_directory_loads_into_two_process_ddp(tmp_path: Path) -> None:
+    """README, Checkpoints: "Every layout loads into every strategy and world size": the sharded
+    directory layout (written by one process here) into a 2-process DDP run, optimizer state included."""
+    from tests.strategies.multiprocess import REPO_ROOT, read_rank_results, run_python
+
+    fabric = _sharded_fabric()
+    torch.manual_seed(1)
+    module = torch.nn.Linear(4, 3)
+    model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters(), lr=0.1))
+    for _ in range(2):
+        fabric.backward(model(torch.randn(2, 4)).pow(2).sum())
+        optimizer.step()
+        optimizer.zero_grad()
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer, "step": 2})
+    expected_state = optimizer.state_dict()["state"][0]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run = run_python(
+        [str(REPO_ROOT / "tests" / "scripts" / "ddp_loads_sharded.py"), str(tmp_path / "ckpt"), str(out)],
+        timeout=100,
+    )
+    assert run.returncode == 0, run.output
+    for result in read_rank_results(out, world_size=2):
+        assert result["remainder"] == {"step": 2}
+        assert result["weight"] == model.weight.detach().tolist()
+        assert result["bias"] == model.bias.detach().tolist()
+        assert result["exp_avg"] == expected_state["exp_avg"].tolist()
+        assert result["adam_step"] == float(expected_state["step"])
+    zero, one = read_rank_results(out, world_size=2)
+    assert zero["after_step"] == one["after_step"] != zero["weight"]
