@@ -273,3 +273,29 @@ def test_a_sharded_directory_loads_into_two_process_ddp(tmp_path: Path) -> None:
         assert result["adam_step"] == float(expected_state["step"])
     zero, one = read_rank_results(out, world_size=2)
     assert zero["after_step"] == one["after_step"] != zero["weight"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["link_to_the_directory", "link_to_a_file_inside", "dotdot"])
+def test_consolidate_refuses_an_output_that_reaches_inside_through_a_link_or_dotdot(
+    tmp_path: Path, how: str
+) -> None:
+    """README, Checkpoints: "`fabric consolidate CKPT_DIR [OUT]` ... an output inside the directory is
+    refused", also when OUT reaches inside through a symbolic link or `..` (plain paths are in
+    tests/checkpoint/test_hostile.py)."""
+    fabric = _sharded_fabric()
+    model, optimizer = _model_and_optimizer(fabric, seed=1)
+    directory = tmp_path / "ckpt"
+    fabric.save(directory, {"model": model, "optimizer": optimizer})
+    before = {name: (directory / name).read_bytes() for name in os.listdir(directory)}
+    if how == "link_to_the_directory":
+        os.symlink(directory, tmp_path / "alias")
+        out = tmp_path / "alias" / "merged.pt"
+    elif how == "link_to_a_file_inside":
+        os.symlink(directory / "merged.pt", tmp_path / "merged.pt")
+        out = tmp_path / "merged.pt"
+    else:
+        out = directory / ".." / "ckpt" / "merged.pt"
+    with pytest.raises(CheckpointError, match="inside the checkpoint directory"):
+        consolidate(directory, out)
+    assert {name: (directory / name).read_bytes() for name in os.listdir(directory)} == before
