@@ -299,3 +299,79 @@ def test_consolidate_refuses_an_output_that_reaches_inside_through_a_link_or_dot
     with pytest.raises(CheckpointError, match="inside the checkpoint directory"):
         consolidate(directory, out)
     assert {name: (directory / name).read_bytes() for name in os.listdir(directory)} == before
+
+
+# ------------------------------------------------------------------------------------------ documented signatures
+def test_the_signatures_the_readme_spells_out() -> None:
+    """README, Logging, Long runs, Checkpoints: the arguments and defaults it writes out are the real ones."""
+    import inspect
+
+    from fabric.checkpoint.manager import CheckpointManager
+    from fabric.loggers import CSVLogger, TensorBoardLogger
+    from fabric.utilities import SpikeDetection
+
+    def defaults(obj: Any) -> dict[str, Any]:
+        return {
+            name: p.default
+            for name, p in inspect.signature(obj).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        }
+
+    assert defaults(CSVLogger) == {
+        "root_dir": "logs",
+        "name": "lightning_logs",
+        "version": None,
+        "prefix": "",
+        "flush_logs_every_n_steps": 100,
+    }
+    assert defaults(TensorBoardLogger) == {
+        "root_dir": "logs",
+        "name": "lightning_logs",
+        "version": None,
+        "default_hp_metric": True,
+        "prefix": "",
+        "sub_dir": None,
+    }
+    assert defaults(SpikeDetection) == {
+        "mode": "min",
+        "window": 10,
+        "warmup": 1,
+        "atol": None,
+        "rtol": 2.0,
+        "exclude_batches_path": None,
+        "finite_only": True,
+    }
+    manager = defaults(CheckpointManager)
+    assert {k: manager[k] for k in ("every", "keep_last", "keep_every", "requeue")} == {
+        "every": None,
+        "keep_last": 3,
+        "keep_every": None,
+        "requeue": True,
+    }
+    assert {k: v for k, v in defaults(Fabric.load_raw).items() if k in ("strict", "weights_only")} == {
+        "strict": True,
+        "weights_only": True,
+    }
+    load = defaults(Fabric.load)
+    assert (load["weights_only"], load["restore_rng"]) == (True, True)
+
+
+# ------------------------------------------------------------------------------------------ known gaps
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    reason="fabric/checkpoint/sharded.py swaps the new directory in at the link's place: the link becomes a "
+    "real directory (on the link's file system), its target keeps the old version, and a `.NAME.old-*` link "
+    "is left behind. Reported to the lead; a file save through a link replaces the file it points to.",
+    strict=False,
+)
+def test_a_sharded_save_through_a_symlink_writes_where_the_link_points(tmp_path: Path) -> None:
+    fabric = _sharded_fabric()
+    model, optimizer = _model_and_optimizer(fabric, seed=1)
+    (tmp_path / "disk").mkdir()
+    fabric.save(tmp_path / "disk" / "ckpt", {"model": model, "optimizer": optimizer, "version": 1})
+    os.symlink(tmp_path / "disk" / "ckpt", tmp_path / "ckpt")
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer, "version": 2})
+    assert fabric.load(tmp_path / "ckpt")["version"] == 2
+    assert os.path.islink(tmp_path / "ckpt")  # the user's link is kept, as for a single file
+    assert fabric.load(tmp_path / "disk" / "ckpt")["version"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "disk"]  # nothing left beside it
