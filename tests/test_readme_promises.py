@@ -301,6 +301,16 @@ def test_consolidate_refuses_an_output_that_reaches_inside_through_a_link_or_dot
     assert {name: (directory / name).read_bytes() for name in os.listdir(directory)} == before
 
 
+# ------------------------------------------------------------------------------------------ Many processes
+def test_a_single_machine_run_uses_the_master_addr_you_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README, Many processes: "A single-machine run binds its rendezvous to 127.0.0.1 unless you set
+    `MASTER_ADDR`" (the 127.0.0.1 half runs in tests/strategies/test_ddp.py)."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.5")
+    fabric = Fabric(accelerator="cpu", devices=2)
+    assert fabric.strategy.cluster_environment.main_address == "127.0.0.5"
+    assert not fabric.strategy.cluster_environment.creates_processes_externally  # we still launch rank 1
+
+
 # ------------------------------------------------------------------------------------------ documented signatures
 def test_the_signatures_the_readme_spells_out() -> None:
     """README, Logging, Long runs, Checkpoints: the arguments and defaults it writes out are the real ones."""
