@@ -91,6 +91,46 @@ def test_a_sharded_save_to_a_remote_path_is_a_clear_error(tmp_path: Path) -> Non
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+def test_an_object_store_gets_one_put_of_the_finished_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """README, Storage plugins: "the checkpoint is serialized locally first, then uploaded with one `put`
+    on object stores (S3, GCS, Azure make an object visible only when complete: atomic)". The store is
+    fsspec's in-memory file system registered under the object store's protocol, recording its calls."""
+    pytest.importorskip("fsspec")
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    calls: list[tuple[str, str]] = []
+
+    class RecordingObjectStore(MemoryFileSystem):
+        store: dict[str, Any] = {}  # fsspec's class-level store: this class's own
+        pseudo_dirs = [""]
+
+        def put_file(self, lpath: str, rpath: str, **kwargs: Any) -> None:
+            assert os.path.getsize(lpath) > 0  # the whole checkpoint exists locally before the upload
+            calls.append(("put", rpath.split("://")[-1]))
+            super().put_file(lpath, rpath, **kwargs)
+
+        def mv(self, path1: str, path2: str, **kwargs: Any) -> None:
+            calls.append(("mv", path2.split("://")[-1]))
+            super().mv(path1, path2, **kwargs)
+
+    RecordingObjectStore.protocol = (protocol,)
+    from fsspec.registry import _registry
+
+    monkeypatch.setitem(_registry, protocol, RecordingObjectStore)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model, optimizer = _model_and_optimizer(fabric, seed=3)
+    url = f"{protocol}://bucket/{tmp_path.name}/ckpt.pt"
+    fabric.save(url, {"model": model, "optimizer": optimizer, "step": 5})
+    assert calls == [("put", f"bucket/{tmp_path.name}/ckpt.pt")]  # one put, to the final name
+    target, target_optimizer = _model_and_optimizer(fabric, seed=4)
+    assert fabric.load(url, {"model": target, "optimizer": target_optimizer}) == {"step": 5}
+    assert torch.equal(target.weight, model.weight)
+
+
 # ------------------------------------------------------------------------------------------ Differences
 def test_a_seed_that_int_cannot_convert_is_a_value_error_naming_it() -> None:
     """README, Differences: "a non-integer seed that `int()` cannot convert is a `ValueError` naming the
