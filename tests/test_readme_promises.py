@@ -425,3 +425,28 @@ def test_a_sharded_save_through_a_symlink_writes_where_the_link_points(tmp_path:
     assert os.path.islink(tmp_path / "ckpt")  # the user's link is kept, as for a single file
     assert fabric.load(tmp_path / "disk" / "ckpt")["version"] == 2
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "disk"]  # nothing left beside it
+
+
+def test_throughput_and_measure_flops_give_lightnings_numbers_under_lightnings_names() -> None:
+    """README, Logging and throughput: "Names and arguments are Lightning's" (`Throughput`, `measure_flops`):
+    the same updates give the same dict, key for key, and the same FLOP count."""
+    theirs = pytest.importorskip("lightning.fabric.utilities.throughput")
+    from fabric.utilities import Throughput, measure_flops
+
+    results = []
+    for cls in (theirs.Throughput, Throughput):
+        throughput = cls(available_flops=100.0, world_size=2, window_size=3)
+        for i in range(1, 6):
+            throughput.update(time=float(i), batches=i, samples=4 * i, lengths=40 * i, flops=10 * i)
+        results.append(throughput.compute())
+    assert results[0] == results[1]
+    assert "device/mfu" in results[1]
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+        x = torch.randn(16, 32)
+    counts = [
+        measure(model, lambda: model(x), lambda out: out.sum())
+        for measure in (theirs.measure_flops, measure_flops)
+    ]
+    assert counts[0] == counts[1] > 0
