@@ -253,3 +253,23 @@ def test_debug_collectives_names_the_first_mismatch_on_every_rank(tmp_path: Path
             "rank 0: #2 `all_reduce` (tensors (3,) float32); rank 1: #2 `all_reduce` (tensors (4,) float32)"
             in (outcome["error"])
         )
+
+
+@pytest.mark.timeout(200)
+def test_a_normal_exit_waits_for_the_other_ranks_at_most_ten_seconds(tmp_path: Path) -> None:
+    """README, Long runs: "a normal exit meets the other ranks for at most 10 s": rank 1 returns from its
+    script while rank 0 computes for two minutes; rank 1's process is gone well before rank 0's."""
+    from tests.strategies.multiprocess import is_alive
+
+    process = _start([sys.executable, str(SCRIPTS / "exit_meeting.py"), str(tmp_path)], launch_env())
+    try:
+        _wait_for(tmp_path / "done1", 120, process)
+        done = time.monotonic()
+        rank_one, rank_zero = int((tmp_path / "pid1").read_text()), int((tmp_path / "pid0").read_text())
+        assert wait_until_gone([rank_one], timeout=40) == [], "rank 1 still waits for rank 0"
+        waited = time.monotonic() - done
+        assert is_alive(rank_zero)  # rank 1 did not wait for rank 0 to finish
+        assert waited < 30, waited  # 10 s of meeting, plus interpreter shutdown on a loaded machine
+    finally:
+        kill_session(process.pid)
+        process.communicate()

@@ -51,3 +51,28 @@ def test_fabric_matches_raw_pytorch_bit_for_bit(precision: str, autocast_dtype: 
     assert parameters_equal(raw, through_fabric)
     # and the run did something: the weights moved away from the initial ones
     assert not parameters_equal(raw, tiny_mlp())
+
+
+def _raw_fp16_loop_with_scaler() -> tuple[torch.nn.Module, float]:
+    model = tiny_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = regression_data()
+    for step in range(STEPS):
+        batch = slice((step % 4) * 16, (step % 4 + 1) * 16)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.mse_loss(model(x[batch]), y[batch])
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    return model, scaler.get_scale()
+
+
+def test_fp16_mixed_matches_raw_autocast_with_a_grad_scaler_bit_for_bit() -> None:
+    """README, Use: "Mixed precision leaves inputs to autocast, so a Fabric loop matches a raw
+    `torch.autocast` loop bit for bit; `"16-mixed"` scales the loss" (the raw loop: autocast + GradScaler)."""
+    raw, raw_scale = _raw_fp16_loop_with_scaler()
+    through_fabric = _fabric_loop("16-mixed")
+    assert parameters_equal(raw, through_fabric)
+    assert raw_scale < 2.0**16  # the loop overflowed at least once: both skipped the same steps

@@ -151,6 +151,23 @@ def test_plain_fabric_loads_what_two_fsdp_processes_wrote(
 
 
 @pytest.mark.timeout(180)
+def test_load_without_state_returns_the_whole_directory_as_full_tensors(
+    written: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    """README, Checkpoints: "`fabric.load(path)` returns everything" and "entries of a directory come back as
+    full tensors": the directory two FSDP processes wrote, read by one plain process without a state."""
+    out_dir, _ = written
+    reference = torch.load(out_dir / "fsdp_reference.pt", weights_only=True)
+    everything = Fabric(accelerator="cpu", devices=1).load(out_dir / "fsdp_sharded")
+    assert (everything["step"], everything["tag"]) == (3, "sharded")
+    model = everything["model"]
+    assert set(model) == set(reference["model"])
+    for name, expected in reference["model"].items():
+        assert type(model[name]) is torch.Tensor and torch.equal(model[name], expected), name
+    assert "state" in everything["optimizer"] and "param_groups" in everything["optimizer"]
+
+
+@pytest.mark.timeout(180)
 def test_fabric_consolidate_writes_one_loadable_file(written: tuple[Path, list[dict[str, Any]]]) -> None:
     out_dir, _ = written
     output = out_dir / "consolidated.pt"

@@ -60,6 +60,24 @@ def test_help(script: str, tmp_path: Path) -> None:
     assert "usage:" in out
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("devices", ["1", "2"])
+def test_resume_example_ends_identical_after_a_crash(tmp_path: Path, devices: str) -> None:
+    """README, Exact resume cites `examples/resume.py`: stopped at step 37 and run again, it ends with the
+    weights of the uninterrupted run, on one process and on DDP."""
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = run("resume.py", "--devices", devices, cwd=tmp_path / "whole")
+    assert "stopping at step 37" in run(
+        "resume.py", "--devices", devices, "--stop-at", "37", cwd=tmp_path / "cut"
+    )
+    resumed = run("resume.py", "--devices", devices, cwd=tmp_path / "cut")
+    assert "resumed from" in resumed and "at step 30" in resumed
+    checksum = [line for line in whole.splitlines() if line.startswith("done: weight checksum")]
+    assert len(checksum) == 1
+    assert checksum[0] in resumed.splitlines()
+
+
 @pytest.mark.timeout(900)
 def test_gan_trains_writes_grids_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "gan"
