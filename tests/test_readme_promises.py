@@ -408,12 +408,6 @@ def test_the_signatures_the_readme_spells_out() -> None:
 
 # ------------------------------------------------------------------------------------------ known gaps
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    reason="fabric/checkpoint/sharded.py swaps the new directory in at the link's place: the link becomes a "
-    "real directory (on the link's file system), its target keeps the old version, and a `.NAME.old-*` link "
-    "is left behind. Reported to the lead; a file save through a link replaces the file it points to.",
-    strict=False,
-)
 def test_a_sharded_save_through_a_symlink_writes_where_the_link_points(tmp_path: Path) -> None:
     fabric = _sharded_fabric()
     model, optimizer = _model_and_optimizer(fabric, seed=1)
@@ -425,6 +419,20 @@ def test_a_sharded_save_through_a_symlink_writes_where_the_link_points(tmp_path:
     assert os.path.islink(tmp_path / "ckpt")  # the user's link is kept, as for a single file
     assert fabric.load(tmp_path / "disk" / "ckpt")["version"] == 2
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "disk"]  # nothing left beside it
+    assert sorted(os.listdir(tmp_path / "disk")) == ["ckpt"]
+
+
+@pytest.mark.parametrize("layout", ["file", "sharded"])
+def test_a_file_where_a_directory_of_the_path_should_be_is_named_in_the_error(
+    tmp_path: Path, layout: str
+) -> None:
+    (tmp_path / "runs").write_text("notes, not a directory")
+    fabric = _sharded_fabric() if layout == "sharded" else Fabric(accelerator="cpu", devices=1)
+    model, optimizer = _model_and_optimizer(fabric, seed=1) if layout == "sharded" else (None, None)
+    state = {"model": model, "optimizer": optimizer} if layout == "sharded" else {"step": 1}
+    with pytest.raises(NotADirectoryError, match=r"'.*runs' is a file, not a directory"):
+        fabric.save(tmp_path / "runs" / "epoch1" / "ckpt", state)
+    assert (tmp_path / "runs").read_text() == "notes, not a directory"
 
 
 def test_throughput_and_measure_flops_give_lightnings_numbers_under_lightnings_names() -> None:

@@ -112,6 +112,30 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_directory(directory: str, path: str) -> None:
+    """``os.makedirs(directory)`` for the checkpoint ``path``, with an error that names what is in the way.
+
+    A file where a directory of the path should be makes ``makedirs`` fail with a bare ``[Errno 17]``
+    that says neither which part of the path nor what to do.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        blocker = directory
+        while blocker and not os.path.lexists(blocker):
+            blocker = os.path.dirname(blocker)
+        probe = directory
+        while probe and probe != os.path.dirname(probe):
+            if os.path.lexists(probe) and not os.path.isdir(probe):
+                blocker = probe
+            probe = os.path.dirname(probe)
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"Cannot save the checkpoint '{path}': '{blocker}' is a file, not a directory, so the directory "
+            f"'{directory}' cannot be created. Choose another path, or move that file away.",
+        ) from error
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """Save ``obj`` with ``torch.save`` so that ``path`` always holds either the old or the new checkpoint.
 
@@ -133,7 +157,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     target = os.path.realpath(os.fspath(path))
     _refuse_non_regular(target, os.fspath(path), "save")
     directory, name = os.path.split(target)
-    os.makedirs(directory, exist_ok=True)
+    make_directory(directory, os.fspath(path))
     _remove_stale_temp_files(directory, name)
 
     fd, temp_path = _create_temp_file(directory, name)

@@ -267,6 +267,10 @@ class Checkpointer:
         collectives (a background save talks on a process group of its own).
         """
         host: Collectives = collectives if collectives is not None else self.host
+        if os.path.islink(path):
+            # Through a link to a checkpoint directory: the new version goes where the link points (its
+            # file system, beside its target), and the user's link stays, as a single-file save does.
+            path = os.path.realpath(path)
         sharded.check_directory_target(path)
         tmp = host.broadcast(sharded.create_temporary_directory(path) if host.is_global_zero else None)
         try:

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from fabric.checkpoint.io import CheckpointError, _host_tag, _process_exists, fsync_directory
+from fabric.checkpoint.io import CheckpointError, _host_tag, _process_exists, fsync_directory, make_directory
 from fabric.utilities.rank_zero import rank_zero_info
 
 META_FILE = "meta.pt"
@@ -114,7 +114,7 @@ def create_temporary_directory(path: str | os.PathLike[str]) -> str:
     directory left by a killed process from one a live process is still writing.
     """
     parent, name = os.path.split(os.path.abspath(os.fspath(path)))
-    os.makedirs(parent, exist_ok=True)
+    make_directory(parent, os.fspath(path))
     remove_stale_temporary_directories(path)
     while True:
         tmp = os.path.join(parent, f"{_temp_prefix(name)}{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}")
