@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import calls, checkpoint, ddp_steps, imports, launch, memory, steps, threads
+from cases import calls, checkpoint, compiled, ddp_steps, imports, launch, memory, steps, threads
 from gpu import keep_section
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, Row, Settings, Table, log
 from report import chart, markdown
@@ -31,6 +31,7 @@ FIGURES = {
     "calls": calls.measure,
     "steps": steps.measure,
     "ddp": ddp_steps.measure,
+    "compiled": compiled.measure,
     "launch": launch.measure,
     "threads": threads.measure,
     "checkpoint": checkpoint.measure,
