@@ -241,7 +241,7 @@ def _short(filename: str) -> str:
     return filename
 
 
-def _one_pass(step: Callable[[Any, Any], None], source: Iterable[Any]) -> int:
+def one_pass(step: Callable[[Any, Any], None], source: Iterable[Any]) -> int:
     steps = 0
     for x, y in source:
         step(x, y)
@@ -259,15 +259,15 @@ def count_per_step(
     if engine is None:
         engine = _ENGINES[(impl, precision, distributed)] = make_engine(impl, precision, distributed)
     step, source = engine.prepare(MODEL, use_loader=feed == "loader")
-    _one_pass(step, source)
-    _one_pass(step, source)
+    one_pass(step, source)
+    one_pass(step, source)
     counter = CallCounter(by_function)
     with counter:
-        steps = _one_pass(step, source)
+        steps = one_pass(step, source)
     # a pass of its own: a trace function and a profile function would see each other's work
     instructions = InstructionCounter()
     with instructions:
-        _one_pass(step, source)
+        one_pass(step, source)
     result: dict[str, Any] = {
         "py_calls": counter.py_calls / steps,
         "c_calls": counter.c_calls / steps,

@@ -55,6 +55,8 @@ PREPARE_TIMEOUT = 600.0
 RUN_TIMEOUT = 180.0
 MIN_STEPS, MAX_STEPS = 5, 5000
 CPU_COLUMN = "CPU time per step, both processes"
+COUNTS_COLUMN = "calls / bytecode instructions per step"
+ADDED_COLUMN = "added vs raw"
 REGIONS_COLUMN = "compiled regions per step"
 BREAKS_COLUMN = "graph breaks"
 RECOMPILES_COLUMN = "recompiles while timed"
@@ -162,7 +164,12 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
             prepared = info.get((model, row.name))
             if prepared is None:
                 continue
+            raw = info.get((model, RAW))
             row.extra = {
+                COUNTS_COLUMN: f"{prepared['calls']:.0f} / {prepared['instructions']:.0f}",
+                ADDED_COLUMN: "—"
+                if raw is None or row.name == RAW
+                else f"{prepared['calls'] - raw['calls']:+.0f} / {prepared['instructions'] - raw['instructions']:+.0f}",
                 REGIONS_COLUMN: f"{prepared['regions_per_step']:g}",
                 BREAKS_COLUMN: str(prepared["graph_breaks"]),
                 RECOMPILES_COLUMN: str(recompiles.get((model, row.name), "—")),
@@ -194,10 +201,16 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
                     f"order) of {feed}. Compilation and warm-up are not timed (their time is in "
                     f"**{COMPILE_COLUMN}**). Each row is checked to run compiled: one step under "
                     f"`torch.profiler` must show compiled regions (**{REGIONS_COLUMN}**), else the row fails; "
-                    f"**{RECOMPILES_COLUMN}** counts frames dynamo compiled again during the timed rounds."
+                    f"**{RECOMPILES_COLUMN}** counts frames dynamo compiled again during the timed rounds. "
+                    f"**{COUNTS_COLUMN}**: counted as in the calls-per-step tables (`sys.setprofile`, "
+                    f"`sys.settrace` opcode events; one pass after the warm-up; C code not counted): "
+                    f"deterministic, so **{ADDED_COLUMN}** shows what a tool adds around the compiled "
+                    f"program when the wall-clock ratio is lost in the noise of a shared machine."
                 ),
                 extra_columns=[
                     *([CPU_COLUMN] if distributed else []),
+                    COUNTS_COLUMN,
+                    ADDED_COLUMN,
                     REGIONS_COLUMN,
                     BREAKS_COLUMN,
                     RECOMPILES_COLUMN,
@@ -217,6 +230,23 @@ def compiled_regions_per_step(step: Any, x: Any, y: Any) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         step(x, y)
     return sum(1 for event in profiler.events() if event.name.startswith("Torch-Compiled Region"))
+
+
+def _count_per_step(step: Any, source: Any) -> tuple[float, float]:
+    """Calls (Python + C) and Python bytecode instructions per step over one pass of ``source``.
+
+    The deterministic side of the figure (see ``calls.py``): what a tool adds around the compiled
+    program, without the noise of a shared machine.
+    """
+    from cases.calls import CallCounter, InstructionCounter, one_pass
+
+    counter = CallCounter()
+    with counter:
+        steps = one_pass(step, source)
+    instructions = InstructionCounter()
+    with instructions:
+        one_pass(step, source)
+    return (counter.py_calls + counter.c_calls) / steps, instructions.instructions / steps
 
 
 def _dynamo_frames() -> int:
@@ -260,6 +290,7 @@ def _main(impl: str) -> None:
             else:
                 per_step = _warm_up(step, source, command["seconds"], time_steps)
             prepare_seconds = time.perf_counter() - started
+            calls, instructions = _count_per_step(step, source)
             regions = compiled_regions_per_step(step, *first_batch(source))
             if regions == 0:
                 raise RuntimeError(
@@ -271,6 +302,8 @@ def _main(impl: str) -> None:
                 "prepare_seconds": prepare_seconds,
                 "regions_per_step": regions,
                 "graph_breaks": _graph_breaks(),
+                "calls": calls,
+                "instructions": instructions,
             }
         if command["cmd"] == "run":
             step, source = prepared[command["model"]]
