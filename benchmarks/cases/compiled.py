@@ -282,6 +282,7 @@ def _main(impl: str) -> None:
             dist.broadcast_object_list([command], src=0)
         if command["cmd"] == "prepare":
             started = time.perf_counter()
+            breaks = _graph_breaks()
             step, source = engine.prepare(command["model"], use_loader=distributed, compiled=True)
             prepared[command["model"]] = (step, source)
             if distributed:  # the same number of steps on both ranks: their collectives must pair up
@@ -301,7 +302,7 @@ def _main(impl: str) -> None:
                 "seconds_per_step": per_step,
                 "prepare_seconds": prepare_seconds,
                 "regions_per_step": regions,
-                "graph_breaks": _graph_breaks(),
+                "graph_breaks": _graph_breaks() - breaks,
                 "calls": calls,
                 "instructions": instructions,
             }
