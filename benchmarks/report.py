@@ -124,7 +124,8 @@ def markdown(
         "time (user + system): of the measuring process for 1-process steps, which leaves out time spent "
         "preempted by other work on the machine; of all processes for multi-process rows, which shows "
         "processes that spin. The targets are judged on the wall-clock ratio. Targets apply to fabric's "
-        "rows only. **Calls per step** tables count function calls, which is exact: one run, no range.",
+        "rows only. **Calls per step** tables count function calls and bytecode instructions, which is exact: one "
+        "run, no range.",
         "",
         "## Targets",
         "",
