@@ -1,9 +1,16 @@
 """Writing the results: ``results.md`` (a header, a summary of the targets, a table per figure) and
-``results.png`` (the ratios to the reference, as horizontal bars)."""
+``results.png`` (the ratios to the reference, as horizontal bars).
+
+``results.md`` marks where each figure's tables begin (``<!-- figure:NAME WHEN -->``), so that a run of
+some figures (``run.py --only``) replaces only their tables and keeps the others, with their rows of the
+targets summary, from the file it rewrites.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import Table
@@ -20,9 +27,95 @@ def _ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def markdown(tables: Sequence[Table], header: dict[str, str]) -> str:
+_FIGURE_MARK = re.compile(r"^<!-- figure:([\w-]+) (.*?) -->$", re.M)
+#: a section measured elsewhere (``gpu.keep_section`` appends them again after the figures)
+_OTHER_SECTION = re.compile(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", re.S)
+_TITLE = re.compile(r"^## (.+)$", re.M)
+#: the name under which the tables of a results.md written before the figure marks are kept
+EARLIER = "earlier"
+
+
+@dataclass
+class KeptFigure:
+    """A figure that did not run this time, as the previous ``results.md`` had it."""
+
+    when: str  # when it was measured (the date and kind of the run that wrote it)
+    sections: list[str] = field(default_factory=list)  # its "## title" sections, as written
+    targets: list[str] = field(default_factory=list)  # its rows of the targets summary, as written
+
+
+def kept_figures(previous: str, ran: Collection[str], new_titles: Collection[str]) -> dict[str, KeptFigure]:
+    """The figures of ``previous`` (a results.md) that this run does not replace, by name.
+
+    A figure that ran (a name in ``ran``) is dropped whole; a kept table whose title this run produced
+    again is dropped too. A file without figure marks (written before them) keeps its tables under
+    :data:`EARLIER`.
+    """
+    body = _OTHER_SECTION.sub("", previous)
+    target_rows = _target_rows(body)
+    marks = list(_FIGURE_MARK.finditer(body))
+    blocks: list[tuple[str, str, str]] = []  # name, when, text
+    if marks:
+        for index, mark in enumerate(marks):
+            end = marks[index + 1].start() if index + 1 < len(marks) else len(body)
+            blocks.append((mark.group(1), mark.group(2), body[mark.end() : end]))
+    elif "\n## " in body:
+        when = re.search(r"^- \*\*date\*\*: (.+)$", body, re.M)
+        blocks.append((EARLIER, f"{when.group(1) if when else 'unknown date'}, unmarked file", body))
+    kept = {}
+    for name, when, text in blocks:
+        if name in ran:
+            continue
+        sections = [
+            section.strip("\n")
+            for section in re.split(r"(?m)^(?=## )", text)
+            if section.startswith("## ")
+            and _title(section) != "Targets"
+            and _title(section) not in new_titles
+        ]
+        if sections:
+            titles = {_title(section) for section in sections}
+            rows = [row for row in target_rows if row.split(" | ", 1)[0].removeprefix("| ") in titles]
+            kept[name] = KeptFigure(when, sections, rows)
+    return kept
+
+
+def _title(section: str) -> str:
+    match = _TITLE.match(section)
+    return match.group(1).strip() if match else ""
+
+
+def _target_rows(body: str) -> list[str]:
+    """The rows of the targets summary (without its head), as written."""
+    match = re.search(r"^## Targets\n(.*?)(?=^## |\Z)", body, re.M | re.S)
+    if not match:
+        return []
+    rows = [line for line in match.group(1).splitlines() if line.startswith("| ")]
+    return rows[2:]  # the column names and the separator
+
+
+def markdown(
+    figures: Mapping[str, Sequence[Table]],
+    header: dict[str, str],
+    when: str = "this run",
+    kept: Mapping[str, KeptFigure] | None = None,
+    order: Sequence[str] = (),
+) -> str:
+    """The whole results.md: the figures that ran (``figures``) and those kept from before (``kept``).
+
+    Figures are written in ``order`` (names missing there go last); each starts with a mark that says
+    when it was measured.
+    """
+    kept = kept or {}
+    names = [name for name in order if name in figures or name in kept]
+    names += [name for name in (*figures, *kept) if name not in names]
     lines = ["# torch-fabric benchmarks", ""]
     lines += [f"- **{key}**: {value}" for key, value in header.items()]
+    if kept:
+        measured = ", ".join(
+            f"{name} ({'this run' if name in figures else 'kept: ' + kept[name].when})" for name in names
+        )
+        lines.append(f"- **figures**: {measured}")
     lines += [
         "",
         "**ratio**: the median over rounds of (implementation / reference row of the same round); the "
@@ -31,13 +124,29 @@ def markdown(tables: Sequence[Table], header: dict[str, str]) -> str:
         "time (user + system): of the measuring process for 1-process steps, which leaves out time spent "
         "preempted by other work on the machine; of all processes for multi-process rows, which shows "
         "processes that spin. The targets are judged on the wall-clock ratio. Targets apply to fabric's "
-        "rows only. **Calls per step** tables count function calls, which is exact: one run, no range.",
+        "rows only. **Calls per step** tables count function calls and bytecode instructions, which is exact: one "
+        "run, no range.",
         "",
         "## Targets",
         "",
         "| figure | row | ratio | target | verdict |",
         "| --- | --- | --- | --- | --- |",
     ]
+    for name in names:
+        lines += _target_rows_of(figures[name]) if name in figures else kept[name].targets
+    for name in names:
+        if name not in figures:
+            lines += ["", f"<!-- figure:{name} {kept[name].when} -->"]
+            for section in kept[name].sections:
+                lines += ["", section]
+            continue
+        lines += ["", f"<!-- figure:{name} {when} -->"]
+        lines += _tables(figures[name])
+    return "\n".join(lines) + "\n"
+
+
+def _target_rows_of(tables: Sequence[Table]) -> list[str]:
+    lines = []
     for table in tables:
         for row in table.rows:
             for check in row.checks:
@@ -52,6 +161,11 @@ def markdown(tables: Sequence[Table], header: dict[str, str]) -> str:
             lines.append(
                 f"| {table.title} | {row.name} | {_ratio(table.ratio(row))} | <= {row.target:g} | {verdict} |"
             )
+    return lines
+
+
+def _tables(tables: Sequence[Table]) -> list[str]:
+    lines: list[str] = []
     for table in tables:
         lines += ["", f"## {table.title}", ""]
         if table.description:
@@ -82,7 +196,7 @@ def markdown(tables: Sequence[Table], header: dict[str, str]) -> str:
                 *(row.extra.get(column, "") for column in table.extra_columns),
             ]
             lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _color(name: str) -> str:

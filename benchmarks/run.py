@@ -1,7 +1,7 @@
 """Benchmark torch-fabric against raw PyTorch, Lightning Fabric and Accelerate, side by side in one run.
 
-    python benchmarks/run.py            # the full run (about 5.5 minutes on 2 cores), or `nox -s bench`
-    python benchmarks/run.py --quick    # a smoke run of every case (about 2.5 minutes)
+    python benchmarks/run.py            # the full run (about 9 minutes on 2 cores), or `nox -s bench`
+    python benchmarks/run.py --quick    # a smoke run of every case (about 4.5 minutes)
 
 Writes ``benchmarks/results.md`` and ``benchmarks/results.png``. Each figure lives in one module of
 ``benchmarks/cases/``; see ``benchmarks/README.md`` for what each measures. This process only
@@ -21,16 +21,17 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import calls, checkpoint, ddp_steps, imports, launch, memory, steps, threads
+from cases import calls, checkpoint, compiled, ddp_steps, imports, launch, memory, steps, threads
 from gpu import keep_section
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, Row, Settings, Table, log
-from report import chart, markdown
+from report import chart, kept_figures, markdown
 
 FIGURES = {
     "imports": imports.measure,
     "calls": calls.measure,
     "steps": steps.measure,
     "ddp": ddp_steps.measure,
+    "compiled": compiled.measure,
     "launch": launch.measure,
     "threads": threads.measure,
     "checkpoint": checkpoint.measure,
@@ -93,18 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=".run-", dir=BENCH_DIR))
     settings = Settings.make(args.quick, peers, workdir)
     started = time.perf_counter()
-    tables: list[Table] = []
+    figures: dict[str, list[Table]] = {}
     try:
         for name in selected:
             figure_started = time.perf_counter()
             log(f"== {name}")
             try:
-                tables.extend(FIGURES[name](settings))
+                figures[name] = FIGURES[name](settings)
             except Exception as error:  # one broken figure must not lose the others
                 traceback.print_exc()
-                tables.append(
+                figures[name] = [
                     Table(f"{name}: failed", "s", [Row("error", note=f"{type(error).__name__}: {error}")])
-                )
+                ]
             log(f"== {name} took {time.perf_counter() - figure_started:.0f} s")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -114,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.md"
     previous = results.read_text() if results.exists() else ""
+    tables = [table for tables in figures.values() for table in tables]
+    # a run of some figures (--only) keeps the others' tables; a full run replaces them all
+    full = set(selected) == set(FIGURES)
+    kept = {} if full else kept_figures(previous, selected, {table.title for table in tables})
+    when = f"{header['date']}, {'quick' if settings.quick else 'full'} run"
+    text = markdown(figures, header, when, kept, order=list(FIGURES))
     # the GPU section comes from benchmarks/gpu.py on another machine: keep it
-    results.write_text(keep_section(previous, markdown(tables, header)))
+    results.write_text(keep_section(previous, text))
     log(f"wrote {results}")
     try:
         mode = "quick smoke run (not representative)" if settings.quick else "full run"

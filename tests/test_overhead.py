@@ -55,3 +55,16 @@ def test_calls_added_per_step_within_budget(counts: dict, precision: str, feed: 
         f"`PYTHONPATH=benchmarks python benchmarks/cases/calls.py --breakdown fabric {precision} {feed}`; "
         f"move per-step work to setup."
     )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("feed", FEEDS)
+def test_bytecode_instructions_are_counted(counts: dict, precision: str, feed: str) -> None:
+    # the benchmark's instruction figure: every Python call the step makes runs at least a few instructions
+    for impl in ("raw", "fabric"):
+        figures = counts[impl][precision][feed]
+        assert figures["instructions"] > 3 * figures["py_calls"], (
+            f"{impl} ({precision}, {feed}): {figures['instructions']} bytecode instructions for "
+            f"{figures['py_calls']} Python calls per step: the instruction counter is broken"
+        )

@@ -7,6 +7,10 @@ e.g. ``torch.autocast.__enter__`` or a tensor method), over one whole pass of th
 pass. The figure is the count per step; "added" is that minus raw PyTorch's count in the same
 configuration (same model, data and feed, same precision, same number of processes).
 
+Beside the calls, a further pass counts the Python bytecode instructions a step executes (``sys.settrace``
+'opcode' events): the deterministic instruction count where hardware counters cannot be read (this VM has
+no perf events, and callgrind is too slow). C code is not counted (see :class:`InstructionCounter`).
+
 Configurations: precision ``32-true`` and ``bf16-mixed``; pre-made batches (the step alone) and each
 tool's set-up DataLoader (its iterator counts too, averaged over one epoch including ``iter()``);
 1 process, and 2-process DDP on gloo started by ``torchrun`` (counted on rank 0).
@@ -66,6 +70,8 @@ BUDGET = {
     ("bf16-mixed", "loader"): 17.5,
 }
 TIMEOUT = 300.0
+INSTRUCTIONS = "bytecode instructions"
+ADDED_INSTRUCTIONS = "added instructions vs raw"
 OUTPUT_VARIABLE = "BENCH_CALLS_FILE"
 MODEL = "mlp"
 
@@ -130,10 +136,15 @@ def _table(
         if counts:
             row.samples = [counts["calls"]]
             added = None if raw is None else counts["calls"] - raw["calls"]
+            added_instructions = None if raw is None else counts["instructions"] - raw["instructions"]
             row.extra = {
                 "Python calls": f"{counts['py_calls']:.1f}",
                 "C calls": f"{counts['c_calls']:.1f}",
                 "added vs raw": "—" if added is None or name == RAW else f"{added:+.1f}",
+                INSTRUCTIONS: f"{counts['instructions']:.0f}",
+                ADDED_INSTRUCTIONS: "—"
+                if added_instructions is None or name == RAW
+                else f"{added_instructions:+.0f}",
             }
             if name == FABRIC and world == "1":
                 row.checks.append(Check("added calls per step", added, BUDGET[(precision, feed)], unit=""))
@@ -147,6 +158,11 @@ def _table(
         description=(
             "Function calls per training step counted with `sys.setprofile` ('call' + 'c_call' events) "
             "over one pass of the data after a warm-up pass: deterministic, so one run suffices. "
+            f"**{INSTRUCTIONS}**: Python bytecode instructions executed per step (`sys.settrace` with "
+            "`frame.f_trace_opcodes`, 'opcode' events, over a further pass), the deterministic stand-in for "
+            "a hardware instruction count, which this machine cannot read; it counts every instruction of "
+            "every Python frame the step enters and none of the work inside C code (kernels, the "
+            "dispatcher, C built-ins), so it weighs the Python overhead a tool adds, not its total cost. "
             "**added vs raw** is the overhead of the tool"
             + (
                 f"; fabric's budget (the CI guard `tests/test_overhead.py`) is {BUDGET[(precision, feed)]}."
@@ -154,7 +170,7 @@ def _table(
                 else "."
             )
         ),
-        extra_columns=["Python calls", "C calls", "added vs raw"],
+        extra_columns=["Python calls", "C calls", "added vs raw", INSTRUCTIONS, ADDED_INSTRUCTIONS],
         chart_label=f"calls {'DDP ' if world == '2' else ''}{precision.split('-')[0]} {feed}",
     )
 
@@ -187,6 +203,36 @@ class CallCounter:
         sys.setprofile(None)
 
 
+class InstructionCounter:
+    """Counts the Python bytecode instructions the current thread executes ('opcode' trace events).
+
+    The deterministic stand-in for a hardware instruction count (no perf counters on this VM): every
+    instruction of every Python frame entered while counting, generator resumptions included. It does
+    not see the work inside C functions (torch's kernels and dispatcher, ``isinstance``, a C iterator),
+    nor frames already running when counting starts (the loop that calls the step), nor other threads.
+    """
+
+    def __init__(self) -> None:
+        self.instructions = 0
+
+    def _call(self, frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return self._opcode
+
+    def _opcode(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            self.instructions += 1
+        return self._opcode
+
+    def __enter__(self) -> InstructionCounter:
+        sys.settrace(self._call)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
+
+
 def _short(filename: str) -> str:
     for marker in ("site-packages/", "/fabric/", "/benchmarks/"):
         if marker in filename:
@@ -195,7 +241,7 @@ def _short(filename: str) -> str:
     return filename
 
 
-def _one_pass(step: Callable[[Any, Any], None], source: Iterable[Any]) -> int:
+def one_pass(step: Callable[[Any, Any], None], source: Iterable[Any]) -> int:
     steps = 0
     for x, y in source:
         step(x, y)
@@ -213,15 +259,20 @@ def count_per_step(
     if engine is None:
         engine = _ENGINES[(impl, precision, distributed)] = make_engine(impl, precision, distributed)
     step, source = engine.prepare(MODEL, use_loader=feed == "loader")
-    _one_pass(step, source)
-    _one_pass(step, source)
+    one_pass(step, source)
+    one_pass(step, source)
     counter = CallCounter(by_function)
     with counter:
-        steps = _one_pass(step, source)
+        steps = one_pass(step, source)
+    # a pass of its own: a trace function and a profile function would see each other's work
+    instructions = InstructionCounter()
+    with instructions:
+        one_pass(step, source)
     result: dict[str, Any] = {
         "py_calls": counter.py_calls / steps,
         "c_calls": counter.c_calls / steps,
         "calls": (counter.py_calls + counter.c_calls) / steps,
+        "instructions": instructions.instructions / steps,
         "steps": steps,
     }
     if counter.by_function is not None:

@@ -93,9 +93,16 @@ def time_steps_with_cpu(step: Step, source: Iterable[Any], steps: int) -> tuple[
 
 # ------------------------------------------------------------------------------------ implementations
 class Engine:
-    """One implementation, set up once per process; ``prepare`` turns a fresh model into a step."""
+    """One implementation, set up once per process; ``prepare`` turns a fresh model into a step.
 
-    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+    ``compiled``: the model goes through ``torch.compile`` (default inductor) where each tool's
+    documentation puts it: raw PyTorch compiles the DDP-wrapped model (PyTorch's DDP + compile recipe);
+    fabric and lightning.fabric get the compiled model in ``setup``, which compiles their wrapper again.
+    """
+
+    def prepare(
+        self, model_name: str, use_loader: bool, compiled: bool = False
+    ) -> tuple[Step, Iterable[Any]]:
         raise NotImplementedError
 
 
@@ -106,8 +113,10 @@ class RawEngine(Engine):
         if distributed:
             torch.distributed.init_process_group("gloo")
 
-    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
-        model = make_model(model_name)
+    def prepare(
+        self, model_name: str, use_loader: bool, compiled: bool = False
+    ) -> tuple[Step, Iterable[Any]]:
+        model: nn.Module = make_model(model_name)
         optimizer = make_optimizer(model)
         dataset = make_dataset(model_name)
         if self.distributed:
@@ -124,6 +133,8 @@ class RawEngine(Engine):
         else:
             loader = plain_loader(dataset)
         source = loader if use_loader else fixed_batches(dataset)
+        if compiled:
+            model = torch.compile(model)  # type: ignore[assignment]
 
         if self.bf16:
 
@@ -152,10 +163,15 @@ class _FabricLikeEngine(Engine):
         self.fabric = fabric
         fabric.launch()
 
-    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+    def prepare(
+        self, model_name: str, use_loader: bool, compiled: bool = False
+    ) -> tuple[Step, Iterable[Any]]:
         fabric = self.fabric
         model = make_model(model_name)
-        model, optimizer = fabric.setup(model, make_optimizer(model))
+        optimizer = make_optimizer(model)
+        if compiled:
+            model = torch.compile(model)  # type: ignore[assignment]
+        model, optimizer = fabric.setup(model, optimizer)
         dataset = make_dataset(model_name)
         source = fabric.setup_dataloaders(plain_loader(dataset)) if use_loader else fixed_batches(dataset)
 
@@ -197,7 +213,13 @@ class AccelerateEngine(Engine):
             cpu=True, mixed_precision="bf16" if precision == "bf16-mixed" else "no"
         )
 
-    def prepare(self, model_name: str, use_loader: bool) -> tuple[Step, Iterable[Any]]:
+    def prepare(
+        self, model_name: str, use_loader: bool, compiled: bool = False
+    ) -> tuple[Step, Iterable[Any]]:
+        if compiled:
+            raise NotImplementedError(
+                "accelerate compiles through its own dynamo_backend setting: not measured"
+            )
         accelerator = self.accelerator
         model = make_model(model_name)
         optimizer = make_optimizer(model)

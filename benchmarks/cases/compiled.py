@@ -1,0 +1,361 @@
+"""Per-step time of a ``torch.compile``d training step: the raw compiled loop against fabric's, 1 process and DDP.
+
+Every implementation compiles the same model with the default backend (inductor, C++ on the CPU):
+
+* raw PyTorch: ``torch.compile(model)`` in one process; ``torch.compile(DistributedDataParallel(model))``
+  in DDP (PyTorch's recipe for DDP with compile);
+* fabric and lightning.fabric: ``fabric.setup(torch.compile(model), optimizer)``; ``setup`` takes the
+  compiled module apart, lets the strategy wrap the user's module and compiles the wrapper again with the
+  same dynamo settings (Lightning's ``_reapply_compile``), so the step runs the same compiled program as the
+  raw DDP recipe, behind fabric's module wrapper.
+
+Compilation and a warm-up happen in ``prepare`` and are not timed. Each row is checked in the measured
+process: one step under ``torch.profiler`` must run at least one compiled region ("Torch-Compiled
+Region" events), otherwise the row fails instead of timing an eager model; the number of compiled regions
+per step, the graph breaks and any frame compiled again during the timed rounds (a recompile) are
+reported beside the time.
+
+The rounds alternate between implementations (rotating order) like ``steps.py`` (1 process, pre-made
+batches) and ``ddp_steps.py`` (2 processes on gloo under ``torchrun``, DataLoader with a
+``DistributedSampler``, CPU time of both processes beside the wall time).
+
+Run as a script this file is the measured program: ``compiled.py IMPL`` (under ``torchrun`` for DDP).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from typing import Any
+
+from harness import (
+    FABRIC,
+    IMPL_KEYS,
+    LIGHTNING,
+    PYTHON,
+    RAW,
+    Row,
+    Settings,
+    Table,
+    Unavailable,
+    Worker,
+    free_port,
+    log,
+    serve,
+)
+
+from cases.steps import MODEL_TITLES
+
+IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
+MODELS = ("mlp", "conv")
+DDP_MODELS = ("mlp",)
+TARGET = 1.02
+#: compiling takes 5-20 s per model and process on a loaded 2-core machine; the first one also fills caches
+PREPARE_TIMEOUT = 600.0
+RUN_TIMEOUT = 180.0
+MIN_STEPS, MAX_STEPS = 5, 5000
+CPU_COLUMN = "CPU time per step, both processes"
+COUNTS_COLUMN = "calls / bytecode instructions per step"
+ADDED_COLUMN = "added vs raw"
+REGIONS_COLUMN = "compiled regions per step"
+BREAKS_COLUMN = "graph breaks"
+RECOMPILES_COLUMN = "recompiles while timed"
+COMPILE_COLUMN = "compile + warm-up"
+_UNIT_SCALE = {"us": 1e6, "ms": 1e3}
+_UNIT_CELL = {"us": "{:.0f} µs", "ms": "{:.2f} ms"}
+
+
+def measure(settings: Settings) -> list[Table]:
+    tables = _measure(settings, distributed=False)
+    tables += _measure(settings, distributed=True)
+    return tables
+
+
+def _measure(settings: Settings, distributed: bool) -> list[Table]:
+    models = DDP_MODELS if distributed else MODELS
+    where = "2-process DDP" if distributed else "1 process"
+    rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in models}
+    info: dict[tuple[str, str], dict[str, Any]] = {}  # (model, name) -> what prepare reported
+    recompiles: dict[tuple[str, str], int] = {}
+    for model in models:
+        rows[model][FABRIC].target = TARGET
+    workers: dict[str, Worker] = {}
+
+    def drop(name: str, reason: str) -> None:
+        log(f"  compiled {where}, {name}: {reason}")
+        for model in models:
+            rows[model][name].note = rows[model][name].note or reason
+        worker = workers.pop(name, None)
+        if worker is not None:
+            worker.close()
+
+    for name in IMPLEMENTATIONS:
+        if not settings.installed(name):
+            drop(name, "not installed")
+            continue
+        log(f"compiled-step worker: {name}, {where}")
+        key = IMPL_KEYS[name]
+        command = [PYTHON, __file__, key]
+        if distributed:
+            command = [
+                PYTHON,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node=2",
+                "--master_addr=127.0.0.1",
+                f"--master_port={free_port()}",
+                *command[1:],
+            ]
+        log_path = settings.workdir / f"compiled-{'ddp-' if distributed else ''}{key}.log"
+        try:
+            workers[name] = Worker(command, log_path)
+        except Unavailable as error:
+            drop(name, f"unavailable: {error}")
+
+    seconds = 2 * settings.step_seconds
+    warm_steps = 40 if settings.quick else 200  # DDP: a fixed count, the same on both ranks
+    steps: dict[str, int] = {}
+    for model in models:
+        warm: dict[str, float] = {}
+        for name in list(workers):
+            log(f"  compiling {model} for {name}, {where}")
+            try:
+                command = {"cmd": "prepare", "model": model, "seconds": seconds, "warm_steps": warm_steps}
+                reply = workers[name].request(command, PREPARE_TIMEOUT)
+            except Unavailable as error:
+                drop(name, f"unavailable: {error}")
+                continue
+            info[(model, name)] = reply
+            warm[name] = reply["seconds_per_step"]
+        if distributed:  # like ddp_steps.py: a fixed chunk (a DataLoader epoch is 32 steps per rank)
+            steps[model] = 40 if settings.quick else 100
+        else:  # the same number of steps for every implementation: enough for `seconds` of raw PyTorch
+            per_step = warm.get(RAW) or min(warm.values(), default=1.0)
+            steps[model] = max(MIN_STEPS, min(MAX_STEPS, round(seconds / per_step)))
+
+    rounds = settings.ddp_rounds if distributed else settings.step_rounds
+    for round_index in range(rounds):
+        log(f"compiled step, {where}: round {round_index + 1}/{rounds}")
+        for model in models:
+            for name in settings.rotation(IMPLEMENTATIONS, round_index):
+                if name not in workers:
+                    continue
+                try:
+                    reply = workers[name].request(
+                        {"cmd": "run", "model": model, "steps": steps[model]}, RUN_TIMEOUT
+                    )
+                except Unavailable as error:
+                    drop(name, f"unavailable: {error}")
+                    continue
+                rows[model][name].samples.append(reply["seconds_per_step"])
+                rows[model][name].cpu_samples.append(reply["cpu_seconds_per_step"])
+                recompiles[(model, name)] = recompiles.get((model, name), 0) + reply["recompiles"]
+    for name in list(workers):
+        workers.pop(name).close()
+
+    tables = []
+    for model in models:
+        unit = "us" if model == "mlp" else "ms"
+        scale = _UNIT_SCALE[unit]
+        table_rows = list(rows[model].values())
+        for row in table_rows:
+            row.samples = [v * scale for v in row.samples if v is not None]
+            row.cpu_samples = [v * scale for v in row.cpu_samples if v is not None]
+            prepared = info.get((model, row.name))
+            if prepared is None:
+                continue
+            raw = info.get((model, RAW))
+            row.extra = {
+                COUNTS_COLUMN: f"{prepared['calls']:.0f} / {prepared['instructions']:.0f}",
+                ADDED_COLUMN: "—"
+                if raw is None or row.name == RAW
+                else f"{prepared['calls'] - raw['calls']:+.0f} / {prepared['instructions'] - raw['instructions']:+.0f}",
+                REGIONS_COLUMN: f"{prepared['regions_per_step']:g}",
+                BREAKS_COLUMN: str(prepared["graph_breaks"]),
+                RECOMPILES_COLUMN: str(recompiles.get((model, row.name), "—")),
+                COMPILE_COLUMN: f"{prepared['prepare_seconds']:.1f} s",
+            }
+            if distributed:
+                cpu = row.cpu_samples
+                row.extra[CPU_COLUMN] = _UNIT_CELL[unit].format(statistics.median(cpu)) if cpu else "—"
+        if distributed:
+            title = (
+                f"Compiled step, 2-process DDP (gloo, torchrun): {MODEL_TITLES[model]}, 32-true, DataLoader"
+            )
+            feed = (
+                f"{steps[model]} steps timed on rank 0 between barriers; DataLoader with a DistributedSampler. "
+                f"CPU time: user + system time of both processes over the same steps, per step"
+            )
+        else:
+            title = f"Compiled step, 1 process: {MODEL_TITLES[model]}, 32-true, pre-made batches"
+            feed = f"{steps[model]} steps each from pre-made batches; CPU time of the measuring process"
+        tables.append(
+            Table(
+                title=title,
+                unit=unit,
+                rows=table_rows,
+                description=(
+                    f"`torch.compile` (inductor) step: raw `torch.compile(model)`"
+                    f"{' around DistributedDataParallel' if distributed else ''} against "
+                    f"`fabric.setup(torch.compile(model), optimizer)`. Median over {rounds} rounds (rotating "
+                    f"order) of {feed}. Compilation and warm-up are not timed (their time is in "
+                    f"**{COMPILE_COLUMN}**). Each row is checked to run compiled: one step under "
+                    f"`torch.profiler` must show compiled regions (**{REGIONS_COLUMN}**), else the row fails; "
+                    f"**{RECOMPILES_COLUMN}** counts frames dynamo compiled again during the timed rounds. "
+                    f"**{COUNTS_COLUMN}**: counted as in the calls-per-step tables (`sys.setprofile`, "
+                    f"`sys.settrace` opcode events; one pass after the warm-up; C code not counted): "
+                    f"deterministic, so **{ADDED_COLUMN}** shows what a tool adds around the compiled "
+                    f"program when the wall-clock ratio is lost in the noise of a shared machine."
+                ),
+                extra_columns=[
+                    *([CPU_COLUMN] if distributed else []),
+                    COUNTS_COLUMN,
+                    ADDED_COLUMN,
+                    REGIONS_COLUMN,
+                    BREAKS_COLUMN,
+                    RECOMPILES_COLUMN,
+                    COMPILE_COLUMN,
+                ],
+                chart_label=f"compiled {'DDP ' if distributed else ''}{model}",
+            )
+        )
+    return tables
+
+
+# ------------------------------------------------------------------------------------ measured program
+def compiled_regions_per_step(step: Any, x: Any, y: Any) -> int:
+    """How many compiled regions one step runs, counted from ``torch.profiler`` events (0: it ran eager)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step(x, y)
+    return sum(1 for event in profiler.events() if event.name.startswith("Torch-Compiled Region"))
+
+
+def _count_per_step(step: Any, source: Any) -> tuple[float, float]:
+    """Calls (Python + C) and Python bytecode instructions per step over one pass of ``source``.
+
+    The deterministic side of the figure (see ``calls.py``): what a tool adds around the compiled
+    program, without the noise of a shared machine.
+    """
+    from cases.calls import CallCounter, InstructionCounter, one_pass
+
+    counter = CallCounter()
+    with counter:
+        steps = one_pass(step, source)
+    instructions = InstructionCounter()
+    with instructions:
+        one_pass(step, source)
+    return (counter.py_calls + counter.c_calls) / steps, instructions.instructions / steps
+
+
+def _dynamo_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
+def _graph_breaks() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(sum(counters["graph_break"].values()))
+
+
+def _main(impl: str) -> None:
+    import os
+    import time
+
+    import torch
+
+    from cases.common import make_engine, time_steps, time_steps_with_cpu
+
+    distributed = "WORLD_SIZE" in os.environ
+    engine = make_engine(impl, "32-true", distributed=distributed)
+    dist = torch.distributed if distributed else None
+    prepared: dict[str, Any] = {}
+
+    def first_batch(source: Any) -> tuple[Any, Any]:
+        return next(iter(source))
+
+    def handle(command: dict[str, Any]) -> dict[str, Any]:
+        if dist is not None and dist.get_rank() == 0:
+            dist.broadcast_object_list([command], src=0)
+        if command["cmd"] == "prepare":
+            started = time.perf_counter()
+            breaks = _graph_breaks()
+            step, source = engine.prepare(command["model"], use_loader=distributed, compiled=True)
+            prepared[command["model"]] = (step, source)
+            if distributed:  # the same number of steps on both ranks: their collectives must pair up
+                time_steps(step, source, 3)
+                per_step = time_steps(step, source, command["warm_steps"])
+            else:
+                per_step = _warm_up(step, source, command["seconds"], time_steps)
+            prepare_seconds = time.perf_counter() - started
+            calls, instructions = _count_per_step(step, source)
+            regions = compiled_regions_per_step(step, *first_batch(source))
+            if regions == 0:
+                raise RuntimeError(
+                    f"{impl}: the step ran no compiled region (torch.profiler shows no 'Torch-Compiled "
+                    f"Region'): the model runs eager"
+                )
+            return {
+                "seconds_per_step": per_step,
+                "prepare_seconds": prepare_seconds,
+                "regions_per_step": regions,
+                "graph_breaks": _graph_breaks() - breaks,
+                "calls": calls,
+                "instructions": instructions,
+            }
+        if command["cmd"] == "run":
+            step, source = prepared[command["model"]]
+            frames = _dynamo_frames()
+            if dist is not None:
+                dist.barrier()
+            wall, cpu = time_steps_with_cpu(step, source, command["steps"])
+            if dist is not None:
+                dist.barrier()
+                # the CPU time of both processes: a busy-waiting rank shows here, not in rank 0's wall time
+                total = torch.tensor([cpu], dtype=torch.float64)
+                dist.all_reduce(total)
+                cpu = float(total.item())
+            return {
+                "seconds_per_step": wall,
+                "cpu_seconds_per_step": cpu,
+                "recompiles": _dynamo_frames() - frames,
+            }
+        if command["cmd"] == "quit":
+            return {}
+        raise ValueError(f"unknown command {command!r}")
+
+    if dist is None:
+        serve(handle)
+        return
+    if dist.get_rank() == 0:
+        serve(handle, on_quit=lambda: handle({"cmd": "quit"}))
+    else:
+        while True:
+            received: list[Any] = [None]
+            dist.broadcast_object_list(received, src=0)
+            if received[0]["cmd"] == "quit":
+                break
+            try:
+                handle(received[0])
+            except Exception:  # rank 0 fails the same way and reports it
+                pass
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _warm_up(step: Any, source: Any, seconds: float, time_steps: Any) -> float:
+    """Compile (the first step), then run steps until the timings settle; return the last step time."""
+    time_steps(step, source, 3)
+    spent, chunk, per_step = 0.0, 5, 0.0
+    while spent < seconds:
+        per_step = time_steps(step, source, chunk)
+        spent += per_step * chunk
+        chunk = min(chunk * 2, 1000)
+    return per_step
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

@@ -1,0 +1,82 @@
+"""The benchmark runner's results.md: a run of some figures (``run.py --only``) keeps the others' tables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH_DIR))
+from gpu import keep_section  # noqa: E402
+from harness import Row, Table  # noqa: E402
+from report import EARLIER, kept_figures, markdown  # noqa: E402
+
+sys.path.remove(str(BENCH_DIR))
+
+ORDER = ["calls", "steps", "ddp"]
+GPU_SECTION = "<!-- gpu:begin -->\n## GPU\n\nmeasured elsewhere\n<!-- gpu:end -->"
+
+
+def _table(title: str, raw: float, ours: float) -> Table:
+    fabric = Row("fabric", samples=[ours], target=1.03)
+    return Table(title, "us", [Row("raw PyTorch", samples=[raw]), fabric])
+
+
+def _figures(value: float) -> dict[str, list[Table]]:
+    return {
+        "calls": [_table("Calls A", 100, value)],
+        "steps": [_table("Steps A", 10, value), _table("Steps B", 10, value)],
+        "ddp": [_table("DDP A", 10, value)],
+    }
+
+
+def _write(figures: dict[str, list[Table]], previous: str, ran: list[str], when: str) -> str:
+    titles = {table.title for tables in figures.values() for table in tables}
+    kept = kept_figures(previous, ran, titles)
+    return keep_section(previous, markdown(figures, {"date": when}, when, kept, order=ORDER))
+
+
+def test_partial_run_replaces_only_the_figures_that_ran() -> None:
+    first = keep_section(
+        GPU_SECTION, markdown(_figures(101), {"date": "day 1"}, "day 1, full run", order=ORDER)
+    )
+    second = _write({"steps": [_table("Steps A", 10, 55)]}, first, ["steps"], "day 2, full run")
+
+    # the figures that did not run keep their tables and their rows of the targets summary
+    assert second.count("## Calls A") == 1 and second.count("## DDP A") == 1
+    assert "| Calls A | fabric | 1.010 |" in second and "| DDP A | fabric | 10.100 |" in second
+    # the figure that ran is replaced whole: its new table, none of its old ones (Steps B is gone)
+    assert "## Steps B" not in second and "| Steps A | fabric | 5.500 |" in second
+    assert "| Steps A | fabric | 10.100 |" not in second
+    # in the figures' order, each saying when it was measured; the GPU section once, at the end
+    assert second.index("## Calls A") < second.index("## Steps A") < second.index("## DDP A")
+    assert (
+        second.index("| Calls A | fabric")
+        < second.index("| Steps A | fabric")
+        < second.index("| DDP A | fabric")
+    )
+    assert (
+        "<!-- figure:calls day 1, full run -->" in second
+        and "<!-- figure:steps day 2, full run -->" in second
+    )
+    assert "calls (kept: day 1, full run), steps (this run), ddp (kept: day 1, full run)" in second
+    assert second.count("<!-- gpu:begin -->") == 1 and second.rstrip().endswith("<!-- gpu:end -->")
+
+    # a third partial run keeps what the second kept
+    third = _write({"ddp": [_table("DDP A", 10, 20)]}, second, ["ddp"], "day 3, full run")
+    assert "| Calls A | fabric | 1.010 |" in third and "| Steps A | fabric | 5.500 |" in third
+    assert "| DDP A | fabric | 2.000 |" in third and "| DDP A | fabric | 10.100 |" not in third
+    assert third.count("## ") == third.count("\n## ") == 4 + 1  # Targets + three tables + GPU
+
+
+def test_unmarked_file_keeps_its_tables_the_run_did_not_replace() -> None:
+    legacy = (
+        "# torch-fabric benchmarks\n\n- **date**: day 0\n\n## Targets\n\n| figure | row | ratio | target | verdict |\n"
+        "| --- | --- | --- | --- | --- |\n| Old X | fabric | 1.500 | <= 1.03 | missed |\n"
+        "| Calls A | fabric | 9.000 | <= 1.03 | missed |\n\n## Old X\n\nold table\n\n## Calls A\n\nold calls\n"
+    )
+    merged = _write({"calls": [_table("Calls A", 100, 101)]}, legacy, ["calls"], "day 1, quick run")
+    assert "## Old X\n\nold table" in merged and "| Old X | fabric | 1.500 |" in merged
+    assert "old calls" not in merged and "| Calls A | fabric | 9.000 |" not in merged
+    assert f"<!-- figure:{EARLIER} day 0, unmarked file -->" in merged
+    assert merged.index("## Calls A") < merged.index("## Old X")
