@@ -22,8 +22,12 @@ if mode == "signal":
     for signum in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: received.append(number))
 (out / f"env{rank}.json").write_text(json.dumps(dict(os.environ)))
-(out / f"pid{rank}").write_text(str(os.getpid()))
+(out / f"pid{rank}.tmp").write_text(str(os.getpid()))
+os.replace(out / f"pid{rank}.tmp", out / f"pid{rank}")  # never seen half-written
 
+if mode in ("fail", "sigkill") and rank == 1:
+    while not (out / "pid0").exists():  # fail only once rank 0 is up, so that it has to be stopped
+        time.sleep(0.02)
 if mode == "fail" and rank == 1:
     sys.exit(3)
 if mode == "sigkill" and rank == 1:
