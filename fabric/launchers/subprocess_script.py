@@ -148,4 +148,3 @@ def _rerun_command() -> list[str]:
         )
     # `__main__.__file__` is absolute since Python 3.9; a relative one is relative to the start directory.
     return [sys.executable, os.path.join(lifecycle.STARTUP_CWD, script), *sys.argv[1:]]
-

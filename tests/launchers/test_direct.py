@@ -49,7 +49,9 @@ def _finish(process: subprocess.Popen, timeout: float = 90) -> str:
         return process.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"the launch did not end within {timeout} s:\n{process.communicate()[0]}") from None
+        raise AssertionError(
+            f"the launch did not end within {timeout} s:\n{process.communicate()[0]}"
+        ) from None
 
 
 def _worker_pids(out: Path, process: subprocess.Popen, timeout: float = 60) -> list[int]:
@@ -80,7 +82,9 @@ def test_the_launcher_process_never_imports_torch(tmp_path: Path) -> None:
         "except SystemExit as end:\n"
         "    print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'), end.code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=90
+    )
     assert done.stdout.strip() == "[] 0", f"exit code {done.returncode}:\n{done.stdout}{done.stderr}"
     assert (tmp_path / "env1.json").exists()  # the workers did run
 
@@ -91,7 +95,12 @@ def test_workers_see_the_variables_torchrun_gives(tmp_path: Path) -> None:
     ours.mkdir()
     theirs.mkdir()
     assert _start(ours, "env").wait(timeout=90) == 0
-    torchrun = ("-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={find_free_network_port()}")
+    torchrun = (
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        f"--master-port={find_free_network_port()}",
+    )
     output = _finish(_start(theirs, "env", *torchrun))
     for rank in (0, 1):
         # the FABRIC_* variables carry the command line's options to `Fabric()`
