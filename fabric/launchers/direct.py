@@ -94,7 +94,7 @@ def launch(command: Sequence[str], nproc: int, main_address: str, main_port: int
                 start_new_session=True,
                 preexec_fn=die_with_parent,
             )
-            run.pids[child.pid] = rank
+            run.add(rank, child)
         return run.wait()
     finally:
         run.stop()  # only does something when leaving early (an exception in this process)
@@ -108,8 +108,22 @@ class _Run:
 
     def __init__(self, nproc: int) -> None:
         self.nproc = nproc
-        self.pids: dict[int, int] = {}  # pid -> rank, for the processes still running
-        self.codes: dict[int, int] = {}  # rank -> exit code (negative: killed by that signal)
+        # pid -> (rank, process), for the processes still running. Holding the Popen objects matters:
+        # a Popen dropped while its process runs is polled (and reaped) by the next Popen call, and
+        # this class would never see that exit code.
+        self.pids: dict[int, tuple[int, subprocess.Popen]] = {}
+
+    def add(self, rank: int, process: subprocess.Popen) -> None:
+        self.pids[process.pid] = (rank, process)
+
+    def _reaped(self, pid: int, status: int) -> tuple[int, int] | None:
+        """Forget a process that ended: (its rank, its exit code), or None for a pid not ours."""
+        entry = self.pids.pop(pid, None)
+        if entry is None:
+            return None
+        rank, process = entry
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        return rank, process.returncode
 
     def forward(self, signum: int, frame: object) -> None:
         """Pass a signal the launcher received on to every worker still running."""
@@ -123,11 +137,10 @@ class _Run:
         """Reap the workers as they exit; at the first failure stop the rest and return its code."""
         while self.pids:
             pid, status = os.waitpid(-1, 0)  # resumes by itself after a forwarded signal (PEP 475)
-            rank = self.pids.pop(pid, None)
-            if rank is None:
+            ended = self._reaped(pid, status)
+            if ended is None:
                 continue
-            code = os.waitstatus_to_exitcode(status)
-            self.codes[rank] = code
+            rank, code = ended
             if code != 0:
                 print(
                     f"[fabric] rank {rank} (pid {pid}) {_describe(code)}; stopping the other "
@@ -150,14 +163,14 @@ class _Run:
             time.sleep(0.02)
         self.forward(signal.SIGKILL, None)
         while self.pids:
-            pid, _ = os.waitpid(-1, 0)
-            self.pids.pop(pid, None)
+            pid, status = os.waitpid(-1, 0)
+            self._reaped(pid, status)
 
     def _reap_exited(self) -> None:
         for pid in list(self.pids):
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
             if done:
-                self.pids.pop(pid, None)
+                self._reaped(done, status)
 
 
 def _describe(code: int) -> str:
