@@ -81,7 +81,7 @@ def launch(command: Sequence[str], nproc: int, main_address: str, main_port: int
     signal number when a signal killed it), after stopping the others.
     """
     error_dir = tempfile.mkdtemp(prefix="fabric-run-")
-    run = _Run(nproc)
+    run = _Run()
     previous = {signum: signal.signal(signum, run.forward) for signum in _signals()}
     try:
         for rank in range(nproc):
@@ -106,8 +106,7 @@ def launch(command: Sequence[str], nproc: int, main_address: str, main_port: int
 class _Run:
     """The worker processes of one launch, by pid, and how they ended."""
 
-    def __init__(self, nproc: int) -> None:
-        self.nproc = nproc
+    def __init__(self) -> None:
         # pid -> (rank, process), for the processes still running. Holding the Popen objects matters:
         # a Popen dropped while its process runs is polled (and reaped) by the next Popen call, and
         # this class would never see that exit code.
