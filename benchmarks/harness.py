@@ -58,7 +58,7 @@ class Settings:
     def make(cls, quick: bool, peers: dict[str, str | None], workdir: Path) -> Settings:
         if quick:
             return cls(True, 2, 0.05, 2, 2, 1, 2, 20, 1, peers, workdir)
-        return cls(False, 12, 0.1, 8, 5, 4, 7, 200, 3, peers, workdir)
+        return cls(False, 12, 0.1, 8, 5, 8, 7, 200, 3, peers, workdir)
 
     def installed(self, name: str) -> bool:
         return name in (RAW, FABRIC) or self.peers.get(name) is not None

@@ -29,18 +29,8 @@ from fabric.accelerators.xla import require_torch_xla
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
 from fabric.strategies.xla_common import XLA_PRECISIONS
+from fabric.utilities.choices import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS
 
-PRECISION_ALIASES: dict[Any, str] = {
-    64: "64-true",
-    "64": "64-true",
-    32: "32-true",
-    "32": "32-true",
-    16: "16-mixed",
-    "16": "16-mixed",
-    "bf16": "bf16-mixed",
-}
-PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
-ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps", "tpu", "xla")
 #: strategies that run on XLA devices (and the only ones that do)
 XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")
 

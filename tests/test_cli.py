@@ -128,3 +128,11 @@ def test_missing_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit) as exit_info:
         main(["run", str(tmp_path / "nope.py")])
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_the_command_line_knows_every_built_in_strategy() -> None:
+    """`fabric run` checks `--strategy` against a torch-free list; it must equal the registry's names."""
+    from fabric.strategies.registry import STRATEGY_NAMES
+    from fabric.utilities.choices import STRATEGY_NAMES as CLI_STRATEGY_NAMES
+
+    assert tuple(STRATEGY_NAMES) == CLI_STRATEGY_NAMES

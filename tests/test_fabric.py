@@ -266,7 +266,7 @@ def test_seed_everything_makes_runs_repeat_and_seeds_workers() -> None:
 
 def test_import_is_light() -> None:
     code = (
-        "import sys, fabric; heavy = [m for m in ('torch._dynamo', 'deepspeed', 'torch_xla', 'tensorboard', "
+        "import sys; from fabric import Fabric; heavy = [m for m in ('torch._dynamo', 'deepspeed', 'torch_xla', 'tensorboard', "
         "'torch.distributed.fsdp', 'lightning', 'lightning_utilities') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -24,7 +24,7 @@ from harness import (
 
 IMPORTS = {
     RAW: "import torch",
-    FABRIC: "import fabric",
+    FABRIC: "from fabric import Fabric",
     LIGHTNING: "import lightning.fabric",
     ACCELERATE: "import accelerate",
 }

@@ -1,12 +1,15 @@
-"""Time from starting a 2-process launch to the end of the first training step.
+"""Time from starting a 2-process launch to the end of the first training step, wall and CPU.
 
-``fabric run`` (``python -m fabric.cli run --accelerator cpu --devices 2 SCRIPT``) with a fabric script,
-against ``torchrun --nproc_per_node=2`` with the same training step written in raw DDP. The runner notes
+Two fabric rows against ``torchrun --nproc_per_node=2`` running the same training step written in raw
+DDP: ``fabric run`` (``python -m fabric.cli run --accelerator cpu --devices 2 SCRIPT``; on one node it
+starts the workers itself, from a process that never imports torch) and ``python SCRIPT`` with
+``Fabric(devices=2)`` (the subprocess launcher: rank 0 re-runs the script for rank 1). The runner notes
 ``time.time()`` just before it starts the launcher; rank 0 of the script writes ``time.time()`` to a file
-right after its first optimizer step. A fresh free port per launch; one launch of each per round, in
-rotating order. If the CLI does not work yet, fabric's row says "unavailable".
+right after its first optimizer step. The CPU column is user + system time of the launcher and all its
+processes. A fresh free port per launch; one launch of each per round, in rotating order. If the CLI
+does not work yet, fabric's row says "unavailable".
 
-Run as a script (under a launcher) this file is the measured program: ``launch.py raw|fabric``.
+Run as a script (under a launcher) this file is the measured program: ``launch.py raw|fabric|fabric-subprocess``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ children and exits non-zero if any of them failed (``fabric.lifecycle`` runs tha
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Any
 
 from fabric import lifecycle
 from fabric.environments import ClusterEnvironment
+from fabric.launchers.direct import die_with_parent
 from fabric.launchers.launcher import Launcher
 from fabric.utilities.threads import limit_threads
 
@@ -67,7 +67,7 @@ class SubprocessScriptLauncher(Launcher):
             # From the directory the command was started in, even if the script changed directory since.
             self.children.append(
                 subprocess.Popen(
-                    command, env=dict(env), cwd=lifecycle.STARTUP_CWD, preexec_fn=_die_with_parent
+                    command, env=dict(env), cwd=lifecycle.STARTUP_CWD, preexec_fn=die_with_parent
                 )
             )
         # This process is local rank 0; children and library code alike may read it from here.
@@ -148,14 +148,3 @@ def _rerun_command() -> list[str]:
         )
     # `__main__.__file__` is absolute since Python 3.9; a relative one is relative to the start directory.
     return [sys.executable, os.path.join(lifecycle.STARTUP_CWD, script), *sys.argv[1:]]
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to send SIGKILL when the parent dies."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
