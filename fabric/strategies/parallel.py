@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 import traceback
@@ -175,7 +176,7 @@ class ParallelStrategy(Strategy):
         host = f"[{address}]" if ":" in address else address
         dist.init_process_group(
             backend=self.process_group_backend,
-            **_rendezvous(host, environment.main_port, self.world_size, self._timeout),
+            **_rendezvous(host, environment.main_port, self.world_size, self._timeout, self.global_rank),
             world_size=self.world_size,
             rank=self.global_rank,
             timeout=self._timeout,
@@ -436,7 +437,7 @@ def _is_communication_failure(error: BaseException) -> bool:
     return any(marker in message for marker in _COMMUNICATION_FAILURES)
 
 
-def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta) -> dict[str, Any]:
+def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta, rank: int) -> dict[str, Any]:
     """How ``init_process_group`` meets the others: a tcp:// address, or, after a torchrun restart, a store.
 
     torchrun's agent keeps one store across restarts (``fabric run --max-restarts``): restarted
@@ -445,9 +446,30 @@ def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta) -> di
     """
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        if rank != 0:
+            _wait_until_listening(host.strip("[]"), port, timeout.total_seconds())
         return {"init_method": f"tcp://{host}:{port}"}
     store = dist.TCPStore(host.strip("[]"), port, world_size, is_master=False, timeout=timeout)
     return {"store": dist.PrefixStore(f"fabric/restart_{restart}", store)}
+
+
+_LISTEN_POLL_SECONDS = 0.01
+
+
+def _wait_until_listening(host: str, port: int, timeout: float) -> None:
+    """Return once rank 0's store accepts connections (or after ``timeout``; torch then reports the failure).
+
+    A store client that arrives before the server listens backs off between its attempts and connects
+    0.3-0.9 s after the server is up (measured on torch 2.13); rank 1 usually arrives first, because
+    rank 0 has more to do before it listens. A plain connect every 10 ms finds the port open at once.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(_LISTEN_POLL_SECONDS)
 
 
 _EXIT_MEETING_SECONDS = 10.0
