@@ -122,6 +122,12 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
         )
     if args.max_restarts < 0:
         error(f"--max-restarts={args.max_restarts}: must be 0 or more.")
+    address = args.main_address
+    if not address.strip() or any(char.isspace() or char in "/@" for char in address):
+        error(
+            f"--main-address={address!r}: must be the host name or IP address of the node-rank-0 machine (e.g. "
+            f"10.0.0.1 or node001), without spaces, scheme or port."
+        )
     if args.main_port is not None and not 1 <= args.main_port <= 65535:
         error(f"--main-port={args.main_port}: must be a TCP port, 1..65535.")
     if args.precision is not None:
