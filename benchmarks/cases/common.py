@@ -76,6 +76,20 @@ def time_steps(step: Step, source: Iterable[Any], steps: int) -> float:
     return time_steps_with_cpu(step, source, steps)[0]
 
 
+def warm_up(step: Step, source: Iterable[Any], seconds: float) -> float:
+    """Run steps (a compiled model compiles in the first) until ``seconds`` are spent; return the last step time.
+
+    The step time seen last sizes the measured rounds.
+    """
+    time_steps(step, source, 3)
+    spent, chunk, per_step = 0.0, 5, 0.0
+    while spent < seconds:
+        per_step = time_steps(step, source, chunk)
+        spent += per_step * chunk
+        chunk = min(chunk * 2, 1000)
+    return per_step
+
+
 def time_steps_with_cpu(step: Step, source: Iterable[Any], steps: int) -> tuple[float, float]:
     """Wall-clock and CPU seconds per step (the CPU time leaves out time this process sat preempted)."""
     done = 0

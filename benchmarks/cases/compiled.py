@@ -267,7 +267,7 @@ def _main(impl: str) -> None:
 
     import torch
 
-    from cases.common import make_engine, time_steps, time_steps_with_cpu
+    from cases.common import make_engine, time_steps, time_steps_with_cpu, warm_up
 
     distributed = "WORLD_SIZE" in os.environ
     engine = make_engine(impl, "32-true", distributed=distributed)
@@ -289,7 +289,7 @@ def _main(impl: str) -> None:
                 time_steps(step, source, 3)
                 per_step = time_steps(step, source, command["warm_steps"])
             else:
-                per_step = _warm_up(step, source, command["seconds"], time_steps)
+                per_step = warm_up(step, source, command["seconds"])
             prepare_seconds = time.perf_counter() - started
             calls, instructions = _count_per_step(step, source)
             regions = compiled_regions_per_step(step, *first_batch(source))
@@ -344,17 +344,6 @@ def _main(impl: str) -> None:
                 pass
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _warm_up(step: Any, source: Any, seconds: float, time_steps: Any) -> float:
-    """Compile (the first step), then run steps until the timings settle; return the last step time."""
-    time_steps(step, source, 3)
-    spent, chunk, per_step = 0.0, 5, 0.0
-    while spent < seconds:
-        per_step = time_steps(step, source, chunk)
-        spent += per_step * chunk
-        chunk = min(chunk * 2, 1000)
-    return per_step
 
 
 if __name__ == "__main__":

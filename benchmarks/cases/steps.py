@@ -135,7 +135,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
 # --------------------------------------------------------------------------------------------- worker
 def _worker(impl: str, precision: str) -> None:
-    from cases.common import make_engine, time_steps, time_steps_with_cpu
+    from cases.common import make_engine, time_steps_with_cpu, warm_up
 
     engine = make_engine(impl, precision)
     prepared: dict[str, Any] = {}
@@ -145,7 +145,7 @@ def _worker(impl: str, precision: str) -> None:
             step, source = engine.prepare(command["model"], command["loader"])
             key = config_key(command["model"], command["loader"])
             prepared[key] = (step, source)
-            return {"seconds_per_step": _warm_up(step, source, command["seconds"], time_steps)}
+            return {"seconds_per_step": warm_up(step, source, command["seconds"])}
         if command["cmd"] == "run":
             step, source = prepared[command["key"]]
             wall, cpu = time_steps_with_cpu(step, source, command["steps"])
@@ -153,17 +153,6 @@ def _worker(impl: str, precision: str) -> None:
         raise ValueError(f"unknown command {command!r}")
 
     serve(handle)
-
-
-def _warm_up(step: Any, source: Any, seconds: float, time_steps: Any) -> float:
-    """Run steps until the timings settle; return the step time seen last (to size the rounds)."""
-    time_steps(step, source, 3)
-    spent, chunk, per_step = 0.0, 5, 0.0
-    while spent < seconds:
-        per_step = time_steps(step, source, chunk)
-        spent += per_step * chunk
-        chunk = min(chunk * 2, 1000)
-    return per_step
 
 
 if __name__ == "__main__":

@@ -51,17 +51,27 @@ Filter = Mapping[str, Callable[[str, Any], bool]]
 Owners = Mapping[Optimizer, Module]
 
 
-class CheckpointHost(Protocol):
-    """What the pipeline asks of a strategy."""
-
-    @property
-    def world_size(self) -> int: ...
+class Collectives(Protocol):
+    """The collectives a directory write needs: the strategy's, or a background save's own group's."""
 
     @property
     def global_rank(self) -> int: ...
 
     @property
+    def world_size(self) -> int: ...
+
+    @property
     def is_global_zero(self) -> bool: ...
+
+    def barrier(self, name: str | None = None) -> None: ...
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
+
+    def gather_object(self, obj: Any) -> list[Any]: ...
+
+
+class CheckpointHost(Collectives, Protocol):
+    """What the pipeline asks of a strategy: its collectives, and the rest below."""
 
     @property
     def precision(self) -> Any: ...
@@ -74,12 +84,6 @@ class CheckpointHost(Protocol):
 
     #: whether each process holds a shard of the model (and reads only its shard of a directory)
     sharded_checkpoints: bool
-
-    def barrier(self, name: str | None = None) -> None: ...
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
-
-    def gather_object(self, obj: Any) -> list[Any]: ...
 
     def save_shards(self, shards: dict[str, Any], directory: str) -> None: ...
 
@@ -98,25 +102,6 @@ class CheckpointHost(Protocol):
     def load_optimizer_state_dict(
         self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
     ) -> None: ...
-
-
-class Collectives(Protocol):
-    """The collectives a directory write needs: the strategy's, or a background save's own group's."""
-
-    @property
-    def global_rank(self) -> int: ...
-
-    @property
-    def world_size(self) -> int: ...
-
-    @property
-    def is_global_zero(self) -> bool: ...
-
-    def barrier(self, name: str | None = None) -> None: ...
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
-
-    def gather_object(self, obj: Any) -> list[Any]: ...
 
 
 class Checkpointer:

@@ -6,10 +6,6 @@ Skipped when DeepSpeed is not installed (run them with ``nox -s deepspeed``).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,7 @@ import pytest
 import torch
 
 from fabric.strategies.deepspeed import deepspeed_available
+from tests.checkpoint.killing import KillDuringWrite
 from tests.strategies.multiprocess import launch_env, run_python
 
 pytestmark = [
@@ -28,37 +25,13 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 RESUME_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "resume_run.py"
 
 
-class _KillDuringWrite(threading.Thread):
-    """SIGKILL rank 1 as soon as its optimizer partition of checkpoint B has bytes on disk."""
-
-    def __init__(self, out_dir: Path) -> None:
-        super().__init__(daemon=True)
-        self.out_dir = out_dir
-        self.stop = threading.Event()
-        self.killed_at_bytes: int | None = None
-
-    def run(self) -> None:
-        pid_file, saved = self.out_dir / "rank1.pid", self.out_dir / "A_saved"
-        while not self.stop.is_set():
-            if saved.exists() and pid_file.exists():
-                for part in self.out_dir.glob(".checkpoint.tmp-*/checkpoint/zero_pp_rank_1_*optim_states.pt"):
-                    try:
-                        size = part.stat().st_size
-                    except FileNotFoundError:
-                        continue
-                    if size > 0:
-                        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                        self.killed_at_bytes = size
-                        return
-            time.sleep(0.001)
-
-
 @pytest.mark.timeout(300)
 def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
     from fabric.strategies.deepspeed import consolidate_deepspeed
     from tests.strategies.deepspeed.scripts.killed_save import LAYERS, WIDTH, big_model
 
-    killer = _KillDuringWrite(tmp_path)
+    # rank 1's optimizer partition of checkpoint B has bytes on disk
+    killer = KillDuringWrite(tmp_path, ".checkpoint.tmp-*/checkpoint/zero_pp_rank_1_*optim_states.pt")
     killer.start()
     try:
         run = run_python(
