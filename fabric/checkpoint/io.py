@@ -29,6 +29,8 @@ from typing import IO, Any, TypeAlias
 import torch
 from torch.serialization import MAP_LOCATION
 
+from fabric.checkpoint import reclaim
+
 __all__ = ["CheckpointError", "NotAFileError", "atomic_save", "fsync_directory", "safe_load", "verify_file"]
 
 # Whatever torch.load accepts: a device, a device string, a {from: to} dict, or a callable on storages.
@@ -141,7 +143,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     The object is streamed into a uniquely named temporary file in the same directory (a rename is only
     atomic within one file system), the file is fsynced, renamed over ``path`` with ``os.replace`` and the
-    directory is fsynced. If anything fails before the rename (an object that raises while pickled, a full
+    directory is fsynced. The replaced checkpoint's disk space is freed in a background thread
+    (:mod:`fabric.checkpoint.reclaim`), not on the caller's time. If anything fails before the rename (an object that raises while pickled, a full
     disk, ``KeyboardInterrupt``) the temporary file is removed, the exception propagates, and the previous
     checkpoint at ``path`` is untouched. Memory stays near the size of the state: nothing is buffered.
 
@@ -160,15 +163,21 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     make_directory(directory, os.fspath(path))
     _remove_stale_temp_files(directory, name)
 
+    reclaim.wait()  # the space of the checkpoint replaced last time is free before this one is written
+
     fd, temp_path = _create_temp_file(directory, name)
+    previous: int | None = None
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
+        previous = reclaim.hold(target)
         os.replace(temp_path, target)
     except BaseException as error:
         # BaseException on purpose: a KeyboardInterrupt mid-save must not leave a half-written temp file.
+        if previous is not None:
+            os.close(previous)
         with contextlib.suppress(OSError):
             os.unlink(temp_path)
         os_error = _os_error_behind(error)
@@ -181,6 +190,8 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
             "limit and permissions there, or save to another directory.",
         ) from error
     fsync_directory(directory)
+    # The old checkpoint has no name any more; freeing its blocks is off the caller's time (see reclaim).
+    reclaim.release(previous)
 
 
 def safe_load(

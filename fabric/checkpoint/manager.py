@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from typing import TYPE_CHECKING, Any
 
 from fabric import lifecycle
+from fabric.checkpoint import reclaim
 
 if TYPE_CHECKING:
     from fabric.fabric import Fabric
@@ -204,18 +204,16 @@ class CheckpointManager:
 
     def _rotate(self, keep: str) -> None:
         """Delete the checkpoints the policy does not keep (never ``keep``, the one just written)."""
+        reclaim.remove_leftovers(self.directory)
         existing = self.checkpoints()
         newest = {path for _, path in existing[-self.keep_last :]}
         for step, path in existing:
             if path == keep or path in newest or (self.keep_every and step % self.keep_every == 0):
                 continue
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
+            try:
+                reclaim.delete(path)  # gone at once; its space is freed off the training thread
+            except FileNotFoundError:
+                pass
 
 
 __all__ = ["CheckpointManager"]

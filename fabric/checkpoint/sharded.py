@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from fabric.checkpoint import reclaim
 from fabric.checkpoint.io import CheckpointError, _host_tag, _process_exists, fsync_directory, make_directory
 from fabric.utilities.rank_zero import rank_zero_info
 
@@ -115,6 +116,7 @@ def create_temporary_directory(path: str | os.PathLike[str]) -> str:
     """
     parent, name = os.path.split(os.path.abspath(os.fspath(path)))
     make_directory(parent, os.fspath(path))
+    reclaim.wait()  # the version replaced last time is gone before this one takes space
     remove_stale_temporary_directories(path)
     while True:
         tmp = os.path.join(parent, f"{_temp_prefix(name)}{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}")
@@ -216,7 +218,7 @@ def commit_directory(tmp: str, path: str | os.PathLike[str]) -> None:
     """Put the complete directory ``tmp`` in place of ``path`` (called on one process).
 
     The old directory is first renamed aside, then ``tmp`` renamed to ``path``, then the old one is
-    deleted. A crash between the two renames leaves both complete directories on disk, and
+    deleted in a background thread. A crash between the two renames leaves both complete directories on disk, and
     :func:`resolve_checkpoint_path` finds the old one; at no point is there no loadable checkpoint.
     """
     path = os.path.abspath(os.fspath(path))
@@ -233,10 +235,10 @@ def commit_directory(tmp: str, path: str | os.PathLike[str]) -> None:
         os.rename(path, old)
     os.rename(tmp, path)
     fsync_directory(parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    # The replaced version and any left by a killed process have hidden names by now: deleting them is
+    # off the caller's time (see fabric.checkpoint.reclaim).
     for stale in _old_versions(path):
-        shutil.rmtree(stale, ignore_errors=True)
+        reclaim.remove_tree(stale)
 
 
 def _old_versions(path: str) -> list[str]:

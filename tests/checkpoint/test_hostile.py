@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fabric import Fabric
-from fabric.checkpoint import CheckpointError, CheckpointIO, NotAFileError, TorchCheckpointIO
+from fabric.checkpoint import CheckpointError, CheckpointIO, NotAFileError, TorchCheckpointIO, reclaim
 from fabric.checkpoint.consolidate import consolidate
 from fabric.checkpoint.sharded import MANIFEST_FILE
 from fabric.strategies.single_device import SingleDeviceStrategy
@@ -651,6 +651,7 @@ def test_twenty_random_kills_during_sharded_saves_always_leave_a_loadable_checkp
         last = version
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "ckpt"]
     _write_version(path, last + 1)  # the next save cleans up after the killed writers
+    reclaim.wait()  # ... in the background thread that frees replaced checkpoints
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"], leftovers
 
 

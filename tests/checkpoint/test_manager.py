@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fabric import Fabric, lifecycle
+from fabric.checkpoint import reclaim
 from fabric.checkpoint.manager import CheckpointManager
 
 
@@ -157,6 +158,9 @@ def test_sharded_directories_are_verified_skipped_when_corrupt_and_rotated(
         weights[step] = model.weight.detach().clone()
     assert [step for step, _ in manager.checkpoints()] == [2, 3, 4]  # step 1's directory was rotated out
     assert all(os.path.isdir(path) for _, path in manager.checkpoints())
+    visible = sorted(n for n in os.listdir(tmp_path) if not n.startswith("."))
+    assert visible == [f"step-00000000{s}.ckpt" for s in (2, 3, 4)]  # gone from view at once
+    reclaim.wait()  # ... and its space freed in the background
     assert sorted(os.listdir(tmp_path)) == [f"step-00000000{s}.ckpt" for s in (2, 3, 4)]
 
     newest = tmp_path / "step-000000004.ckpt"

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric import Fabric
+from fabric.checkpoint import reclaim
 from fabric.checkpoint.consolidate import consolidate
 from fabric.checkpoint.io import CheckpointError
 from fabric.checkpoint.sharded import (
@@ -291,6 +292,7 @@ def test_commit_replaces_the_directory_and_leaves_nothing_beside_it(tmp_path: Pa
     _write_directory(path, 1.0)
     _write_directory(path, 2.0)
     assert torch.equal(_read_w(path), torch.full((3,), 2.0))
+    reclaim.wait()  # the replaced version is deleted in the background
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
@@ -302,6 +304,7 @@ def test_a_crash_between_the_two_renames_still_loads_the_old_checkpoint(tmp_path
     assert resolve_checkpoint_path(path) == str(tmp_path / ".ckpt.old-0123")
     assert torch.equal(_read_w(path), torch.full((3,), 1.0))
     _write_directory(path, 2.0)  # the next save cleans the leftover up
+    reclaim.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
