@@ -13,6 +13,7 @@ written down once, here:
    ``SIGTERM`` ends the process as if no handler were installed (a launcher that gives up waiting).
 3. **Normal exit**: the exit steps run in the order of their ``order`` numbers:
    :data:`FINISH_CHECKPOINTS` (wait for an asynchronous save; a failed one sets a non-zero exit code),
+   :data:`FREE_REPLACED_CHECKPOINTS` (finish deleting the checkpoints that saves replaced or rotated),
    :data:`LEAVE_PROCESS_GROUP` (meet the other ranks for a few seconds at most, then destroy the
    process group; ``Fabric._teardown``), then :data:`STOP_CHILDREN` (a launcher waits for the
    processes it started). A step that learns that another process failed (a child's exit code)
@@ -51,6 +52,8 @@ from typing import Any
 
 #: exit step: finish a checkpoint still being written in the background (it may need the process group)
 FINISH_CHECKPOINTS = 5
+#: exit step: finish freeing the space of replaced checkpoints (after the last save has committed)
+FREE_REPLACED_CHECKPOINTS = 6
 #: exit step: meet the other ranks (unless failing), then destroy the process group
 LEAVE_PROCESS_GROUP = 10
 #: exit step: wait for (or, after a failure, stop) the processes this process started

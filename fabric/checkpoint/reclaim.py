@@ -12,8 +12,9 @@ it would see after a synchronous delete, but the blocks stay allocated until :fu
 descriptor in a background thread. A directory to delete is first renamed to a hidden name (by the
 caller) and then removed in the background (:func:`remove_tree`).
 
-The background work runs in one non-daemon thread that exists only while there is work: the interpreter
-joins it at a normal exit, so nothing is left half-deleted when a script ends. Each save calls
+The background work runs in one thread that exists only while there is work. A normal exit waits for it
+(an exit step of :mod:`fabric.lifecycle`, after a pending asynchronous save has committed, since that
+commit may replace a checkpoint too), so nothing is left half-deleted when a script ends. Each save calls
 :func:`wait` first, so at most one replaced checkpoint's space is pending at any time and a disk that was
 nearly full before cannot fill up because of this module. A process killed while a directory is being
 removed leaves the hidden directory; the next save of the same checkpoint (or the checkpoint manager's
@@ -31,6 +32,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from fabric import lifecycle
+
 __all__ = ["delete", "hold", "release", "remove_leftovers", "remove_tree", "wait"]
 
 _DELETED_TAG = ".deleted-"
@@ -40,7 +43,7 @@ _lock = threading.Lock()
 _idle = threading.Condition(_lock)
 _queue: deque[Callable[[], None]] = deque()
 _worker: threading.Thread | None = None
-_fork_hook_registered = False
+_registered = False
 
 
 def hold(path: str) -> int | None:
@@ -118,15 +121,25 @@ def _close(fd: int) -> None:
 
 
 def _submit(task: Callable[[], None]) -> None:
-    global _worker, _fork_hook_registered
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        _fork_hook_registered = True
-        os.register_at_fork(after_in_child=_reset_after_fork)
+    global _worker, _registered
+    if not _registered:
+        _registered = True
+        lifecycle.on_exit(wait, order=lifecycle.FREE_REPLACED_CHECKPOINTS)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_reset_after_fork)
     with _lock:
         _queue.append(task)
-        if _worker is None:
-            _worker = threading.Thread(target=_work, name="fabric-reclaim-space")
-            _worker.start()
+        if _worker is not None:
+            return
+        worker = threading.Thread(target=_work, name="fabric-reclaim-space", daemon=True)
+        try:
+            worker.start()
+        except RuntimeError:  # no new threads while the interpreter shuts down: do it here and now
+            _queue.pop()
+        else:
+            _worker = worker
+            return
+    task()
 
 
 def _work() -> None:
