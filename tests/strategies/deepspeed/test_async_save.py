@@ -44,7 +44,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, list[dict[str, A
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
-@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+@pytest.mark.parametrize("stage", ["stage2", "stage3", "stage2_offload"])
 def test_async_checkpoint_equals_the_sync_one_with_the_values_at_the_call(
     run: tuple[Run, list[dict[str, Any]], Path], stage: str
 ) -> None:

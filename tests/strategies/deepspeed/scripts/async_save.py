@@ -1,6 +1,6 @@
 """Asynchronous DeepSpeed saves on 2 real processes: ``python async_save.py OUT_DIR``.
 
-For ZeRO stages 2 and 3, each rank saves the same state synchronously and asynchronously, trains on
+For ZeRO stages 2, 3 and 2 with the optimizer offloaded to CPU memory, each rank saves the same state synchronously and asynchronously, trains on
 (changing the parameters, ZeRO's fp32 partitions and Adam's moments in place) before the background
 write is let go, and then compares the two checkpoints file by file and through a load. Then one
 asynchronous save fails (the file size limit is lowered on rank 0) and must be raised on both ranks
@@ -174,6 +174,7 @@ def main(out_dir: str) -> None:
     sections = {
         "stage2": lambda: round_trip(out_dir, "stage2"),
         "stage3": lambda: round_trip(out_dir, "stage3"),
+        "stage2_offload": lambda: round_trip(out_dir, "stage2_offload"),
         "failure": lambda: failure(out_dir),
     }
     for name, section in sections.items():
