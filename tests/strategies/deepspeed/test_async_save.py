@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fabric.strategies.deepspeed import deepspeed_available
 from tests.strategies.multiprocess import Run, launch_env, read_rank_results, run_python
@@ -92,3 +93,41 @@ def test_a_failed_write_nobody_waited_for_fails_the_exit(run: tuple[Run, list[di
     assert process.returncode != 0
     assert "the background save of" in process.output and "File too large" in process.output
     assert not (out_dir / "at_exit").exists()
+
+
+def test_a_config_that_selects_another_deepspeed_writer_is_refused(tmp_path: Path) -> None:
+    """Only DeepSpeed's default writer (torch.save) is written in the background; another one is an error."""
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.checkpoint_engine import CheckpointCommitInfo, TorchCheckpointEngine
+
+    from fabric.checkpoint.io import CheckpointError
+    from fabric.strategies import deepspeed_async
+
+    class OtherWriter(TorchCheckpointEngine):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"OtherWriter.*async_save=False"):
+        deepspeed_async.zipfile_serialization(SimpleNamespace(checkpoint_engine=OtherWriter()))
+    engine = SimpleNamespace(checkpoint_engine=TorchCheckpointEngine())
+    for serialization in (
+        True,
+        False,
+    ):  # the background write serializes as DeepSpeed's writer is configured to
+        engine.checkpoint_engine.zipfile_serialization = serialization
+        assert deepspeed_async.zipfile_serialization(engine) is serialization
+
+    # Within the block DeepSpeed's files become CPU copies under the save directory; after it, its writer is back.
+    writer = engine.checkpoint_engine
+    with deepspeed_async.snapshot_engine(engine, str(tmp_path)) as snapshotter:
+        assert engine.checkpoint_engine is snapshotter
+        snapshotter.create(CheckpointCommitInfo(tag="t", save_dir=str(tmp_path), save_latest=True))
+        live = torch.zeros(3)
+        snapshotter.save({"w": live}, str(tmp_path / "t" / "file.pt"))
+        live.add_(1.0)
+        with pytest.raises(CheckpointError, match="outside the checkpoint directory"):
+            snapshotter.save({"w": live}, str(tmp_path.parent / "elsewhere.pt"))
+    assert engine.checkpoint_engine is writer
+    [(relative, state)] = snapshotter.files
+    assert relative == "t/file.pt" and torch.equal(state["w"], torch.zeros(3))
+    assert not (tmp_path / "t").exists()  # nothing is written on the training thread
