@@ -117,8 +117,9 @@ def background_writer(
 ) -> Callable[[str], None]:
     """The ``write_parts(tmp)`` of the background write; every process runs it, ``staging`` is rank 0's.
 
-    Rank 0 moves the staged files into ``tmp``; then each rank writes its copies with ``torch.save``;
-    then the ranks agree on the outcome, so that all of them fail together if one did.
+    Rank 0 moves the staged files into ``tmp``; then each rank writes its copies with ``torch.save``
+    (``files`` is emptied on the way); then the ranks agree on the outcome, so that all of them fail
+    together if one did.
     """
 
     def write_parts(tmp: str) -> None:
@@ -133,7 +134,8 @@ def background_writer(
         errors = collectives.gather_object(_describe(error))
         if error is None and not any(errors):
             try:
-                for relative, state in files:
+                while files:  # each copy is let go once written: the memory falls as the write proceeds
+                    relative, state = files.pop(0)
                     target = os.path.join(tmp, relative)
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     with open(target, "wb") as file:
