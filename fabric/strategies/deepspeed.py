@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -64,6 +64,9 @@ from fabric.strategies.strategy import (
     BackwardSyncControl,
 )
 from fabric.utilities.types import PathLike
+
+if TYPE_CHECKING:
+    from fabric.checkpoint.background import AsyncSave
 
 _NVME_DEFAULT = "/local_nvme"
 
@@ -532,6 +535,76 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         ``state`` must hold the one DeepSpeed model (and may hold its optimizer); everything else goes
         into ``meta.pt``, with each process's random state and dataloader positions.
         """
+        self.checkpointer.wait_for_pending()
+        engine, meta = self._engine_and_meta(state, filter, per_rank_keys)
+
+        def write_engine(tmp: str) -> None:
+            engine.save_checkpoint(
+                tmp, tag=TAG, save_latest=True, exclude_frozen_parameters=self.exclude_frozen_parameters
+            )
+
+        self.checkpointer.write_directory(os.fspath(path), write_engine, meta)
+
+    def save_checkpoint_async(
+        self,
+        path: PathLike,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None = None,
+        owners: Mapping[Optimizer, Module] | None = None,
+        per_rank_keys: Collection[str] = (),
+    ) -> AsyncSave:
+        """The synchronous save's checkpoint, written in a background thread after a copy to CPU memory.
+
+        On the training thread (the call blocks for this part) DeepSpeed runs its save as usual, but
+        hands each file to a checkpoint engine of ours that copies its state to CPU memory
+        (:mod:`fabric.strategies.deepspeed_async`); the copies are then written, checksummed and
+        swapped in atomically in the background, as :mod:`fabric.checkpoint.background` describes.
+        """
+        from fabric.checkpoint import sharded
+        from fabric.checkpoint.background import snapshot
+        from fabric.strategies import deepspeed_async
+
+        checkpointer = self.checkpointer
+        checkpointer.wait_for_pending()
+        path = os.fspath(path)
+        engine, meta = self._engine_and_meta(state, filter, per_rank_keys)
+        zipfile = deepspeed_async.zipfile_serialization(engine)
+        # Staged beside where the checkpoint will be (through a link: beside its target), like the temporary directory.
+        target = os.path.realpath(path) if os.path.islink(path) else path
+        sharded.check_directory_target(target)
+        collectives = checkpointer._collectives_for_background()
+        staging = self.broadcast(sharded.create_temporary_directory(target) if self.is_global_zero else None)
+        try:
+            with deepspeed_async.snapshot_engine(engine, staging) as snapshotter:
+                engine.save_checkpoint(
+                    staging,
+                    tag=TAG,
+                    save_latest=True,
+                    exclude_frozen_parameters=self.exclude_frozen_parameters,
+                )
+        except BaseException:
+            if self.is_global_zero:
+                deepspeed_async.remove_staging(staging)
+            raise
+        mine = staging if self.is_global_zero else None
+        write_parts = deepspeed_async.background_writer(mine, snapshotter.files, zipfile, collectives)
+        copied_meta = snapshot(meta)
+
+        def write() -> None:
+            try:
+                checkpointer.write_directory(path, write_parts, copied_meta, collectives=collectives)
+            finally:
+                deepspeed_async.remove_staging(mine)
+
+        return checkpointer._start_background(path, write)
+
+    def _engine_and_meta(
+        self,
+        state: dict[str, Any],
+        filter: dict[str, Callable[[str, Any], bool]] | None,
+        per_rank_keys: Collection[str],
+    ) -> tuple[Any, dict[str, Any]]:
+        """The engine that saves the model and optimizer, and ``meta.pt``'s content (the rest of ``state``)."""
         from fabric.checkpoint.pipeline import convert_plain
 
         filter = filter or {}
@@ -545,13 +618,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         meta = convert_plain(rest, filter)
         meta.update(self.checkpointer.resume_state(state, per_rank_keys))
         meta[DEEPSPEED_KEY] = {"module": module_key, "optimizer": optimizer_key, "stage": self.zero_stage}
-
-        def write_engine(tmp: str) -> None:
-            engine.save_checkpoint(
-                tmp, tag=TAG, save_latest=True, exclude_frozen_parameters=self.exclude_frozen_parameters
-            )
-
-        self.checkpointer.write_directory(os.fspath(path), write_engine, meta)
+        return engine, meta
 
     def load_checkpoint(
         self,
@@ -564,6 +631,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
     ) -> Any:
         """Load a DeepSpeed checkpoint directory, or a full single file (model weights and plain values)."""
         path = os.fspath(path)
+        self.checkpointer.wait_for_pending()  # an asynchronous save of this path may still be in flight
         if os.path.isfile(path) or state is None or not isinstance(state, dict):
             # A single file (e.g. consolidated, or written by another strategy): the generic loader
             # restores the model through `load_module_state_dict`; the optimizer cannot be mapped

@@ -286,8 +286,9 @@ class Strategy(ABC):
         """Snapshot ``state`` to CPU memory, write it in a background thread (:mod:`fabric.checkpoint.background`).
 
         Only the pipeline's own layouts are written in the background: a strategy that writes its
-        checkpoints another way (its own ``save_checkpoint`` or ``save_shards``, e.g. DeepSpeed's
-        engine, torch-xla's planner) refuses, rather than silently saving synchronously.
+        checkpoints another way (its own ``save_checkpoint`` or ``save_shards``, e.g. torch-xla's
+        planner) refuses, rather than silently saving synchronously, unless it overrides this method
+        too (DeepSpeed does: :mod:`fabric.strategies.deepspeed_async`).
         """
         own_writer = [
             name

@@ -26,7 +26,9 @@ RESUME_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "resume_run.py
 
 
 @pytest.mark.timeout(300)
-def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path, mode: str) -> None:
+    """With ``async``, B is written by the background thread while training goes on."""
     from fabric.strategies.deepspeed import consolidate_deepspeed
     from tests.strategies.deepspeed.scripts.killed_save import LAYERS, WIDTH, big_model
 
@@ -35,7 +37,7 @@ def test_a_save_killed_halfway_leaves_the_previous_checkpoint(tmp_path: Path) ->
     killer.start()
     try:
         run = run_python(
-            [str(SCRIPTS / "killed_save.py"), str(tmp_path)],
+            [str(SCRIPTS / "killed_save.py"), str(tmp_path), mode],
             timeout=270,
             env=launch_env(DS_ACCELERATOR="cpu"),
         )

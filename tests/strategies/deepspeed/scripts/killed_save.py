@@ -1,9 +1,10 @@
 """A DeepSpeed save killed halfway must leave the previous checkpoint in place.
 
-``python killed_save.py OUT_DIR``: two ZeRO-2 ranks save checkpoint A of a ~100 MB model (with ZeRO's
-fp32 master partitions) to ``OUT_DIR/checkpoint``, write ``OUT_DIR/A_saved``, takes one SGD step, and save B to
-the same path. The test watches the directory B is being written into and SIGKILLs rank 1 (its pid
-is in ``OUT_DIR/rank1.pid``) while its optimizer partition is being written; the run then fails.
+``python killed_save.py OUT_DIR [async]``: two ZeRO-2 ranks save checkpoint A of a ~100 MB model (with
+ZeRO's fp32 master partitions) to ``OUT_DIR/checkpoint``, write ``OUT_DIR/A_saved``, take one SGD step, and
+save B to the same path (with ``async``: in the background, while training goes on). The test watches
+the directory B is being written into and SIGKILLs rank 1 (its pid is in ``OUT_DIR/rank1.pid``) while
+its optimizer partition is being written; the run then fails.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def big_model() -> nn.Module:
     return nn.Sequential(*(nn.Linear(WIDTH, WIDTH, bias=False) for _ in range(LAYERS)))
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, async_save: bool = False) -> None:
     # a short timeout: rank 0 must not wait long for the killed rank 1
     strategy = DeepSpeedStrategy(stage=2, timeout=timedelta(seconds=60))
     fabric = Fabric(accelerator="cpu", strategy=strategy, devices=2)
@@ -43,9 +44,14 @@ def main(out_dir: str) -> None:
     optimizer.step()
     if fabric.global_rank == 0:
         Path(out_dir, "A_saved").write_text("")
-    fabric.save(path, {"model": model, "optimizer": optimizer, "tag": "B"})
+    fabric.save(path, {"model": model, "optimizer": optimizer, "tag": "B"}, async_save=async_save)
+    if async_save:
+        for _ in range(3):  # training goes on (changing the weights in place) while B is written
+            fabric.backward(model(torch.ones(2, WIDTH)).square().mean())
+            optimizer.step()
+        fabric.wait_for_checkpoint()
     Path(out_dir, f"B_saved_rank{fabric.global_rank}").write_text("")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], async_save=sys.argv[2:] == ["async"])
