@@ -185,13 +185,13 @@ class Checkpointer:
                 host.checkpoint_io.save_checkpoint(checkpoint, path)
             return None
         if not host.is_global_zero:
-            return self._start_background(path, None)
+            return self.start_background(path, None)
         from fabric.checkpoint.background import snapshot
 
         copied = snapshot(checkpoint)
         checkpoint_io = host.checkpoint_io
         # Only rank 0 writes a file, and with no collective: nothing in this thread talks to other processes.
-        return self._start_background(path, lambda: checkpoint_io.save_checkpoint(copied, path))
+        return self.start_background(path, lambda: checkpoint_io.save_checkpoint(copied, path))
 
     def _save_directory(
         self,
@@ -221,7 +221,7 @@ class Checkpointer:
             return None
         from fabric.checkpoint.background import snapshot
 
-        collectives = self._collectives_for_background()
+        collectives = self.collectives_for_background()
         copied_shards, copied_meta = snapshot(shards), snapshot(meta)
         group = collectives.group
 
@@ -233,7 +233,7 @@ class Checkpointer:
                 collectives=collectives,
             )
 
-        return self._start_background(path, write)
+        return self.start_background(path, write)
 
     def write_directory(
         self,
@@ -342,7 +342,7 @@ class Checkpointer:
         if error is not None:
             raise error
 
-    def _collectives_for_background(self) -> GroupCollectives | SingleProcess:
+    def collectives_for_background(self) -> GroupCollectives | SingleProcess:
         """The process group background writes talk on: created once, by every process, on this thread."""
         if self._background_collectives is None:
             import torch.distributed as dist
@@ -355,7 +355,7 @@ class Checkpointer:
                 self._background_collectives = SingleProcess()
         return self._background_collectives
 
-    def _start_background(self, path: str, write: Callable[[], None] | None) -> AsyncSave:
+    def start_background(self, path: str, write: Callable[[], None] | None) -> AsyncSave:
         """Start ``write`` in a background thread (``None``: this process writes nothing); return its handle."""
         from fabric import lifecycle
         from fabric.checkpoint.background import AsyncSave, finish_at_exit

@@ -572,7 +572,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         # Staged beside where the checkpoint will be (through a link: beside its target), like the temporary directory.
         target = os.path.realpath(path) if os.path.islink(path) else path
         sharded.check_directory_target(target)
-        collectives = checkpointer._collectives_for_background()
+        collectives = checkpointer.collectives_for_background()
         staging = self.broadcast(sharded.create_temporary_directory(target) if self.is_global_zero else None)
         try:
             with deepspeed_async.snapshot_engine(engine, staging) as snapshotter:
@@ -596,7 +596,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             finally:
                 deepspeed_async.remove_staging(mine)
 
-        return checkpointer._start_background(path, write)
+        return checkpointer.start_background(path, write)
 
     def _engine_and_meta(
         self,
