@@ -44,7 +44,7 @@ from harness import (
     serve,
 )
 
-from cases.steps import MODEL_TITLES
+from cases.steps import BLOCK_SECONDS, BLOCKS, MODEL_TITLES, QUICK_BLOCKS, WARM_BLOCKS, block_steps_for
 
 IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
@@ -63,15 +63,183 @@ RECOMPILES_COLUMN = "recompiles while timed"
 COMPILE_COLUMN = "compile + warm-up"
 _UNIT_SCALE = {"us": 1e6, "ms": 1e3}
 _UNIT_CELL = {"us": "{:.0f} µs", "ms": "{:.2f} ms"}
+_NAMES = {key: name for name, key in IMPL_KEYS.items()}
+#: the first argument of the script that hosts every implementation in one process
+TOGETHER = "together"
+#: dynamo's limit of compiled versions per code object (default 8): every implementation compiles the
+#: same ``nn.Sequential.forward``; a fresh model normally passes the guards of the cached code, but should
+#: it not, the limit must not turn an implementation eager (the profiler check would then fail its row)
+RECOMPILE_LIMIT = 64
 
 
 def measure(settings: Settings) -> list[Table]:
-    tables = _measure(settings, distributed=False)
+    tables = _measure_together(settings)
     tables += _measure(settings, distributed=True)
     return tables
 
 
+def _measure_together(settings: Settings) -> list[Table]:
+    """1 process: every implementation in the same worker, timed in interleaved blocks (see ``steps.py``)."""
+    where = "1 process"
+    rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in MODELS}
+    info: dict[tuple[str, str], dict[str, Any]] = {}  # (model, name) -> what its compilation reported
+    recompiles: dict[tuple[str, str], int] = {}
+    for model in MODELS:
+        rows[model][FABRIC].target = TARGET
+    blocks = QUICK_BLOCKS if settings.quick else BLOCKS
+    block_steps: dict[str, int] = {}
+
+    def note(name: str, reason: str) -> None:
+        log(f"  compiled {where}, {name}: {reason}")
+        for model in MODELS:
+            rows[model][name].note = rows[model][name].note or reason
+
+    def record_errors(reply: dict[str, Any]) -> None:
+        for key, reason in reply.get("errors", {}).items():
+            note(_NAMES[key], f"unavailable: {reason}")
+
+    names = []
+    for name in IMPLEMENTATIONS:
+        if settings.installed(name):
+            names.append(name)
+        else:
+            note(name, "not installed")
+    log(f"compiled-step worker, {where}: {', '.join(names)} in one process")
+    worker: Worker | None = None
+    try:
+        worker = Worker(
+            [PYTHON, __file__, TOGETHER, *(IMPL_KEYS[name] for name in names)],
+            settings.workdir / "compiled-together.log",
+        )
+        record_errors(worker.request({"cmd": "init"}, PREPARE_TIMEOUT))
+        for model in MODELS:
+            log(f"  compiling {model} for each implementation, {where}")
+            command = {"cmd": "compile", "model": model, "seconds": 2 * settings.step_seconds}
+            reply = worker.request(command, PREPARE_TIMEOUT)
+            record_errors(reply)
+            for key, prepared in reply["prepared"].items():
+                info[(model, _NAMES[key])] = prepared
+            block_steps[model] = block_steps_for(reply["prepared"]["raw"]["seconds_per_step"])
+        for round_index in range(settings.step_rounds):
+            log(f"compiled step, {where}: round {round_index + 1}/{settings.step_rounds}")
+            for model in MODELS:
+                command = {
+                    "cmd": "round",
+                    "model": model,
+                    "block_steps": block_steps[model],
+                    "blocks": blocks,
+                    "first": round_index,
+                }
+                reply = worker.request(command, RUN_TIMEOUT)
+                record_errors(reply)
+                for key, (wall, cpu, recompiled) in reply["times"].items():
+                    rows[model][_NAMES[key]].samples.append(wall)
+                    rows[model][_NAMES[key]].cpu_samples.append(cpu)
+                    recompiles[(model, _NAMES[key])] = recompiles.get((model, _NAMES[key]), 0) + recompiled
+    except Unavailable as error:
+        for name in names:
+            note(name, f"unavailable: {error}")
+    finally:
+        if worker is not None:
+            worker.close()
+
+    tables = []
+    for model in MODELS:
+        unit = "us" if model == "mlp" else "ms"
+        table_rows = list(rows[model].values())
+        _fill_rows(table_rows, model, unit, info, recompiles, distributed=False)
+        steps = block_steps.get(model, 0)
+        method = (
+            f"All implementations in one process, interleaved: each of {settings.step_rounds} rounds "
+            f"prepares and compiles every implementation afresh (new model and optimizer, a new "
+            f"`torch.compile`, which finds dynamo's cached code; the same pre-made batch tensors for all), "
+            f"warms each up and checks it runs compiled, then times {blocks} blocks of {steps} steps per "
+            f"implementation (about {BLOCK_SECONDS * 1e3:.0f} ms of raw PyTorch each), taking turns, the "
+            f"first rotating from block to block; ratio of a round: summed block time over raw PyTorch's, "
+            f"the table shows the median over rounds; CPU time of the process over the same blocks. "
+            f"**{COMPILE_COLUMN}**: before the rounds, a throwaway compilation of the raw model pays the "
+            f"process's one-time costs (loading inductor and its C++ toolchain), then each implementation "
+            f"compiles once after `torch._dynamo.reset()`: none reuses the code dynamo compiled for another, "
+            f"while inductor's caches (in memory and on disk) serve all alike, so this column compares "
+            f"the implementations' compilations with warm caches, not a cold first compilation."
+        )
+        tables.append(
+            _table(
+                title=f"Compiled step, 1 process: {MODEL_TITLES[model]}, 32-true, pre-made batches",
+                unit=unit,
+                rows=table_rows,
+                method=method,
+                distributed=False,
+                chart_label=f"compiled {model}",
+            )
+        )
+    return tables
+
+
+def _fill_rows(
+    table_rows: list[Row],
+    model: str,
+    unit: str,
+    info: dict[tuple[str, str], dict[str, Any]],
+    recompiles: dict[tuple[str, str], int],
+    distributed: bool,
+) -> None:
+    """Scale the samples to ``unit`` and add the columns of the compiled tables."""
+    scale = _UNIT_SCALE[unit]
+    for row in table_rows:
+        row.samples = [v * scale for v in row.samples if v is not None]
+        row.cpu_samples = [v * scale for v in row.cpu_samples if v is not None]
+        prepared = info.get((model, row.name))
+        if prepared is None:
+            continue
+        raw = info.get((model, RAW))
+        row.extra = {
+            COUNTS_COLUMN: f"{prepared['calls']:.0f} / {prepared['instructions']:.0f}",
+            ADDED_COLUMN: "—"
+            if raw is None or row.name == RAW
+            else f"{prepared['calls'] - raw['calls']:+.0f} / {prepared['instructions'] - raw['instructions']:+.0f}",
+            REGIONS_COLUMN: f"{prepared['regions_per_step']:g}",
+            BREAKS_COLUMN: str(prepared["graph_breaks"]),
+            RECOMPILES_COLUMN: str(recompiles.get((model, row.name), "—")),
+            COMPILE_COLUMN: f"{prepared['prepare_seconds']:.1f} s",
+        }
+        if distributed:
+            cpu = row.cpu_samples
+            row.extra[CPU_COLUMN] = _UNIT_CELL[unit].format(statistics.median(cpu)) if cpu else "—"
+
+
+def _table(title: str, unit: str, rows: list[Row], method: str, distributed: bool, chart_label: str) -> Table:
+    return Table(
+        title=title,
+        unit=unit,
+        rows=rows,
+        description=(
+            f"`torch.compile` (inductor) step: raw `torch.compile(model)`"
+            f"{' around DistributedDataParallel' if distributed else ''} against "
+            f"`fabric.setup(torch.compile(model), optimizer)`. {method} Compilation and warm-up are not "
+            f"timed (their time is in **{COMPILE_COLUMN}**). Each row is checked to run compiled: one step "
+            f"under `torch.profiler` must show compiled regions (**{REGIONS_COLUMN}**), else the row fails; "
+            f"**{RECOMPILES_COLUMN}** counts frames dynamo compiled during the timed steps. "
+            f"**{COUNTS_COLUMN}**: counted as in the calls-per-step tables (`sys.setprofile`, "
+            f"`sys.settrace` opcode events; one pass after the warm-up; C code not counted): "
+            f"deterministic, so **{ADDED_COLUMN}** shows what a tool adds around the compiled "
+            f"program when the wall-clock ratio is lost in the noise of a shared machine."
+        ),
+        extra_columns=[
+            *([CPU_COLUMN] if distributed else []),
+            COUNTS_COLUMN,
+            ADDED_COLUMN,
+            REGIONS_COLUMN,
+            BREAKS_COLUMN,
+            RECOMPILES_COLUMN,
+            COMPILE_COLUMN,
+        ],
+        chart_label=chart_label,
+    )
+
+
 def _measure(settings: Settings, distributed: bool) -> list[Table]:
+    """DDP: one torchrun group per implementation, the rounds alternating between the groups."""
     models = DDP_MODELS if distributed else MODELS
     where = "2-process DDP" if distributed else "1 process"
     rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in models}
@@ -156,28 +324,8 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
     tables = []
     for model in models:
         unit = "us" if model == "mlp" else "ms"
-        scale = _UNIT_SCALE[unit]
         table_rows = list(rows[model].values())
-        for row in table_rows:
-            row.samples = [v * scale for v in row.samples if v is not None]
-            row.cpu_samples = [v * scale for v in row.cpu_samples if v is not None]
-            prepared = info.get((model, row.name))
-            if prepared is None:
-                continue
-            raw = info.get((model, RAW))
-            row.extra = {
-                COUNTS_COLUMN: f"{prepared['calls']:.0f} / {prepared['instructions']:.0f}",
-                ADDED_COLUMN: "—"
-                if raw is None or row.name == RAW
-                else f"{prepared['calls'] - raw['calls']:+.0f} / {prepared['instructions'] - raw['instructions']:+.0f}",
-                REGIONS_COLUMN: f"{prepared['regions_per_step']:g}",
-                BREAKS_COLUMN: str(prepared["graph_breaks"]),
-                RECOMPILES_COLUMN: str(recompiles.get((model, row.name), "—")),
-                COMPILE_COLUMN: f"{prepared['prepare_seconds']:.1f} s",
-            }
-            if distributed:
-                cpu = row.cpu_samples
-                row.extra[CPU_COLUMN] = _UNIT_CELL[unit].format(statistics.median(cpu)) if cpu else "—"
+        _fill_rows(table_rows, model, unit, info, recompiles, distributed)
         if distributed:
             title = (
                 f"Compiled step, 2-process DDP (gloo, torchrun): {MODEL_TITLES[model]}, 32-true, DataLoader"
@@ -189,33 +337,17 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
         else:
             title = f"Compiled step, 1 process: {MODEL_TITLES[model]}, 32-true, pre-made batches"
             feed = f"{steps[model]} steps each from pre-made batches; CPU time of the measuring process"
+        method = (
+            f"One worker (process group) per implementation; median over {rounds} rounds (rotating order) "
+            f"of {feed}."
+        )
         tables.append(
-            Table(
+            _table(
                 title=title,
                 unit=unit,
                 rows=table_rows,
-                description=(
-                    f"`torch.compile` (inductor) step: raw `torch.compile(model)`"
-                    f"{' around DistributedDataParallel' if distributed else ''} against "
-                    f"`fabric.setup(torch.compile(model), optimizer)`. Median over {rounds} rounds (rotating "
-                    f"order) of {feed}. Compilation and warm-up are not timed (their time is in "
-                    f"**{COMPILE_COLUMN}**). Each row is checked to run compiled: one step under "
-                    f"`torch.profiler` must show compiled regions (**{REGIONS_COLUMN}**), else the row fails; "
-                    f"**{RECOMPILES_COLUMN}** counts frames dynamo compiled again during the timed rounds. "
-                    f"**{COUNTS_COLUMN}**: counted as in the calls-per-step tables (`sys.setprofile`, "
-                    f"`sys.settrace` opcode events; one pass after the warm-up; C code not counted): "
-                    f"deterministic, so **{ADDED_COLUMN}** shows what a tool adds around the compiled "
-                    f"program when the wall-clock ratio is lost in the noise of a shared machine."
-                ),
-                extra_columns=[
-                    *([CPU_COLUMN] if distributed else []),
-                    COUNTS_COLUMN,
-                    ADDED_COLUMN,
-                    REGIONS_COLUMN,
-                    BREAKS_COLUMN,
-                    RECOMPILES_COLUMN,
-                    COMPILE_COLUMN,
-                ],
+                method=method,
+                distributed=distributed,
                 chart_label=f"compiled {'DDP ' if distributed else ''}{model}",
             )
         )
@@ -346,5 +478,108 @@ def _main(impl: str) -> None:
     dist.destroy_process_group()
 
 
+def _together(impls: list[str]) -> None:
+    """1 process: host every implementation, compile each, then time them in interleaved blocks."""
+    import time
+
+    import torch
+    import torch._dynamo
+
+    from cases.common import SharedData, cycle, make_engine, time_interleaved, time_steps, warm_up
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    engines: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+
+    def fail(impl: str, error: Exception) -> None:
+        engines.pop(impl, None)
+        errors[impl] = f"{type(error).__name__}: {error}"
+
+    def reply(payload: dict[str, Any]) -> dict[str, Any]:
+        payload["errors"] = dict(errors)
+        errors.clear()
+        if "raw" not in engines:
+            raise RuntimeError(f"raw PyTorch, the reference, failed: {payload['errors'].get('raw')}")
+        return payload
+
+    def check_compiled(impl: str, step: Any, batch: tuple[Any, Any]) -> int:
+        regions = compiled_regions_per_step(step, *batch)
+        if regions == 0:
+            raise RuntimeError(
+                f"{impl}: the step ran no compiled region (torch.profiler shows no 'Torch-Compiled "
+                f"Region'): the model runs eager"
+            )
+        return regions
+
+    def compile_each(model: str, seconds: float) -> dict[str, Any]:
+        prepared = {}
+        data = SharedData.make(model)
+        # The process's one-time costs (loading inductor, its C++ toolchain) fall on this throwaway
+        # compilation, not on whichever implementation compiles first; then each implementation compiles
+        # after a reset of dynamo, inductor's caches serving all of them alike.
+        torch._dynamo.reset()
+        step, source = engines["raw"].prepare(model, use_loader=False, compiled=True, data=data)
+        time_steps(step, source, 3)
+        for impl in list(engines):
+            try:
+                torch._dynamo.reset()  # none reuses the code dynamo compiled for another
+                started = time.perf_counter()
+                breaks = _graph_breaks()
+                step, source = engines[impl].prepare(model, use_loader=False, compiled=True, data=data)
+                per_step = warm_up(step, source, seconds)
+                prepare_seconds = time.perf_counter() - started
+                calls, instructions = _count_per_step(step, source)
+                prepared[impl] = {
+                    "seconds_per_step": per_step,
+                    "prepare_seconds": prepare_seconds,
+                    "regions_per_step": check_compiled(impl, step, data.batches[0]),
+                    "graph_breaks": _graph_breaks() - breaks,
+                    "calls": calls,
+                    "instructions": instructions,
+                }
+            except Exception as error:
+                fail(impl, error)
+        return reply({"prepared": prepared})
+
+    def one_round(model: str, block_steps: int, blocks: int, first: int) -> dict[str, Any]:
+        data = SharedData.make(model)
+        contenders = {}
+        for impl in list(engines):
+            try:
+                step, source = engines[impl].prepare(model, use_loader=False, compiled=True, data=data)
+                batches = cycle(source)
+                for _ in range(max(3, WARM_BLOCKS * block_steps)):
+                    step(*next(batches))
+                check_compiled(impl, step, data.batches[0])
+                contenders[impl] = (step, batches)
+            except Exception as error:
+                fail(impl, error)
+        if "raw" not in contenders:
+            return reply({})
+        times = time_interleaved(contenders, block_steps, blocks, first=first, probe=_dynamo_frames)
+        return reply(
+            {"times": {impl: [t.wall / t.steps, t.cpu / t.steps, t.probed] for impl, t in times.items()}}
+        )
+
+    def handle(command: dict[str, Any]) -> dict[str, Any]:
+        if command["cmd"] == "init":
+            for impl in impls:
+                try:
+                    engines[impl] = make_engine(impl, "32-true")
+                except Exception as error:
+                    fail(impl, error)
+            return reply({})
+        if command["cmd"] == "compile":
+            return compile_each(command["model"], command["seconds"])
+        if command["cmd"] == "round":
+            return one_round(command["model"], command["block_steps"], command["blocks"], command["first"])
+        raise ValueError(f"unknown command {command!r}")
+
+    serve(handle)
+
+
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    if sys.argv[1] == TOGETHER:
+        _together(sys.argv[2:])
+    else:
+        _main(sys.argv[1])
