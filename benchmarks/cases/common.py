@@ -127,6 +127,7 @@ def time_interleaved(
     blocks: int,
     first: int = 0,
     probe: Callable[[], int] | None = None,
+    sync: Callable[[], None] | None = None,
 ) -> dict[str, BlockTimes]:
     """Time every contender in ``blocks`` short blocks of ``block_steps`` steps each, taking turns.
 
@@ -134,7 +135,8 @@ def time_interleaved(
     number), so each goes first equally often when ``blocks`` is a multiple of their number. A slow
     stretch of the machine (another job, the clock, steal time) then falls on all of them alike within
     the round, instead of on whichever happened to run during it. Each contender's iterator is advanced
-    ``block_steps`` times per block (see :func:`cycle`).
+    ``block_steps`` times per block (see :func:`cycle`). ``sync`` runs, untimed, before every block (DDP:
+    a barrier, so that each rank's block starts together).
     """
     names = list(contenders)
     times = {name: BlockTimes() for name in names}
@@ -142,6 +144,8 @@ def time_interleaved(
         shift = (first + block) % len(names)
         for name in names[shift:] + names[:shift]:
             step, batches = contenders[name]
+            if sync is not None:
+                sync()
             before = probe() if probe is not None else 0
             cpu_start = time.process_time()
             start = time.perf_counter()
@@ -199,6 +203,23 @@ def state_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
         for key in sorted(set(before) | set(after))
         if before.get(key) != after.get(key)
     ]
+
+
+class StateWatch:
+    """Which process-wide state (see :func:`global_state`) each implementation changed, action by action."""
+
+    def __init__(self) -> None:
+        self.changes: dict[str, list[str]] = {}
+
+    def run(self, impl: str, action: Callable[[], Any]) -> Any:
+        """``action()``, remembering what it changed under ``impl``'s name."""
+        before = global_state()
+        result = action()
+        for change in state_changes(before, global_state()):
+            found = self.changes.setdefault(impl, [])
+            if change not in found:
+                found.append(change)
+        return result
 
 
 def time_steps(step: Step, source: Iterable[Any], steps: int) -> float:

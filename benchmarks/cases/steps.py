@@ -180,36 +180,19 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
 # --------------------------------------------------------------------------------------------- worker
 def _worker(precision: str, impls: list[str]) -> None:
-    from cases.common import (
-        SharedData,
-        cycle,
-        global_state,
-        make_engine,
-        state_changes,
-        time_interleaved,
-        warm_up,
-    )
+    from cases.common import SharedData, StateWatch, cycle, make_engine, time_interleaved, warm_up
 
     engines: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    changes: dict[str, list[str]] = {}
+    watch = StateWatch()
+    watched = watch.run
 
     def fail(impl: str, error: Exception) -> None:
         engines.pop(impl, None)
         errors[impl] = f"{type(error).__name__}: {error}"
 
-    def watched(impl: str, action: Any) -> Any:
-        """Run ``action()`` and remember which process-wide state it changed."""
-        before = global_state()
-        result = action()
-        found = state_changes(before, global_state())
-        if found:
-            changes.setdefault(impl, [])
-            changes[impl] += [change for change in found if change not in changes[impl]]
-        return result
-
     def reply(payload: dict[str, Any]) -> dict[str, Any]:
-        payload.update(errors=dict(errors), changes={k: list(v) for k, v in changes.items()})
+        payload.update(errors=dict(errors), changes={k: list(v) for k, v in watch.changes.items()})
         errors.clear()
         return payload
 
