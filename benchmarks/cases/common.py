@@ -185,15 +185,20 @@ def global_state() -> dict[str, str]:
         "torch.is_anomaly_enabled()": str(torch.is_anomaly_enabled()),
         "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
         "torch.backends.mkldnn.enabled": str(torch.backends.mkldnn.enabled),
-        "torch.compile": f"{torch.compile.__module__}.{torch.compile.__qualname__}",
-        "DataLoader.__init__": f"{DataLoader.__init__.__module__}.{DataLoader.__init__.__qualname__}",
-        "BatchSampler.__init__": f"{BatchSampler.__init__.__module__}.{BatchSampler.__init__.__qualname__}",
+        # by identity: a wrapper made with functools.wraps carries the original's name
+        "torch.compile": _function(torch.compile),
+        "DataLoader.__init__": _function(DataLoader.__init__),
+        "BatchSampler.__init__": _function(BatchSampler.__init__),
         "gc": f"enabled={gc.isenabled()} thresholds={gc.get_threshold()}",
         "sys.getswitchinterval()": str(sys.getswitchinterval()),
         "sys.getprofile() / gettrace()": f"{sys.getprofile()} / {sys.gettrace()}",
     }
     state.update({f"env {key}": value for key, value in os.environ.items()})
     return state
+
+
+def _function(function: Any) -> str:
+    return f"{function.__module__}.{function.__qualname__} (id {id(function):#x})"
 
 
 def state_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
