@@ -12,6 +12,7 @@ same model on the same batches; they differ only in the lines their own document
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -140,6 +141,8 @@ def time_interleaved(
     """
     names = list(contenders)
     times = {name: BlockTimes() for name in names}
+    # what earlier rounds left behind is collected now, not in the middle of some implementation's block
+    gc.collect()
     for block in range(blocks):
         shift = (first + block) % len(names)
         for name in names[shift:] + names[:shift]:
@@ -169,7 +172,6 @@ def global_state() -> dict[str, str]:
     Compared before and after each implementation is constructed, prepared and warmed up: a change here
     would alter the steps of the implementations timed after it in the same process.
     """
-    import gc
     import os
     import sys
 
