@@ -120,7 +120,7 @@ def measure(settings: Settings) -> list[Table]:
             group.close()
 
     changed = "; ".join(
-        f"{name} sets {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
+        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
         for name, found in changes.items()
         if found
     )

@@ -139,7 +139,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
     # the names only (the values are in the log): e.g. an environment variable a peer sets on import
     changed = "; ".join(
-        f"{name} sets {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
+        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
         for name, found in changes.items()
         if found
     )
