@@ -429,6 +429,7 @@ class AccelerateEngine(Engine):
 
 ENGINES: dict[str, type[Engine]] = {
     "raw": RawEngine,
+    "raw-again": RawEngine,  # the A/A control: the same loop as "raw", prepared and timed separately
     "fabric": FabricEngine,
     "lightning": LightningEngine,
     "accelerate": AccelerateEngine,

@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 from harness import (
+    CONTROL,
     FABRIC,
     IMPL_KEYS,
     LIGHTNING,
@@ -46,9 +47,11 @@ from harness import (
     serve,
 )
 
-from cases.steps import BLOCK_SECONDS, BLOCKS, MODEL_TITLES, QUICK_BLOCKS, WARM_BLOCKS, block_steps_for
+from cases.steps import BLOCK_SECONDS, MODEL_TITLES, WARM_BLOCKS, block_steps_for, blocks_for
 
-IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
+IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING)
+#: DDP: without the A/A control, to keep the compilations of the 2-process group (and its time) down
+DDP_IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
 DDP_MODELS = ("mlp",)
 TARGET = 1.02
@@ -82,12 +85,14 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
     """All implementations in one worker (or one torchrun group), timed in interleaved blocks."""
     models = DDP_MODELS if distributed else MODELS
     where = "2-process DDP" if distributed else "1 process"
-    rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in models}
+    implementations = DDP_IMPLEMENTATIONS if distributed else IMPLEMENTATIONS
+    rows = {model: {name: Row(name) for name in implementations} for model in models}
     info: dict[tuple[str, str], dict[str, Any]] = {}  # (model, name) -> what its compilation reported
     recompiles: dict[tuple[str, str], int] = {}
     for model in models:
         rows[model][FABRIC].target = TARGET
-    blocks = QUICK_BLOCKS if settings.quick else BLOCKS
+        if CONTROL in rows[model]:
+            rows[model][CONTROL].short = "raw again (A/A)"
     rounds = settings.ddp_rounds if distributed else settings.step_rounds
     block_steps: dict[str, int] = {}
 
@@ -100,12 +105,13 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
         for key, reason in reply.get("errors", {}).items():
             note(_NAMES[key], f"unavailable: {reason}")
 
-    names = []
-    for name in IMPLEMENTATIONS:
+    names: list[str] = []
+    for name in implementations:
         if settings.installed(name):
             names.append(name)
         else:
             note(name, "not installed")
+    blocks = blocks_for(len(names), settings.quick)
     log(f"compiled-step worker, {where}: {', '.join(names)} together")
     command = [PYTHON, __file__, *(IMPL_KEYS[name] for name in names)]
     if distributed:

@@ -37,7 +37,7 @@ from harness import (
     serve,
 )
 
-from cases.steps import BLOCK_SECONDS, BLOCKS, MODEL_TITLES, QUICK_BLOCKS, WARM_BLOCKS, block_steps_for
+from cases.steps import BLOCK_SECONDS, MODEL_TITLES, WARM_BLOCKS, block_steps_for, blocks_for
 
 IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
@@ -54,7 +54,6 @@ def measure(settings: Settings) -> list[Table]:
     rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in MODELS}
     for model in MODELS:
         rows[model][FABRIC].target = TARGET
-    blocks = QUICK_BLOCKS if settings.quick else BLOCKS
     block_steps: dict[str, int] = {}
     changes: dict[str, set[str]] = {}
 
@@ -72,12 +71,13 @@ def measure(settings: Settings) -> list[Table]:
                 log(f"  DDP {_NAMES[key]} changed process-wide state: {'; '.join(sorted(new))}")
             changes.setdefault(_NAMES[key], set()).update(changed)
 
-    names = []
+    names: list[str] = []
     for name in IMPLEMENTATIONS:
         if settings.installed(name):
             names.append(name)
         else:
             note(name, "not installed")
+    blocks = blocks_for(len(names), settings.quick)
     log(f"DDP group: {', '.join(names)} in the same two processes")
     command = [
         PYTHON,

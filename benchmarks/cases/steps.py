@@ -27,6 +27,7 @@ from typing import Any
 
 from harness import (
     ACCELERATE,
+    CONTROL,
     FABRIC,
     IMPL_KEYS,
     LIGHTNING,
@@ -41,15 +42,14 @@ from harness import (
     serve,
 )
 
-IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING, ACCELERATE)
+IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING, ACCELERATE)
 PRECISIONS = ("32-true", "bf16-mixed")
 CONFIGS = [(model, loader) for model in ("mlp", "conv") for loader in (False, True)]
 TARGET = 1.03
 MODEL_TITLES = {"mlp": "tiny MLP 32-64-10", "conv": "small conv net on 3x32x32"}
 #: the length of one block of steps, in raw PyTorch's time (at least one step)
 BLOCK_SECONDS = 0.015
-#: blocks per implementation and round: a multiple of the number of implementations, so each goes first
-#: equally often
+#: about this many blocks per implementation and round (see ``blocks_for``)
 BLOCKS, QUICK_BLOCKS = 12, 4
 #: the block steps each implementation runs after its fresh preparation, before the timed blocks
 WARM_BLOCKS = 2
@@ -67,6 +67,13 @@ def block_steps_for(seconds_per_step: float) -> int:
     return max(1, round(BLOCK_SECONDS / seconds_per_step))
 
 
+def blocks_for(implementations: int, quick: bool) -> int:
+    """Blocks per implementation and round: near ``BLOCKS``, a multiple of the number of implementations,
+    so that each goes first equally often."""
+    wanted = QUICK_BLOCKS if quick else BLOCKS
+    return implementations * max(1, round(wanted / implementations))
+
+
 def measure(settings: Settings) -> list[Table]:
     tables = []
     for precision in PRECISIONS:
@@ -78,7 +85,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
     rows = {config: {name: Row(name) for name in IMPLEMENTATIONS} for config in CONFIGS}
     for config in CONFIGS:
         rows[config][FABRIC].target = TARGET
-    blocks = QUICK_BLOCKS if settings.quick else BLOCKS
+        rows[config][CONTROL].short = "raw again (A/A)"
     block_steps: dict[tuple[str, bool], int] = {}
     changes: dict[str, set[str]] = {}
 
@@ -102,6 +109,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
             names.append(name)
         else:
             note(name, "not installed")
+    blocks = blocks_for(len(names), settings.quick)
     log(f"step worker ({precision}): {', '.join(names)} in one process")
     worker: Worker | None = None
     try:
