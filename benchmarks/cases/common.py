@@ -286,7 +286,7 @@ class RawEngine(Engine):
     def __init__(self, precision: str, distributed: bool = False) -> None:
         self.bf16 = precision == "bf16-mixed"
         self.distributed = distributed
-        if distributed:
+        if distributed and not torch.distributed.is_initialized():  # the A/A control finds raw's group
             torch.distributed.init_process_group("gloo")
 
     def prepare(

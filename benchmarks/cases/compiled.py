@@ -50,8 +50,6 @@ from harness import (
 from cases.steps import BLOCK_SECONDS, MODEL_TITLES, WARM_BLOCKS, block_steps_for, blocks_for
 
 IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING)
-#: DDP: without the A/A control, to keep the compilations of the 2-process group (and its time) down
-DDP_IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
 DDP_MODELS = ("mlp",)
 TARGET = 1.02
@@ -85,14 +83,12 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
     """All implementations in one worker (or one torchrun group), timed in interleaved blocks."""
     models = DDP_MODELS if distributed else MODELS
     where = "2-process DDP" if distributed else "1 process"
-    implementations = DDP_IMPLEMENTATIONS if distributed else IMPLEMENTATIONS
-    rows = {model: {name: Row(name) for name in implementations} for model in models}
+    rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in models}
     info: dict[tuple[str, str], dict[str, Any]] = {}  # (model, name) -> what its compilation reported
     recompiles: dict[tuple[str, str], int] = {}
     for model in models:
         rows[model][FABRIC].target = TARGET
-        if CONTROL in rows[model]:
-            rows[model][CONTROL].short = "raw again (A/A)"
+        rows[model][CONTROL].short = "raw again (A/A)"
     rounds = settings.ddp_rounds if distributed else settings.step_rounds
     block_steps: dict[str, int] = {}
 
@@ -106,7 +102,7 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
             note(_NAMES[key], f"unavailable: {reason}")
 
     names: list[str] = []
-    for name in implementations:
+    for name in IMPLEMENTATIONS:
         if settings.installed(name):
             names.append(name)
         else:

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from harness import (
+    CONTROL,
     FABRIC,
     IMPL_KEYS,
     LIGHTNING,
@@ -39,7 +40,7 @@ from harness import (
 
 from cases.steps import BLOCK_SECONDS, MODEL_TITLES, WARM_BLOCKS, block_steps_for, blocks_for
 
-IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
+IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
 TARGET = 1.02
 TIMEOUT = 300.0
@@ -54,6 +55,7 @@ def measure(settings: Settings) -> list[Table]:
     rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in MODELS}
     for model in MODELS:
         rows[model][FABRIC].target = TARGET
+        rows[model][CONTROL].short = "raw again (A/A)"
     block_steps: dict[str, int] = {}
     changes: dict[str, set[str]] = {}
 
