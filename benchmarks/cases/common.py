@@ -133,7 +133,8 @@ def time_interleaved(
     """Time every contender in ``blocks`` short blocks of ``block_steps`` steps each, taking turns.
 
     In block b the contenders run one after the other, starting with contender ``first + b`` (mod their
-    number), so each goes first equally often when ``blocks`` is a multiple of their number. A slow
+    number), so each goes first equally often when ``blocks`` is a multiple of their number; every other
+    sweep of that many blocks runs the order backwards, so each also follows different ones. A slow
     stretch of the machine (another job, the clock, steal time) then falls on all of them alike within
     the round, instead of on whichever happened to run during it. Each contender's iterator is advanced
     ``block_steps`` times per block (see :func:`cycle`). ``sync`` runs, untimed, before every block (DDP:
@@ -145,7 +146,11 @@ def time_interleaved(
     gc.collect()
     for block in range(blocks):
         shift = (first + block) % len(names)
-        for name in names[shift:] + names[:shift]:
+        order = names[shift:] + names[:shift]
+        if (block // len(names)) % 2:
+            # every other sweep runs backwards, so that no implementation always follows the same one
+            order.reverse()
+        for name in order:
             step, batches = contenders[name]
             if sync is not None:
                 sync()
