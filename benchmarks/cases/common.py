@@ -112,6 +112,22 @@ def cycle(source: Iterable[Any]) -> Iterator[Any]:
         yield from source
 
 
+def rotated(names: Iterable[str], first: int) -> list[str]:
+    """``names`` starting with the one at ``first`` (mod their number).
+
+    The order in which a round prepares its implementations: the allocator hands out memory in
+    allocation order, so a fixed order could give one implementation the same kind of memory every round.
+    """
+    names = list(names)
+    shift = first % len(names) if names else 0
+    return names[shift:] + names[:shift]
+
+
+def in_order(contenders: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """``contenders`` in the order of ``names`` (the blocks' base order, whatever the preparation order)."""
+    return {name: contenders[name] for name in names if name in contenders}
+
+
 @dataclass
 class BlockTimes:
     """What :func:`time_interleaved` measured for one implementation over a round."""

@@ -316,7 +316,16 @@ def _worker(impls: list[str]) -> None:
     import torch._dynamo
     import torch.distributed as dist
 
-    from cases.common import SharedData, cycle, make_engine, time_interleaved, time_steps, warm_up
+    from cases.common import (
+        SharedData,
+        cycle,
+        in_order,
+        make_engine,
+        rotated,
+        time_interleaved,
+        time_steps,
+        warm_up,
+    )
 
     distributed = "WORLD_SIZE" in os.environ
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -382,7 +391,7 @@ def _worker(impls: list[str]) -> None:
     def one_round(model: str, block_steps: int, blocks: int, first: int) -> dict[str, Any]:
         data = SharedData.make(model)
         contenders = {}
-        for impl in list(engines):
+        for impl in rotated(engines, first):  # under torchrun: the same order on both ranks
             try:
                 step, source = prepare(impl, model, data)
                 batches = cycle(source)
@@ -394,6 +403,7 @@ def _worker(impls: list[str]) -> None:
                 fail(impl, error)
         if "raw" not in contenders:
             return reply({})
+        contenders = in_order(contenders, engines)
         sync = dist.barrier if distributed else None
         times = time_interleaved(
             contenders, block_steps, blocks, first=first, probe=_dynamo_frames, sync=sync

@@ -169,7 +169,16 @@ def _main(impls: list[str]) -> None:
     import torch
     import torch.distributed as dist
 
-    from cases.common import SharedData, StateWatch, cycle, make_engine, time_interleaved, time_steps
+    from cases.common import (
+        SharedData,
+        StateWatch,
+        cycle,
+        in_order,
+        make_engine,
+        rotated,
+        time_interleaved,
+        time_steps,
+    )
 
     engines: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -209,7 +218,7 @@ def _main(impls: list[str]) -> None:
             data = SharedData.make(model)
             block_steps = command["block_steps"]
             contenders = {}
-            for impl in list(engines):
+            for impl in rotated(engines, command["first"]):  # the same order on both ranks
 
                 def prepare(impl: str = impl) -> Any:
                     step, source = engines[impl].prepare(model, use_loader=True, data=data)
@@ -222,6 +231,7 @@ def _main(impls: list[str]) -> None:
                     contenders[impl] = watch.run(impl, prepare)
                 except Exception as error:
                     fail(impl, error)
+            contenders = in_order(contenders, engines)
             times = time_interleaved(
                 contenders, block_steps, command["blocks"], first=command["first"], sync=dist.barrier
             )

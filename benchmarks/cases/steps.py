@@ -188,7 +188,16 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
 # --------------------------------------------------------------------------------------------- worker
 def _worker(precision: str, impls: list[str]) -> None:
-    from cases.common import SharedData, StateWatch, cycle, make_engine, time_interleaved, warm_up
+    from cases.common import (
+        SharedData,
+        StateWatch,
+        cycle,
+        in_order,
+        make_engine,
+        rotated,
+        time_interleaved,
+        warm_up,
+    )
 
     engines: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -222,7 +231,7 @@ def _worker(precision: str, impls: list[str]) -> None:
             data = SharedData.make(model)
             block_steps = command["block_steps"]
             contenders = {}
-            for impl in list(engines):
+            for impl in rotated(engines, command["first"]):
 
                 def prepare(impl: str = impl) -> Any:
                     step, source = engines[impl].prepare(model, loader, data=data)
@@ -237,6 +246,7 @@ def _worker(precision: str, impls: list[str]) -> None:
                     fail(impl, error)
             if "raw" not in contenders:
                 raise RuntimeError(f"raw PyTorch, the reference, failed: {errors.get('raw')}")
+            contenders = in_order(contenders, engines)
             times = time_interleaved(contenders, block_steps, command["blocks"], first=command["first"])
             return reply({"times": {impl: [t.wall / t.steps, t.cpu / t.steps] for impl, t in times.items()}})
         raise ValueError(f"unknown command {command!r}")
