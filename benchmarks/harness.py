@@ -31,7 +31,16 @@ FABRIC = "fabric"
 LIGHTNING = "lightning.fabric"
 ACCELERATE = "accelerate"
 #: the implementation keys the case scripts understand, by the name the report shows
-IMPL_KEYS = {RAW: "raw", FABRIC: "fabric", LIGHTNING: "lightning", ACCELERATE: "accelerate"}
+#: raw PyTorch a second time, in the same process as the first: an A/A control whose ratio to raw PyTorch
+#: is 1 but for the noise, so its range shows how finely a figure resolves
+CONTROL = "raw PyTorch again (A/A control)"
+IMPL_KEYS = {
+    RAW: "raw",
+    CONTROL: "raw-again",
+    FABRIC: "fabric",
+    LIGHTNING: "lightning",
+    ACCELERATE: "accelerate",
+}
 
 
 class Unavailable(Exception):
@@ -61,7 +70,7 @@ class Settings:
         return cls(False, 12, 0.1, 8, 5, 8, 7, 200, 3, peers, workdir)
 
     def installed(self, name: str) -> bool:
-        return name in (RAW, FABRIC) or self.peers.get(name) is not None
+        return name in (RAW, CONTROL, FABRIC) or self.peers.get(name) is not None
 
     def rotation(self, names: Sequence[str], round_index: int) -> list[str]:
         """``names`` in the order round ``round_index`` runs them: each starts first once in turn."""

@@ -16,7 +16,12 @@ from pathlib import Path
 from harness import Table
 
 _UNIT_FORMAT = {"calls": "{:.1f}", "us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
-_FAMILIES = (("lightning", "tab:purple"), ("accelerate", "tab:orange"), ("fabric", "tab:blue"))
+_FAMILIES = (
+    ("lightning", "tab:purple"),
+    ("accelerate", "tab:orange"),
+    ("fabric", "tab:blue"),
+    ("a/a control", "tab:gray"),
+)
 
 
 def _value(table: Table, value: float | None) -> str:

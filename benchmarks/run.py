@@ -1,6 +1,6 @@
 """Benchmark torch-fabric against raw PyTorch, Lightning Fabric and Accelerate, side by side in one run.
 
-    python benchmarks/run.py            # the full run (about 9 minutes on 2 cores), or `nox -s bench`
+    python benchmarks/run.py            # the full run (about 12-14 minutes on 2 cores), or `nox -s bench`
     python benchmarks/run.py --quick    # a smoke run of every case (about 4.5 minutes)
 
 Writes ``benchmarks/results.md`` and ``benchmarks/results.png``. Each figure lives in one module of

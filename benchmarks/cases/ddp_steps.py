@@ -1,16 +1,18 @@
-"""Per-step time of 2-process DDP on gloo, every implementation started by ``torchrun --nproc_per_node=2``.
+"""Per-step time of 2-process DDP on gloo: raw DDP, fabric and lightning.fabric in the same two processes.
 
-Raw PyTorch wraps the model in ``DistributedDataParallel`` and gives its DataLoader a
-``DistributedSampler``; fabric and lightning.fabric use ``Fabric(accelerator="cpu", strategy="ddp",
-devices=2)`` with ``setup_dataloaders``. Each implementation is launched once and kept running: rank 0
-takes commands from the runner over a local socket and broadcasts them to rank 1. In round r both
-models run a chunk of steps on every implementation, the first implementation rotating with r; a chunk
-is timed on rank 0 between two barriers.
+One ``torchrun --nproc_per_node=2`` group hosts every implementation: raw PyTorch creates the default
+process group (``init_process_group("gloo")``) and wraps its model in ``DistributedDataParallel`` with a
+``DistributedSampler``; fabric's and Lightning's ``strategy="ddp"`` find the group already initialised and
+use it (both skip their own ``init_process_group`` then), each wrapping its own model in its own DDP. Rank 0
+takes the runner's commands over a local socket and broadcasts them to rank 1.
 
-Until fabric's DDP strategy exists (``Fabric(strategy="ddp")`` raising "not a known strategy"), its row
-says "unavailable" instead of failing the run.
+Like ``steps.py``, a round of one model prepares every implementation afresh (new model, optimizer and
+wrapped loader over one shared dataset), warms each up, then times them in short interleaved blocks of
+the same number of steps (``BLOCK_SECONDS`` of raw DDP), taking turns, the first rotating from block to
+block; a barrier (untimed) precedes each block, and each block is timed on rank 0. The CPU time of both
+processes over the same blocks is summed with an all_reduce.
 
-Run as a script (under torchrun) this file is the measured program: ``ddp_steps.py IMPL``.
+Run as a script (under torchrun) this file is the measured program: ``ddp_steps.py IMPL [IMPL ...]``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from typing import Any
 
 from harness import (
+    CONTROL,
     FABRIC,
     IMPL_KEYS,
     LIGHTNING,
@@ -30,108 +33,99 @@ from harness import (
     Table,
     Unavailable,
     Worker,
-    child_env,
-    failure_reason,
     free_port,
     log,
-    run,
     serve,
 )
 
-from cases.steps import MODEL_TITLES
+from cases.steps import BLOCK_SECONDS, MODEL_TITLES, WARM_BLOCKS, block_steps_for, blocks_for
 
-IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING)
+IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING)
 MODELS = ("mlp", "conv")
 TARGET = 1.02
-TIMEOUT = 180.0
+TIMEOUT = 300.0
 CPU_COLUMN = "CPU time per step, both processes"
 _UNIT_CELL = {"us": "{:.0f} µs", "ms": "{:.2f} ms"}
-
-
-def fabric_ddp_unavailable() -> str | None:
-    """Why fabric cannot run DDP here, or None when it can (asked in a fresh process)."""
-    probe = (
-        "from fabric import Fabric\n"
-        "try:\n"
-        "    Fabric(accelerator='cpu', strategy='ddp', devices=2)\n"
-        "except Exception as error:\n"
-        "    print(f'{type(error).__name__}: {error}')\n"
-    )
-    done = run([PYTHON, "-c", probe], timeout=120, env=child_env())
-    if done.returncode != 0 or done.timed_out:
-        return f"unavailable: {failure_reason(done)}"
-    message = done.stdout.strip()
-    if not message:
-        return None
-    if "not a known strategy" in message:
-        return "unavailable: fabric has no 'ddp' strategy yet"
-    return f"unavailable: {message.splitlines()[-1][:160]}"
+_NAMES = {key: name for name, key in IMPL_KEYS.items()}
+#: steps (the same on both ranks) that size the blocks: warm-up, then timed, of raw DDP
+CALIBRATION_STEPS = {"mlp": (20, 60), "conv": (3, 8)}
 
 
 def measure(settings: Settings) -> list[Table]:
     rows = {model: {name: Row(name) for name in IMPLEMENTATIONS} for model in MODELS}
     for model in MODELS:
         rows[model][FABRIC].target = TARGET
-    groups: dict[str, Worker] = {}
+        rows[model][CONTROL].short = "raw again (A/A)"
+    block_steps: dict[str, int] = {}
+    changes: dict[str, set[str]] = {}
 
-    def drop(name: str, reason: str) -> None:
+    def note(name: str, reason: str) -> None:
         log(f"  DDP {name}: {reason}")
         for model in MODELS:
             rows[model][name].note = rows[model][name].note or reason
-        group = groups.pop(name, None)
+
+    def record(reply: dict[str, Any]) -> None:
+        for key, reason in reply.get("errors", {}).items():
+            note(_NAMES[key], f"unavailable: {reason}")
+        for key, changed in reply.get("changes", {}).items():
+            new = set(changed) - changes.get(_NAMES[key], set())
+            if new:
+                log(f"  DDP {_NAMES[key]} changed process-wide state: {'; '.join(sorted(new))}")
+            changes.setdefault(_NAMES[key], set()).update(changed)
+
+    names: list[str] = []
+    for name in IMPLEMENTATIONS:
+        if settings.installed(name):
+            names.append(name)
+        else:
+            note(name, "not installed")
+    blocks = blocks_for(len(names), settings.quick)
+    log(f"DDP group: {', '.join(names)} in the same two processes")
+    command = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        __file__,
+        *(IMPL_KEYS[name] for name in names),
+    ]
+    group: Worker | None = None
+    try:
+        group = Worker(command, settings.workdir / "ddp.log")
+        record(group.request({"cmd": "init"}, TIMEOUT))
+        for model in MODELS:
+            warm, timed = CALIBRATION_STEPS[model]
+            reply = group.request({"cmd": "calibrate", "model": model, "warm": warm, "steps": timed}, TIMEOUT)
+            block_steps[model] = block_steps_for(reply["seconds_per_step"])
+        for round_index in range(settings.ddp_rounds):
+            log(f"DDP per-step: round {round_index + 1}/{settings.ddp_rounds}")
+            for model in MODELS:
+                command_round = {
+                    "cmd": "round",
+                    "model": model,
+                    "block_steps": block_steps[model],
+                    "blocks": blocks,
+                    "first": round_index,
+                }
+                reply = group.request(command_round, TIMEOUT)
+                record(reply)
+                for key, (wall, cpu) in reply["times"].items():
+                    rows[model][_NAMES[key]].samples.append(wall)
+                    rows[model][_NAMES[key]].cpu_samples.append(cpu)
+    except Unavailable as error:
+        for name in names:
+            note(name, f"unavailable: {error}")
+    finally:
         if group is not None:
             group.close()
 
-    for name in IMPLEMENTATIONS:
-        if not settings.installed(name):
-            drop(name, "not installed")
-            continue
-        if name == FABRIC:
-            reason = fabric_ddp_unavailable()
-            if reason:
-                drop(name, reason)
-                continue
-        log(f"DDP group: {name}")
-        command = [
-            PYTHON,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}",
-            __file__,
-            IMPL_KEYS[name],
-        ]
-        try:
-            groups[name] = Worker(command, settings.workdir / f"ddp-{IMPL_KEYS[name]}.log")
-        except Unavailable as error:
-            drop(name, f"unavailable: {error}")
-
-    steps = {"mlp": 40, "conv": 5} if settings.quick else {"mlp": 100, "conv": 10}
-    for model in MODELS:
-        for name in list(groups):
-            try:
-                groups[name].request({"cmd": "prepare", "model": model, "steps": steps[model]}, TIMEOUT)
-            except Unavailable as error:
-                drop(name, f"unavailable: {error}")
-    for round_index in range(settings.ddp_rounds):
-        log(f"DDP per-step: round {round_index + 1}/{settings.ddp_rounds}")
-        for model in MODELS:
-            for name in settings.rotation(IMPLEMENTATIONS, round_index):
-                if name not in groups:
-                    continue
-                try:
-                    reply = groups[name].request(
-                        {"cmd": "run", "model": model, "steps": steps[model]}, TIMEOUT
-                    )
-                except Unavailable as error:
-                    drop(name, f"unavailable: {error}")
-                    continue
-                rows[model][name].samples.append(reply["seconds_per_step"])
-                rows[model][name].cpu_samples.append(reply["cpu_seconds_per_step"])
-    for name in list(groups):
-        groups.pop(name).close()
-
+    changed = "; ".join(
+        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
+        for name, found in changes.items()
+        if found
+    )
     tables = []
     for model in MODELS:
         unit = "us" if model == "mlp" else "ms"
@@ -147,10 +141,18 @@ def measure(settings: Settings) -> list[Table]:
                 unit=unit,
                 rows=table_rows,
                 description=(
-                    f"Median over {settings.ddp_rounds} rounds (rotating order) of {steps[model]} steps timed "
-                    f"on rank 0, between barriers; one torchrun launch per implementation serves all rounds. "
-                    f"Batch 32 per process, 1 thread per process, DistributedSampler. CPU time: user + "
-                    f"system time of both processes over the same steps, per step (summed with an all_reduce)."
+                    f"All implementations in the same two processes (one torchrun launch; raw PyTorch's "
+                    f"process group, which fabric's and Lightning's DDP strategies reuse), interleaved: each "
+                    f"of {settings.ddp_rounds} rounds prepares every implementation afresh (new model, "
+                    f"DDP wrapper, optimizer, DataLoader with a DistributedSampler over one shared dataset), "
+                    f"warms each up for {WARM_BLOCKS} blocks, then times {blocks} blocks of "
+                    f"{block_steps.get(model, 0)} steps per implementation (about {BLOCK_SECONDS * 1e3:.0f} ms "
+                    f"of raw DDP each) on rank 0, taking turns, the first rotating from block to block, an "
+                    f"untimed barrier before each block. Ratio of a round: summed block time over raw "
+                    f"PyTorch's; the table shows the median over rounds. Batch 32 per process, 1 thread per "
+                    f"process. CPU time: user + system time of both processes over the same blocks, per step "
+                    f"(summed with an all_reduce). Process-wide state changed by constructing or preparing an "
+                    f"implementation: {changed or 'none'}."
                 ),
                 extra_columns=[CPU_COLUMN],
                 chart_label=f"DDP {model}",
@@ -160,39 +162,98 @@ def measure(settings: Settings) -> list[Table]:
 
 
 # ------------------------------------------------------------------------------------ measured program
-def _main(impl: str) -> None:
+def _main(impls: list[str]) -> None:
     """Rank 0 takes the runner's commands and broadcasts each to rank 1; both ranks run it."""
+    import os
+
     import torch
     import torch.distributed as dist
 
-    from cases.common import make_engine, time_steps, time_steps_with_cpu
+    from cases.common import (
+        SharedData,
+        StateWatch,
+        cycle,
+        in_order,
+        make_engine,
+        rotated,
+        time_interleaved,
+        time_steps,
+    )
 
-    engine = make_engine(impl, "32-true", distributed=True)
-    prepared = {}
+    engines: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    watch = StateWatch()
+
+    def fail(impl: str, error: Exception) -> None:
+        engines.pop(impl, None)
+        errors[impl] = f"{type(error).__name__}: {error}"
+
+    def reply(payload: dict[str, Any]) -> dict[str, Any]:
+        payload.update(errors=dict(errors), changes=watch.changes)
+        errors.clear()
+        if "raw" not in engines:
+            raise RuntimeError(f"raw PyTorch, the reference, failed: {payload['errors'].get('raw')}")
+        return payload
 
     def handle(command: dict[str, Any]) -> dict[str, Any]:
-        if dist.get_rank() == 0:
+        if dist.is_initialized() and dist.get_rank() == 0:
             dist.broadcast_object_list([command], src=0)
-        if command["cmd"] == "prepare":
-            prepared[command["model"]] = engine.prepare(command["model"], use_loader=True)
-            time_steps(*prepared[command["model"]], command["steps"])
-            return {"ok": True}
-        if command["cmd"] == "run":
-            step, source = prepared[command["model"]]
-            dist.barrier()
-            wall, cpu = time_steps_with_cpu(step, source, command["steps"])
-            dist.barrier()
-            # the CPU time of both processes: a busy-waiting rank shows here, not in rank 0's wall time
-            total = torch.tensor([cpu], dtype=torch.float64)
-            dist.all_reduce(total)
-            return {"seconds_per_step": wall, "cpu_seconds_per_step": float(total.item())}
+        if command["cmd"] == "init":
+            # raw first: it creates the default process group that the others then find
+            for impl in sorted(impls, key=lambda impl: impl != "raw"):
+                try:
+                    engines[impl] = watch.run(impl, lambda: make_engine(impl, "32-true", distributed=True))  # noqa: B023
+                except Exception as error:
+                    fail(impl, error)
+            return reply({})
         if command["cmd"] == "quit":
             return {}
+        model = command["model"]
+        if command["cmd"] == "calibrate":
+            step, source = engines["raw"].prepare(model, use_loader=True, data=SharedData.make(model))
+            time_steps(step, source, command["warm"])
+            dist.barrier()
+            return {"seconds_per_step": time_steps(step, source, command["steps"])}
+        if command["cmd"] == "round":
+            data = SharedData.make(model)
+            block_steps = command["block_steps"]
+            contenders = {}
+            for impl in rotated(engines, command["first"]):  # the same order on both ranks
+
+                def prepare(impl: str = impl) -> Any:
+                    step, source = engines[impl].prepare(model, use_loader=True, data=data)
+                    batches = cycle(source)
+                    for _ in range(max(3, WARM_BLOCKS * block_steps)):
+                        step(*next(batches))
+                    return step, batches
+
+                try:
+                    contenders[impl] = watch.run(impl, prepare)
+                except Exception as error:
+                    fail(impl, error)
+            contenders = in_order(contenders, engines)
+            times = time_interleaved(
+                contenders, block_steps, command["blocks"], first=command["first"], sync=dist.barrier
+            )
+            # the CPU time of both processes: a busy-waiting rank shows here, not in rank 0's wall time
+            cpu = torch.tensor([times[impl].cpu for impl in contenders], dtype=torch.float64)
+            dist.all_reduce(cpu)
+            return reply(
+                {
+                    "times": {
+                        impl: [times[impl].wall / times[impl].steps, float(total) / times[impl].steps]
+                        for impl, total in zip(contenders, cpu.tolist())
+                    }
+                }
+            )
         raise ValueError(f"unknown command {command!r}")
 
-    if dist.get_rank() == 0:
+    # the process group exists only once raw PyTorch's engine is made: the first command ("init") is
+    # handled before rank 1 can receive a broadcast, so rank 1 runs it without waiting for one
+    if int(os.environ["RANK"]) == 0:
         serve(handle, on_quit=lambda: handle({"cmd": "quit"}))
     else:
+        handle({"cmd": "init"})
         while True:
             received: list[Any] = [None]
             dist.broadcast_object_list(received, src=0)
@@ -204,4 +265,4 @@ def _main(impl: str) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1])
+    _main(sys.argv[1:])

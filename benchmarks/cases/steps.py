@@ -1,11 +1,23 @@
 """Per-step time of a training loop in one process, for every implementation, precision, model and loader.
 
-The runner keeps one worker process per implementation (and precision: accelerate fixes the precision
-once per process) and alternates between them: in round r each configuration runs on every
-implementation, the implementation that goes first rotating with r. A worker prepares each
-configuration once (fresh model, optimizer and data, then a warm-up) and afterwards only times steps.
+All implementations are measured in the same worker process (one per precision: accelerate fixes the
+precision once per process), so that no implementation carries a per-process offset (memory layout,
+allocator state, oneDNN's primitive cache) that no number of rounds would remove. A round of one
+configuration:
 
-Run as a script, this file is that worker: ``python cases/steps.py IMPL PRECISION``.
+1. makes a fresh dataset and its pre-made batches, shared by every implementation (the same tensors);
+2. prepares every implementation afresh (new model, optimizer, wrapped loader: new allocations, so that
+   no allocation-layout luck sticks to one implementation) and warms each up;
+3. times them in short interleaved blocks of the same number of steps (``BLOCK_SECONDS`` of raw
+   PyTorch), taking turns, the one that goes first rotating from block to block (see
+   ``common.time_interleaved``), so that a slow stretch of the shared machine falls on all of them.
+
+The ratio of a round is an implementation's summed block time over raw PyTorch's; a table shows the median
+over rounds. The worker also snapshots process-wide state (threads, autocast, default dtype, patched
+``torch.compile``/``DataLoader``, environment, ...) around each implementation's construction and
+preparation and reports every change, since one could alter the steps of the others.
+
+Run as a script, this file is that worker: ``python cases/steps.py PRECISION IMPL [IMPL ...]``.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from typing import Any
 
 from harness import (
     ACCELERATE,
+    CONTROL,
     FABRIC,
     IMPL_KEYS,
     LIGHTNING,
@@ -29,16 +42,36 @@ from harness import (
     serve,
 )
 
-IMPLEMENTATIONS = (RAW, FABRIC, LIGHTNING, ACCELERATE)
+IMPLEMENTATIONS = (RAW, CONTROL, FABRIC, LIGHTNING, ACCELERATE)
 PRECISIONS = ("32-true", "bf16-mixed")
 CONFIGS = [(model, loader) for model in ("mlp", "conv") for loader in (False, True)]
 TARGET = 1.03
-MIN_STEPS, MAX_STEPS = 5, 5000
 MODEL_TITLES = {"mlp": "tiny MLP 32-64-10", "conv": "small conv net on 3x32x32"}
+#: the length of one block of steps, in raw PyTorch's time (at least one step)
+BLOCK_SECONDS = 0.015
+#: about this many blocks per implementation and round (see ``blocks_for``)
+BLOCKS, QUICK_BLOCKS = 12, 4
+#: the block steps each implementation runs after its fresh preparation, before the timed blocks
+WARM_BLOCKS = 2
+INIT_TIMEOUT = 300.0
+ROUND_TIMEOUT = 300.0
+_NAMES = {key: name for name, key in IMPL_KEYS.items()}
 
 
 def config_key(model: str, loader: bool) -> str:
     return f"{model}/{'loader' if loader else 'batches'}"
+
+
+def block_steps_for(seconds_per_step: float) -> int:
+    """Steps per block: ``BLOCK_SECONDS`` of raw PyTorch, at least one step."""
+    return max(1, round(BLOCK_SECONDS / seconds_per_step))
+
+
+def blocks_for(implementations: int, quick: bool) -> int:
+    """Blocks per implementation and round: near ``BLOCKS``, a multiple of the number of implementations,
+    so that each goes first equally often."""
+    wanted = QUICK_BLOCKS if quick else BLOCKS
+    return implementations * max(1, round(wanted / implementations))
 
 
 def measure(settings: Settings) -> list[Table]:
@@ -52,61 +85,72 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
     rows = {config: {name: Row(name) for name in IMPLEMENTATIONS} for config in CONFIGS}
     for config in CONFIGS:
         rows[config][FABRIC].target = TARGET
-    workers: dict[str, Worker] = {}
+        rows[config][CONTROL].short = "raw again (A/A)"
+    block_steps: dict[tuple[str, bool], int] = {}
+    changes: dict[str, set[str]] = {}
 
-    def drop(name: str, reason: str) -> None:
+    def note(name: str, reason: str) -> None:
         log(f"  {name} ({precision}): {reason}")
         for by_name in rows.values():
             by_name[name].note = by_name[name].note or reason
-        worker = workers.pop(name, None)
+
+    def record_errors(reply: dict[str, Any]) -> None:
+        for key, reason in reply.get("errors", {}).items():
+            note(_NAMES[key], f"unavailable: {reason}")
+        for key, changed in reply.get("changes", {}).items():
+            new = set(changed) - changes.get(_NAMES[key], set())
+            if new:
+                log(f"  {_NAMES[key]} ({precision}) changed process-wide state: {'; '.join(sorted(new))}")
+            changes.setdefault(_NAMES[key], set()).update(changed)
+
+    names = []
+    for name in IMPLEMENTATIONS:
+        if settings.installed(name):
+            names.append(name)
+        else:
+            note(name, "not installed")
+    blocks = blocks_for(len(names), settings.quick)
+    log(f"step worker ({precision}): {', '.join(names)} in one process")
+    worker: Worker | None = None
+    try:
+        worker = Worker(
+            [PYTHON, __file__, precision, *(IMPL_KEYS[name] for name in names)],
+            settings.workdir / f"steps-{precision}.log",
+        )
+        record_errors(worker.request({"cmd": "init"}, INIT_TIMEOUT))
+        for config in CONFIGS:
+            command = {"cmd": "calibrate", "model": config[0], "loader": config[1]}
+            reply = worker.request({**command, "seconds": settings.step_seconds}, ROUND_TIMEOUT)
+            block_steps[config] = block_steps_for(reply["seconds_per_step"])
+        for round_index in range(settings.step_rounds):
+            log(f"per-step, {precision}: round {round_index + 1}/{settings.step_rounds}")
+            for config in CONFIGS:
+                command = {
+                    "cmd": "round",
+                    "model": config[0],
+                    "loader": config[1],
+                    "block_steps": block_steps[config],
+                    "blocks": blocks,
+                    "first": round_index,
+                }
+                reply = worker.request(command, ROUND_TIMEOUT)
+                record_errors(reply)
+                for key, (wall, cpu) in reply["times"].items():
+                    rows[config][_NAMES[key]].samples.append(wall)
+                    rows[config][_NAMES[key]].cpu_samples.append(cpu)
+    except Unavailable as error:
+        for name in names:
+            note(name, f"unavailable: {error}")
+    finally:
         if worker is not None:
             worker.close()
 
-    for name in IMPLEMENTATIONS:
-        if not settings.installed(name):
-            drop(name, "not installed")
-            continue
-        log(f"step worker: {name}, {precision}")
-        key = IMPL_KEYS[name]
-        try:
-            workers[name] = Worker(
-                [PYTHON, __file__, key, precision], settings.workdir / f"steps-{key}-{precision}.log"
-            )
-        except Unavailable as error:
-            drop(name, f"unavailable: {error}")
-
-    steps: dict[tuple[str, bool], int] = {}
-    for config in CONFIGS:
-        warm: dict[str, float] = {}
-        for name in list(workers):
-            try:
-                command = {"cmd": "prepare", "model": config[0], "loader": config[1]}
-                command["seconds"] = settings.step_seconds
-                warm[name] = workers[name].request(command)["seconds_per_step"]
-            except Unavailable as error:
-                drop(name, f"unavailable: {error}")
-        # The same number of steps for every implementation: enough for `step_seconds` of raw PyTorch.
-        per_step = warm.get(RAW) or min(warm.values(), default=1.0)
-        steps[config] = max(MIN_STEPS, min(MAX_STEPS, round(settings.step_seconds / per_step)))
-
-    for round_index in range(settings.step_rounds):
-        log(f"per-step, {precision}: round {round_index + 1}/{settings.step_rounds}")
-        for config in CONFIGS:
-            for name in settings.rotation(IMPLEMENTATIONS, round_index):
-                worker = workers.get(name)
-                if worker is None:
-                    continue
-                command = {"cmd": "run", "key": config_key(*config), "steps": steps[config]}
-                try:
-                    reply = worker.request(command)
-                except Unavailable as error:
-                    drop(name, f"unavailable: {error}")
-                    continue
-                rows[config][name].samples.append(reply["seconds_per_step"])
-                rows[config][name].cpu_samples.append(reply["cpu_seconds_per_step"])
-    for name in list(workers):
-        workers.pop(name).close()
-
+    # the names only (the values are in the log): e.g. an environment variable a peer sets on import
+    changed = "; ".join(
+        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
+        for name, found in changes.items()
+        if found
+    )
     tables = []
     for config in CONFIGS:
         model, loader = config
@@ -116,16 +160,25 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
             row.samples = [v * (1e6 if unit == "us" else 1e3) for v in row.samples]
             row.cpu_samples = [v * (1e6 if unit == "us" else 1e3) for v in row.cpu_samples]
         feed = "wrapped DataLoader" if loader else "pre-made batches"
+        steps = block_steps.get(config, 0)
         tables.append(
             Table(
                 title=f"Per-step time, 1 process: {MODEL_TITLES[model]}, {precision}, {feed}",
                 unit=unit,
                 rows=table_rows,
                 description=(
-                    f"Median over {settings.step_rounds} rounds of {steps[config]} steps each "
-                    f"(forward, loss, backward, optimizer step, zero_grad; SGD with momentum; batch 32; "
-                    f"1 thread). With a DataLoader each implementation iterates its own wrapped loader "
-                    f"over a shuffled TensorDataset."
+                    f"All implementations in one process, interleaved: each of {settings.step_rounds} rounds "
+                    f"prepares every implementation afresh (new model, optimizer and loader; one shared "
+                    f"dataset and the same pre-made batch tensors for all), warms each up for "
+                    f"{WARM_BLOCKS} blocks, then times {blocks} blocks of {steps} steps per implementation "
+                    f"(about {BLOCK_SECONDS * 1e3:.0f} ms of raw PyTorch each), taking turns, the first "
+                    f"rotating from block to block. Ratio of a round: summed block time over raw PyTorch's; "
+                    f"the table shows the median over rounds. Step: forward, loss, backward, optimizer step, "
+                    f"zero_grad; SGD with momentum; batch 32; 1 thread. With a DataLoader each "
+                    f"implementation iterates its own wrapped loader over the shared, shuffled "
+                    f"TensorDataset, epoch after epoch. Process-wide state (threads, autocast, default dtype, "
+                    f"patched torch/DataLoader functions, gc, environment) changed by constructing or "
+                    f"preparing an implementation: {changed or 'none'}."
                 ),
                 chart_label=f"{model} {precision.split('-')[0]} {'loader' if loader else 'batches'}",
             )
@@ -134,26 +187,72 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
 
 # --------------------------------------------------------------------------------------------- worker
-def _worker(impl: str, precision: str) -> None:
-    from cases.common import make_engine, time_steps_with_cpu, warm_up
+def _worker(precision: str, impls: list[str]) -> None:
+    from cases.common import (
+        SharedData,
+        StateWatch,
+        cycle,
+        in_order,
+        make_engine,
+        rotated,
+        time_interleaved,
+        warm_up,
+    )
 
-    engine = make_engine(impl, precision)
-    prepared: dict[str, Any] = {}
+    engines: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    watch = StateWatch()
+    watched = watch.run
+
+    def fail(impl: str, error: Exception) -> None:
+        engines.pop(impl, None)
+        errors[impl] = f"{type(error).__name__}: {error}"
+
+    def reply(payload: dict[str, Any]) -> dict[str, Any]:
+        payload.update(errors=dict(errors), changes={k: list(v) for k, v in watch.changes.items()})
+        errors.clear()
+        return payload
 
     def handle(command: dict[str, Any]) -> dict[str, Any]:
-        if command["cmd"] == "prepare":
-            step, source = engine.prepare(command["model"], command["loader"])
-            key = config_key(command["model"], command["loader"])
-            prepared[key] = (step, source)
+        if command["cmd"] == "init":
+            for impl in impls:
+                try:
+                    engines[impl] = watched(impl, lambda: make_engine(impl, precision))  # noqa: B023
+                except Exception as error:
+                    fail(impl, error)
+            if "raw" not in engines:
+                raise RuntimeError(f"raw PyTorch, the reference, failed: {errors.get('raw')}")
+            return reply({})
+        model, loader = command["model"], command["loader"]
+        if command["cmd"] == "calibrate":
+            step, source = engines["raw"].prepare(model, loader, data=SharedData.make(model))
             return {"seconds_per_step": warm_up(step, source, command["seconds"])}
-        if command["cmd"] == "run":
-            step, source = prepared[command["key"]]
-            wall, cpu = time_steps_with_cpu(step, source, command["steps"])
-            return {"seconds_per_step": wall, "cpu_seconds_per_step": cpu}
+        if command["cmd"] == "round":
+            data = SharedData.make(model)
+            block_steps = command["block_steps"]
+            contenders = {}
+            for impl in rotated(engines, command["first"]):
+
+                def prepare(impl: str = impl) -> Any:
+                    step, source = engines[impl].prepare(model, loader, data=data)
+                    batches = cycle(source)
+                    for _ in range(max(3, WARM_BLOCKS * block_steps)):
+                        step(*next(batches))
+                    return step, batches
+
+                try:
+                    contenders[impl] = watched(impl, prepare)
+                except Exception as error:
+                    fail(impl, error)
+            if "raw" not in contenders:
+                raise RuntimeError(f"raw PyTorch, the reference, failed: {errors.get('raw')}")
+            contenders = in_order(contenders, engines)
+            times = time_interleaved(contenders, block_steps, command["blocks"], first=command["first"])
+            return reply({"times": {impl: [t.wall / t.steps, t.cpu / t.steps] for impl, t in times.items()}})
         raise ValueError(f"unknown command {command!r}")
 
     serve(handle)
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
+    _worker(sys.argv[1], sys.argv[2:])
