@@ -4,7 +4,8 @@ Process 0 is the one the user started. It starts processes 1..N-1 with the same 
 script or module and the same arguments, telling each its ``LOCAL_RANK`` through the environment.
 It then watches them: when one fails, it stops the others and exits with an error, so a crash never
 leaves the rest waiting in a collective. Children die with their parent (``PR_SET_PDEATHSIG`` on
-Linux), so killing process 0 leaves nothing behind either. At a normal exit process 0 waits for the
+Linux, which each child asks for when it constructs its ``Fabric``: see ``lifecycle.die_with_launcher``),
+so killing process 0 leaves nothing behind either. At a normal exit process 0 waits for the
 children and exits non-zero if any of them failed (``fabric.lifecycle`` runs that step).
 """
 
@@ -20,7 +21,6 @@ from typing import Any
 
 from fabric import lifecycle
 from fabric.environments import ClusterEnvironment
-from fabric.launchers.direct import die_with_parent
 from fabric.launchers.launcher import Launcher
 from fabric.utilities.threads import limit_threads
 
@@ -62,14 +62,12 @@ class SubprocessScriptLauncher(Launcher):
         env["MASTER_PORT"] = str(self.environment.main_port)
         env["NODE_RANK"] = str(self.environment.node_rank())
         env["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
+        env[lifecycle.LAUNCHER_PID_VARIABLE] = str(os.getpid())
         for local_rank in range(1, self.num_processes):
             env["LOCAL_RANK"] = str(local_rank)
             # From the directory the command was started in, even if the script changed directory since.
-            self.children.append(
-                subprocess.Popen(
-                    command, env=dict(env), cwd=lifecycle.STARTUP_CWD, preexec_fn=die_with_parent
-                )
-            )
+            # No preexec_fn: Python then starts the child with vfork instead of forking this whole process.
+            self.children.append(subprocess.Popen(command, env=dict(env), cwd=lifecycle.STARTUP_CWD))
         # This process is local rank 0; children and library code alike may read it from here.
         os.environ["LOCAL_RANK"] = "0"
         watchdog = threading.Thread(target=self._watch, name="fabric-watchdog", daemon=True)
