@@ -161,16 +161,15 @@ def die_with_launcher() -> None:
     launcher between fork and exec (a ``preexec_fn``): a ``preexec_fn`` makes Python fork the whole
     launching process, which has imported torch by then (about 30 ms per process started, before it can
     even begin), where without one it uses ``vfork`` (well under a millisecond). The price: a launching
-    process killed before this process constructs its ``Fabric`` is noticed here (the parent is no longer
-    the launcher), and this process exits instead of starting to train alone. Elsewhere a no-op.
+    process killed before this process constructs its ``Fabric`` is noticed here (Linux gives an orphan a
+    new parent at once), and this process exits instead of starting to train alone. Elsewhere a no-op.
     """
     launcher_pid = os.environ.pop(LAUNCHER_PID_VARIABLE, None)  # not for this process's own children
-    if launcher_pid is None or not launcher_pid.isdigit():
+    if launcher_pid is None or not launcher_pid.isdigit() or sys.platform != "linux":
         return
-    if sys.platform == "linux":
-        import ctypes
+    import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(launcher_pid):
         print(
             f"[fabric] the process that started this one (pid {launcher_pid}) has exited; pid {os.getpid()} "

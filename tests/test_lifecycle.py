@@ -190,6 +190,7 @@ def test_a_started_process_asks_to_die_with_its_launcher_and_hides_the_marker_fr
 
 
 @pytest.mark.timeout(70)
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_process_whose_launcher_is_already_gone_exits_instead_of_training_alone() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a pid that is not this process's parent any more

@@ -91,7 +91,7 @@ class Registry(dict):
         raise KeyError(f"{name!r} is not in the {self._kind} registry. Available names: {', '.join(self)}.")
 
     def remove(self, name: str) -> None:
-        super().pop(name)
+        self.pop(name)
 
     def available(self) -> list[str]:
         return list(self)
