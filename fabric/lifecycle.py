@@ -23,8 +23,7 @@ written down once, here:
    collective that torch itself ran, such as DDP's gradient all-reduce, timed out); the steps then
    skip every wait on other processes (they are still training and would never come) and the
    launcher stops its children at once.
-5. **Teardown of child processes**: the launcher's :data:`STOP_CHILDREN` step. A process the
-   subprocess launcher started dies with it even when it is killed (:func:`die_with_launcher`).
+5. **Teardown of child processes**: the launcher's :data:`STOP_CHILDREN` step.
 
 Environment variables are written only at set-up, by whoever owns the value, never when a property
 is read: a launcher writes the rendezvous (``MASTER_ADDR``/``MASTER_PORT``, ranks) into the
@@ -60,10 +59,6 @@ STOP_CHILDREN = 20
 #: the working directory when fabric was imported: the launcher re-runs the user's command from here,
 #: even if the script changed directory before ``launch()``. One ``getcwd`` call, no other import-time work.
 STARTUP_CWD = os.getcwd()
-
-#: written by the subprocess launcher into the environment of each process it starts: the launcher's pid
-LAUNCHER_PID_VARIABLE = "FABRIC_LAUNCHER_PID"
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 _STOP_SIGNALS = ("SIGUSR1", "SIGTERM")
 _log = logging.getLogger(__name__)
@@ -151,33 +146,6 @@ def remove_on_failure(explain: Callable[[BaseException], str | None]) -> None:
 def has_failed() -> bool:
     """Whether this process is ending with an error (an uncaught exception, or a failing rank it started)."""
     return _state.failed
-
-
-def die_with_launcher() -> None:
-    """In a process that fabric's subprocess launcher started: end when the launching process ends.
-
-    Linux kills this process (``SIGKILL``, ``PR_SET_PDEATHSIG``) once its parent is gone, so that a rank
-    0 killed with ``SIGKILL`` leaves no process behind. The child asks for it here rather than the
-    launcher between fork and exec (a ``preexec_fn``): a ``preexec_fn`` makes Python fork the whole
-    launching process, which has imported torch by then (about 30 ms per process started, before it can
-    even begin), where without one it uses ``vfork`` (well under a millisecond). The price: a launching
-    process killed before this process constructs its ``Fabric`` is noticed here (Linux gives an orphan a
-    new parent at once), and this process exits instead of starting to train alone. Elsewhere a no-op.
-    """
-    launcher_pid = os.environ.pop(LAUNCHER_PID_VARIABLE, None)  # not for this process's own children
-    if launcher_pid is None or not launcher_pid.isdigit() or sys.platform != "linux":
-        return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != int(launcher_pid):
-        print(
-            f"[fabric] the process that started this one (pid {launcher_pid}) has exited; pid {os.getpid()} "
-            f"exits too instead of waiting for it.",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(1)
 
 
 def fail_exit(code: int) -> None:

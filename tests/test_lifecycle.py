@@ -6,7 +6,6 @@ Each test runs a fresh interpreter, because what is under test is how a process 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -159,58 +158,3 @@ def test_the_strategy_publishes_the_rendezvous_at_set_up_and_restores_the_enviro
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["127.0.0.1 True", "None None"]
-
-
-@pytest.mark.timeout(70)
-@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_started_process_asks_to_die_with_its_launcher_and_hides_the_marker_from_its_children() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import ctypes, os
-                from fabric import lifecycle
-                lifecycle.die_with_launcher()
-                signal = ctypes.c_int(0)
-                ctypes.CDLL(None).prctl(2, ctypes.byref(signal))  # PR_GET_PDEATHSIG
-                print(signal.value, os.environ.get(lifecycle.LAUNCHER_PID_VARIABLE))
-                """
-            ),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "FABRIC_LAUNCHER_PID": str(os.getpid())},  # this process started it
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(int(signal.SIGKILL)), "None"]
-
-
-@pytest.mark.timeout(70)
-@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
-def test_a_process_whose_launcher_is_already_gone_exits_instead_of_training_alone() -> None:
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # a pid that is not this process's parent any more
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from fabric import lifecycle; lifecycle.die_with_launcher(); print('went on')",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "FABRIC_LAUNCHER_PID": str(gone.pid)},
-    )
-    assert done.returncode == 1
-    assert "went on" not in done.stdout
-    assert f"the process that started this one (pid {gone.pid}) has exited" in done.stderr
-
-
-def test_without_the_marker_nothing_happens() -> None:
-    done = _python("from fabric import lifecycle; lifecycle.die_with_launcher(); print('went on')")
-    assert done.returncode == 0 and done.stdout == "went on\n", done.stderr

@@ -103,7 +103,6 @@ class ParallelStrategy(Strategy):
         )
         if self.cluster_environment.creates_processes_externally:
             self._launcher = None
-            lifecycle.die_with_launcher()  # a no-op unless fabric's subprocess launcher started this process
         elif self._start_method == "popen":
             from fabric.launchers.subprocess_script import SubprocessScriptLauncher
 
