@@ -28,8 +28,7 @@ from fabric.accelerators import (
 from fabric.accelerators.xla import require_torch_xla
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
-from fabric.strategies.xla_common import XLA_PRECISIONS
-from fabric.utilities.choices import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS
+from fabric.utilities.choices import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS, XLA_PRECISIONS
 
 #: strategies that run on XLA devices (and the only ones that do)
 XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")
@@ -40,7 +39,7 @@ _ENV_PREFIX = "FABRIC_"
 def _strategy_registry() -> Any:
     """Strategy names and what each one means (class and constructor arguments), users' own included.
 
-    Built on demand so that no distributed module is imported for a single-device run.
+    Built on demand; the registry imports only the class of the name that is chosen.
     """
     from fabric.strategies.registry import STRATEGY_REGISTRY
 
@@ -104,11 +103,11 @@ class Connector:
 
     @staticmethod
     def _split_plugins(plugins: Any) -> tuple[Precision | None, Any, Any]:
+        if plugins is None:
+            return None, None, None
         from fabric.checkpoint.checkpoint_io import CheckpointIO
         from fabric.environments.cluster_environment import ClusterEnvironment
 
-        if plugins is None:
-            return None, None, None
         items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
         precision: Precision | None = None
         environment: ClusterEnvironment | None = None

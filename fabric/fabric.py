@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.connector import Connector
-from fabric.loggers import Logger
+from fabric.loggers.logger import Logger
 from fabric.strategies import BackwardSyncControl, Strategy
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.compiled import compile_again, unwrap_compiled

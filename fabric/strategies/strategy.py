@@ -21,7 +21,6 @@ from torch.optim import Optimizer
 from torch.overrides import TorchFunctionMode
 
 from fabric.accelerators import Accelerator
-from fabric.checkpoint.states import is_name_keyed, set_optimizer_state
 from fabric.precision import Precision
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.types import PathLike, ReduceOp
@@ -253,6 +252,9 @@ class Strategy(ABC):
         self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
     ) -> None:
         """Load a full optimizer state (index-keyed as ``optimizer.state_dict()``, or keyed by parameter name)."""
+        # imported here: the checkpoint package is not needed to start a run
+        from fabric.checkpoint.states import is_name_keyed, set_optimizer_state
+
         if is_name_keyed(state_dict):
             if module is None:
                 raise KeyError(

@@ -16,11 +16,11 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.utilities.apply import move_to_device
+from fabric.utilities.choices import XLA_PRECISIONS as XLA_PRECISIONS
 from fabric.utilities.types import PathLike
 
 #: key of torch-xla's own random state (dropout on an XLA device draws from it) in a process's RNG states
 XLA_RNG_KEY = "xla"
-XLA_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
 
 
 def import_torch_xla() -> Any:

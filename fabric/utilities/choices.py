@@ -18,9 +18,11 @@ PRECISION_ALIASES: dict[Any, str] = {
     "bf16": "bf16-mixed",
 }
 PRECISIONS = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+#: the precisions XLA devices support
+XLA_PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
 ACCELERATOR_NAMES = ("auto", "cpu", "cuda", "gpu", "mps", "tpu", "xla")
 #: the built-in strategy names, in the order of ``fabric.strategies.registry.STRATEGY_NAMES`` (a test
-#: keeps the two equal; that module imports every strategy, and with them torch)
+#: keeps the two equal)
 STRATEGY_NAMES = (
     "ddp",
     "ddp_spawn",

@@ -10,6 +10,7 @@ Users register their own names so that ``Fabric(strategy="my_name")`` builds the
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 
@@ -17,6 +18,9 @@ class Registry(dict):
     """A dict of ``name -> {kind: cls, f"{kind}_name": name, "description": str, "init_params": dict}``.
 
     ``kind`` is ``"strategy"`` or ``"accelerator"`` (the key Lightning's registries use for the class).
+    Built-in names are registered by import path (:meth:`register_lazy`): a class's module is imported
+    the first time its entry is read, so that choosing ``"ddp"`` does not import the FSDP, DeepSpeed
+    and XLA modules. Reading an entry (``registry[name]``, ``values()``, ``items()``) returns the class.
     """
 
     def __init__(self, kind: str) -> None:
@@ -56,6 +60,27 @@ class Registry(dict):
             return do_register(cls)
         return do_register
 
+    def register_lazy(
+        self, name: str, target: str, description: str | None = None, **init_params: Any
+    ) -> None:
+        """Register the class at ``target`` (``"package.module:ClassName"``) without importing it yet."""
+        if ":" not in target:
+            raise ValueError(f"{self._kind} registry: {target!r} is not a 'package.module:ClassName' path.")
+        self.register(name, _ImportPath(target), description, **init_params)
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        data = super().__getitem__(name)
+        target = data[self._kind]
+        if isinstance(target, _ImportPath):
+            data[self._kind] = target.load()  # once: the entry holds the class from now on
+        return data
+
+    def values(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [self[name] for name in self]
+
+    def items(self) -> list[tuple[str, dict[str, Any]]]:  # type: ignore[override]
+        return [(name, self[name]) for name in self]
+
     def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         """A new instance for ``name`` (its class called with its ``init_params``), else ``default``."""
         if name in self:
@@ -93,3 +118,11 @@ class AcceleratorRegistry(Registry):
 
     def available_accelerators(self) -> list[str]:
         return self.available()
+
+
+class _ImportPath(str):
+    """A registered class not imported yet: ``"package.module:ClassName"``."""
+
+    def load(self) -> Any:
+        module, _, attribute = self.partition(":")
+        return getattr(importlib.import_module(module), attribute)

@@ -98,3 +98,104 @@ def test_plugins_names_and_what_to_use_instead() -> None:
         fabric.plugins.XLACheckpointIO  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         fabric.plugins.precision.Nope  # noqa: B018
+
+
+# ----------------------------------------------------------------------------------- start-up imports
+# What a DDP run must not import: every process of a run pays for each module at start-up, and the
+# subprocess launcher's processes start one after the other.
+_NOT_FOR_DDP = (
+    "fabric.strategies.fsdp",
+    "fabric.strategies._deferred_init",
+    "fabric.strategies.model_parallel",
+    "fabric.strategies.deepspeed",
+    "fabric.strategies.xla",
+    "fabric.checkpoint",
+    "fabric.loggers.csv",
+    "fabric.loggers.tensorboard",
+    "fabric.launchers.direct",
+    "torch.distributed.fsdp",
+    "torch.distributed.checkpoint",
+    "torch.distributed.tensor",
+    "torch.distributed._tensor",
+    "torch._dynamo",
+    "deepspeed",
+    "torch_xla",
+)
+
+
+def _modules_after(code: str) -> list[str]:
+    """The modules a fresh interpreter holds after ``code`` (no launcher variables in its environment)."""
+    probe = f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], env=launch_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.timeout(70)
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn", "auto"])
+def test_constructing_a_ddp_fabric_imports_no_other_strategy_and_no_checkpoint_code(strategy: str) -> None:
+    modules = _modules_after(
+        f"from fabric import Fabric\n"
+        f"fabric = Fabric(accelerator='cpu', strategy={strategy!r}, devices=2)\n"
+        f"assert type(fabric.strategy).__name__ == 'DDPStrategy'"
+    )
+    assert "fabric.strategies.ddp" in modules  # the probe did build the strategy
+    heavy = [name for name in modules if name.startswith(_NOT_FOR_DDP)]
+    assert heavy == [], heavy
+
+
+def test_every_built_in_strategy_name_resolves_to_its_class_only_when_read() -> None:
+    modules = _modules_after("from fabric.strategies.registry import STRATEGY_REGISTRY")
+    # the package's own base classes only: no strategy module is imported before a name is read
+    loaded = {name for name in modules if name.startswith("fabric.strategies.")}
+    assert loaded == {
+        "fabric.strategies.registry",
+        "fabric.strategies.single_device",
+        "fabric.strategies.strategy",
+    }
+
+    from fabric.strategies import (
+        STRATEGY_REGISTRY,
+        DDPStrategy,
+        DeepSpeedStrategy,
+        FSDPStrategy,
+        SingleXLAStrategy,
+        Strategy,
+        XLAFSDPStrategy,
+        XLAStrategy,
+    )
+    from fabric.strategies.registry import STRATEGY_NAMES
+    from fabric.utilities.choices import STRATEGY_NAMES as CLI_STRATEGY_NAMES
+
+    expected = {
+        "ddp": DDPStrategy,
+        "fsdp": FSDPStrategy,
+        "deepspeed": DeepSpeedStrategy,
+        "single_xla": SingleXLAStrategy,
+        "xla": XLAStrategy,
+        "xla_fsdp": XLAFSDPStrategy,
+    }
+    assert tuple(STRATEGY_REGISTRY) == CLI_STRATEGY_NAMES == tuple(STRATEGY_NAMES)
+    for name in CLI_STRATEGY_NAMES:
+        entry = STRATEGY_REGISTRY[name]
+        assert isinstance(entry["strategy"], type) and issubclass(entry["strategy"], Strategy), name
+        assert entry["strategy_name"] == name and entry["init_params"] == STRATEGY_NAMES[name]["init"]
+        family = next(prefix for prefix in sorted(expected, key=len, reverse=True) if name.startswith(prefix))
+        assert entry["strategy"] is expected[family], name
+    assert all(isinstance(entry["strategy"], type) for entry in STRATEGY_REGISTRY.values())
+    assert dict(STRATEGY_REGISTRY.items())["fsdp_cpu_offload"]["init_params"] == {"cpu_offload": True}
+    built = STRATEGY_REGISTRY.get("ddp_fork_find_unused_parameters_true")
+    assert type(built) is DDPStrategy and built._start_method == "fork"
+
+
+def test_a_lazy_registration_names_a_bad_path() -> None:
+    from fabric.utilities.registry import StrategyRegistry
+
+    registry = StrategyRegistry()
+    with pytest.raises(ValueError, match="'package.module:ClassName'"):
+        registry.register_lazy("mine", "fabric.strategies.ddp.DDPStrategy")
+    registry.register_lazy("mine", "fabric.strategies.ddp:NoSuchStrategy")
+    with pytest.raises(AttributeError, match="NoSuchStrategy"):
+        registry.get("mine")
