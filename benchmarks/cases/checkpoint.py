@@ -155,7 +155,8 @@ def measure(settings: Settings) -> list[Table]:
 _REPLACE_NOTE = (
     ". Before each measurement (untimed) the target path receives a previous checkpoint of the same "
     "size, written and synced: `torch.save` truncates it, which frees its blocks inside the call; fabric "
-    "renames the new file over it and frees the old blocks in a background thread after the call returns "
+    "drops the old file's cached pages before writing (as the truncation does), renames the new file over "
+    "it and frees the old blocks in a background thread after the call returns "
     "(`fabric.checkpoint.reclaim`; on this disk, mounted with `discard`, freeing a large file also makes the "
     "next journal commit wait for the device to trim them)"
 )

@@ -166,13 +166,13 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     reclaim.wait()  # the space of the checkpoint replaced last time is free before this one is written
 
     fd, temp_path = _create_temp_file(directory, name)
-    previous: int | None = None
+    previous = reclaim.hold(target)  # the checkpoint this save replaces, if any
+    reclaim.drop_cached_pages(previous)
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(obj, file)
             file.flush()
             os.fsync(file.fileno())
-        previous = reclaim.hold(target)
         os.replace(temp_path, target)
     except BaseException as error:
         # BaseException on purpose: a KeyboardInterrupt mid-save must not leave a half-written temp file.

@@ -34,7 +34,16 @@ from collections.abc import Callable
 
 from fabric import lifecycle
 
-__all__ = ["delete", "hold", "release", "remove_leftovers", "remove_tree", "wait"]
+__all__ = [
+    "delete",
+    "drop_cached_pages",
+    "drop_cached_pages_of_tree",
+    "hold",
+    "release",
+    "remove_leftovers",
+    "remove_tree",
+    "wait",
+]
 
 _DELETED_TAG = ".deleted-"
 _DELETED = re.compile(r"\..+" + re.escape(_DELETED_TAG) + r"[0-9a-f]{32}")
@@ -64,6 +73,36 @@ def hold(path: str) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+def drop_cached_pages(fd: int | None) -> None:
+    """Tell the kernel that the cached pages of the file at ``fd`` (about to be replaced) are not needed.
+
+    The new checkpoint is written while the old one still exists, so without this the old file's pages
+    stay cached and the write has to take fresh ones. Measured on this machine (a VM), writing 191 MB next
+    to a cached 191 MB checkpoint took 0.4-1.0 s instead of 0.12 s; ``torch.save`` never sees this, since
+    truncating the old file drops its pages first. Only clean pages are dropped: nothing is lost, and a
+    failed save leaves the old checkpoint intact, only no longer cached.
+    """
+    if fd is not None and hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached_pages_of_tree(path: str) -> None:
+    """:func:`drop_cached_pages` for every regular file under the directory ``path`` (a sharded checkpoint)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:
+                continue
+            try:
+                drop_cached_pages(fd)
+            finally:
+                os.close(fd)
 
 
 def release(fd: int | None) -> None:

@@ -117,6 +117,8 @@ def create_temporary_directory(path: str | os.PathLike[str]) -> str:
     parent, name = os.path.split(os.path.abspath(os.fspath(path)))
     make_directory(parent, os.fspath(path))
     reclaim.wait()  # the version replaced last time is gone before this one takes space
+    if os.path.isdir(path) and not os.path.islink(path):
+        reclaim.drop_cached_pages_of_tree(os.fspath(path))  # see reclaim.drop_cached_pages
     remove_stale_temporary_directories(path)
     while True:
         tmp = os.path.join(parent, f"{_temp_prefix(name)}{_host_tag()}-{os.getpid()}-{secrets.token_hex(8)}")
