@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -25,8 +24,10 @@ from torch import nn
 from fabric import Fabric
 from fabric.strategies import DeepSpeedStrategy
 
-MODES = ("no save", "sync save", "async save")
-WIDTH, LAYERS, BATCH, WINDOW = 1024, 6, 16, 10
+# The figure's helpers import each other as top-level modules; appended, not prepended, so that this
+# directory's deepspeed.py does not shadow the deepspeed package.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from cases import checkpoint as figure
 
 
 def main(out_dir: str, stage: int, rounds: int) -> None:
@@ -34,9 +35,14 @@ def main(out_dir: str, stage: int, rounds: int) -> None:
     fabric = Fabric(accelerator="cpu", strategy=DeepSpeedStrategy(stage=stage), devices=2)
     fabric.launch()
     torch.manual_seed(0)
-    module = nn.Sequential(*(nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(LAYERS)))
+    module = nn.Sequential(
+        *(
+            nn.Sequential(nn.Linear(figure.ASYNC_WIDTH, figure.ASYNC_WIDTH), nn.ReLU())
+            for _ in range(figure.ASYNC_LAYERS)
+        )
+    )
     model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters()))
-    batch = torch.randn(BATCH, WIDTH)
+    batch = torch.randn(figure.ASYNC_BATCH, figure.ASYNC_WIDTH)
 
     def step() -> None:
         fabric.backward(model(batch).square().mean())
@@ -46,42 +52,9 @@ def main(out_dir: str, stage: int, rounds: int) -> None:
     for _ in range(3):
         step()
     path = os.path.join(out_dir, "checkpoint")
-    state = {"model": model, "optimizer": optimizer, "step": 0}
-    fabric.save(path, state)  # the first save of a path pays for creating it; not measured
-    fabric.save(path, state, async_save=True)  # nor the first asynchronous one (its process group)
-    fabric.wait_for_checkpoint()
-    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    for round_index in range(rounds):
-        shift = round_index % len(MODES)
-        for mode in MODES[shift:] + MODES[:shift]:
-            fabric.barrier()
-            start = time.perf_counter()
-            pending = None
-            if mode == "sync save":
-                fabric.save(path, state)
-            elif mode == "async save":
-                pending = fabric.save(path, state, async_save=True)
-            block = time.perf_counter() - start
-            times, overlapping = [], []
-            for _ in range(WINDOW):
-                busy = pending is not None and not pending.done()
-                began = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - began)
-                if busy:
-                    overlapping.append(times[-1])
-            fabric.wait_for_checkpoint()
-            window = time.perf_counter() - start
-            measured = overlapping if mode == "async save" and overlapping else times
-            results[mode].append(
-                {
-                    "median_step": statistics.median(measured),
-                    "max_step": max(measured),
-                    "block": block,
-                    "overlapping": len(overlapping),
-                    "window": window,
-                }
-            )
+    results = figure.save_windows(
+        fabric, step, path, {"model": model, "optimizer": optimizer, "step": 0}, rounds
+    )
     if fabric.global_rank == 0:
         for mode, rows in results.items():
             summary = {

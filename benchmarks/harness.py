@@ -410,3 +410,34 @@ def serve(
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ------------------------------------------------------------------------------ interleaved figures
+#: the report name of each implementation key a worker replies with
+IMPL_NAMES = {key: name for name, key in IMPL_KEYS.items()}
+
+
+def add_round_times(rows: dict[str, Row], times: dict[str, list[float]]) -> None:
+    """Append one round's ``{impl key: [wall, cpu]}`` (a worker's reply) to the rows, by report name."""
+    for key, (wall, cpu) in times.items():
+        rows[IMPL_NAMES[key]].samples.append(wall)
+        rows[IMPL_NAMES[key]].cpu_samples.append(cpu)
+
+
+def record_changes(changes: dict[str, set[str]], reply: dict[str, Any], label: str) -> None:
+    """Merge the process-wide state changes of a worker's reply into ``changes``; log the new ones."""
+    for key, changed in reply.get("changes", {}).items():
+        name = IMPL_NAMES[key]
+        new = set(changed) - changes.get(name, set())
+        if new:
+            log(f"  {label}{name} changed process-wide state: {'; '.join(sorted(new))}")
+        changes.setdefault(name, set()).update(changed)
+
+
+def changes_summary(changes: dict[str, set[str]]) -> str:
+    """Which process-wide settings each implementation changed, by name only (the values are in the log)."""
+    return "; ".join(
+        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
+        for name, found in changes.items()
+        if found
+    )

@@ -343,36 +343,16 @@ def _median_of(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
-def _async_program(out_dir: str, layout: str, rounds: int) -> None:
-    """The training loop of the asynchronous-save figure; rank 0 writes ``OUT_DIR/result.json``."""
-    import os
+def save_windows(
+    fabric: Any, step: Callable[[], None], path: str, state: dict[str, Any], rounds: int
+) -> dict[str, list[dict[str, float]]]:
+    """Per mode (no save, sync save, async save), per round: the figures of one window of steps.
+
+    Shared by this figure and ``benchmarks/deepspeed_async_save.py``. Each window starts with the save
+    of its mode (rotating order), then runs ``ASYNC_WINDOW`` steps and waits for a pending write.
+    """
     import time
 
-    import torch
-    from torch import nn
-
-    from fabric import Fabric
-
-    torch.set_num_threads(1)
-    sharded = layout == "sharded"
-    fabric = Fabric(accelerator="cpu", strategy="fsdp" if sharded else "auto", devices=2 if sharded else 1)
-    fabric.launch()
-    torch.manual_seed(0)
-    module = nn.Sequential(
-        *(nn.Sequential(nn.Linear(ASYNC_WIDTH, ASYNC_WIDTH), nn.ReLU()) for _ in range(ASYNC_LAYERS))
-    )
-    model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters()))
-    batch = torch.randn(ASYNC_BATCH, ASYNC_WIDTH)
-
-    def step() -> None:
-        fabric.backward(model(batch).square().mean())
-        optimizer.step()
-        optimizer.zero_grad()
-
-    for _ in range(3):
-        step()
-    path = os.path.join(out_dir, "checkpoint" if sharded else "checkpoint.pt")
-    state = {"model": model, "optimizer": optimizer, "step": 0}
     fabric.save(path, state)  # the first save of a path pays for creating it; not measured
     fabric.save(path, state, async_save=True)  # nor the first asynchronous one (its process group)
     fabric.wait_for_checkpoint()
@@ -408,6 +388,39 @@ def _async_program(out_dir: str, layout: str, rounds: int) -> None:
                     "window": window,
                 }
             )
+    return results
+
+
+def _async_program(out_dir: str, layout: str, rounds: int) -> None:
+    """The training loop of the asynchronous-save figure; rank 0 writes ``OUT_DIR/result.json``."""
+    import os
+
+    import torch
+    from torch import nn
+
+    from fabric import Fabric
+
+    torch.set_num_threads(1)
+    sharded = layout == "sharded"
+    fabric = Fabric(accelerator="cpu", strategy="fsdp" if sharded else "auto", devices=2 if sharded else 1)
+    fabric.launch()
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        *(nn.Sequential(nn.Linear(ASYNC_WIDTH, ASYNC_WIDTH), nn.ReLU()) for _ in range(ASYNC_LAYERS))
+    )
+    model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters()))
+    batch = torch.randn(ASYNC_BATCH, ASYNC_WIDTH)
+
+    def step() -> None:
+        fabric.backward(model(batch).square().mean())
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for _ in range(3):
+        step()
+    path = os.path.join(out_dir, "checkpoint" if sharded else "checkpoint.pt")
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    results = save_windows(fabric, step, path, state, rounds)
     if fabric.global_rank == 0:
         with open(os.path.join(out_dir, "result.json"), "w") as file:
             json.dump(results, file)

@@ -34,6 +34,7 @@ from harness import (
     CONTROL,
     FABRIC,
     IMPL_KEYS,
+    IMPL_NAMES,
     LIGHTNING,
     PYTHON,
     RAW,
@@ -65,7 +66,6 @@ RECOMPILES_COLUMN = "recompiles while timed"
 COMPILE_COLUMN = "compile + warm-up"
 _UNIT_SCALE = {"us": 1e6, "ms": 1e3}
 _UNIT_CELL = {"us": "{:.0f} µs", "ms": "{:.2f} ms"}
-_NAMES = {key: name for name, key in IMPL_KEYS.items()}
 #: warm-up steps (the same on both ranks) after compiling in DDP: a time-based warm-up would differ
 #: between the ranks, whose collectives must pair up
 DDP_WARM_STEPS = 40
@@ -99,7 +99,7 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
 
     def record_errors(reply: dict[str, Any]) -> None:
         for key, reason in reply.get("errors", {}).items():
-            note(_NAMES[key], f"unavailable: {reason}")
+            note(IMPL_NAMES[key], f"unavailable: {reason}")
 
     names: list[str] = []
     for name in IMPLEMENTATIONS:
@@ -128,7 +128,7 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
             reply = worker.request(compile_command, PREPARE_TIMEOUT)
             record_errors(reply)
             for key, prepared in reply["prepared"].items():
-                info[(model, _NAMES[key])] = prepared
+                info[(model, IMPL_NAMES[key])] = prepared
             block_steps[model] = block_steps_for(reply["prepared"]["raw"]["seconds_per_step"])
         for round_index in range(rounds):
             log(f"compiled step, {where}: round {round_index + 1}/{rounds}")
@@ -143,7 +143,7 @@ def _measure(settings: Settings, distributed: bool) -> list[Table]:
                 reply = worker.request(round_command, RUN_TIMEOUT)
                 record_errors(reply)
                 for key, (wall, cpu, recompiled) in reply["times"].items():
-                    name = _NAMES[key]
+                    name = IMPL_NAMES[key]
                     rows[model][name].samples.append(wall)
                     rows[model][name].cpu_samples.append(cpu)
                     recompiles[(model, name)] = recompiles.get((model, name), 0) + recompiled

@@ -25,6 +25,7 @@ from harness import (
     CONTROL,
     FABRIC,
     IMPL_KEYS,
+    IMPL_NAMES,
     LIGHTNING,
     PYTHON,
     RAW,
@@ -33,8 +34,11 @@ from harness import (
     Table,
     Unavailable,
     Worker,
+    add_round_times,
+    changes_summary,
     free_port,
     log,
+    record_changes,
     serve,
 )
 
@@ -46,7 +50,6 @@ TARGET = 1.02
 TIMEOUT = 300.0
 CPU_COLUMN = "CPU time per step, both processes"
 _UNIT_CELL = {"us": "{:.0f} µs", "ms": "{:.2f} ms"}
-_NAMES = {key: name for name, key in IMPL_KEYS.items()}
 #: steps (the same on both ranks) that size the blocks: warm-up, then timed, of raw DDP
 CALIBRATION_STEPS = {"mlp": (20, 60), "conv": (3, 8)}
 
@@ -66,12 +69,8 @@ def measure(settings: Settings) -> list[Table]:
 
     def record(reply: dict[str, Any]) -> None:
         for key, reason in reply.get("errors", {}).items():
-            note(_NAMES[key], f"unavailable: {reason}")
-        for key, changed in reply.get("changes", {}).items():
-            new = set(changed) - changes.get(_NAMES[key], set())
-            if new:
-                log(f"  DDP {_NAMES[key]} changed process-wide state: {'; '.join(sorted(new))}")
-            changes.setdefault(_NAMES[key], set()).update(changed)
+            note(IMPL_NAMES[key], f"unavailable: {reason}")
+        record_changes(changes, reply, "DDP ")
 
     names: list[str] = []
     for name in IMPLEMENTATIONS:
@@ -111,9 +110,7 @@ def measure(settings: Settings) -> list[Table]:
                 }
                 reply = group.request(command_round, TIMEOUT)
                 record(reply)
-                for key, (wall, cpu) in reply["times"].items():
-                    rows[model][_NAMES[key]].samples.append(wall)
-                    rows[model][_NAMES[key]].cpu_samples.append(cpu)
+                add_round_times(rows[model], reply["times"])
     except Unavailable as error:
         for name in names:
             note(name, f"unavailable: {error}")
@@ -121,11 +118,7 @@ def measure(settings: Settings) -> list[Table]:
         if group is not None:
             group.close()
 
-    changed = "; ".join(
-        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
-        for name, found in changes.items()
-        if found
-    )
+    changed = changes_summary(changes)  # e.g. an environment variable a peer sets on import
     tables = []
     for model in MODELS:
         unit = "us" if model == "mlp" else "ms"

@@ -30,6 +30,7 @@ from harness import (
     CONTROL,
     FABRIC,
     IMPL_KEYS,
+    IMPL_NAMES,
     LIGHTNING,
     PYTHON,
     RAW,
@@ -38,7 +39,10 @@ from harness import (
     Table,
     Unavailable,
     Worker,
+    add_round_times,
+    changes_summary,
     log,
+    record_changes,
     serve,
 )
 
@@ -55,7 +59,6 @@ BLOCKS, QUICK_BLOCKS = 12, 4
 WARM_BLOCKS = 2
 INIT_TIMEOUT = 300.0
 ROUND_TIMEOUT = 300.0
-_NAMES = {key: name for name, key in IMPL_KEYS.items()}
 
 
 def config_key(model: str, loader: bool) -> str:
@@ -96,12 +99,8 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
 
     def record_errors(reply: dict[str, Any]) -> None:
         for key, reason in reply.get("errors", {}).items():
-            note(_NAMES[key], f"unavailable: {reason}")
-        for key, changed in reply.get("changes", {}).items():
-            new = set(changed) - changes.get(_NAMES[key], set())
-            if new:
-                log(f"  {_NAMES[key]} ({precision}) changed process-wide state: {'; '.join(sorted(new))}")
-            changes.setdefault(_NAMES[key], set()).update(changed)
+            note(IMPL_NAMES[key], f"unavailable: {reason}")
+        record_changes(changes, reply, f"({precision}) ")
 
     names = []
     for name in IMPLEMENTATIONS:
@@ -135,9 +134,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
                 }
                 reply = worker.request(command, ROUND_TIMEOUT)
                 record_errors(reply)
-                for key, (wall, cpu) in reply["times"].items():
-                    rows[config][_NAMES[key]].samples.append(wall)
-                    rows[config][_NAMES[key]].cpu_samples.append(cpu)
+                add_round_times(rows[config], reply["times"])
     except Unavailable as error:
         for name in names:
             note(name, f"unavailable: {error}")
@@ -145,12 +142,7 @@ def _measure_precision(settings: Settings, precision: str) -> list[Table]:
         if worker is not None:
             worker.close()
 
-    # the names only (the values are in the log): e.g. an environment variable a peer sets on import
-    changed = "; ".join(
-        f"{name} changes {', '.join(sorted({change.split(': ', 1)[0] for change in found}))}"
-        for name, found in changes.items()
-        if found
-    )
+    changed = changes_summary(changes)  # e.g. an environment variable a peer sets on import
     tables = []
     for config in CONFIGS:
         model, loader = config
