@@ -149,3 +149,25 @@ def test_a_forked_child_frees_space_without_the_parents_worker(tmp_path: Path) -
     assert os.waitstatus_to_exitcode(status) == 0
     reclaim.wait()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_save_takes_no_space_until_the_previous_checkpoint_is_freed(tmp_path: Path) -> None:
+    gate = threading.Event()
+    reclaim._submit(gate.wait)  # stands for the slow freeing of a replaced checkpoint
+    saved = threading.Event()
+
+    def save() -> None:
+        atomic_save({"w": torch.ones(10)}, tmp_path / "next.pt")
+        saved.set()
+
+    saver = threading.Thread(target=save)
+    saver.start()
+    try:
+        assert not saved.wait(0.5)
+        assert list(tmp_path.iterdir()) == []  # not even a temporary file yet
+    finally:
+        gate.set()
+    assert saved.wait(50)
+    saver.join()
+    assert torch.equal(safe_load(tmp_path / "next.pt")["w"], torch.ones(10))
