@@ -66,14 +66,13 @@ class DistributedSamplerWrapper(Sampler[int]):
         return iter(indices[self.rank : total : self.num_replicas])
 
 
-def _distributed_sampler(dataloader: DataLoader, kwargs: dict[str, Any]) -> Sampler:
-    sampler = dataloader.sampler
+def _distributed_sampler(sampler: Sampler, dataset: Any, kwargs: dict[str, Any]) -> Sampler:
     if isinstance(sampler, DistributedSampler):
         return sampler  # the user already sharded the data
     if isinstance(sampler, SequentialSampler):
-        return DistributedSampler(dataloader.dataset, shuffle=False, **kwargs)  # type: ignore[arg-type]
+        return DistributedSampler(dataset, shuffle=False, **kwargs)
     if isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None:
-        return DistributedSampler(dataloader.dataset, shuffle=True, **kwargs)  # type: ignore[arg-type]
+        return DistributedSampler(dataset, shuffle=True, **kwargs)
     return DistributedSamplerWrapper(sampler, **kwargs)  # type: ignore[arg-type]
 
 
@@ -128,7 +127,15 @@ def rebuild_dataloader(
             f"({type(batch_sampler).__name__}), which cannot be sharded automatically. Make it yield this "
             f"process's batches only and pass `use_distributed_sampler=False`."
         )
-    sampler = _distributed_sampler(dataloader, sampler_kwargs)
+    if batch_sampler is not None and dataloader.batch_size is None:
+        # The user passed `batch_sampler=BatchSampler(sampler, n, drop_last)`: shard its inner sampler
+        # and batch the shard the same way (Lightning rebuilds the BatchSampler too). The inner sampler,
+        # not `dataloader.sampler` (a default SequentialSampler the DataLoader made and never uses), so
+        # that a shuffling inner sampler still shuffles.
+        inner = _distributed_sampler(batch_sampler.sampler, dataloader.dataset, sampler_kwargs)
+        rebatched = BatchSampler(inner, batch_size=batch_sampler.batch_size, drop_last=batch_sampler.drop_last)
+        return DataLoader(dataloader.dataset, batch_sampler=rebatched, **kwargs)
+    sampler = _distributed_sampler(dataloader.sampler, dataloader.dataset, sampler_kwargs)
     if dataloader.batch_size is None:
         return DataLoader(dataloader.dataset, batch_size=None, sampler=sampler, **kwargs)
     return DataLoader(
