@@ -22,6 +22,7 @@ from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
 from fabric.strategies.hang_report import STACK_FRAMES, HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
+from fabric.utilities.collectives import mean_from_sum
 from fabric.utilities.rank_zero import set_global_rank
 from fabric.utilities.threads import limit_threads
 from fabric.utilities.types import ReduceOp
@@ -293,12 +294,11 @@ class ParallelStrategy(Strategy):
 
     def all_reduce(self, tensor: Tensor, reduce_op: ReduceOp = "mean") -> Tensor:
         result = tensor.clone()
-        if reduce_op == "mean":
-            if not (torch.is_floating_point(result) or torch.is_complex(result)):
-                result = result.to(torch.get_default_dtype())
-            self._run("all_reduce", dist.all_reduce, result, op=dist.ReduceOp.SUM)
-            return result / self.world_size
         carrier = self._carrier(result)
+        if reduce_op == "mean":
+            # Summed in the tensor's own dtype; an integer mean stays an integer (Lightning's numbers).
+            self._run("all_reduce", dist.all_reduce, carrier, op=dist.ReduceOp.SUM)
+            return mean_from_sum(carrier, self.world_size).to(result.dtype)
         self._run("all_reduce", dist.all_reduce, carrier, op=_REDUCE_OPS[reduce_op])
         return carrier.to(result.dtype)
 

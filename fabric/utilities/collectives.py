@@ -87,6 +87,21 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def mean_from_sum(summed: Tensor, world_size: int) -> Tensor:
+    """The mean of an all-reduced sum, in the dtype of the input, as Lightning computes it.
+
+    An integer (or bool) tensor stays in its dtype, the quotient truncated toward zero: Lightning
+    divides the sum and copies the result back into the integer tensor, so ``mean`` of ``[1, 3, 5]``
+    and ``[0, 0, 0]`` is ``[0, 1, 2]``, not ``[0.5, 1.5, 2.5]``. ``div(rounding_mode="trunc")``
+    gives the same numbers without the round trip through float32, which loses digits above 2**24.
+    """
+    if torch.is_floating_point(summed) or torch.is_complex(summed):
+        return summed / world_size
+    if summed.dtype == torch.bool:
+        return summed  # a logical or: any process's True stays True, as the float round trip gives
+    return torch.div(summed, world_size, rounding_mode="trunc")
+
+
 def all_reduce_in_group(tensor: Tensor, reduce_op: Any, group: Any | None, world_size: int) -> Tensor:
     """All-reduce ``tensor`` within ``group`` with a name or a ``ReduceOp`` (a copy; the input is kept)."""
     if not _distributed():
@@ -95,10 +110,8 @@ def all_reduce_in_group(tensor: Tensor, reduce_op: Any, group: Any | None, world
 
     result = tensor.clone()
     if reduce_op == "mean":
-        if not (torch.is_floating_point(result) or torch.is_complex(result)):
-            result = result.to(torch.get_default_dtype())
         dist.all_reduce(result, op=dist.ReduceOp.SUM, group=group)
-        return result / dist.get_world_size(group)
+        return mean_from_sum(result, dist.get_world_size(group))
     ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
     dist.all_reduce(result, op=ops.get(reduce_op, reduce_op), group=group)
     return result

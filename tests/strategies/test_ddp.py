@@ -78,7 +78,12 @@ def test_all_reduce(ranks: list[dict[str, Any]]) -> None:
         assert c["all_reduce_max"] == [2.0, -2.0, 6.0]
         assert c["all_reduce_min"] == [1.0, -4.0, 3.0]
         assert c["all_reduce_input_untouched"]
-        assert c["all_reduce_int_mean"] == [1.5, 4.0]
+        assert c["all_reduce_int_mean"] == [1, 4]  # Lightning's: the mean of an integer tensor stays integer
+        # issue 19 #10: the numbers and dtype Lightning's own reduction gives on the same process group
+        assert c["int_mean"]["ours"] == [1, 4, -2, 7, 1]
+        assert c["int_mean"]["dtype"] == "torch.int64"
+        assert c["int_mean"]["lightning"] == c["int_mean"]["ours"]
+        assert c["int_mean"]["lightning_dtype"] == c["int_mean"]["dtype"]
         assert c["int16"] == {
             "sum": [3, -600],
             "gather": [[1, -300], [2, -300]],

@@ -188,6 +188,19 @@ def collectives(fabric: Fabric) -> dict[str, Any]:
     out["sync_grads"] = leaf.grad.tolist()
     out["number_gather"] = fabric.all_gather(0.5 + rank).tolist()
     out["all_reduce_int_mean"] = fabric.all_reduce(torch.tensor([rank + 1, 4]), reduce_op="mean").tolist()
+    # Issue 19 #10: an integer mean is Lightning's, computed here by Lightning itself on the same group
+    # (negative quotients included: both truncate toward zero).
+    ints = torch.tensor([rank + 1, 4, -3 * rank - 1, 7, 2 * rank])
+    ours = fabric.all_reduce(ints, reduce_op="mean")
+    out["int_mean"] = {"ours": ours.tolist(), "dtype": str(ours.dtype)}
+    try:
+        from lightning.fabric.utilities.distributed import _sync_ddp
+    except ImportError:  # lightning is a test dependency; without it the test says so
+        out["int_mean"]["lightning"] = None
+    else:
+        theirs = _sync_ddp(ints.clone(), reduce_op="mean")
+        out["int_mean"]["lightning"] = theirs.tolist()
+        out["int_mean"]["lightning_dtype"] = str(theirs.dtype)
     # gloo has no int16 kernels: the strategy must carry them in a wider dtype and give int16 back.
     small = torch.tensor([rank + 1, -300], dtype=torch.int16)
     summed, gathered = fabric.all_reduce(small, reduce_op="sum"), fabric.all_gather(small)
@@ -318,7 +331,7 @@ def property_examples(fabric: Fabric) -> dict[str, Any]:
         }[op]
         expected_dtype = dtype
         if op == "mean" and not dtype.is_floating_point:
-            expected_dtype = torch.get_default_dtype()
+            expected = torch.trunc(expected)  # Lightning's integer mean: the quotient in the integer dtype
         if result.shape != mine.shape or result.dtype != expected_dtype:
             failures.append(f"all_reduce {shape} {dtype} {op}: got {result.dtype}{tuple(result.shape)}")
         elif not torch.equal(result.to(torch.float64), expected):
