@@ -237,7 +237,8 @@ class Fabric:
             self._strategy.setup_environment()
             self._environment_ready = True
             # Process group, environment: released at exit, in the order fabric.lifecycle documents.
-            lifecycle.on_exit(self._teardown, order=lifecycle.LEAVE_PROCESS_GROUP)
+            # Held weakly: a Fabric the user dropped is freed (the strategy leaves its group anyway).
+            lifecycle.on_exit(self._teardown, order=lifecycle.LEAVE_PROCESS_GROUP, weak=True)
 
     def _check_launched(self) -> None:
         launcher = self._strategy.launcher

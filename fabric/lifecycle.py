@@ -6,7 +6,9 @@ written down once, here:
 
 1. **Set-up** (:func:`install`, called by a launcher or a strategy when a multi-process run starts):
    one ``sys.excepthook`` wrapper (it only records that the process is failing, then calls the
-   previous hook) and one ``atexit`` handler. :func:`watch_signals` adds the pre-emption handlers.
+   previous hook) and one ``atexit`` handler; a process that runs alone gets only the ``atexit``
+   handler, when its first exit step is registered. Steps and explainers of an object (a ``Fabric``,
+   a strategy) are held weakly, so the registry never keeps a dropped ``Fabric`` alive. :func:`watch_signals` adds the pre-emption handlers.
 2. **Signals** (``SIGUSR1``, ``SIGTERM``: what SLURM with ``--signal``, Kubernetes and torchrun send
    before they kill a job): the handler only records the signal. The training loop asks
    ``fabric.should_stop`` at a safe point; the strategy agrees on the answer across ranks. A second
@@ -41,12 +43,14 @@ Processes that end without running ``atexit`` (``multiprocessing``'s fork childr
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -72,11 +76,13 @@ class _State:
 
     def __init__(self) -> None:
         self.installed = False
+        self.atexit_registered = False
         self.failed = False
         self.exit_code = 0
         self.stop_signal: int | None = None
-        self.steps: list[tuple[int, int, Callable[[], None]]] = []
-        self.explainers: list[Callable[[BaseException], str | None]] = []
+        # each step as a getter: a strong one, or a weakref.WeakMethod (None once its object is freed)
+        self.steps: list[tuple[int, int, Callable[[], Callable[[], None] | None]]] = []
+        self.explainers: list[weakref.WeakMethod | Callable[[], Any]] = []
         self.shut_down = False
         self.signals_watched = False
         self.lock = threading.Lock()
@@ -87,7 +93,12 @@ _state = _State()
 
 # ------------------------------------------------------------------------------------------- set-up
 def install() -> None:
-    """Install the one excepthook wrapper and the one ``atexit`` handler of this process (idempotent)."""
+    """Install the one excepthook wrapper and the one ``atexit`` handler of this process (idempotent).
+
+    Only a run of several processes needs the excepthook (exit steps must not wait for peers after a
+    failure; explainers add what the strategy knows): one process alone keeps Python's own hook.
+    """
+    _install_atexit()
     if _state.installed:
         return
     _state.installed = True
@@ -98,13 +109,28 @@ def install() -> None:
         previous(*exc_info)
 
     sys.excepthook = excepthook
-    atexit.register(shutdown)
 
 
-def on_exit(step: Callable[[], None], order: int) -> None:
-    """Run ``step`` at exit, after the steps with smaller ``order`` (see the module docstring)."""
-    install()
-    _state.steps.append((order, len(_state.steps), step))
+def _install_atexit() -> None:
+    if not _state.atexit_registered:
+        _state.atexit_registered = True
+        atexit.register(shutdown)
+
+
+def on_exit(step: Callable[[], None], order: int, *, weak: bool = False) -> None:
+    """Run ``step`` at exit, after the steps with smaller ``order`` (see the module docstring).
+
+    With ``weak=True`` (a bound method), the step does not keep its object alive: an object the user
+    dropped (a ``Fabric`` made in a notebook cell, in a loop) is freed, and its step is skipped at exit.
+    What must happen even then (leaving the process group) is registered by whoever owns it.
+    """
+    _install_atexit()
+    held: Callable[[], Callable[[], None] | None]
+    if weak:
+        held = weakref.WeakMethod(step)  # type: ignore[arg-type]
+    else:
+        held = lambda: step  # noqa: E731
+    _state.steps.append((order, len(_state.steps), held))
 
 
 def mark_failed(error: BaseException | None = None) -> None:
@@ -120,7 +146,10 @@ def mark_failed(error: BaseException | None = None) -> None:
         error.__fabric_explained__ = True  # type: ignore[attr-defined]
     except Exception:  # an exception type with __slots__: explain it anyway, at most once per hook
         pass
-    for explain in list(_state.explainers):
+    for held in list(_state.explainers):
+        explain = held()
+        if explain is None:  # its strategy was freed
+            continue
         try:
             note = explain(error)
         except Exception as failure:  # an explanation must never replace the error it explains
@@ -134,16 +163,26 @@ def on_failure(explain: Callable[[BaseException], str | None]) -> None:
 
     The strategy uses it for what only it can tell about a failure that happened outside its own
     calls, e.g. where every rank was when DDP's gradient all-reduce inside ``backward`` timed out.
+    A bound method is held weakly: registering it does not keep its strategy alive.
     """
     install()
-    if explain not in _state.explainers:
-        _state.explainers.append(explain)
+    if _explainer_index(explain) is None:
+        held = weakref.WeakMethod(explain) if inspect.ismethod(explain) else (lambda: explain)
+        _state.explainers.append(held)
 
 
 def remove_on_failure(explain: Callable[[BaseException], str | None]) -> None:
     """Stop calling ``explain`` (at teardown of whatever registered it)."""
-    if explain in _state.explainers:
-        _state.explainers.remove(explain)
+    index = _explainer_index(explain)
+    if index is not None:
+        del _state.explainers[index]
+
+
+def _explainer_index(explain: Callable[[BaseException], str | None]) -> int | None:
+    for index, held in enumerate(_state.explainers):
+        if held() == explain:
+            return index
+    return None
 
 
 def has_failed() -> bool:
@@ -235,7 +274,10 @@ def shutdown() -> None:
         _state.shut_down = True
         steps = sorted(_state.steps)
         _state.steps.clear()
-    for _, _, step in steps:
+    for _, _, held in steps:
+        step = held()
+        if step is None:  # its object was freed: nothing of it is left to release
+            continue
         try:
             step()
         except Exception as error:  # one failing step must not keep the others from running
@@ -254,6 +296,6 @@ def shutdown() -> None:
 def _reset_for_tests() -> None:
     """Forget everything (for in-process unit tests of this module only)."""
     global _state
-    if _state.installed:
+    if _state.atexit_registered:
         atexit.unregister(shutdown)
     _state = _State()

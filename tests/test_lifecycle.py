@@ -45,6 +45,7 @@ def test_exit_after_an_exception_is_marked_failed_for_the_steps() -> None:
     done = _python(
         """
         from fabric import lifecycle
+        lifecycle.install()  # as a multi-process strategy or launcher does at set-up
         lifecycle.on_exit(lambda: print("failed:", lifecycle.has_failed()), lifecycle.LEAVE_PROCESS_GROUP)
         raise RuntimeError("boom")
         """
@@ -158,3 +159,54 @@ def test_the_strategy_publishes_the_rendezvous_at_set_up_and_restores_the_enviro
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["127.0.0.1 True", "None None"]
+
+
+@pytest.mark.timeout(70)
+def test_dropped_fabric_objects_are_freed_and_one_process_keeps_pythons_excepthook() -> None:
+    """Issue 19 #6: the exit step held each Fabric strongly, and one device replaced the excepthook."""
+    done = _python(
+        """
+        import gc, sys, weakref
+        import torch
+        from fabric import Fabric
+        hook = sys.excepthook
+        refs = []
+        for i in range(3):
+            fabric = Fabric(accelerator="cpu", devices=1)
+            model = torch.nn.Linear(2, 2)
+            model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            fabric.backward(model(torch.ones(1, 2)).sum())
+            optimizer.step()
+            refs.append(weakref.ref(fabric))
+            del fabric, model, optimizer
+        gc.collect()
+        print("alive", sum(r() is not None for r in refs))
+        print("excepthook replaced", sys.excepthook is not hook)
+        kept = Fabric(accelerator="cpu", devices=1)
+        kept.launch()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["alive 0", "excepthook replaced False"]
+
+
+@pytest.mark.timeout(70)
+def test_a_step_held_weakly_is_skipped_once_its_object_is_freed() -> None:
+    done = _python(
+        """
+        import gc
+        from fabric import lifecycle
+        class Owner:
+            def __init__(self, name):
+                self.name = name
+            def step(self):
+                print("step of", self.name)
+        kept, dropped = Owner("kept"), Owner("dropped")
+        lifecycle.on_exit(kept.step, lifecycle.LEAVE_PROCESS_GROUP, weak=True)
+        lifecycle.on_exit(dropped.step, lifecycle.LEAVE_PROCESS_GROUP, weak=True)
+        del dropped
+        gc.collect()
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "step of kept\n"

@@ -80,6 +80,7 @@ class SubprocessScriptLauncher(Launcher):
         os.environ["LOCAL_RANK"] = "0"
         watchdog = threading.Thread(target=self._watch, name="fabric-watchdog", daemon=True)
         watchdog.start()
+        lifecycle.install()  # several processes: a failure here must stop the children at once
         lifecycle.on_exit(self._at_exit, order=lifecycle.STOP_CHILDREN)
 
     def _watch(self) -> None:

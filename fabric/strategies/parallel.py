@@ -188,8 +188,10 @@ class ParallelStrategy(Strategy):
         for name, value in (("MASTER_ADDR", address), ("MASTER_PORT", str(environment.main_port))):
             self._environ_before.setdefault(name, os.environ.get(name))
             os.environ[name] = value
-        # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade).
+        # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade, weakly);
+        # this step leaves it even when the Fabric that created it was freed first (a no-op otherwise).
         lifecycle.install()
+        lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
 
     def _start_hang_watcher(self) -> None:
         """Answer other ranks' hang reports from now on (one daemon thread; see ``hang_report``)."""
