@@ -42,7 +42,14 @@ from typing import Any
 import torch
 
 from fabric.checkpoint import reclaim
-from fabric.checkpoint.io import CheckpointError, _host_tag, _process_exists, fsync_directory, make_directory
+from fabric.checkpoint.io import (
+    CheckpointError,
+    _host_tag,
+    _os_error_behind,
+    _process_exists,
+    fsync_directory,
+    make_directory,
+)
 from fabric.utilities.rank_zero import rank_zero_info
 
 META_FILE = "meta.pt"
@@ -169,7 +176,35 @@ def save_shards(shards: dict[str, Any], directory: str, process_group: Any = Non
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    dcp.save(shards, checkpoint_id=directory, process_group=process_group, no_dist=not dist.is_initialized())
+    dcp.save(
+        shards,
+        storage_writer=_writer(directory),
+        process_group=process_group,
+        no_dist=not dist.is_initialized(),
+    )
+
+
+def _writer(directory: str) -> Any:
+    """DCP's file writer, failing with the ``OSError`` (disk full, file too large) behind a failed write.
+
+    ``torch.save`` reports a failed write as ``RuntimeError: ... unexpected pos`` with the ``OSError`` as
+    its context; DCP then sends each rank's failure to every rank pickled, and pickling drops the
+    context. Raised here, on the rank that wrote, the ``OSError`` itself travels (it pickles with its
+    errno), and the save pipeline turns it into the ``OSError`` a single-file save raises.
+    """
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    class _Writer(FileSystemWriter):
+        def write_data(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().write_data(*args, **kwargs)
+            except Exception as error:
+                os_error = _os_error_behind(error)
+                if os_error is None or os_error is error:
+                    raise
+                raise OSError(os_error.errno, os_error.strerror or str(os_error)) from error
+
+    return _Writer(directory)
 
 
 def files_to_record(directory: str) -> list[str]:

@@ -8,6 +8,7 @@ bits, truncated shards, a writer killed at random moments, a full disk.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -700,3 +701,21 @@ def test_fsdp_does_not_keep_the_models_it_sharded_alive() -> None:
     )
     assert run.returncode == 0, run.output
     assert run.output.strip().splitlines()[-1] == "OK", run.output
+
+
+@POSIX_ONLY
+@pytest.mark.timeout(150)
+def test_a_sharded_save_past_the_file_size_limit_on_two_processes_raises_oserror(tmp_path: Path) -> None:
+    """Issue 19 #8: DCP sends each rank's failure to every rank as a CheckpointException (a BaseException,
+    missed by `except Exception`) whose failures lost the OSError; every rank now gets the OSError, and
+    the previous checkpoint still loads."""
+    from tests.strategies.multiprocess import REPO_ROOT, run_python
+
+    script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "sharded_disk_full.py"
+    run = run_python([str(script), str(tmp_path / "ckpt")], timeout=140)
+    results = sorted(line for line in run.output.splitlines() if line.startswith("RESULT"))
+    assert results == [
+        f"RESULT rank={rank} caught=OSError errno={errno.EFBIG} step=1" for rank in (0, 1)
+    ], run.output
+    assert run.returncode == 0, run.output
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the failed save removed its directory
