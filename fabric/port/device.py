@@ -1,0 +1,75 @@
+"""Device selection and device moves: ``torch.device(...)`` becomes ``fabric.device``.
+
+Only an assignment of a device (``device = torch.device(...)``, or a conditional between such calls)
+is rewritten: the name then holds Fabric's device, so every ``.to(device)`` after it stays right
+without being touched. ``x.cuda()`` becomes ``x.to(fabric.device)`` (a no-op move on the device Fabric
+chose); ``.cuda(i)`` names a device index and is left. Command-line flags that picked the device
+(``--no-cuda``...) no longer do, which the report says.
+"""
+
+from __future__ import annotations
+
+import libcst as cst
+
+from fabric.port.rules import Rule, kwargs, positional, string_value
+
+_DEVICE_CALLS = ("torch.device", "torch.accelerator.current_accelerator")
+_DEVICE_FLAGS = ("--no-cuda", "--no_cuda", "--cuda", "--no-mps", "--no_mps", "--no-accel", "--no_accel", "--device", "--gpu")
+
+
+class DeviceRule(Rule):
+    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ctx)
+        self.device_converted = False
+
+    def _is_device_value(self, node: cst.BaseExpression) -> bool:
+        if isinstance(node, cst.IfExp):
+            return self._is_device_value(node.body) and self._is_device_value(node.orelse)
+        if isinstance(node, cst.Call) and self.ctx.is_(node.func, *_DEVICE_CALLS):
+            first = positional(node)
+            return not (first and string_value(first[0].value) == "meta")
+        return False
+
+    def statement(self, original, updated):  # type: ignore[no-untyped-def]
+        body = original.body
+        if len(body) != 1 or not isinstance(body[0], cst.Assign) or not self._is_device_value(body[0].value):
+            return None
+        assign = updated.body[0]
+        assert isinstance(assign, cst.Assign)
+        self.ctx.done(original, "the device is the one Fabric picked for this process")
+        self.device_converted = True
+        return updated.with_changes(body=[assign.with_changes(value=self.ctx.fabric("device"))])
+
+    def call(self, original, updated):  # type: ignore[no-untyped-def]
+        func = original.func
+        if isinstance(func, cst.Attribute) and func.attr.value == "add_argument" and original.args:
+            flag = string_value(original.args[0].value)
+            if flag in _DEVICE_FLAGS:
+                self.ctx.left(
+                    original,
+                    f"the option {flag} chose the device; after the port Fabric chooses it",
+                    "remove the option, or pass it on as `Fabric(accelerator='cpu')` (or `fabric run "
+                    "--accelerator cpu`)",
+                )
+            return None
+        if not isinstance(func, cst.Attribute) or self.ctx.is_(func.value, "torch", "torch.cuda"):
+            return None
+        if func.attr.value == "cuda":
+            extra = set(kwargs(original)) - {"non_blocking"}
+            if positional(original) or extra:
+                self.ctx.left(
+                    original,
+                    "`.cuda(...)` with a device index or options other than non_blocking",
+                    "drop the index: Fabric gives each process its own device; use `.to(fabric.device)`",
+                )
+                return None
+            self.ctx.done(original, "moved to the device Fabric picked")
+            args = [cst.Arg(self.ctx.fabric("device")), *updated.args]
+            if len(args) > 1:
+                args[0] = args[0].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+            return updated.with_changes(func=updated.func.with_changes(attr=cst.Name("to")), args=args)
+        if func.attr.value == "to" and len(original.args) == 1 and original.args[0].keyword is None:
+            if string_value(original.args[0].value) in ("cuda", "mps"):
+                self.ctx.done(original, "moved to the device Fabric picked")
+                return updated.with_changes(args=[cst.Arg(self.ctx.fabric("device"))])
+        return None
