@@ -65,10 +65,15 @@ class CollectiveRule(Rule):
     def if_(self, original, updated):  # type: ignore[no-untyped-def]
         if self._rank_zero(original.test) != "==" or not isinstance(updated.body, cst.IndentedBlock):
             return None
+        for statement in original.body.body:
+            call = only_call(statement) if isinstance(statement, cst.SimpleStatementLine) else None
+            if call is not None and self.ctx.is_(call.func, "builtins.print"):
+                self.ctx.done(statement, "fabric.print prints on rank 0 only, as the check around it did")
         body = []
         for statement in updated.body.body:
             call = only_call(statement) if isinstance(statement, cst.SimpleStatementLine) else None
             if call is not None and isinstance(call.func, cst.Name) and call.func.value == "print":
+                # the original statements were checked to be the builtin print just above
                 new_call = call.with_changes(func=self.ctx.fabric("print"))
                 statement = statement.with_changes(body=[statement.body[0].with_changes(value=new_call)])
             body.append(statement)
