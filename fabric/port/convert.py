@@ -5,22 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper, PositionProvider, QualifiedNameProvider
+from libcst.metadata import (
+    MetadataWrapper,
+    ParentNodeProvider,
+    PositionProvider,
+    QualifiedNameProvider,
+    ScopeProvider,
+)
 
 from fabric.port.amp import AmpRule
 from fabric.port.backward import BackwardRule
 from fabric.port.checkpoint import CheckpointRule
 from fabric.port.collectives import CollectiveRule
 from fabric.port.device import DeviceRule
-from fabric.port.entry import add_fabric, has_fabric, is_main_guard
+from fabric.port.entry import add_fabric, has_fabric, is_main_guard, is_script
 from fabric.port.processes import ProcessRule, uses_spawn
 from fabric.port.report import Finding, Report
 from fabric.port.rules import Context, Rule, all_nodes
 from fabric.port.seed import SeedRule
 
 
+_METADATA = (QualifiedNameProvider, PositionProvider, ScopeProvider, ParentNodeProvider)
+
+
 class _Porter(cst.CSTTransformer):
-    METADATA_DEPENDENCIES = (QualifiedNameProvider, PositionProvider)
 
     def __init__(self, ctx: Context, rules: list[Rule]) -> None:
         super().__init__()
@@ -111,21 +119,23 @@ def convert_source(source: str) -> tuple[str, Report]:
     except cst.ParserSyntaxError as err:
         raise SyntaxError(f"fabric port: the script does not parse: {err}") from err
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    ctx = Context(metadata=wrapper.resolve_many(_Porter.METADATA_DEPENDENCIES), module=module)
+    ctx = Context(metadata=wrapper.resolve_many(_METADATA), module=module)
     rules = [rule(ctx) for rule in _RULES]
     for rule in rules:
         rule.analyze(module)
     converted = module.visit(_Porter(ctx, rules))
     # the MetadataWrapper resolved metadata on `module` itself, so the visit above can read it
-    spawn = uses_spawn(ctx, module)
-    if spawn:
+    if uses_spawn(ctx, module):
         # The workers import this file without its __main__ block: a converted script would have no
         # Fabric object there. Nothing is changed; everything the rules saw becomes a manual step.
-        findings = [
-            f if not f.converted else Finding(f.line, f.code, "not converted: " + f.reason + " (spawn entry point)", converted=False)
-            for f in ctx.findings
-        ]
-        return source, Report(findings)
+        return source, _unchanged(ctx, "spawn entry point", "")
+    if ctx.uses_fabric and not has_fabric(ctx, module) and not is_script(module):
+        return source, _unchanged(
+            ctx,
+            "a module without an entry point",
+            "this file only defines functions and classes; give them the Fabric object of the script that "
+            "runs them (a `fabric` argument) and make these changes",
+        )
     if ctx.uses_fabric and not has_fabric(ctx, module):
         imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))
         converted = add_fabric(ctx, converted, imports_fabric)
@@ -136,3 +146,15 @@ def convert_source(source: str) -> tuple[str, Report]:
 
 def _names(module: cst.Module) -> list[cst.CSTNode]:
     return [n for n in all_nodes(module) if isinstance(n, cst.Name)]
+
+
+def _unchanged(ctx: Context, why: str, fix: str) -> Report:
+    """The report of a file left whole: what the rules would have rewritten becomes a manual step."""
+    return Report(
+        [
+            f
+            if not f.converted
+            else Finding(f.line, f.code, f"not converted ({why}): {f.reason}", fix or f.fix, converted=False)
+            for f in ctx.findings
+        ]
+    )

@@ -30,9 +30,41 @@ class DeviceRule(Rule):
             return not (first and string_value(first[0].value) == "meta")
         return False
 
+    def _used_as_device_only(self, assign: cst.Assign) -> bool:
+        """Whether every read of the assigned name passes it as a device (``.to(device)``, ``device=``,
+        a function argument, ``device.type``), where Fabric's device (``cuda:0``) acts as the original
+        (``cuda``) did. Text built from it (``f"{device}:{rank}"``), comparisons and the like differ."""
+        if len(assign.targets) != 1 or not isinstance(assign.targets[0].target, cst.Name):
+            return False
+        accesses = self.ctx.accesses(assign.targets[0].target)
+        if accesses is None:
+            return False
+        for node in accesses:
+            parent = self.ctx.parent(node)
+            if isinstance(parent, cst.Attribute) and parent.value is node and parent.attr.value == "type":
+                continue
+            as_text = isinstance(parent, cst.FormattedStringExpression)
+            if as_text:
+                parent = self.ctx.parent(self.ctx.parent(parent) or parent)  # the f-string's Arg, if any
+            if not isinstance(parent, cst.Arg):
+                return False
+            call = self.ctx.parent(parent)
+            if not isinstance(call, cst.Call) or self.ctx.is_(call.func, "builtins.str", "builtins.repr", "builtins.format"):
+                return False
+            if (as_text or self.ctx.is_(call.func, "builtins.print")) and not self.ctx.is_(call.func, "builtins.print"):
+                return False  # text built from the device; only printing it is harmless
+        return True
+
     def statement(self, original, updated):  # type: ignore[no-untyped-def]
         body = original.body
         if len(body) != 1 or not isinstance(body[0], cst.Assign) or not self._is_device_value(body[0].value):
+            return None
+        if not self._used_as_device_only(body[0]):
+            self.ctx.left(
+                original,
+                "the device is also used as text or compared; Fabric's device carries an index (cuda:0)",
+                "use `fabric.device` where a device is passed, and `fabric.device.type` where its kind is meant",
+            )
             return None
         assign = updated.body[0]
         assert isinstance(assign, cst.Assign)

@@ -24,6 +24,22 @@ def is_main_guard(node: cst.CSTNode) -> bool:
     return len(test.comparisons) == 1 and names == ["__name__"] and strings == ["__main__"]
 
 
+def is_script(module: cst.Module) -> bool:
+    """Whether the file runs something: a ``__main__`` block, or top-level loops, ``with`` blocks or calls.
+
+    A file of only imports, classes and functions is a library module of a larger program: creating a
+    Fabric object at its import would launch a second time, so such a file is not converted.
+    """
+    for statement in module.body:
+        if is_main_guard(statement) or isinstance(statement, (cst.For, cst.While, cst.With)):
+            return True
+        if isinstance(statement, cst.SimpleStatementLine):
+            for small in statement.body:
+                if isinstance(small, cst.Expr) and isinstance(small.value, cst.Call):
+                    return True
+    return False
+
+
 def has_fabric(ctx: Context, module: cst.Module) -> bool:
     """Whether the script already creates a Fabric object (then nothing is added: idempotence)."""
     return any(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libcst as cst
-from libcst.metadata import PositionProvider, QualifiedNameProvider
+from libcst.metadata import ParentNodeProvider, PositionProvider, QualifiedNameProvider, ScopeProvider
 
 from fabric.port.report import Finding
 
@@ -50,14 +50,38 @@ class Context:
     def is_(self, node: cst.CSTNode, *names: str) -> bool:
         return bool(self.qualified(node) & set(names))
 
+    def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
+        try:
+            return _value(self.metadata[ParentNodeProvider][node])
+        except KeyError:
+            return None
+
+    def accesses(self, name: cst.Name) -> list[cst.CSTNode] | None:
+        """Every read of the variable that ``name`` assigns, or None when its scope is unknown."""
+        try:
+            scope = _value(self.metadata[ScopeProvider][name])
+        except KeyError:
+            return None
+        if scope is None:
+            return None
+        return [access.node for access in scope.accesses[name.value]]
+
     def line(self, node: cst.CSTNode) -> int:
+        # a statement's position starts at the comment lines above it; report the code's own line
+        if isinstance(node, cst.SimpleStatementLine) and node.body:
+            node = node.body[0]
+        elif isinstance(node, cst.With) and node.items:
+            node = node.items[0]
+        elif isinstance(node, cst.If):
+            node = node.test
         try:
             return _value(self.metadata[PositionProvider][node]).start.line
         except KeyError:
             return 0
 
     def code(self, node: cst.CSTNode) -> str:
-        text = self.module.code_for_node(node).strip().splitlines()
+        lines = self.module.code_for_node(node).strip().splitlines()
+        text = [line for line in lines if not line.lstrip().startswith("#")]
         return text[0] + (" ..." if len(text) > 1 else "") if text else ""
 
     def left(self, node: cst.CSTNode, reason: str, fix: str) -> None:

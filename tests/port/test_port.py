@@ -175,3 +175,29 @@ def test_cli_output_diff_and_check(tmp_path: Path) -> None:
     missing = _cli(str(tmp_path / "nope.py"), cwd=tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     assert ROOT.exists()
+
+
+# ------------------------------------------------------------------------------ where the tool holds back
+def test_device_used_as_text_is_left() -> None:
+    source = (
+        "import torch\n\n\ndef main():\n    acc = torch.device('cuda')\n    device = torch.device(f'{acc}:1')\n"
+        "    x = torch.ones(1).to(device)\n    x.backward()\n\n\nif __name__ == '__main__':\n    main()\n"
+    )
+    code, report = convert(source)
+    assert "acc = torch.device('cuda')" in code  # becomes 'cuda:0:1' if rewritten
+    assert "device = fabric.device" in code  # used only as a device: rewritten
+    assert [f.line for f in report.unconverted] == [5]
+
+
+def test_a_module_without_entry_point_is_left_whole() -> None:
+    source = "import torch\n\n\ndef step(model, x):\n    loss = model(x).sum()\n    loss.backward()\n"
+    code, report = convert(source)
+    assert code == source  # a Fabric created at its import would launch twice
+    assert [f.line for f in report.unconverted] == [6]
+    assert "entry point" in report.unconverted[0].reason
+
+
+def test_untouched_source_and_comments_survive_byte_for_byte() -> None:
+    source = "import torch  # keep\n\n\n# nothing to port here\nx = torch.ones(2)  ;  y = x * 2\n"
+    assert convert(source) == (source, convert(source)[1])
+    assert not convert(source)[1].findings
