@@ -87,7 +87,9 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "Needs libcst (pip install 'torch-fabric[port]').",
     )
     port.add_argument("script", help="the PyTorch script to convert")
-    port.add_argument("-o", "--output", default=None, help="write the converted script here (default: stdout)")
+    port.add_argument(
+        "-o", "--output", default=None, help="write the converted script here (default: stdout)"
+    )
     port.add_argument("--diff", action="store_true", help="print a unified diff instead of the script")
     port.add_argument(
         "--check", action="store_true", help="exit with 1 when something could not be converted"
@@ -203,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _consolidate(args.checkpoint_dir, args.output or args.output_file, parser.error)
         return
     if args.command == "port":
-        from fabric.port.command import port
+        from fabric.port.command import port as port_script
 
-        sys.exit(port(args.script, args.output, args.diff, args.check, parser.error))
+        sys.exit(port_script(args.script, args.output, args.diff, args.check, parser.error))
     nproc = _validate(args, run_parser.error)
 
     if args.main_port is None:

@@ -17,8 +17,20 @@ import libcst as cst
 
 from fabric.port.rules import Rule, all_nodes, kwargs, positional, string_value
 
-_AUTOCAST = ("torch.autocast", "torch.amp.autocast", "torch.cuda.amp.autocast", "torch.cpu.amp.autocast", "torch.amp.autocast_mode.autocast")
-_SCALER = ("torch.amp.GradScaler", "torch.cuda.amp.GradScaler", "torch.GradScaler", "torch.cpu.amp.GradScaler", "torch.amp.grad_scaler.GradScaler")
+_AUTOCAST = (
+    "torch.autocast",
+    "torch.amp.autocast",
+    "torch.cuda.amp.autocast",
+    "torch.cpu.amp.autocast",
+    "torch.amp.autocast_mode.autocast",
+)
+_SCALER = (
+    "torch.amp.GradScaler",
+    "torch.cuda.amp.GradScaler",
+    "torch.GradScaler",
+    "torch.cpu.amp.GradScaler",
+    "torch.amp.grad_scaler.GradScaler",
+)
 _DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "16", "torch.half": "16"}
 _SCALER_FIX = {
     "scale": "`fabric.backward(loss)` (scales the loss under precision='16-mixed')",
@@ -36,7 +48,9 @@ class AmpRule(Rule):
 
     def _dtype(self, call: cst.Call) -> str | None:
         named = kwargs(call)
-        if "enabled" in named and not (isinstance(named["enabled"].value, cst.Name) and named["enabled"].value.value == "True"):
+        if "enabled" in named and not (
+            isinstance(named["enabled"].value, cst.Name) and named["enabled"].value.value == "True"
+        ):
             return None
         if "dtype" in named:
             for name in self.ctx.qualified(named["dtype"].value):
@@ -73,7 +87,8 @@ class AmpRule(Rule):
         for call in autocasts:
             self.ctx.left(
                 call,
-                "the autocast dtype or its on/off switch is decided at run time" if not scalers or None in dtypes
+                "the autocast dtype or its on/off switch is decided at run time"
+                if not scalers or None in dtypes
                 else "autocast together with a hand-written GradScaler",
                 "pick the precision once: `Fabric(precision='bf16-mixed' or '16-mixed')`, replace the block's "
                 "`with` by `with fabric.autocast():` (or drop it for a model from `fabric.setup`)",
@@ -88,7 +103,11 @@ class AmpRule(Rule):
 
     def call(self, original, updated):  # type: ignore[no-untyped-def]
         func = original.func
-        if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Name) and func.value.value in self.scalers:
+        if (
+            isinstance(func, cst.Attribute)
+            and isinstance(func.value, cst.Name)
+            and func.value.value in self.scalers
+        ):
             fix = _SCALER_FIX.get(func.attr.value)
             if fix:
                 self.ctx.left(original, "a GradScaler call", fix)

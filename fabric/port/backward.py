@@ -20,9 +20,9 @@ class BackwardRule(Rule):
         if self.ctx.is_(func.value, "torch.autograd", "torch"):
             return None  # torch.autograd.backward(...): a function, not a tensor method
         if not isinstance(func.value, (cst.Name, cst.Attribute)):
-            if isinstance(func.value, cst.Call) and isinstance(func.value.func, cst.Attribute):
-                if func.value.func.attr.value == "scale":
-                    return None  # scaler.scale(loss).backward(): the AMP rule's
+            inner = func.value.func if isinstance(func.value, cst.Call) else None
+            if isinstance(inner, cst.Attribute) and inner.attr.value == "scale":
+                return None  # scaler.scale(loss).backward(): the AMP rule's
             self.ctx.left(
                 original,
                 "backward on an expression",

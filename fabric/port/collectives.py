@@ -38,7 +38,13 @@ class CollectiveRule(Rule):
         if not isinstance(node, cst.Comparison) or len(node.comparisons) != 1:
             return None
         target = node.comparisons[0]
-        op = "==" if isinstance(target.operator, cst.Equal) else "!=" if isinstance(target.operator, cst.NotEqual) else None
+        op = (
+            "=="
+            if isinstance(target.operator, cst.Equal)
+            else "!="
+            if isinstance(target.operator, cst.NotEqual)
+            else None
+        )
         sides = (node.left, target.comparator)
         for rank, zero in (sides, sides[::-1]):
             if (
@@ -74,8 +80,11 @@ class CollectiveRule(Rule):
             call = only_call(statement) if isinstance(statement, cst.SimpleStatementLine) else None
             if call is not None and isinstance(call.func, cst.Name) and call.func.value == "print":
                 # the original statements were checked to be the builtin print just above
+                assert isinstance(statement, cst.SimpleStatementLine)
                 new_call = call.with_changes(func=self.ctx.fabric("print"))
-                statement = statement.with_changes(body=[statement.body[0].with_changes(value=new_call)])
+                expr = statement.body[0]
+                assert isinstance(expr, cst.Expr)
+                statement = statement.with_changes(body=[expr.with_changes(value=new_call)])
             body.append(statement)
         return updated.with_changes(body=updated.body.with_changes(body=body))
 
@@ -102,12 +111,18 @@ class CollectiveRule(Rule):
         if "op" in named:
             value = named["op"].value
             op_name = value.attr.value if isinstance(value, cst.Attribute) else ""
-            if op_name not in _REDUCE_OPS or not any(q.endswith("ReduceOp." + op_name) for q in self.ctx.qualified(value)):
+            if op_name not in _REDUCE_OPS or not any(
+                q.endswith("ReduceOp." + op_name) for q in self.ctx.qualified(value)
+            ):
                 op = ""
             else:
                 op = _REDUCE_OPS[op_name]
         if len(args) != 1 or not isinstance(args[0].value, cst.Name) or set(named) - {"op"} or not op:
-            self.ctx.left(original, "an all_reduce with a group, async_op, an unknown op or an expression", _REPORTED["all_reduce"])
+            self.ctx.left(
+                original,
+                "an all_reduce with a group, async_op, an unknown op or an expression",
+                _REPORTED["all_reduce"],
+            )
             return None
         self.ctx.done(original, "Fabric's all_reduce returns the reduced tensor; the name is rebound to it")
         name = args[0].value

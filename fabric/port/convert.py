@@ -24,12 +24,10 @@ from fabric.port.report import Finding, Report
 from fabric.port.rules import Context, Rule, all_nodes
 from fabric.port.seed import SeedRule
 
-
 _METADATA = (QualifiedNameProvider, PositionProvider, ScopeProvider, ParentNodeProvider)
 
 
 class _Porter(cst.CSTTransformer):
-
     def __init__(self, ctx: Context, rules: list[Rule]) -> None:
         super().__init__()
         self.ctx = ctx
@@ -91,7 +89,9 @@ class _Porter(cst.CSTTransformer):
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> Any:
         return self._first("call", original, updated)
 
-    def leave_SimpleStatementLine(self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine) -> Any:
+    def leave_SimpleStatementLine(
+        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+    ) -> Any:
         return self._first("statement", original, updated)
 
     def leave_With(self, original: cst.With, updated: cst.With) -> Any:

@@ -14,7 +14,17 @@ import libcst as cst
 from fabric.port.rules import Rule, kwargs, positional, string_value
 
 _DEVICE_CALLS = ("torch.device", "torch.accelerator.current_accelerator")
-_DEVICE_FLAGS = ("--no-cuda", "--no_cuda", "--cuda", "--no-mps", "--no_mps", "--no-accel", "--no_accel", "--device", "--gpu")
+_DEVICE_FLAGS = (
+    "--no-cuda",
+    "--no_cuda",
+    "--cuda",
+    "--no-mps",
+    "--no_mps",
+    "--no-accel",
+    "--no_accel",
+    "--device",
+    "--gpu",
+)
 
 
 class DeviceRule(Rule):
@@ -44,14 +54,19 @@ class DeviceRule(Rule):
             if isinstance(parent, cst.Attribute) and parent.value is node and parent.attr.value == "type":
                 continue
             as_text = isinstance(parent, cst.FormattedStringExpression)
-            if as_text:
-                parent = self.ctx.parent(self.ctx.parent(parent) or parent)  # the f-string's Arg, if any
+            if as_text and parent is not None:
+                string = self.ctx.parent(parent)  # the f-string
+                parent = self.ctx.parent(string) if string is not None else None  # its Arg, if any
             if not isinstance(parent, cst.Arg):
                 return False
             call = self.ctx.parent(parent)
-            if not isinstance(call, cst.Call) or self.ctx.is_(call.func, "builtins.str", "builtins.repr", "builtins.format"):
+            if not isinstance(call, cst.Call) or self.ctx.is_(
+                call.func, "builtins.str", "builtins.repr", "builtins.format"
+            ):
                 return False
-            if (as_text or self.ctx.is_(call.func, "builtins.print")) and not self.ctx.is_(call.func, "builtins.print"):
+            if (as_text or self.ctx.is_(call.func, "builtins.print")) and not self.ctx.is_(
+                call.func, "builtins.print"
+            ):
                 return False  # text built from the device; only printing it is harmless
         return True
 
@@ -100,8 +115,8 @@ class DeviceRule(Rule):
             if len(args) > 1:
                 args[0] = args[0].with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
             return updated.with_changes(func=updated.func.with_changes(attr=cst.Name("to")), args=args)
-        if func.attr.value == "to" and len(original.args) == 1 and original.args[0].keyword is None:
-            if string_value(original.args[0].value) in ("cuda", "mps"):
-                self.ctx.done(original, "moved to the device Fabric picked")
-                return updated.with_changes(args=[cst.Arg(self.ctx.fabric("device"))])
+        single = len(original.args) == 1 and original.args[0].keyword is None
+        if func.attr.value == "to" and single and string_value(original.args[0].value) in ("cuda", "mps"):
+            self.ctx.done(original, "moved to the device Fabric picked")
+            return updated.with_changes(args=[cst.Arg(self.ctx.fabric("device"))])
         return None

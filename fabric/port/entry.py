@@ -43,7 +43,8 @@ def is_script(module: cst.Module) -> bool:
 def has_fabric(ctx: Context, module: cst.Module) -> bool:
     """Whether the script already creates a Fabric object (then nothing is added: idempotence)."""
     return any(
-        isinstance(n, cst.Call) and ctx.is_(n.func, "fabric.Fabric", "fabric.fabric.Fabric", "lightning.fabric.Fabric")
+        isinstance(n, cst.Call)
+        and ctx.is_(n.func, "fabric.Fabric", "fabric.fabric.Fabric", "lightning.fabric.Fabric")
         for n in all_nodes(module)
     )
 
@@ -79,10 +80,11 @@ def _is_import(statement: cst.CSTNode) -> bool:
 
 def _imports_os(module: cst.Module) -> bool:
     return any(
-        isinstance(s, cst.Import) and any(a.asname is None and isinstance(a.name, cst.Name) and a.name.value == "os" for a in s.names)
+        isinstance(s, cst.Import)
+        and any(a.asname is None and isinstance(a.name, cst.Name) and a.name.value == "os" for a in s.names)
         for statement in module.body
         if _is_import(statement)
-        for s in statement.body  # type: ignore[attr-defined]
+        for s in statement.body  # type: ignore[union-attr]
     )
 
 

@@ -16,14 +16,25 @@ import libcst as cst
 from fabric.port.rules import Rule, all_nodes, kwargs, only_call, positional, removed
 
 _INIT = ("torch.distributed.init_process_group", "torch.distributed.distributed_c10d.init_process_group")
-_DESTROY = ("torch.distributed.destroy_process_group", "torch.distributed.distributed_c10d.destroy_process_group")
+_DESTROY = (
+    "torch.distributed.destroy_process_group",
+    "torch.distributed.distributed_c10d.destroy_process_group",
+)
 _DDP = (
     "torch.nn.parallel.DistributedDataParallel",
     "torch.nn.parallel.distributed.DistributedDataParallel",
     "torch.nn.DistributedDataParallel",
 )
-_DP = ("torch.nn.DataParallel", "torch.nn.parallel.DataParallel", "torch.nn.parallel.data_parallel.DataParallel")
-_SPAWN = ("torch.multiprocessing.spawn", "torch.multiprocessing.start_processes", "torch.multiprocessing.spawn.spawn")
+_DP = (
+    "torch.nn.DataParallel",
+    "torch.nn.parallel.DataParallel",
+    "torch.nn.parallel.data_parallel.DataParallel",
+)
+_SPAWN = (
+    "torch.multiprocessing.spawn",
+    "torch.multiprocessing.start_processes",
+    "torch.multiprocessing.spawn.spawn",
+)
 #: init_process_group arguments that say nothing the environment does not
 _ENV_INIT_ARGS = {"backend", "timeout"}
 _WRAP_ARGS = {"device_ids", "output_device"}
@@ -46,10 +57,16 @@ class ProcessRule(Rule):
         if self.ctx.is_(call.func, *_INIT):
             extra = set(kwargs(call)) - _ENV_INIT_ARGS
             init_method = kwargs(call).get("init_method")
-            env_method = init_method is not None and isinstance(init_method.value, cst.SimpleString) and (
-                init_method.value.evaluated_value == "env://"
+            env_method = (
+                init_method is not None
+                and isinstance(init_method.value, cst.SimpleString)
+                and (init_method.value.evaluated_value == "env://")
             )
-            if len(positional(call)) > 1 or (extra - {"init_method"}) or (init_method is not None and not env_method):
+            if (
+                len(positional(call)) > 1
+                or (extra - {"init_method"})
+                or (init_method is not None and not env_method)
+            ):
                 self.ctx.left(
                     original,
                     "init_process_group with its own rank, world size or address",
@@ -96,4 +113,7 @@ class ProcessRule(Rule):
                 "start it with `fabric run --devices N` and shard the data (DistributedSampler)"
             )
         self.ctx.done(original, "Fabric wraps the model for its strategy (DDP under torchrun)", note)
-        return cst.Call(func=self.ctx.fabric("setup_module"), args=[updated.args[0].with_changes(comma=cst.MaybeSentinel.DEFAULT)])
+        return cst.Call(
+            func=self.ctx.fabric("setup_module"),
+            args=[updated.args[0].with_changes(comma=cst.MaybeSentinel.DEFAULT)],
+        )

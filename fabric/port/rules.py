@@ -154,7 +154,9 @@ def removed(original: cst.SimpleStatementLine) -> cst.BaseStatement | cst.Remova
     """Remove a statement; keep its comment lines (as a ``pass``) so no comment is lost."""
     if any(line.comment is not None for line in original.leading_lines) or _trailing_comment(original):
         return cst.SimpleStatementLine(
-            body=[cst.Pass()], leading_lines=original.leading_lines, trailing_whitespace=original.trailing_whitespace
+            body=[cst.Pass()],
+            leading_lines=original.leading_lines,
+            trailing_whitespace=original.trailing_whitespace,
         )
     return cst.RemoveFromParent()
 

@@ -17,7 +17,9 @@ def env() -> dict[str, str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "GROUP_", "FABRIC_", "PL_", "TORCHELASTIC"))
+        if not k.startswith(
+            ("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "GROUP_", "FABRIC_", "PL_", "TORCHELASTIC")
+        )
     }
     clean["OMP_NUM_THREADS"] = "1"
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])

@@ -17,8 +17,8 @@ import pytest
 
 pytest.importorskip("libcst")
 
-from fabric.port import convert  # noqa: E402
-from tests.port.helpers import ROOT, SCRIPTS, env, run, run_both  # noqa: E402
+from fabric.port import convert
+from tests.port.helpers import ROOT, SCRIPTS, env, run_both
 
 ALL_SCRIPTS = sorted(SCRIPTS.glob("*.py"))
 
@@ -60,7 +60,7 @@ def test_import_fabric_does_not_import_libcst() -> None:
 
 # ------------------------------------------------------------------------------------ one per pattern
 def test_device_selection_and_moves(tmp_path: Path) -> None:
-    source, code, report, path = _port("device_moves.py", tmp_path)
+    _, code, report, path = _port("device_moves.py", tmp_path)
     assert "device = fabric.device  # the device, by hand" in code
     assert "model = model.to(fabric.device)" in code
     assert "x = x.to(fabric.device, non_blocking=True)" in code
@@ -109,7 +109,9 @@ def test_grad_scaler_is_left_and_every_call_reported(tmp_path: Path) -> None:
     } <= left
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    converted, original = run_both((path,), (SCRIPTS / "grad_scaler.py",), cwds=(tmp_path / "a", tmp_path / "b"))
+    converted, original = run_both(
+        (path,), (SCRIPTS / "grad_scaler.py",), cwds=(tmp_path / "a", tmp_path / "b")
+    )
     assert converted == original
 
 
@@ -135,7 +137,7 @@ def test_ddp_script_under_torchrun(tmp_path: Path, nproc: int) -> None:
         'total = fabric.all_reduce(total, reduce_op="sum")',
         "world = fabric.world_size",
         "if fabric.is_global_zero:",
-        "fabric.print(f\"epoch",
+        'fabric.print(f"epoch',
         "fabric.barrier()",
         "fabric.backward(loss)",
         "sampler.set_epoch(epoch)",  # the DistributedSampler works unchanged under Fabric

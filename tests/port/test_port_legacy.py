@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("libcst")
 
-from fabric import Fabric  # noqa: E402
-from fabric.port import convert  # noqa: E402
-from tests.port.helpers import ROOT, run_both  # noqa: E402
+from fabric import Fabric
+from fabric.port import convert
+from tests.port.helpers import ROOT, run_both
 
 PORTING = ROOT / "examples" / "porting"
 
@@ -25,12 +25,19 @@ def test_converted_legacy_script_matches_the_hand_port(tmp_path: Path, devices: 
     converted = tmp_path / "legacy_train_fabric.py"
     converted.write_text(code)
     # what the tool leaves (the dynamic AMP switch, the GradScaler, torch.save/load) is listed
-    assert {f.code.split("(")[0] for f in report.unconverted} >= {"torch.amp.GradScaler", "torch.autocast", "torch.save"}
+    assert {f.code.split("(")[0] for f in report.unconverted} >= {
+        "torch.amp.GradScaler",
+        "torch.autocast",
+        "torch.save",
+    }
 
     common = ("--epochs", "2", "--seed", "0")
     hand_port = (PORTING / "fabric_train.py", "--accelerator", "cpu", "--devices", str(devices), *common)
     if devices == 1:
-        ours, theirs = run_both((converted, *common, "--out", str(tmp_path / "ours")), (*hand_port, "--out", str(tmp_path / "hand")))
+        ours, theirs = run_both(
+            (converted, *common, "--out", str(tmp_path / "ours")),
+            (*hand_port, "--out", str(tmp_path / "hand")),
+        )
     else:
         # one launch at a time: torchrun's 2 processes and the hand port's 2 need the 2 cores each
         from tests.port.helpers import run
