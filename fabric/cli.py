@@ -1,5 +1,8 @@
 """``fabric run [options] SCRIPT [ARGS]``: start a script on one or many processes.
 
+(Also ``fabric consolidate`` for sharded checkpoints and ``fabric port`` to convert a plain PyTorch
+script, see ``fabric/port``.)
+
 The options are validated first (a bad value fails before any process starts), then written to the
 environment as ``FABRIC_*`` variables, which a plain ``Fabric()`` in the script picks up. A value in
 the script that contradicts an option is an error raised by the script's ``Fabric(...)``. Everything
@@ -74,6 +77,22 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         dest="output_file",
         default=None,
         help="the file to write (Lightning's name)",
+    )
+    port = commands.add_parser(
+        "port",
+        help="convert a plain PyTorch training script to fabric, and report what it left",
+        description="Rewrite device moves, the process group, DDP wrapping, bf16 autocast, backward, rank "
+        "checks, collectives and seeding of a PyTorch script into fabric calls, keeping everything else "
+        "byte for byte; the report (on stderr) lists each place left as is, with the change to make. "
+        "Needs libcst (pip install 'torch-fabric[port]').",
+    )
+    port.add_argument("script", help="the PyTorch script to convert")
+    port.add_argument(
+        "-o", "--output", default=None, help="write the converted script here (default: stdout)"
+    )
+    port.add_argument("--diff", action="store_true", help="print a unified diff instead of the script")
+    port.add_argument(
+        "--check", action="store_true", help="exit with 1 when something could not be converted"
     )
     return parser, run
 
@@ -185,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("consolidate: the output was given twice (OUTPUT and --output_file); pass one.")
         _consolidate(args.checkpoint_dir, args.output or args.output_file, parser.error)
         return
+    if args.command == "port":
+        from fabric.port.command import port as port_script
+
+        sys.exit(port_script(args.script, args.output, args.diff, args.check, parser.error))
     nproc = _validate(args, run_parser.error)
 
     if args.main_port is None:

@@ -1,0 +1,44 @@
+"""``fabric port``: turn a plain PyTorch training script into a Fabric script, and say what it left.
+
+The converter edits a concrete syntax tree (``libcst``), so comments, blank lines and every statement
+it does not touch keep their exact bytes, and running it on its own output changes nothing. Each rule
+rewrites a pattern only where the pattern can be proven from the code alone (the call resolves to the
+torch function through the script's imports, the arguments are the ones whose meaning is known);
+anything else is left as written and listed in the report with the line, the reason and the change
+to make by hand.
+
+``libcst`` is an optional dependency (``pip install torch-fabric[port]``): ``import fabric`` never
+imports this package, and this package imports ``libcst`` only when :func:`convert` runs.
+
+Example::
+
+    from fabric.port import convert
+
+    code, report = convert(open("train.py").read())
+    print(report.text())
+"""
+
+from __future__ import annotations
+
+from fabric.port.report import Finding, Report
+
+__all__ = ["Finding", "Report", "convert"]
+
+
+def convert(source: str) -> tuple[str, Report]:
+    """Convert the source of a PyTorch script to Fabric; return the new source and the report.
+
+    The new source always parses. Where the input has nothing to convert, it is returned unchanged.
+    Raises ``ImportError`` (with the install command) when ``libcst`` is missing, and ``SyntaxError``
+    when ``source`` is not valid Python.
+    """
+    try:
+        import libcst  # noqa: F401  (an optional engine: imported only when a conversion runs)
+    except ImportError as err:
+        raise ImportError(
+            "fabric port needs libcst to edit the script without touching its formatting: "
+            "`pip install 'torch-fabric[port]'` (or `pip install libcst`)."
+        ) from err
+    from fabric.port.convert import convert_source
+
+    return convert_source(source)

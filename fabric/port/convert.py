@@ -1,0 +1,160 @@
+"""One pass over the script: a transformer that hands each node to the rules, then the entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+from libcst.metadata import (
+    MetadataWrapper,
+    ParentNodeProvider,
+    PositionProvider,
+    QualifiedNameProvider,
+    ScopeProvider,
+)
+
+from fabric.port.amp import AmpRule
+from fabric.port.backward import BackwardRule
+from fabric.port.checkpoint import CheckpointRule
+from fabric.port.collectives import CollectiveRule
+from fabric.port.device import DeviceRule
+from fabric.port.entry import add_fabric, has_fabric, is_main_guard, is_script
+from fabric.port.processes import ProcessRule, uses_spawn
+from fabric.port.report import Finding, Report
+from fabric.port.rules import Context, Rule, all_nodes
+from fabric.port.seed import SeedRule
+
+_METADATA = (QualifiedNameProvider, PositionProvider, ScopeProvider, ParentNodeProvider)
+
+
+class _Porter(cst.CSTTransformer):
+    def __init__(self, ctx: Context, rules: list[Rule]) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.rules = rules
+        self.depth = 0  # functions, classes and lambdas around the node
+        self.main_guard = 0
+
+    def _update_level(self) -> None:
+        self.ctx.at_module_level = self.depth == 0 and self.main_guard == 0
+
+    def _scope_in(self) -> None:
+        self.depth += 1
+        self._update_level()
+
+    def _scope_out(self) -> None:
+        self.depth -= 1
+        self._update_level()
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+        self._scope_in()
+
+    def leave_FunctionDef(self, original: cst.FunctionDef, updated: cst.FunctionDef) -> cst.FunctionDef:
+        self._scope_out()
+        return updated
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+        self._scope_in()
+
+    def leave_ClassDef(self, original: cst.ClassDef, updated: cst.ClassDef) -> cst.ClassDef:
+        self._scope_out()
+        return updated
+
+    def visit_Lambda(self, node: cst.Lambda) -> None:
+        self._scope_in()
+
+    def leave_Lambda(self, original: cst.Lambda, updated: cst.Lambda) -> cst.Lambda:
+        self._scope_out()
+        return updated
+
+    def visit_If(self, node: cst.If) -> None:
+        if is_main_guard(node):
+            self.main_guard += 1
+            self._update_level()
+
+    def _first(self, hook: str, original: Any, updated: Any) -> Any:
+        for rule in self.rules:
+            result = getattr(rule, hook)(original, updated)
+            if result is not None:
+                return result
+        return updated
+
+    def leave_If(self, original: cst.If, updated: cst.If) -> Any:
+        result = self._first("if_", original, updated)
+        if is_main_guard(original):
+            self.main_guard -= 1
+            self._update_level()
+        return result
+
+    def leave_Call(self, original: cst.Call, updated: cst.Call) -> Any:
+        return self._first("call", original, updated)
+
+    def leave_SimpleStatementLine(
+        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+    ) -> Any:
+        return self._first("statement", original, updated)
+
+    def leave_With(self, original: cst.With, updated: cst.With) -> Any:
+        return self._first("with_", original, updated)
+
+    def leave_Comparison(self, original: cst.Comparison, updated: cst.Comparison) -> Any:
+        return self._first("comparison", original, updated)
+
+
+_RULES: tuple[type[Rule], ...] = (
+    ProcessRule,
+    DeviceRule,
+    AmpRule,
+    CollectiveRule,
+    BackwardRule,
+    CheckpointRule,
+    SeedRule,
+)
+
+
+def convert_source(source: str) -> tuple[str, Report]:
+    """See :func:`fabric.port.convert`."""
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as err:
+        raise SyntaxError(f"fabric port: the script does not parse: {err}") from err
+    wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
+    ctx = Context(metadata=wrapper.resolve_many(_METADATA), module=module)
+    rules = [rule(ctx) for rule in _RULES]
+    for rule in rules:
+        rule.analyze(module)
+    converted = module.visit(_Porter(ctx, rules))
+    # the MetadataWrapper resolved metadata on `module` itself, so the visit above can read it
+    if uses_spawn(ctx, module):
+        # The workers import this file without its __main__ block: a converted script would have no
+        # Fabric object there. Nothing is changed; everything the rules saw becomes a manual step.
+        return source, _unchanged(ctx, "spawn entry point", "")
+    if ctx.uses_fabric and not has_fabric(ctx, module) and not is_script(module):
+        return source, _unchanged(
+            ctx,
+            "a module without an entry point",
+            "this file only defines functions and classes; give them the Fabric object of the script that "
+            "runs them (a `fabric` argument) and make these changes",
+        )
+    if ctx.uses_fabric and not has_fabric(ctx, module):
+        imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))
+        converted = add_fabric(ctx, converted, imports_fabric)
+    code = converted.code
+    compile(code, "<fabric port>", "exec")  # the output always parses; a failure here is our bug
+    return code, Report(ctx.findings)
+
+
+def _names(module: cst.Module) -> list[cst.CSTNode]:
+    return [n for n in all_nodes(module) if isinstance(n, cst.Name)]
+
+
+def _unchanged(ctx: Context, why: str, fix: str) -> Report:
+    """The report of a file left whole: what the rules would have rewritten becomes a manual step."""
+    return Report(
+        [
+            f
+            if not f.converted
+            else Finding(f.line, f.code, f"not converted ({why}): {f.reason}", fix or f.fix, converted=False)
+            for f in ctx.findings
+        ]
+    )

@@ -1,0 +1,54 @@
+"""Run a script and its conversion as real processes (plain python, or torchrun with gloo) and compare."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fabric.environments import find_free_network_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def env() -> dict[str, str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_", "GROUP_", "FABRIC_", "PL_", "TORCHELASTIC")
+        )
+    }
+    clean["OMP_NUM_THREADS"] = "1"
+    clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
+    return clean
+
+
+def run(script: Path, *args: str, nproc: int = 1, cwd: Path | None = None) -> list[str]:
+    """Run ``script`` (under torchrun when ``nproc > 1``) and return its stdout lines; fail on errors."""
+    if nproc == 1:
+        command = [sys.executable, str(script), *args]
+    else:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+            "--master-addr=127.0.0.1", f"--master-port={find_free_network_port()}", "--", str(script), *args,
+        ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=cwd or script.parent, env=env(), capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout.splitlines()
+
+
+def run_both(
+    first: tuple, second: tuple, nproc: int = 1, cwds: tuple[Path | None, Path | None] = (None, None)
+) -> tuple[list[str], list[str]]:
+    """``run`` two scripts at the same time (the machine has cores to spare while one imports torch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(run, *first, nproc=nproc, cwd=cwds[0])
+        b = pool.submit(run, *second, nproc=nproc, cwd=cwds[1])
+        return a.result(), b.result()
