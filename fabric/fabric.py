@@ -283,7 +283,9 @@ class Fabric:
         if dynamo_ctx is not None:
             forward_module = compile_again(forward_module, dynamo_ctx)
         wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
-        wrapped_optimizers = [wrap_optimizer(o, self._strategy, self._callbacks) for o in strategy_optimizers]
+        wrapped_optimizers = [
+            wrap_optimizer(o, self._strategy, self._callbacks, module) for o in strategy_optimizers
+        ]
         self._link_module(module, wrapped_optimizers)
         self._models_setup += 1
         self._setup_modules.add(module)
@@ -335,7 +337,10 @@ class Fabric:
             owner = self._model_updated_by(optimizer)
             if owner is not None:
                 self._optimizer_owners[optimizer] = owner
-        wrapped = [wrap_optimizer(o, self._strategy, self._callbacks) for o in strategy_optimizers]
+        wrapped = [
+            wrap_optimizer(o, self._strategy, self._callbacks, self._optimizer_owners.get(o))
+            for o in strategy_optimizers
+        ]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def _model_updated_by(self, optimizer: Optimizer) -> Module | None:

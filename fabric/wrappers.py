@@ -11,6 +11,7 @@ and ``copy.deepcopy`` of a wrapper gives a wrapper of the copy.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ _MODULE_OWN_ATTRIBUTES = frozenset(
         "_forward_methods",
         "_step_methods",
         "_plain_forward",
+        "_routes_through_forward",
     }
 )
 # Lightning's step methods: on a module wrapped by e.g. DDP, calling them directly would bypass the
@@ -68,7 +70,9 @@ class _FabricModule(Module):
         self.__dict__["_plain_forward"] = not (
             precision.has_forward_context or precision.converts_input or precision.converts_output
         )
-        wrapped = forward_module is not original
+        # FSDP2 wraps in place (the same object, with hooks): the strategy says so, identity cannot.
+        wrapped = forward_module is not original or strategy.wraps_in_place
+        self.__dict__["_routes_through_forward"] = wrapped
         self.__dict__["_step_methods"] = frozenset(
             name for name in _STEP_METHODS if wrapped and callable(getattr(original, name, None))
         )
@@ -124,7 +128,7 @@ class _FabricModule(Module):
 
     def _call_marked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._original_module, name)
-        if self._forward_module is self._original_module:
+        if not self._routes_through_forward:
             # Nothing wraps the module: run the method under the precision directly.
             return _PrecisionCall(self._precision, method)(*args, **kwargs)
         return self._through_forward(method, *args, **kwargs)
@@ -230,10 +234,19 @@ class _FabricOptimizer(Optimizer):
     ``__class__`` of an instance.
     """
 
-    def __init__(self, optimizer: Optimizer, strategy: Strategy, callbacks: list[Any] | None = None) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        strategy: Strategy,
+        callbacks: list[Any] | None = None,
+        module: Module | None = None,
+    ) -> None:
         # Optimizer.__init__ is deliberately not called: this object owns no parameters.
         precision = strategy.precision
         self.__dict__["_optimizer"] = optimizer
+        # The model it updates: a sharding strategy keys optimizer state by parameter name, so it needs
+        # the model to save or load that state. Weak: the optimizer must not keep a model alive.
+        self.__dict__["_module_ref"] = weakref.ref(module) if module is not None else None
         self.__dict__["_strategy"] = strategy
         self.__dict__["_step"] = strategy._step_call("optimizer_step")
         self.__dict__["_precision"] = precision
@@ -300,10 +313,16 @@ class _FabricOptimizer(Optimizer):
         self._optimizer.zero_grad(*args, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
-        return self._strategy.get_optimizer_state(self._optimizer)
+        """The full, index-keyed state (as ``torch.optim.Optimizer.state_dict``), gathered by the strategy."""
+        return self._strategy.get_optimizer_state(self._optimizer, self._module(), every_rank=True)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._optimizer.load_state_dict(state_dict)
+        """Load what :meth:`state_dict` gives, through the same strategy (FSDP shards it again)."""
+        self._strategy.load_optimizer_state_dict(self._optimizer, state_dict, self._module())
+
+    def _module(self) -> Module | None:
+        ref = self.__dict__.get("_module_ref")
+        return ref() if ref is not None else None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._optimizer.add_param_group(param_group)
@@ -320,7 +339,9 @@ class _FabricOptimizer(Optimizer):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The class is made at run time: rebuild from the wrapped optimizer (copy, deepcopy, pickle).
-        return _rebuild_optimizer, (self._optimizer, self._strategy), {"_state": self.__dict__}
+        # a weak reference does not pickle; an unpickled wrapper is not linked to a model
+        state = {key: value for key, value in self.__dict__.items() if key != "_module_ref"}
+        return _rebuild_optimizer, (self._optimizer, self._strategy), {"_state": state}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state.get("_state", state))
@@ -361,10 +382,13 @@ def _optimizer_wrapper_class(optimizer_class: type) -> type:
 
 
 def wrap_optimizer(
-    optimizer: Optimizer, strategy: Strategy, callbacks: list[Any] | None = None
+    optimizer: Optimizer,
+    strategy: Strategy,
+    callbacks: list[Any] | None = None,
+    module: Module | None = None,
 ) -> _FabricOptimizer:
-    """A set-up optimizer of the right wrapper class for ``optimizer``."""
-    return _optimizer_wrapper_class(type(optimizer))(optimizer, strategy, callbacks)
+    """A set-up optimizer of the right wrapper class for ``optimizer`` (``module``: the model it updates)."""
+    return _optimizer_wrapper_class(type(optimizer))(optimizer, strategy, callbacks, module)
 
 
 def _rebuild_optimizer(optimizer: Optimizer, strategy: Strategy) -> _FabricOptimizer:

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.checkpoint.io import CheckpointError
+from fabric.utilities.apply import move_to_device
 
 
 def module_state(module: Module, full: bool = False) -> dict[str, Any]:
@@ -25,10 +27,19 @@ def module_state(module: Module, full: bool = False) -> dict[str, Any]:
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=full, cpu_offload=full))
 
 
-def optimizer_state(module: Module, optimizer: Optimizer, full: bool = False) -> dict[str, Any]:
-    """The optimizer's state dict keyed by parameter names."""
+def optimizer_state(
+    module: Module, optimizer: Optimizer, full: bool = False, every_rank: bool = False
+) -> dict[str, Any]:
+    """The optimizer's state dict keyed by parameter names.
+
+    A full state is gathered into CPU memory on global rank 0 only (the other ranks get an empty dict),
+    unless ``every_rank``: then every rank gathers it on its device and moves it to the CPU.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if full and every_rank:
+        state = get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True))
+        return move_to_device(state, torch.device("cpu"))
     return get_optimizer_state_dict(
         module, optimizer, options=StateDictOptions(full_state_dict=full, cpu_offload=full)
     )

@@ -73,6 +73,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     """
 
     sharded_checkpoints = True
+    wraps_in_place = True  # fully_shard hooks the module's own forward
 
     def __init__(
         self,
@@ -291,11 +292,12 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         return module_state(module, full=True)
 
-    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
+    def get_optimizer_state(
+        self, optimizer: Optimizer, module: Module | None = None, every_rank: bool = False
+    ) -> dict[str, Any]:
         # The index-keyed form of `optimizer.state_dict()`: loads with plain torch too.
-        return optimizer_state_by_index(
-            optimizer_state(self._model_of(optimizer, module), optimizer, full=True)
-        )
+        model = self._model_of(optimizer, module)
+        return optimizer_state_by_index(optimizer_state(model, optimizer, full=True, every_rank=every_rank))
 
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
         set_module_state(module, state_dict, strict=strict, full=True)
@@ -481,25 +483,57 @@ def _takes_recurse(function: Callable[..., Any]) -> bool:
 
 
 def _default_policy(model: Module) -> Callable[[Module], bool]:
-    """Each direct child of ``model`` that holds parameters is its own unit.
+    """Each direct child of ``model`` that holds parameters is its own unit, unless it shares one.
 
     Containers (``ModuleList``, ``ModuleDict``) have no forward, so FSDP2 cannot shard them ("does not
     support containers"): their children take their place, recursively. With the usual transformer
     layout (``self.blocks = nn.ModuleList(...)``) each block becomes a unit.
+
+    A parameter used by several modules (tied embeddings: GPT-2's ``lm_head`` and ``wte``, T5's encoder
+    and decoder sharing one embedding) must be gathered by a unit that contains every module using it,
+    or one user would see it resharded. So a child that holds a shared parameter while some other user
+    of it lies outside that child is not a unit: its own children are considered instead, and the
+    shared parameter itself stays with the unit that encloses all of its users (the root, for the
+    usual tied head). Sharing is found by parameter identity, not by names.
     """
+    shared = _shared_parameter_paths(model)
     units: set[int] = set()
 
-    def visit(parent: Module) -> None:
-        for child in parent.children():
+    def splits_a_shared_parameter(path: str, child: Module) -> bool:
+        own = {id(p) for p in child.parameters()}
+        return any(
+            key in own and any(not _within(user, path) for user in users) for key, users in shared.items()
+        )
+
+    def visit(parent: Module, prefix: str) -> None:
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
             if not any(True for _ in child.parameters()):
                 continue
-            if isinstance(child, _CONTAINERS):
-                visit(child)
+            if isinstance(child, _CONTAINERS) or splits_a_shared_parameter(path, child):
+                visit(child, f"{path}.")
             else:
                 units.add(id(child))
 
-    visit(model)
+    visit(model, "")
     return lambda module: id(module) in units
+
+
+def _shared_parameter_paths(model: Module) -> dict[int, set[str]]:
+    """``id`` of each parameter reachable under more than one module path -> those paths.
+
+    A parameter is shared when two modules register it (a tied ``lm_head.weight``) or when one module
+    holding it is registered in two places (T5 passes its ``shared`` embedding to both stacks).
+    """
+    paths: dict[int, set[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for param in module.parameters(recurse=False):
+            paths.setdefault(id(param), set()).add(path)
+    return {key: users for key, users in paths.items() if len(users) > 1}
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return path == ancestor or path.startswith(f"{ancestor}.")
 
 
 def _has_meta(module: Module) -> bool:

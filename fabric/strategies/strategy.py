@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 class Strategy(ABC):
     """Base class of every strategy. Subclasses override the hooks their engine changes."""
 
+    #: whether ``setup_module`` installs its work (gathering shards, syncing gradients) as hooks on the
+    #: module itself rather than in a separate wrapper object (FSDP2's ``fully_shard`` does). The module
+    #: wrapper then routes marked methods through ``forward`` even though it holds the user's object.
+    wraps_in_place: bool = False
+
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self._accelerator = accelerator
         # A plain attribute, not a property: it is read on every step (backward, optimizer step).
@@ -240,8 +245,15 @@ class Strategy(ABC):
         """The full state of ``module`` for a single-file checkpoint (read on global rank 0)."""
         return module.state_dict()
 
-    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
-        """The full, index-keyed state of ``optimizer`` (``module`` is the model it updates)."""
+    def get_optimizer_state(
+        self, optimizer: Optimizer, module: Module | None = None, every_rank: bool = False
+    ) -> dict[str, Any]:
+        """The full, index-keyed state of ``optimizer`` (``module`` is the model it updates).
+
+        A checkpoint file needs it on global rank 0 only (``every_rank=False``: a sharding strategy may
+        leave the other ranks' copy empty); ``optimizer.state_dict()`` of the set-up optimizer gives it
+        on every rank (``every_rank=True``), as a plain optimizer does, so that every rank can load it.
+        """
         return optimizer.state_dict()
 
     def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:

@@ -108,7 +108,9 @@ class XLAStepMixin:
         """
         return move_to_device(module.state_dict(), torch.device("cpu"))
 
-    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]:
+    def get_optimizer_state(
+        self, optimizer: Optimizer, module: Module | None = None, every_rank: bool = False
+    ) -> dict[str, Any]:
         return move_to_device(optimizer.state_dict(), torch.device("cpu"))
 
     def capture_rng_state(self) -> dict[str, Any]:
