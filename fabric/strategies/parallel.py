@@ -20,6 +20,8 @@ from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
+from fabric.strategies.gloo_interface import VARIABLE as GLOO_VARIABLE
+from fabric.strategies.gloo_interface import set_gloo_interface
 from fabric.strategies.hang_report import STACK_FRAMES, HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
 from fabric.utilities.collectives import mean_from_sum
@@ -175,6 +177,9 @@ class ParallelStrategy(Strategy):
     def _init_process_group(self, environment: ClusterEnvironment) -> None:
         address = environment.main_address
         host = f"[{address}]" if ":" in address else address
+        # Across hosts whose name resolves to loopback, gloo must be told its interface (undone at teardown).
+        self._environ_before.setdefault(GLOO_VARIABLE, os.environ.get(GLOO_VARIABLE))
+        set_gloo_interface(address, self.process_group_backend)
         dist.init_process_group(
             backend=self.process_group_backend,
             **_rendezvous(host, environment.main_port, self.world_size, self._timeout, self.global_rank),

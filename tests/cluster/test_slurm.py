@@ -1,0 +1,221 @@
+"""Fabric on a real SLURM cluster of two nodes (``slurmctld`` and two ``slurmd`` on this machine).
+
+Jobs are submitted with ``sbatch`` as users do; every task is a real process started by ``slurmd``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.services import SlurmCluster
+
+TRAIN = Path(__file__).parent / "train.py"
+REPO = Path(__file__).parent.parent.parent
+
+
+def batch_script(out: Path, nodes: int, tasks: int, args: str, directives: str = "", forward: bool = False) -> str:
+    """The sbatch script the README shows; with ``forward``, the batch shell passes SIGUSR1 on to srun
+    (needed with ``--signal=B:USR1@N``, which signals only the batch shell)."""
+    srun = f"srun {sys.executable} {TRAIN} {out} --num-nodes {nodes} --devices {tasks} {args}"
+    body = f"{srun}\n"
+    if forward:
+        body = f"trap 'kill -USR1 $pid' USR1\n{srun} &\npid=$!\nwait $pid\nwait $pid\n"
+    return (
+        f"#!/bin/bash\n#SBATCH --nodes={nodes}\n#SBATCH --ntasks-per-node={tasks}\n#SBATCH --requeue\n"
+        f"#SBATCH --output={out}/slurm.out\n#SBATCH --open-mode=append\n{directives}"
+        f"export OMP_NUM_THREADS=1\n{body}"
+    )
+
+
+def submit(slurm: SlurmCluster, script: str, out: Path) -> str:
+    path = out / "job.sh"
+    path.write_text(script)
+    run = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={REPO}", str(path)],
+        env=slurm.env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip().split(";")[0]
+
+
+def job(slurm: SlurmCluster, job_id: str) -> dict[str, str]:
+    run = subprocess.run(
+        ["scontrol", "-o", "show", "job", job_id], env=slurm.env, capture_output=True, text=True, timeout=30
+    )
+    return dict(re.findall(r"(\w+)=(\S*)", run.stdout))
+
+
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
+def wait_for_end(slurm: SlurmCluster, job_id: str, out: Path, timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = job(slurm, job_id)
+        if info.get("JobState") in _ENDED:
+            return info
+        time.sleep(0.5)
+    subprocess.run(["scancel", job_id], env=slurm.env, timeout=30)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s: {job(slurm, job_id)}\n{output(out)}\n{slurm.logs()}")
+
+
+def wait_for_files(out: Path, names: list[str], timeout: float, slurm: SlurmCluster, job_id: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not all((out / name).exists() for name in names):
+        state = job(slurm, job_id).get("JobState")
+        if state in _ENDED or time.monotonic() > deadline:
+            raise AssertionError(f"{names} not all written (job {state}):\n{output(out)}")
+        time.sleep(0.2)
+
+
+def output(out: Path) -> str:
+    path = out / "slurm.out"
+    return path.read_text(errors="replace") if path.exists() else "(no output)"
+
+
+def results(out: Path, world_size: int, restart: int = 0) -> list[dict[str, Any]]:
+    return [json.loads((out / f"result{rank}-{restart}.json").read_text()) for rank in range(world_size)]
+
+
+def loaded_weights(out: Path) -> list[float]:
+    """The final checkpoint, loaded by one plain process outside SLURM."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [sys.executable, str(TRAIN), str(out), "--load", str(out / "final.ckpt")],
+        env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return json.loads((out / "loaded.json").read_text())["weights"]
+
+
+def local_reference(out: Path, processes: int, args: list[str]) -> list[float]:
+    """The same training as ``processes`` local processes of one machine (fabric's own launcher)."""
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [sys.executable, str(TRAIN), str(out), "--devices", str(processes), *args],
+        env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    return loaded_weights(out)
+
+
+# ------------------------------------------------------------------------------------ training
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
+    slurm: SlurmCluster, out: Path, strategy: str
+) -> None:
+    """`sbatch -N2 --ntasks-per-node=2` + `srun python train.py`: SLURMEnvironment, 4 ranks on 2 nodes; the
+    weights equal the same training as 4 local processes, bit for bit; the checkpoint loads on 1 process."""
+    job_out = out / "job"
+    job_out.mkdir()
+    job_id = submit(slurm, batch_script(job_out, 2, 2, f"--strategy {strategy}"), job_out)
+    reference = local_reference(out / "local", 4, ["--strategy", strategy])
+    info = wait_for_end(slurm, job_id, job_out, 300)
+    assert info["JobState"] == "COMPLETED", output(job_out)
+    ranks = results(job_out, 4)
+    assert {r["environment"] for r in ranks} == {"SLURMEnvironment"}
+    assert [(r["rank"], r["node"], r["world_size"]) for r in ranks] == [(0, 0, 4), (1, 0, 4), (2, 1, 4), (3, 1, 4)]
+    hosts = {json.loads((job_out / f"pid{rank}").read_text())["host"] for rank in range(4)}
+    assert len(hosts) == 1  # both "nodes" are this machine; SLURM told each task its node
+    assert loaded_weights(job_out) == reference
+
+
+# ------------------------------------------------------------------------------------ pre-emption
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("how", ["scancel", "batch-signal"])
+def test_preemption_saves_requeues_and_resumes_to_the_uninterrupted_weights(
+    slurm: SlurmCluster, out: Path, how: str
+) -> None:
+    """SIGUSR1 mid-run (`scancel --signal=USR1`, or `sbatch --signal=B:USR1@50` near the time limit): every
+    rank stops at the same step and saves, rank 0 runs `scontrol requeue`, the requeued job resumes from
+    the checkpoint and ends with the weights of an uninterrupted run, bit for bit."""
+    steps = 60
+    interrupted, reference = out / "interrupted", out / "reference"
+    interrupted.mkdir()
+    reference.mkdir()
+    common = f"--steps {steps} --every 1000"
+    if how == "scancel":
+        script = batch_script(interrupted, 2, 2, f"{common} --sleep 0.5")
+    else:  # SLURM signals the batch shell 50 s before the 1-minute limit; the shell passes it on to srun
+        script = batch_script(
+            interrupted, 2, 1, f"{common} --sleep 1.5", "#SBATCH --time=1\n#SBATCH --signal=B:USR1@50\n", forward=True
+        )
+    tasks = 2 if how == "scancel" else 1
+    world = 2 * tasks
+    job_id = submit(slurm, script, interrupted)
+    reference_id = submit(slurm, batch_script(reference, 2, tasks, common), reference)
+    wait_for_files(interrupted, [f"pid{rank}" for rank in range(world)], 240, slurm, job_id)
+    if how == "scancel":
+        time.sleep(2)
+        subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm.env, check=True, timeout=30)
+    info = wait_for_end(slurm, job_id, interrupted, 300)
+    log = output(interrupted)
+    assert info["JobState"] == "COMPLETED", log
+    assert info["Restarts"] == "1", (info, log)
+    assert f"[fabric] requeued SLURM job {job_id}" in log
+    first = [p for p in (interrupted / f"result{rank}-0.json" for rank in range(world)) if p.exists()]
+    stops = {json.loads(p.read_text())["step"] for p in first}  # those ranks that wrote before the requeue
+    second = results(interrupted, world, restart=1)
+    resumed = {r["resumed_from"] for r in second}
+    assert len(resumed) == 1 and 0 < resumed.pop() < steps, (second, log)
+    assert stops <= {second[0]["resumed_from"]}
+    assert all(r["step"] == steps and not r["stopped"] for r in second)
+    assert wait_for_end(slurm, reference_id, reference, 200)["JobState"] == "COMPLETED", output(reference)
+    assert loaded_weights(interrupted) == loaded_weights(reference)
+
+
+# ------------------------------------------------------------------------------------ failures
+@pytest.mark.timeout(300)
+def test_a_node_killed_mid_run_ends_the_job_nonzero_naming_the_ranks(slurm: SlurmCluster, out: Path) -> None:
+    """SIGKILL to the processes of the second node: the job ends within bounded time, non-zero."""
+    job_id = submit(slurm, batch_script(out, 2, 2, "--steps 100000 --every 100000 --sleep 0.2"), out)
+    wait_for_files(out, [f"pid{rank}" for rank in range(4)], 240, slurm, job_id)
+    time.sleep(1)
+    for rank in (2, 3):
+        os.kill(json.loads((out / f"pid{rank}").read_text())["pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    info = wait_for_end(slurm, job_id, out, 120)
+    took = time.monotonic() - killed_at
+    log = output(out)
+    assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", (info, log)
+    assert re.search(r"fabric-n2: tasks? 2-3: Killed", log), log  # srun names the killed tasks
+    assert took < 100, log
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--num-nodes", "2", "--devices", "1"],
+            r"`devices=1` does not match the allocation: SLURM_NTASKS_PER_NODE=2 means devices=2",
+        ),
+        (
+            ["--num-nodes", "1", "--devices", "2"],
+            r"`num_nodes=1` does not match the allocation: SLURM_NNODES=2 means num_nodes=2",
+        ),
+    ],
+)
+def test_a_mismatch_with_the_allocation_fails_before_any_process_group(
+    slurm: SlurmCluster, out: Path, args: list[str], message: str
+) -> None:
+    run = subprocess.run(
+        ["srun", "-N2", "--ntasks-per-node=2", f"--chdir={REPO}", sys.executable, str(TRAIN), str(out), *args],
+        env=dict(slurm.env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert re.search(message, run.stderr), run.stderr
+    assert not list(out.glob("pid*"))  # nothing trained
+    assert "init_process_group" not in run.stderr and "Gloo" not in run.stderr
