@@ -114,6 +114,10 @@ _TEST_SUPPORT: dict[str, dict[str, Any]] = {
 }
 
 
+#: packages that must exist for the modules above to be made up where fabric lacks them
+_TEST_SUPPORT_PARENTS = {module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))}
+
+
 def _target(fullname: str) -> str | None:
     for prefix in _PREFIXES:
         if fullname == prefix or fullname.startswith(prefix + "."):
@@ -132,11 +136,14 @@ class _AliasLoader(importlib.abc.Loader):
         try:
             real = importlib.import_module(self.target)
         except ModuleNotFoundError as error:
-            if self.target not in _TEST_SUPPORT or error.name != self.target:
+            made_up = self.target in _TEST_SUPPORT or self.target in _TEST_SUPPORT_PARENTS
+            if not made_up or error.name != self.target:
                 raise ModuleNotFoundError(
                     f"No module named {module.__name__!r} (alias of {self.target!r})", name=module.__name__
                 ) from error
-            real = types.ModuleType(self.target)  # only test-support modules are made up
+            real = types.ModuleType(self.target)  # only test-support modules (and their packages) are made up
+            if self.target in _TEST_SUPPORT_PARENTS:
+                real.__path__ = []
             sys.modules[self.target] = real
         for name, value in _TEST_SUPPORT.get(self.target, {}).items():
             if not hasattr(real, name):
