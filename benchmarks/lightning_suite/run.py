@@ -46,13 +46,18 @@ class Result:
     detail: str = ""
 
 
-def run_pytest(checkout: Path, mode: str, xml: Path, selection: list[str], jobs: int, timeout: int) -> None:
+def run_pytest(
+    checkout: Path, mode: str, xml: Path, selection: list[str], jobs: int, timeout: int, placeholders: bool = False
+) -> None:
     """Run pytest on Lightning's tests from ``<checkout>/tests`` (as Lightning's CI does) into ``xml``."""
     env = dict(os.environ)
     env.pop("FABRIC_LIGHTNING_ALIAS", None)
+    env.pop("FABRIC_LIGHTNING_PLACEHOLDERS", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     if mode == "fabric":
         env["FABRIC_LIGHTNING_ALIAS"] = "1"
+        if placeholders:
+            env["FABRIC_LIGHTNING_PLACEHOLDERS"] = "1"
         paths = [str(HERE / "alias"), str(REPO)]
         env["PYTHONPATH"] = os.pathsep.join(paths + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     command = [sys.executable, "-m", "pytest", *(selection or ["tests_fabric"])]
@@ -99,9 +104,28 @@ _NAME_PATTERNS = (
 )
 
 
+_IMPORT_LINE = re.compile(r"from (lightning[._]fabric[\w.]*) import \(?([\w, ]+)")
+_PLACEHOLDER = re.compile(r"placeholder used: ([\w.]+)")
+
+
+def _imports_only_private(module: str, detail: str) -> bool:
+    """Whether the traceback's import from ``module`` (a Lightning path) names private names only."""
+    suffix = module.split(".", 1)[1] if module.startswith("fabric.") else module
+    for match in _IMPORT_LINE.finditer(detail):
+        if match.group(1).endswith(suffix):
+            names = [n.strip() for n in match.group(2).split(",") if n.strip()]
+            return bool(names) and all(n.startswith("_") for n in names)
+    return False
+
+
 def cause_of(result: Result) -> str:
     """A short cause shared by tests that fail for the same reason."""
     message = result.message.splitlines()[0] if result.message else _last_error_line(result.detail)
+    placeholder = _PLACEHOLDER.search(message) or _PLACEHOLDER.search(result.detail)
+    if placeholder is not None:
+        full = placeholder.group(1)
+        private = any(part.startswith("_") and not part.startswith("__") for part in full.split("."))
+        return f"{'private' if private else 'public'} name used: {full}"
     for pattern in _NAME_PATTERNS:
         match = pattern.search(message)
         if match is None:
@@ -114,6 +138,8 @@ def cause_of(result: Result) -> str:
             module, name = match.group(1), match.group(2)
         full = f"{module}.{name}" if name else module
         private = any(part.startswith("_") and not part.startswith("__") for part in full.split("."))
+        if not name and not private:  # a module path: private if only private names are imported from it
+            private = _imports_only_private(module, result.detail)
         return f"{'private' if private else 'public'} name missing: {full}"
     message = re.sub(r"0x[0-9a-f]+", "0x..", message)
     message = re.sub(r"/tmp/\S+|'/\S+'", "PATH", message)
@@ -138,14 +164,17 @@ def compare(lightning: dict[str, Result], ours: dict[str, Result], broken: dict[
     return {"passes": passes, "ours_pass": ours_pass, "failing": failing}
 
 
-def report(lightning: dict[str, Result], ours: dict[str, Result], broken: dict[str, Result], out: Path) -> str:
+def report(
+    lightning: dict[str, Result], ours: dict[str, Result], broken: dict[str, Result], out: Path, name: str
+) -> str:
     summary = compare(lightning, ours, broken)
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for test, result in summary["failing"].items():
         groups[cause_of(result)].append(test)
     public = sum(len(tests) for cause, tests in groups.items() if not cause.startswith("private name"))
+    private = len(summary["failing"]) - public
     lines = [
-        "# Lightning's tests_fabric against fabric",
+        f"# Lightning's tests_fabric against fabric ({name})",
         "",
         "| | tests |",
         "| --- | --- |",
@@ -153,7 +182,7 @@ def report(lightning: dict[str, Result], ours: dict[str, Result], broken: dict[s
         f"| collected (fabric run) | {len(ours)} (+{len(broken)} modules that failed to import) |",
         f"| Lightning passes | {len(summary['passes'])} |",
         f"| fabric passes among them | {len(summary['ours_pass'])} |",
-        f"| Lightning passes, fabric fails: private names | {len(summary['failing']) - public} |",
+        f"| Lightning passes, fabric fails: private names | {private} |",
         f"| Lightning passes, fabric fails: other causes | {public} |",
         "",
         "## Failing tests by cause (largest first)",
@@ -168,7 +197,7 @@ def report(lightning: dict[str, Result], ours: dict[str, Result], broken: dict[s
     details = [text, "\n## Every failing test with its error\n"]
     for test, result in sorted(summary["failing"].items()):
         details.append(f"\n### {test}\n\n```\n{_last_error_line(result.detail) or result.message}\n```\n")
-    (out / "report.md").write_text("".join(details))
+    (out / f"report_{name}.md").write_text("".join(details))
     return text
 
 
@@ -181,25 +210,32 @@ def main() -> None:
     parser.add_argument("--only", choices=("lightning", "fabric"), help="run one side only")
     parser.add_argument("--jobs", type=int, default=1, help="pytest-xdist workers (needs pytest-xdist)")
     parser.add_argument("--timeout", type=int, default=300, help="per-test timeout in seconds")
+    parser.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="replace each name fabric lacks by a placeholder, so that a test fails only if it uses one "
+        "(results in OUT/fabric_placeholders.xml)",
+    )
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     if not (checkout / "tests" / "tests_fabric").is_dir():
         parser.error(f"checkout={str(checkout)!r} has no tests/tests_fabric: pass the root of a Lightning checkout")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    ours_name = "fabric_placeholders" if args.placeholders else "fabric"
     for mode in ("lightning", "fabric"):
-        xml = out / f"{mode}.xml"
+        xml = out / f"{ours_name if mode == 'fabric' else mode}.xml"
         if args.only not in (None, mode) or (mode == "lightning" and args.reuse_baseline and xml.exists()):
             continue
-        run_pytest(checkout, mode, xml, args.selection, args.jobs, args.timeout)
+        run_pytest(checkout, mode, xml, args.selection, args.jobs, args.timeout, args.placeholders)
     lightning, lightning_broken = read_junit(out / "lightning.xml")
     if lightning_broken:
         print(f"note: {len(lightning_broken)} modules fail to import under Lightning itself: {sorted(lightning_broken)}")
-    if not (out / "fabric.xml").exists():
+    if not (out / f"{ours_name}.xml").exists():
         return
-    ours, broken = read_junit(out / "fabric.xml")
-    print(report(lightning, ours, broken, out))
-    print(f"full list: {out / 'report.md'}")
+    ours, broken = read_junit(out / f"{ours_name}.xml")
+    print(report(lightning, ours, broken, out, ours_name))
+    print(f"full list: {out / f'report_{ours_name}.md'}")
 
 
 if __name__ == "__main__":

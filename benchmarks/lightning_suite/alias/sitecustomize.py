@@ -13,6 +13,11 @@ Lightning's ``conftest.py`` and ``helpers/runif.py`` import a few private names 
 test infrastructure (listed in ``_TEST_SUPPORT``). Without them not one test would be collected, so the
 alias supplies stand-ins for exactly these, and only where fabric has no name of its own; a test that
 uses any other missing name fails as it would for a user.
+
+With ``FABRIC_LIGHTNING_PLACEHOLDERS=1`` every name (and module) fabric lacks is instead replaced by a
+placeholder class that raises ``MissingName`` when called: a test module that imports one private name
+then still runs, and each of its tests fails only if it uses a missing name. That shows the behaviour
+failures hidden behind a module's imports; the plain alias is what a user's script meets.
 """
 
 from __future__ import annotations
@@ -101,6 +106,10 @@ def _runif_reasons(
     return reasons, kwargs
 
 
+class _LightningDeprecationWarning(DeprecationWarning):
+    """Stand-in for the warning class Lightning's conftest turns into an error for every test."""
+
+
 class _NoChildProcessObserver:
     """Stand-in type for Lightning's ``_ChildProcessObserver`` (conftest only checks ``isinstance``)."""
 
@@ -111,11 +120,50 @@ _TEST_SUPPORT: dict[str, dict[str, Any]] = {
     "fabric.utilities.distributed": {"_destroy_dist_connection": _destroy_dist_connection},
     "fabric.strategies.launchers.subprocess_script": {"_ChildProcessObserver": _NoChildProcessObserver},
     "fabric.wrappers": {"_in_fabric_backward": False},
+    # public, but named by conftest's `filterwarnings`: without it pytest refuses to run any test
+    "fabric.utilities.rank_zero": {"LightningDeprecationWarning": _LightningDeprecationWarning},
 }
 
 
 #: packages that must exist for the modules above to be made up where fabric lacks them
 _TEST_SUPPORT_PARENTS = {module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))}
+
+
+_PLACEHOLDERS = os.environ.get("FABRIC_LIGHTNING_PLACEHOLDERS") == "1"
+
+
+class MissingName(AttributeError):
+    """A placeholder for a name fabric lacks was used (placeholder mode only)."""
+
+
+def _placeholder(module: str, name: str) -> type:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise MissingName(f"placeholder used: {module}.{name} is missing in fabric")
+
+    return type(name, (), {"__init__": refuse, "__call__": refuse, "__module__": module})
+
+
+def _with_placeholders(module: types.ModuleType) -> None:
+    """Give ``module`` a module ``__getattr__`` that answers a missing name with a placeholder."""
+    if getattr(module, "_lightning_suite_placeholders", False):
+        return
+    original = module.__dict__.get("__getattr__")
+    cache: dict[str, Any] = {}
+
+    def __getattr__(name: str) -> Any:
+        if original is not None:
+            try:
+                return original(name)
+            except AttributeError:
+                pass
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name not in cache:
+            cache[name] = _placeholder(module.__name__, name)
+        return cache[name]
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    module._lightning_suite_placeholders = True  # type: ignore[attr-defined]
 
 
 def _target(fullname: str) -> str | None:
@@ -136,20 +184,30 @@ class _AliasLoader(importlib.abc.Loader):
         try:
             real = importlib.import_module(self.target)
         except ModuleNotFoundError as error:
-            made_up = self.target in _TEST_SUPPORT or self.target in _TEST_SUPPORT_PARENTS
+            made_up = _PLACEHOLDERS or self.target in _TEST_SUPPORT or self.target in _TEST_SUPPORT_PARENTS
             if not made_up or error.name != self.target:
                 raise ModuleNotFoundError(
                     f"No module named {module.__name__!r} (alias of {self.target!r})", name=module.__name__
                 ) from error
             real = types.ModuleType(self.target)  # only test-support modules (and their packages) are made up
-            if self.target in _TEST_SUPPORT_PARENTS:
+            if self.target in _TEST_SUPPORT_PARENTS or _PLACEHOLDERS:
                 real.__path__ = []
             sys.modules[self.target] = real
         for name, value in _TEST_SUPPORT.get(self.target, {}).items():
-            if not hasattr(real, name):
+            if name not in dir(real) and not _lazy_name(real, name):
                 setattr(real, name, value)
+        if _PLACEHOLDERS:
+            _with_placeholders(real)
         # the import system returns whatever sys.modules holds after exec_module: the fabric module itself
         sys.modules[module.__name__] = real
+
+
+def _lazy_name(module: types.ModuleType, name: str) -> bool:
+    try:
+        getattr(module, name)
+    except AttributeError:
+        return False
+    return True
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
