@@ -2,7 +2,7 @@
 
 from fabric.accelerators.accelerator import Accelerator
 from fabric.accelerators.cpu import CPUAccelerator
-from fabric.accelerators.cuda import CUDAAccelerator
+from fabric.accelerators.cuda import CUDAAccelerator, find_usable_cuda_devices
 from fabric.accelerators.mps import MPSAccelerator
 from fabric.accelerators.xla import XLAAccelerator
 from fabric.utilities.registry import AcceleratorRegistry
@@ -28,4 +28,14 @@ __all__ = [
     "CUDAAccelerator",
     "MPSAccelerator",
     "XLAAccelerator",
+    "find_usable_cuda_devices",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Lightning's deprecated `TPUAccelerator` (fabric/_graveyard.py), imported only when asked for
+    if name == "TPUAccelerator":
+        from fabric._graveyard import TPUAccelerator
+
+        return TPUAccelerator
+    raise AttributeError(f"module 'fabric.accelerators' has no attribute {name!r}")

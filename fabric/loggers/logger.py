@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 
@@ -61,3 +63,20 @@ class _DummyExperiment:
 
     def __setitem__(self, *args: Any) -> None:
         pass
+
+
+def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Decorate a logger's ``experiment`` property: the real experiment on global rank 0, a no-op object elsewhere.
+
+    Code that calls ``logger.experiment.add_image(...)`` on every process then writes once, without a
+    rank check of its own.
+    """
+    from fabric.utilities.rank_zero import global_rank
+
+    @functools.wraps(fn)
+    def experiment(self: Any) -> Any:
+        if global_rank() > 0:
+            return _DummyExperiment()
+        return fn(self)
+
+    return experiment

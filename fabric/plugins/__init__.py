@@ -2,7 +2,7 @@
 
 Everything here is a name for a part that lives elsewhere in fabric (``fabric.precision``,
 ``fabric.environments``); nothing is imported until it is used, so ``import fabric`` stays light.
-Names for engines we drive differently raise an ``AttributeError`` that says what to use instead.
+Names for engines we drive differently import, and say what to use instead when constructed.
 
 Example::
 
@@ -17,20 +17,22 @@ from typing import Any
 
 _SUBMODULES = ("collectives", "environments", "io", "precision")
 _FROM_ENVIRONMENTS = ("ClusterEnvironment",)
-_FROM_IO = ("CheckpointIO", "TorchCheckpointIO")
-_INSTEAD = {
-    "XLACheckpointIO": "use `fabric.save`/`fabric.load` with the XLA strategy (it moves tensors to the CPU itself)",
-}
+_FROM_IO = ("CheckpointIO", "TorchCheckpointIO", "XLACheckpointIO")
 
 __all__ = [
+    "BitsandbytesPrecision",
     "CheckpointIO",
     "ClusterEnvironment",
     "DeepSpeedPrecision",
     "DoublePrecision",
+    "FSDPPrecision",
     "HalfPrecision",
     "MixedPrecision",
     "Precision",
     "TorchCheckpointIO",
+    "TransformerEnginePrecision",
+    "XLACheckpointIO",
+    "XLAPrecision",
     *_SUBMODULES,
 ]
 
@@ -46,8 +48,6 @@ def __getattr__(name: str) -> Any:
         from fabric.plugins import io
 
         return getattr(io, name)
-    if name in _INSTEAD:
-        raise AttributeError(f"fabric.plugins has no {name}: {_INSTEAD[name]}.")
     from fabric.plugins import precision
 
     return getattr(precision, name)

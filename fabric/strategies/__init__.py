@@ -13,6 +13,7 @@ from fabric.strategies.strategy import BackwardSyncControl, Strategy
 #: public name -> module that defines it, imported when the name is first used
 _LAZY = {
     "DDPStrategy": "ddp",
+    "DataParallelStrategy": "dp",
     "FSDPStrategy": "fsdp",
     "ModelParallelStrategy": "model_parallel",
     "ParallelStrategy": "parallel",
@@ -20,17 +21,23 @@ _LAZY = {
     "DeepSpeedStrategy": "deepspeed",
     # the XLA modules import torch-xla only when a run is set up
     "SingleXLAStrategy": "xla_single",
+    "SingleDeviceXLAStrategy": "single_xla",
+    "SingleTPUStrategy": "single_tpu",  # deprecated (fabric/_graveyard.py)
     "XLAStrategy": "xla",
     "XLAFSDPStrategy": "xla_fsdp",
 }
 _SUBMODULES = (
     "ddp",
     "deepspeed",
+    "dp",
+    "launchers",
     "fsdp",
     "model_parallel",
     "parallel",
     "registry",
     "single_device",
+    "single_tpu",
+    "single_xla",
     "strategy",
     "xla",
     "xla_common",
@@ -42,11 +49,13 @@ __all__ = [
     "STRATEGY_REGISTRY",
     "BackwardSyncControl",
     "DDPStrategy",
+    "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
     "ParallelStrategy",
     "SingleDeviceStrategy",
+    "SingleDeviceXLAStrategy",
     "SingleXLAStrategy",
     "Strategy",
     "XLAFSDPStrategy",
@@ -59,9 +68,4 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(f"fabric.strategies.{_LAZY[name]}"), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"fabric.strategies.{name}")
-    if name == "DataParallelStrategy":
-        raise AttributeError(
-            "fabric.strategies has no DataParallelStrategy (Lightning's 'dp'): use DDPStrategy (strategy='ddp'), "
-            "one process per device, which PyTorch recommends over nn.DataParallel."
-        )
     raise AttributeError(f"module 'fabric.strategies' has no attribute {name!r}")

@@ -31,6 +31,7 @@ from fabric.checkpoint.states import (
 )
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
+from fabric.precision.fsdp import FSDPPrecision
 from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
@@ -233,6 +234,8 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         mp_policy = MixedPrecisionPolicy()
         if self._mp_policy is not None:
             mp_policy = self._mp_policy
+        elif isinstance(precision, FSDPPrecision):
+            mp_policy = precision.mixed_precision_policy
         elif isinstance(precision, MixedPrecision):
             # Compute in the low dtype; reduce gradients in float32 so that no precision is lost summing.
             mp_policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)

@@ -40,6 +40,7 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
         "class": _DDP,
         "init": {"start_method": "fork", "find_unused_parameters": True},
     },
+    "dp": {"class": "fabric.strategies.dp:DataParallelStrategy", "init": {}},
     "fsdp": {"class": _FSDP, "init": {}},
     # DeepSpeed: the class imports no deepspeed module until a process sets it up
     "deepspeed": {"class": _DEEPSPEED, "init": {}},

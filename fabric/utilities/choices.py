@@ -32,6 +32,7 @@ STRATEGY_NAMES = (
     "ddp_spawn_find_unused_parameters_true",
     "ddp_fork_find_unused_parameters_true",
     "ddp_notebook_find_unused_parameters_true",
+    "dp",
     "fsdp",
     "deepspeed",
     "deepspeed_stage_1",

@@ -88,3 +88,20 @@ def has_len(dataloader: object) -> bool:
             stacklevel=2,
         )
     return True
+
+
+def sized_len(dataloader: object) -> int | None:
+    """``len(dataloader)``, or ``None`` where it has no length (Lightning's helper)."""
+    try:
+        return len(dataloader)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def __getattr__(name: str) -> Any:
+    # Lightning exports `AttributeDict` from this module; ours lives in `fabric.utilities.attribute_dict`.
+    if name == "AttributeDict":
+        from fabric.utilities.attribute_dict import AttributeDict
+
+        return AttributeDict
+    raise AttributeError(f"module 'fabric.utilities.data' has no attribute {name!r}")

@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+from fabric.utilities.warnings import LightningDeprecationWarning
+
 __all__ = [
+    "LightningDeprecationWarning",
     "global_rank",
     "rank_zero_debug",
     "rank_zero_deprecation",

@@ -28,3 +28,20 @@ class Optimizable(Protocol):
     def step(self, closure: Any = None) -> Any: ...
 
     def zero_grad(self, *args: Any, **kwargs: Any) -> None: ...
+
+
+@runtime_checkable
+class Steppable(Protocol):
+    """Anything with a ``step`` (Lightning's ``Steppable``): an optimizer or a DeepSpeed engine."""
+
+    def step(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def __getattr__(name: str) -> Any:
+    # Lightning's `CollectibleGroup` (a process group): its module imports torch.distributed, so it is
+    # looked up only when asked for.
+    if name == "CollectibleGroup":
+        from fabric.plugins.collectives.collective import CollectibleGroup
+
+        return CollectibleGroup
+    raise AttributeError(f"module 'fabric.utilities.types' has no attribute {name!r}")

@@ -21,12 +21,12 @@ from typing import Any, ClassVar
 import torch.distributed as dist
 from torch import Tensor
 
-from fabric.plugins.collectives.collective import CollectibleGroup
+from fabric.plugins.collectives.collective import CollectibleGroup, Collective
 
 _OPS = ("SUM", "AVG", "PRODUCT", "MIN", "MAX", "BAND", "BOR", "BXOR")
 
 
-class TorchCollective:
+class TorchCollective(Collective):
     """A process group and the ``torch.distributed`` collectives on it; the group is ``create_group()``'s."""
 
     manages_default_group: ClassVar[bool] = False

@@ -1,7 +1,8 @@
-"""Lightning's ``plugins.environments`` names for :mod:`fabric.environments`.
+"""Lightning's ``plugins.environments`` names for :mod:`fabric.environments`, at Lightning's module paths.
 
 ``LightningEnvironment`` is Lightning's name for the environment where fabric starts the processes
-itself: ours is :class:`~fabric.environments.LocalEnvironment`.
+itself: ours is :class:`~fabric.environments.LocalEnvironment`. ``XLAEnvironment`` imports, and says
+what to use instead when constructed: the XLA strategy reads its own environment.
 """
 
 from fabric.environments import (
@@ -13,6 +14,7 @@ from fabric.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
+from fabric.plugins.environments.xla import XLAEnvironment
 
 LightningEnvironment = LocalEnvironment
 
@@ -25,13 +27,5 @@ __all__ = [
     "MPIEnvironment",
     "SLURMEnvironment",
     "TorchElasticEnvironment",
+    "XLAEnvironment",
 ]
-
-
-def __getattr__(name: str) -> object:
-    if name == "XLAEnvironment":
-        raise AttributeError(
-            "fabric.plugins.environments has no XLAEnvironment: XLA runs are set up by the XLA strategy "
-            "(`Fabric(accelerator='tpu')`), which reads its own environment."
-        )
-    raise AttributeError(f"module 'fabric.plugins.environments' has no attribute {name!r}")
