@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from fabric import lifecycle
 from fabric.accelerators import Accelerator
-from fabric.connector import Connector
+from fabric.connector import Connector, backward_argument_error, resolve_callbacks
 from fabric.loggers.logger import Logger
 from fabric.strategies import BackwardSyncControl, Strategy
 from fabric.utilities.apply import move_to_device
@@ -94,7 +94,7 @@ class Fabric:
         # decided once, the strategy and its precision being known: what `backward` calls each step
         self._backward = self._strategy._step_call("backward")
         self._accelerator: Accelerator = connector.accelerator
-        self._callbacks = self._as_list(callbacks, "callbacks")
+        self._callbacks = resolve_callbacks(callbacks)
         self._loggers: list[Logger] = self._as_list(loggers, "loggers")
         for logger in self._loggers:
             missing = [m for m in _LOGGER_METHODS if not callable(getattr(logger, m, None))]
@@ -423,7 +423,13 @@ class Fabric:
         module: Module | None = model
         if model is not None and isinstance(model, _FabricModule):
             module = model._forward_module
-        self._backward(tensor, module, *args, **kwargs)
+        try:
+            self._backward(tensor, module, *args, **kwargs)
+        except AttributeError:  # costs nothing when no error is raised: no check on every step
+            error = backward_argument_error(tensor)
+            if error is None:
+                raise
+            raise error from None
 
     def clip_gradients(
         self,

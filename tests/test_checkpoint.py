@@ -182,3 +182,57 @@ def test_unsafe_checkpoint_is_refused_by_default(tmp_path: Path) -> None:
     assert not marker.exists()
     fabric.load(tmp_path / "evil.pt", weights_only=False)  # explicit opt-in for a trusted file
     assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("saved_from", "loaded_into", "match"),
+    [
+        (
+            lambda p: torch.optim.Adam(p),
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            r"saved from another kind of optimizer than this SGD: its parameter groups have \[.*'betas'.*\] and "
+            r"lack \['dampening', 'momentum', 'nesterov'\]",
+        ),
+        (
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            lambda p: torch.optim.Adam(p),
+            r"than this Adam: its parameter groups have \['dampening', 'momentum', 'nesterov'\]",
+        ),
+    ],
+)
+def test_an_optimizer_state_of_another_kind_is_refused_before_anything_loads(
+    tmp_path: Path, saved_from: Any, loaded_into: Any, match: str
+) -> None:
+    """Issue 19 #11: an Adam state loaded into SGD silently; SGD's `step()` then raised KeyError 'momentum'."""
+    fabric = Fabric(accelerator="cpu")
+    x, y = regression_data(8)
+    module = tiny_mlp(seed=1)
+    model, optimizer = fabric.setup(module, saved_from(module.parameters()))
+    fabric.backward(F.mse_loss(model(x), y))
+    optimizer.step()
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer, "step": 1})
+
+    other = tiny_mlp(seed=2)
+    other_model, other_optimizer = fabric.setup(other, loaded_into(other.parameters()))
+    weights = [p.detach().clone() for p in other.parameters()]
+    groups = [dict(g, params=None) for g in other_optimizer.param_groups]
+    state = {"model": other_model, "optimizer": other_optimizer, "step": 0}
+    with pytest.raises(ValueError, match=match):
+        fabric.load(tmp_path / "ckpt", state)
+    # nothing changed: not the model (listed before the optimizer), not the optimizer, not the values
+    assert all(torch.equal(a, b) for a, b in zip(weights, other.parameters()))
+    assert [dict(g, params=None) for g in other_optimizer.param_groups] == groups
+    assert state["step"] == 0
+    fabric.backward(F.mse_loss(other_model(x), y))
+    other_optimizer.step()  # still the optimizer it was
+
+
+def test_an_optimizer_state_of_the_same_kind_with_other_settings_loads(tmp_path: Path) -> None:
+    fabric = Fabric(accelerator="cpu")
+    module = tiny_mlp(seed=1)
+    model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters(), lr=0.01))
+    fabric.save(tmp_path / "ckpt", {"optimizer": optimizer})
+    other = tiny_mlp(seed=2)
+    _, other_optimizer = fabric.setup(other, torch.optim.AdamW(other.parameters(), lr=0.5, amsgrad=True))
+    fabric.load(tmp_path / "ckpt", {"optimizer": other_optimizer})
+    assert other_optimizer.param_groups[0]["lr"] == 0.01

@@ -289,3 +289,15 @@ def test_training_through_wrapped_loader_converges() -> None:
             first = first if first is not None else loss.item()
             last = loss.item()
     assert last is not None and first is not None and last < 0.3 * first
+
+
+def test_backward_of_a_number_says_what_it_needs() -> None:
+    """Issue 19 #11: `fabric.backward(3.0)` was an AttributeError from deep inside the precision."""
+    fabric = Fabric(accelerator="cpu")
+    with pytest.raises(TypeError, match=r"Fabric.backward\(tensor=3.0\): expected the loss as a torch.Tensor.*got float"):
+        fabric.backward(3.0)  # type: ignore[arg-type]
+    model = fabric.setup(tiny_mlp())
+    loss = model(torch.ones(2, 8)).sum()
+    with pytest.raises(TypeError, match=r"not `loss.item\(\)`"):
+        fabric.backward(loss.item())  # type: ignore[arg-type]
+    fabric.backward(loss)  # the tensor itself still works

@@ -453,6 +453,9 @@ class Checkpointer:
                 f"{sorted(set(checkpoint) | set(restored))}). Remove those keys from `state`, or pass strict=False to "
                 f"skip them."
             )
+        for key, obj in state.items():  # every check before the first change
+            if isinstance(obj, Optimizer) and key not in restored and key in checkpoint:
+                states.check_optimizer_kind(obj, checkpoint[key], path, key)
         for key, obj in state.items():
             if key in restored or key not in checkpoint:
                 continue
