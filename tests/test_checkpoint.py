@@ -236,3 +236,17 @@ def test_an_optimizer_state_of_the_same_kind_with_other_settings_loads(tmp_path:
     _, other_optimizer = fabric.setup(other, torch.optim.AdamW(other.parameters(), lr=0.5, amsgrad=True))
     fabric.load(tmp_path / "ckpt", {"optimizer": other_optimizer})
     assert other_optimizer.param_groups[0]["lr"] == 0.01
+
+
+@pytest.mark.timeout(120)
+def test_an_optimizer_state_of_another_kind_is_refused_from_a_sharded_checkpoint_too(tmp_path: Path) -> None:
+    """The same check reads the sharded layout's metadata, before any shard is read."""
+    from tests.strategies.multiprocess import REPO_ROOT, run_python
+
+    script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "sharded_optimizer_kind.py"
+    run = run_python([str(script), str(tmp_path / "ckpt")], timeout=110)
+    assert run.returncode == 0, run.output
+    results = [line for line in run.output.splitlines() if line.startswith("RESULT")]
+    assert len(results) == 1, run.output
+    assert results[0].startswith("RESULT ValueError: Fabric.load("), run.output
+    assert "another kind of optimizer than this SGD" in results[0]

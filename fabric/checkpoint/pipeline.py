@@ -489,6 +489,7 @@ class Checkpointer:
             if isinstance(obj, Module):
                 targets[key] = states.module_state(obj)
             elif isinstance(obj, Optimizer):
+                states.check_optimizer_kind(obj, sharded.saved_param_groups(metadata, key), path, key)
                 modules[key] = _owner(obj, owners, state)
                 targets[key] = states.optimizer_state(modules[key], obj)
         if targets:
