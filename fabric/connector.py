@@ -349,7 +349,7 @@ def resolve_callbacks(callbacks: Any) -> list[Any]:
         return []
     items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
     for item in items:
-        if isinstance(item, _NOT_CALLBACKS) or isinstance(item, type):
+        if isinstance(item, (*_NOT_CALLBACKS, type)):
             what = "a class (pass an instance)" if isinstance(item, type) else type(item).__name__
             raise TypeError(
                 f"Fabric(callbacks={callbacks!r}): {item!r} is {what}, not a callback. A callback is an object "

@@ -230,7 +230,7 @@ def test_an_optimizer_state_of_another_kind_is_refused_before_anything_loads(
 def test_an_optimizer_state_of_the_same_kind_with_other_settings_loads(tmp_path: Path) -> None:
     fabric = Fabric(accelerator="cpu")
     module = tiny_mlp(seed=1)
-    model, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters(), lr=0.01))
+    _, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters(), lr=0.01))
     fabric.save(tmp_path / "ckpt", {"optimizer": optimizer})
     other = tiny_mlp(seed=2)
     _, other_optimizer = fabric.setup(other, torch.optim.AdamW(other.parameters(), lr=0.5, amsgrad=True))

@@ -28,7 +28,11 @@ from fabric.strategies import SingleDeviceStrategy
         # issue 19 #11: a bare `int()` error before, not naming the argument
         ({"num_nodes": "x"}, ValueError, r"Fabric\(num_nodes='x'\): .* an int >= 1 \(e.g. num_nodes=2\)"),
         ({"num_nodes": 1.5}, ValueError, r"Fabric\(num_nodes=1.5\)"),
-        ({"devices": [0, 1]}, TypeError, r"devices=\[0, 1\]\): a list selects devices by index, and CPUs have none"),
+        (
+            {"devices": [0, 1]},
+            TypeError,
+            r"devices=\[0, 1\]\): a list selects devices by index, and CPUs have none",
+        ),
         ({"devices": [0]}, TypeError, r"devices=\[0\]\): .*an int >= 1, -1 or 'auto'.*Pass devices=1"),
         # issue 19 #11: Lightning accepts these and never calls them
         ({"callbacks": 5}, TypeError, r"Fabric\(callbacks=5\): 5 is int, not a callback"),

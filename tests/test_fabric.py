@@ -294,7 +294,9 @@ def test_training_through_wrapped_loader_converges() -> None:
 def test_backward_of_a_number_says_what_it_needs() -> None:
     """Issue 19 #11: `fabric.backward(3.0)` was an AttributeError from deep inside the precision."""
     fabric = Fabric(accelerator="cpu")
-    with pytest.raises(TypeError, match=r"Fabric.backward\(tensor=3.0\): expected the loss as a torch.Tensor.*got float"):
+    with pytest.raises(
+        TypeError, match=r"Fabric.backward\(tensor=3.0\): expected the loss as a torch.Tensor.*got float"
+    ):
         fabric.backward(3.0)  # type: ignore[arg-type]
     model = fabric.setup(tiny_mlp())
     loss = model(torch.ones(2, 8)).sum()
@@ -332,6 +334,10 @@ def test_sharding_strategies_refuse_a_parameter_outside_the_model_and_say_what_t
     temperature = torch.nn.Parameter(torch.tensor(2.0))
     optimizer = torch.optim.SGD([temperature], lr=0.1)
     for strategy in (FSDPStrategy(), ModelParallelStrategy(parallelize_fn=lambda model, mesh: model)):
-        with pytest.raises(ValueError, match=r"1 parameter\(s\) of SGD \(shapes \[\]\) are not in the model, and "
-                           + type(strategy).__name__ + r" cannot train them.*`model.temperature = nn.Parameter"):
+        with pytest.raises(
+            ValueError,
+            match=r"1 parameter\(s\) of SGD \(shapes \[\]\) are not in the model, and "
+            + type(strategy).__name__
+            + r" cannot train them.*`model.temperature = nn.Parameter",
+        ):
             strategy.setup_extra_parameters([temperature], optimizer)

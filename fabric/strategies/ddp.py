@@ -74,7 +74,9 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
 
-    def setup_extra_parameters(self, parameters: list[torch.Tensor], optimizer: Any, move: bool = True) -> None:
+    def setup_extra_parameters(
+        self, parameters: list[torch.Tensor], optimizer: Any, move: bool = True
+    ) -> None:
         """Train them as DDP trains the model's: the same start on every process (rank 0's values), and
         each gradient averaged over the processes as soon as it is accumulated.
 

@@ -298,7 +298,9 @@ class ParallelStrategy(Strategy):
         """Refused by a strategy that shards the model: the extra parameters would be neither sharded nor
         reduced, an optimizer cannot mix them with sharded ones, and its checkpoint names optimizer state
         by the model's parameter names, which they lack. DDP overrides this and trains them."""
-        shapes = ", ".join(str(list(p.shape)) for p in parameters[:3]) + (", ..." if len(parameters) > 3 else "")
+        shapes = ", ".join(str(list(p.shape)) for p in parameters[:3]) + (
+            ", ..." if len(parameters) > 3 else ""
+        )
         raise ValueError(
             f"Fabric.setup(): {len(parameters)} parameter(s) of {type(optimizer).__name__} (shapes {shapes}) are "
             f"not in the model, and {type(self).__name__} cannot train them: it shards the model's parameters "

@@ -110,7 +110,9 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
-    def setup_extra_parameters(self, parameters: list[torch.Tensor], optimizer: Optimizer, move: bool = True) -> None:
+    def setup_extra_parameters(
+        self, parameters: list[torch.Tensor], optimizer: Optimizer, move: bool = True
+    ) -> None:
         """Parameters ``optimizer`` updates that are not in the model (a learnable temperature, the
         weights of a loss module): trained as Lightning trains them, on this strategy's device.
 

@@ -18,7 +18,9 @@ def main() -> None:
     optimizer.step()
     fabric.save(sys.argv[1], {"model": model, "optimizer": optimizer})
     other = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
-    other_model, other_optimizer = fabric.setup(other, torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9))
+    other_model, other_optimizer = fabric.setup(
+        other, torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    )
     try:
         fabric.load(sys.argv[1], {"model": other_model, "optimizer": other_optimizer})
         print("RESULT loaded", flush=True)

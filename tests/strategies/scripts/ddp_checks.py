@@ -96,7 +96,9 @@ def extra_parameter(fabric: Fabric) -> dict[str, Any]:
     x, y = batch(seed=11, size=16)
     mine = slice(8 * rank, 8 * rank + 8)
 
-    def loss_of(model: nn.Module, temperature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    def loss_of(
+        model: nn.Module, temperature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor
+    ) -> torch.Tensor:
         return nn.functional.mse_loss(model(xs) / temperature, ys)
 
     reference = tiny_mlp(seed=5)
