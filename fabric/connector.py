@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch import Tensor
+
 from fabric.accelerators import (
     ACCELERATOR_REGISTRY,
     ACCELERATORS,
@@ -361,8 +363,6 @@ def resolve_callbacks(callbacks: Any) -> list[Any]:
 
 def backward_argument_error(tensor: Any) -> TypeError | None:
     """The error for ``Fabric.backward(tensor)`` with something that is not a tensor, else None."""
-    from torch import Tensor
-
     if isinstance(tensor, Tensor):
         return None
     return TypeError(
