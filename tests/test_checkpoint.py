@@ -239,14 +239,21 @@ def test_an_optimizer_state_of_the_same_kind_with_other_settings_loads(tmp_path:
 
 
 @pytest.mark.timeout(120)
-def test_an_optimizer_state_of_another_kind_is_refused_from_a_sharded_checkpoint_too(tmp_path: Path) -> None:
-    """The same check reads the sharded layout's metadata, before any shard is read."""
+def test_fsdp_refuses_an_optimizer_state_of_another_kind_and_parameters_outside_the_model(
+    tmp_path: Path,
+) -> None:
+    """The optimizer-kind check reads the sharded layout's metadata, before any shard is read."""
     from tests.strategies.multiprocess import REPO_ROOT, run_python
 
-    script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "sharded_optimizer_kind.py"
+    script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "fsdp_refusals.py"
     run = run_python([str(script), str(tmp_path / "ckpt")], timeout=110)
     assert run.returncode == 0, run.output
     results = [line for line in run.output.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 1, run.output
+    assert len(results) == 2, run.output
     assert results[0].startswith("RESULT ValueError: Fabric.load("), run.output
     assert "another kind of optimizer than this SGD" in results[0]
+    # issue 19 #4, through Fabric.setup: FSDP says why it cannot train a parameter outside the model
+    assert results[1].startswith("RESULT ValueError: Fabric.setup(): 1 parameter(s) of SGD (shapes [])"), (
+        run.output
+    )
+    assert "FSDPStrategy cannot train them" in results[1] and "model.temperature = nn.Parameter" in results[1]

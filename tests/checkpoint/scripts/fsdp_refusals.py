@@ -1,4 +1,8 @@
-"""An Adam state saved by FSDP (sharded layout), loaded into SGD: one RESULT line with what happened."""
+"""What FSDP (one process) refuses, through `Fabric` itself; one RESULT line per case.
+
+1. An Adam state saved in the sharded layout, loaded into SGD (issue 19 #11).
+2. An optimizer that also updates a parameter outside the model (issue 19 #4).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,14 @@ def main() -> None:
     try:
         fabric.load(sys.argv[1], {"model": other_model, "optimizer": other_optimizer})
         print("RESULT loaded", flush=True)
+    except Exception as error:
+        print(f"RESULT {type(error).__name__}: {error}", flush=True)
+
+    third = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    temperature = torch.nn.Parameter(torch.tensor(2.0))
+    try:
+        fabric.setup(third, torch.optim.SGD([*third.parameters(), temperature], lr=0.1))
+        print("RESULT set up", flush=True)
     except Exception as error:
         print(f"RESULT {type(error).__name__}: {error}", flush=True)
 
