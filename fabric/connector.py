@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from torch import Tensor
+
 from fabric.accelerators import (
     ACCELERATOR_REGISTRY,
     ACCELERATORS,
@@ -62,7 +64,7 @@ class Connector:
         accelerator = self._from_env("accelerator", accelerator, "auto")
         strategy = self._from_env("strategy", strategy, "auto")
         devices = self._from_env("devices", devices, "auto")
-        num_nodes = int(self._from_env("num_nodes", num_nodes, 1))
+        num_nodes = _num_nodes(self._from_env("num_nodes", num_nodes, 1))
         precision = self._from_env("precision", precision, None)
 
         plugin_precision, plugin_environment, plugin_checkpoint_io = self._split_plugins(plugins)
@@ -78,12 +80,23 @@ class Connector:
         if devices == "auto" and self.accelerator.name == "cpu":
             devices = self._external_processes_per_node(num_nodes) or devices
         self.devices = devices
-        self.parallel_devices = self.accelerator.get_parallel_devices(self.accelerator.parse_devices(devices))
+        self.parallel_devices = self.accelerator.get_parallel_devices(self._parse_devices(devices))
         self.num_nodes = num_nodes
         self.precision = plugin_precision or self._resolve_precision(precision, self.accelerator)
         self.strategy = self._resolve_strategy(strategy, plugin_environment)
         if plugin_checkpoint_io is not None:
             self.strategy.checkpoint_io = plugin_checkpoint_io
+
+    def _parse_devices(self, devices: Any) -> Any:
+        if self.accelerator.name == "cpu" and isinstance(devices, (list, tuple)):
+            # Lightning's exception type (TypeError), with what to pass instead.
+            raise TypeError(
+                f"Fabric(accelerator='cpu', devices={devices!r}): a list selects devices by index, and CPUs have "
+                f"none. On CPU, `devices` is the number of processes: an int >= 1, -1 or 'auto' (one process). "
+                f"Pass devices={max(len(devices), 1)} for {max(len(devices), 1)} process(es), or "
+                f"accelerator='cuda' to select GPUs {list(devices)}."
+            )
+        return self.accelerator.parse_devices(devices)
 
     # ------------------------------------------------------------------ environment
     @staticmethod
@@ -310,3 +323,50 @@ def _xla_strategy_name(name: str, given: str, num_devices: int) -> str:
             f"Pass devices=1, or strategy='xla' to use all {num_devices}."
         )
     return name
+
+
+def _num_nodes(value: Any) -> int:
+    """``num_nodes`` as an int >= 1 (an int, or its digits as ``FABRIC_NUM_NODES`` writes them)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"Fabric(num_nodes={value!r}): num_nodes is the number of machines, an int >= 1 (e.g. num_nodes=2); "
+            f"got {type(value).__name__} {value!r}."
+        )
+    return value
+
+
+#: values that are never a callback: Fabric.call would find no hook on them and silently do nothing
+_NOT_CALLBACKS = (int, float, complex, str, bytes, bool, type(None))
+
+
+def resolve_callbacks(callbacks: Any) -> list[Any]:
+    """``Fabric(callbacks=...)`` as a list: one object or a list/tuple of objects whose methods are hooks.
+
+    Lightning accepts anything here (``callbacks=5`` too) and then never calls it; a number, a string
+    or None in the list is a mistake, refused here with what to pass.
+    """
+    if callbacks is None:
+        return []
+    items = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    for item in items:
+        if isinstance(item, (*_NOT_CALLBACKS, type)):
+            what = "a class (pass an instance)" if isinstance(item, type) else type(item).__name__
+            raise TypeError(
+                f"Fabric(callbacks={callbacks!r}): {item!r} is {what}, not a callback. A callback is an object "
+                f"whose methods `fabric.call('hook_name', ...)` invokes by name (e.g. an instance of a class with "
+                f"an `on_train_epoch_end` method); pass one such object or a list of them."
+            )
+    return items
+
+
+def backward_argument_error(tensor: Any) -> TypeError | None:
+    """The error for ``Fabric.backward(tensor)`` with something that is not a tensor, else None."""
+    if isinstance(tensor, Tensor):
+        return None
+    return TypeError(
+        f"Fabric.backward(tensor={tensor!r}): expected the loss as a torch.Tensor computed from the model's "
+        f"output (it carries the graph to differentiate), got {type(tensor).__name__}. Pass the loss tensor "
+        f"itself, not `loss.item()` or a Python number."
+    )

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from fabric import lifecycle
 from fabric.accelerators import Accelerator
-from fabric.connector import Connector
+from fabric.connector import Connector, backward_argument_error, resolve_callbacks
 from fabric.loggers.logger import Logger
 from fabric.strategies import BackwardSyncControl, Strategy
 from fabric.utilities.apply import move_to_device
@@ -94,7 +94,7 @@ class Fabric:
         # decided once, the strategy and its precision being known: what `backward` calls each step
         self._backward = self._strategy._step_call("backward")
         self._accelerator: Accelerator = connector.accelerator
-        self._callbacks = self._as_list(callbacks, "callbacks")
+        self._callbacks = resolve_callbacks(callbacks)
         self._loggers: list[Logger] = self._as_list(loggers, "loggers")
         for logger in self._loggers:
             missing = [m for m in _LOGGER_METHODS if not callable(getattr(logger, m, None))]
@@ -273,10 +273,10 @@ class Fabric:
         self._validate_module(module, "setup")
         for optimizer in optimizers:
             self._validate_optimizer(optimizer, "setup")
-        self._check_optimizers_own_module(module, optimizers)
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
+        self._setup_extra_parameters(module, optimizers, move=move_to_device)
         forward_module, strategy_optimizers = self._strategy.setup_module_and_optimizers(
             module, list(optimizers)
         )
@@ -406,16 +406,22 @@ class Fabric:
                 f"Fabric.{method}(): expected a torch.optim.Optimizer, got {type(optimizer).__name__}."
             )
 
-    @staticmethod
-    def _check_optimizers_own_module(module: Module, optimizers: Iterable[Optimizer]) -> None:
+    def _setup_extra_parameters(self, module: Module, optimizers: Iterable[Optimizer], move: bool) -> None:
+        # Parameters an optimizer updates beside the model (a learnable temperature, a loss module's
+        # weights): accepted as in Lightning; the strategy places them (or says why it cannot). An
+        # optimizer that updates none of the model's parameters is a mistake: the model would not train.
         params = {id(p) for p in module.parameters()}
         for optimizer in optimizers:
-            foreign = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in params]
-            if foreign and params:
+            mine = [p for g in optimizer.param_groups for p in g["params"]]
+            extra = [p for p in mine if id(p) not in params]
+            if params and extra and len(extra) == len(mine):
                 raise ValueError(
-                    f"Fabric.setup(): {len(foreign)} parameter(s) of {type(optimizer).__name__} do not belong "
-                    f"to the model being set up. Create the optimizer from `model.parameters()` of this model."
+                    f"Fabric.setup(): none of the {len(mine)} parameter(s) of {type(optimizer).__name__} belong to "
+                    f"the model being set up, so it would never train. Create the optimizer from "
+                    f"`model.parameters()` of this model (extra parameters beside them are fine)."
                 )
+            if extra:
+                self._strategy.setup_extra_parameters(extra, optimizer, move=move)
 
     # ------------------------------------------------------------------ training
     def backward(self, tensor: Tensor, *args: Any, model: _FabricModule | None = None, **kwargs: Any) -> None:
@@ -428,7 +434,13 @@ class Fabric:
         module: Module | None = model
         if model is not None and isinstance(model, _FabricModule):
             module = model._forward_module
-        self._backward(tensor, module, *args, **kwargs)
+        try:
+            self._backward(tensor, module, *args, **kwargs)
+        except AttributeError:  # costs nothing when no error is raised: no check on every step
+            error = backward_argument_error(tensor)
+            if error is None:
+                raise
+            raise error from None
 
     def clip_gradients(
         self,

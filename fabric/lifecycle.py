@@ -125,11 +125,9 @@ def on_exit(step: Callable[[], None], order: int, *, weak: bool = False) -> None
     What must happen even then (leaving the process group) is registered by whoever owns it.
     """
     _install_atexit()
-    held: Callable[[], Callable[[], None] | None]
-    if weak:
-        held = weakref.WeakMethod(step)  # type: ignore[arg-type]
-    else:
-        held = lambda: step  # noqa: E731
+    held: Callable[[], Callable[[], None] | None] = (
+        weakref.WeakMethod(step) if weak else (lambda: step)  # type: ignore[arg-type]
+    )
     _state.steps.append((order, len(_state.steps), held))
 
 

@@ -305,8 +305,8 @@ class _FabricOptimizer(Optimizer):
         if any(p.grad is not None for group in self._optimizer.param_groups for p in group["params"]):
             raise RuntimeError(
                 f"The precision {self._precision.precision!r} needs `fabric.backward(loss)` instead of "
-                f"`loss.backward()`: the gradients of this optimizer were computed without it (so the "
-                f"loss was not scaled). Replace `loss.backward()` with `fabric.backward(loss)`."
+                f"`loss.backward()`: the gradients of this optimizer were computed without it "
+                f"({self._precision.fabric_backward_reason}). Replace `loss.backward()` with `fabric.backward(loss)`."
             )
 
     def zero_grad(self, *args: Any, **kwargs: Any) -> None:

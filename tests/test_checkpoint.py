@@ -182,3 +182,78 @@ def test_unsafe_checkpoint_is_refused_by_default(tmp_path: Path) -> None:
     assert not marker.exists()
     fabric.load(tmp_path / "evil.pt", weights_only=False)  # explicit opt-in for a trusted file
     assert marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("saved_from", "loaded_into", "match"),
+    [
+        (
+            lambda p: torch.optim.Adam(p),
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            r"saved from another kind of optimizer than this SGD: its parameter groups have \[.*'betas'.*\] and "
+            r"lack \['dampening', 'momentum', 'nesterov'\]",
+        ),
+        (
+            lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+            lambda p: torch.optim.Adam(p),
+            r"than this Adam: its parameter groups have \['dampening', 'momentum', 'nesterov'\]",
+        ),
+    ],
+)
+def test_an_optimizer_state_of_another_kind_is_refused_before_anything_loads(
+    tmp_path: Path, saved_from: Any, loaded_into: Any, match: str
+) -> None:
+    """Issue 19 #11: an Adam state loaded into SGD silently; SGD's `step()` then raised KeyError 'momentum'."""
+    fabric = Fabric(accelerator="cpu")
+    x, y = regression_data(8)
+    module = tiny_mlp(seed=1)
+    model, optimizer = fabric.setup(module, saved_from(module.parameters()))
+    fabric.backward(F.mse_loss(model(x), y))
+    optimizer.step()
+    fabric.save(tmp_path / "ckpt", {"model": model, "optimizer": optimizer, "step": 1})
+
+    other = tiny_mlp(seed=2)
+    other_model, other_optimizer = fabric.setup(other, loaded_into(other.parameters()))
+    weights = [p.detach().clone() for p in other.parameters()]
+    groups = [dict(g, params=None) for g in other_optimizer.param_groups]
+    state = {"model": other_model, "optimizer": other_optimizer, "step": 0}
+    with pytest.raises(ValueError, match=match):
+        fabric.load(tmp_path / "ckpt", state)
+    # nothing changed: not the model (listed before the optimizer), not the optimizer, not the values
+    assert all(torch.equal(a, b) for a, b in zip(weights, other.parameters()))
+    assert [dict(g, params=None) for g in other_optimizer.param_groups] == groups
+    assert state["step"] == 0
+    fabric.backward(F.mse_loss(other_model(x), y))
+    other_optimizer.step()  # still the optimizer it was
+
+
+def test_an_optimizer_state_of_the_same_kind_with_other_settings_loads(tmp_path: Path) -> None:
+    fabric = Fabric(accelerator="cpu")
+    module = tiny_mlp(seed=1)
+    _, optimizer = fabric.setup(module, torch.optim.Adam(module.parameters(), lr=0.01))
+    fabric.save(tmp_path / "ckpt", {"optimizer": optimizer})
+    other = tiny_mlp(seed=2)
+    _, other_optimizer = fabric.setup(other, torch.optim.AdamW(other.parameters(), lr=0.5, amsgrad=True))
+    fabric.load(tmp_path / "ckpt", {"optimizer": other_optimizer})
+    assert other_optimizer.param_groups[0]["lr"] == 0.01
+
+
+@pytest.mark.timeout(120)
+def test_fsdp_refuses_an_optimizer_state_of_another_kind_and_parameters_outside_the_model(
+    tmp_path: Path,
+) -> None:
+    """The optimizer-kind check reads the sharded layout's metadata, before any shard is read."""
+    from tests.strategies.multiprocess import REPO_ROOT, run_python
+
+    script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "fsdp_refusals.py"
+    run = run_python([str(script), str(tmp_path / "ckpt")], timeout=110)
+    assert run.returncode == 0, run.output
+    results = [line for line in run.output.splitlines() if line.startswith("RESULT")]
+    assert len(results) == 2, run.output
+    assert results[0].startswith("RESULT ValueError: Fabric.load("), run.output
+    assert "another kind of optimizer than this SGD" in results[0]
+    # issue 19 #4, through Fabric.setup: FSDP says why it cannot train a parameter outside the model
+    assert results[1].startswith("RESULT ValueError: Fabric.setup(): 1 parameter(s) of SGD (shapes [])"), (
+        run.output
+    )
+    assert "FSDPStrategy cannot train them" in results[1] and "model.temperature = nn.Parameter" in results[1]

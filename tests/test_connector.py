@@ -24,8 +24,20 @@ from fabric.strategies import SingleDeviceStrategy
         ({"plugins": [object()]}, TypeError, "must be a Precision, a ClusterEnvironment or a CheckpointIO"),
         ({"strategy": "nonsense"}, ValueError, r"strategy='nonsense'\) is not a known strategy"),
         ({"strategy": 3}, TypeError, "pass a strategy name"),
-        ({"num_nodes": 0}, ValueError, "num_nodes must be an int >= 1"),
-        ({"devices": [0, 1]}, TypeError, "CPU devices have no index"),
+        ({"num_nodes": 0}, ValueError, r"num_nodes=0\): num_nodes is the number of machines, an int >= 1"),
+        # issue 19 #11: a bare `int()` error before, not naming the argument
+        ({"num_nodes": "x"}, ValueError, r"Fabric\(num_nodes='x'\): .* an int >= 1 \(e.g. num_nodes=2\)"),
+        ({"num_nodes": 1.5}, ValueError, r"Fabric\(num_nodes=1.5\)"),
+        (
+            {"devices": [0, 1]},
+            TypeError,
+            r"devices=\[0, 1\]\): a list selects devices by index, and CPUs have none",
+        ),
+        ({"devices": [0]}, TypeError, r"devices=\[0\]\): .*an int >= 1, -1 or 'auto'.*Pass devices=1"),
+        # issue 19 #11: Lightning accepts these and never calls them
+        ({"callbacks": 5}, TypeError, r"Fabric\(callbacks=5\): 5 is int, not a callback"),
+        ({"callbacks": [object(), None]}, TypeError, "None is NoneType, not a callback"),
+        ({"callbacks": [object]}, TypeError, r"is a class \(pass an instance\)"),
         ({"strategy": "single_device", "devices": 2}, ValueError, "cannot use 2 devices"),
     ],
 )

@@ -75,7 +75,7 @@ def test_setup_module_then_optimizers() -> None:
         (
             lambda f: f.setup(tiny_mlp(), torch.optim.SGD(tiny_mlp(1).parameters(), lr=1)),
             ValueError,
-            "do not belong to the model",
+            r"none of the 4 parameter\(s\) of SGD belong to the model",
         ),
         (lambda f: f.setup_dataloaders(), ValueError, "`setup_dataloaders` requires at least one dataloader"),
         (lambda f: f.setup_dataloaders([1, 2]), TypeError, "expected torch.utils.data.DataLoader"),
@@ -289,3 +289,55 @@ def test_training_through_wrapped_loader_converges() -> None:
             first = first if first is not None else loss.item()
             last = loss.item()
     assert last is not None and first is not None and last < 0.3 * first
+
+
+def test_backward_of_a_number_says_what_it_needs() -> None:
+    """Issue 19 #11: `fabric.backward(3.0)` was an AttributeError from deep inside the precision."""
+    fabric = Fabric(accelerator="cpu")
+    with pytest.raises(
+        TypeError, match=r"Fabric.backward\(tensor=3.0\): expected the loss as a torch.Tensor.*got float"
+    ):
+        fabric.backward(3.0)  # type: ignore[arg-type]
+    model = fabric.setup(tiny_mlp())
+    loss = model(torch.ones(2, 8)).sum()
+    with pytest.raises(TypeError, match=r"not `loss.item\(\)`"):
+        fabric.backward(loss.item())  # type: ignore[arg-type]
+    fabric.backward(loss)  # the tensor itself still works
+
+
+def _temperature_run(fabric_class: Any) -> list[torch.Tensor]:
+    fabric = fabric_class(accelerator="cpu", devices=1)
+    module = tiny_mlp(seed=4)
+    temperature = torch.nn.Parameter(torch.tensor(2.0))
+    model, optimizer = fabric.setup(module, torch.optim.Adam([*module.parameters(), temperature], lr=0.05))
+    x, y = regression_data(16)
+    for _ in range(3):
+        fabric.backward(F.mse_loss(model(x) / temperature, y))
+        optimizer.step()
+        optimizer.zero_grad()
+    return [temperature.detach().clone(), *(p.detach().clone() for p in module.parameters())]
+
+
+def test_an_optimizer_may_update_a_parameter_outside_the_model_as_in_lightning() -> None:
+    """Issue 19 #4: "1 parameter(s) of SGD do not belong to the model" for a learnable temperature;
+    Lightning trains it. Same numbers as Lightning's on one device."""
+    ours = _temperature_run(Fabric)
+    assert float(ours[0]) != 2.0  # the temperature trained
+    lightning = pytest.importorskip("lightning.fabric")
+    theirs = _temperature_run(lightning.Fabric)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_sharding_strategies_refuse_a_parameter_outside_the_model_and_say_what_to_do() -> None:
+    from fabric.strategies import FSDPStrategy, ModelParallelStrategy
+
+    temperature = torch.nn.Parameter(torch.tensor(2.0))
+    optimizer = torch.optim.SGD([temperature], lr=0.1)
+    for strategy in (FSDPStrategy(), ModelParallelStrategy(parallelize_fn=lambda model, mesh: model)):
+        with pytest.raises(
+            ValueError,
+            match=r"1 parameter\(s\) of SGD \(shapes \[\]\) are not in the model, and "
+            + type(strategy).__name__
+            + r" cannot train them.*`model.temperature = nn.Parameter",
+        ):
+            strategy.setup_extra_parameters([temperature], optimizer)

@@ -166,17 +166,21 @@ def test_dropped_fabric_objects_are_freed_and_one_process_keeps_pythons_exceptho
     """Issue 19 #6: the exit step held each Fabric strongly, and one device replaced the excepthook."""
     done = _python(
         """
-        import gc, sys, weakref
+        import gc, os, sys, tempfile, weakref
         import torch
         from fabric import Fabric
         hook = sys.excepthook
         refs = []
+        directory = tempfile.mkdtemp()
         for i in range(3):
             fabric = Fabric(accelerator="cpu", devices=1)
             model = torch.nn.Linear(2, 2)
             model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
             fabric.backward(model(torch.ones(1, 2)).sum())
             optimizer.step()
+            fabric.save(os.path.join(directory, f"sync{i}"), {"model": model, "optimizer": optimizer})
+            state = {"model": model}
+            fabric.save(os.path.join(directory, f"async{i}"), state, async_save=True).wait()
             refs.append(weakref.ref(fabric))
             del fabric, model, optimizer
         gc.collect()

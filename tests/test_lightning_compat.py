@@ -210,6 +210,13 @@ def test_plain_backward_under_mixed_precision_is_caught() -> None:
         optimizer.step()
     fabric.backward(F.mse_loss(model(x), y))
     optimizer.step()  # fine once fabric.backward is used
+    # Lightning refuses it too, under bf16-mixed (which scales nothing): the same observable behaviour
+    lightning = pytest.importorskip("lightning.fabric")
+    theirs = lightning.Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    their_module = tiny_mlp()
+    their_model, _ = theirs.setup(their_module, torch.optim.SGD(their_module.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match="fabric.backward"):
+        F.mse_loss(their_model(x), y).backward()
 
 
 # ---------------------------------------------------------------------------------------- wrappers

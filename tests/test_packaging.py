@@ -13,10 +13,10 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).parent.parent
 
@@ -42,7 +42,9 @@ def _run_without_numpy(tmp_path: Path, devices: int) -> subprocess.CompletedProc
     launcher's children start from the environment too); test-only."""
     blocker = tmp_path / "block"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text('import sys\nsys.modules["numpy"] = None  # as if not installed\n')
+    (blocker / "sitecustomize.py").write_text(
+        'import sys\nsys.modules["numpy"] = None  # as if not installed\n'
+    )
     script = tmp_path / "save.py"
     script.write_text(textwrap.dedent(_SAVE))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(ROOT)]), "OMP_NUM_THREADS": "1"}

@@ -453,6 +453,9 @@ class Checkpointer:
                 f"{sorted(set(checkpoint) | set(restored))}). Remove those keys from `state`, or pass strict=False to "
                 f"skip them."
             )
+        for key, obj in state.items():  # every check before the first change
+            if isinstance(obj, Optimizer) and key not in restored and key in checkpoint:
+                states.check_optimizer_kind(obj, checkpoint[key], path, key)
         for key, obj in state.items():
             if key in restored or key not in checkpoint:
                 continue
@@ -486,6 +489,7 @@ class Checkpointer:
             if isinstance(obj, Module):
                 targets[key] = states.module_state(obj)
             elif isinstance(obj, Optimizer):
+                states.check_optimizer_kind(obj, sharded.saved_param_groups(metadata, key), path, key)
                 modules[key] = _owner(obj, owners, state)
                 targets[key] = states.optimizer_state(modules[key], obj)
         if targets:

@@ -443,6 +443,21 @@ def saved_keys(metadata: Any) -> set[str]:
     return keys
 
 
+def saved_param_groups(metadata: Any, key: str) -> dict[str, Any]:
+    """The hyper-parameter names of the optimizer saved under ``key``, as ``{"param_groups": [...]}``.
+
+    Read from the metadata alone (DCP flattens ``param_groups`` to ``KEY.param_groups.INDEX.NAME``), so the
+    kind of optimizer can be checked before anything is read.
+    """
+    prefix = f"{key}.param_groups."
+    groups: dict[str, dict[str, None]] = {}
+    for fqn in metadata.state_dict_metadata:
+        if fqn.startswith(prefix):
+            index, _, name = fqn[len(prefix) :].partition(".")
+            groups.setdefault(index, {})[name] = None
+    return {"param_groups": list(groups.values())}
+
+
 def _reader(directory: str, metadata: Any) -> Any:
     """A DCP reader of ``directory`` that hands out the already checked ``metadata``."""
     from torch.distributed.checkpoint import FileSystemReader

@@ -74,6 +74,31 @@ def set_optimizer_state(module: Module, optimizer: Optimizer, state: dict[str, A
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=full))
 
 
+def check_optimizer_kind(optimizer: Optimizer, saved: Any, path: str, key: str) -> None:
+    """Refuse an optimizer state saved from another kind of optimizer, before anything is loaded.
+
+    ``optimizer.load_state_dict`` copies the saved hyper-parameters over the optimizer's own without a
+    look: an Adam state loads into SGD silently, and SGD's next ``step()`` fails with ``KeyError:
+    'momentum'``. Each optimizer class keeps its own hyper-parameters in its parameter groups, and the
+    checkpoint holds them, so two kinds differ where each has keys the other lacks. Keys missing on one
+    side only are tolerated: a torch release adds a hyper-parameter, and ``load_state_dict`` fills it in.
+    """
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+        return
+    saved_keys = {name for group in groups for name in group} - {"params"}
+    own_keys = {name for group in optimizer.param_groups for name in group} - {"params"}
+    missing, foreign = sorted(own_keys - saved_keys), sorted(saved_keys - own_keys)
+    if missing and foreign:
+        kind = type(optimizer).__name__
+        raise ValueError(
+            f"Fabric.load('{path}'): the optimizer state under {key!r} was saved from another kind of optimizer "
+            f"than this {kind}: its parameter groups have {foreign} and lack {missing}, which {kind} needs. "
+            f"Nothing was loaded. Load it into the optimizer class it was saved from (the same torch.optim "
+            f"class), or leave {key!r} out of `state` to start this {kind} afresh."
+        )
+
+
 #: name parts that wrappers insert (activation checkpointing); state dicts are keyed without them
 _WRAPPER_NAME_PARTS = ("_checkpoint_wrapped_module.",)
 

@@ -78,6 +78,17 @@ class MixedPrecision(Precision):
         return self.scaler is not None
 
     @property
+    def fabric_backward_reason(self) -> str:  # type: ignore[override]
+        if self.scaler is not None:
+            return "so the loss was not scaled, and the scaler cannot unscale the gradients"
+        # bf16 has float32's range and no scaler: refused anyway, as Lightning refuses it for every mixed
+        # precision, so that the same loop keeps working with '16-mixed' or a strategy with its own backward
+        return (
+            f"{self.precision!r} does not scale the loss, but as in Lightning every mixed precision requires it, so "
+            f"that the loop also works with '16-mixed' (which scales) and strategies that run their own backward"
+        )
+
+    @property
     def device(self) -> str:
         """The device type autocast runs on (Lightning's attribute name)."""
         return self.device_type

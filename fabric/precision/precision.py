@@ -30,6 +30,8 @@ class Precision:
     #: whether gradients from a plain ``loss.backward()`` would be wrong (e.g. unscaled): the optimizer
     #: wrapper then checks, at ``step``, that ``Fabric.backward`` ran (read once, at setup)
     requires_fabric_backward: bool = False
+    #: why :attr:`requires_fabric_backward` (the end of the error a plain ``loss.backward()`` gets)
+    fabric_backward_reason: str = "so the precision's backward did not run"
     #: number of :meth:`backward` calls so far (counted where :attr:`requires_fabric_backward`)
     backward_calls: int = 0
     #: whether :meth:`optimizer_step` skips a step whose gradients are not finite (so clipping must

@@ -6,6 +6,7 @@ come from :class:`ParallelStrategy`.
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, CollectiveError, ParallelStrategy
-from fabric.strategies.strategy import BackwardSyncControl
+from fabric.strategies.strategy import BackwardSyncControl, Strategy
 from fabric.utilities.compiled import unwrap_compiled
 
 __all__ = ["DEFAULT_TIMEOUT", "CollectiveError", "DDPStrategy"]
@@ -73,6 +74,26 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
 
+    def setup_extra_parameters(
+        self, parameters: list[torch.Tensor], optimizer: Any, move: bool = True
+    ) -> None:
+        """Train them as DDP trains the model's: the same start on every process (rank 0's values), and
+        each gradient averaged over the processes as soon as it is accumulated.
+
+        Lightning leaves them alone, so every process steps them with its own gradient and the copies
+        drift apart. The average runs in each backward, also inside ``no_backward_sync`` (the
+        accumulated gradient is then still the average of every micro-batch's).
+        """
+        Strategy.setup_extra_parameters(self, parameters, optimizer, move=move)
+        if self.world_size < 2:
+            return
+        import torch.distributed as dist
+
+        average = functools.partial(_average_gradient, world_size=self.world_size)
+        for parameter in parameters:
+            dist.broadcast(parameter.data, src=0)
+            parameter.register_post_accumulate_grad_hook(average)
+
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
         """DDP's ``no_sync``: gradients accumulate locally; the next synced backward averages them all.
 
@@ -97,3 +118,12 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         if isinstance(module, DistributedDataParallel):
             module = module.module
         module.load_state_dict(state_dict, strict=strict)
+
+
+def _average_gradient(parameter: torch.Tensor, world_size: int) -> None:
+    """Average the gradient of a parameter outside the model over the processes (a backward hook)."""
+    import torch.distributed as dist
+
+    if parameter.grad is not None:
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+        parameter.grad.div_(world_size)

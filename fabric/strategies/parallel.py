@@ -299,6 +299,21 @@ class ParallelStrategy(Strategy):
                 f"tensors of the same shapes."
             )
 
+    def setup_extra_parameters(self, parameters: list[Tensor], optimizer: Any, move: bool = True) -> None:
+        """Refused by a strategy that shards the model: the extra parameters would be neither sharded nor
+        reduced, an optimizer cannot mix them with sharded ones, and its checkpoint names optimizer state
+        by the model's parameter names, which they lack. DDP overrides this and trains them."""
+        shapes = ", ".join(str(list(p.shape)) for p in parameters[:3]) + (
+            ", ..." if len(parameters) > 3 else ""
+        )
+        raise ValueError(
+            f"Fabric.setup(): {len(parameters)} parameter(s) of {type(optimizer).__name__} (shapes {shapes}) are "
+            f"not in the model, and {type(self).__name__} cannot train them: it shards the model's parameters "
+            f"and names their optimizer state in checkpoints by their place in the model. Make them part of the "
+            f"model (e.g. `model.temperature = nn.Parameter(...)`, or the loss module as a submodule of the "
+            f"model) before `fabric.setup`, or use strategy='ddp', which trains them beside the model."
+        )
+
     def all_reduce(self, tensor: Tensor, reduce_op: ReduceOp = "mean") -> Tensor:
         result = tensor.clone()
         carrier = self._carrier(result)

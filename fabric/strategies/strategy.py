@@ -115,6 +115,23 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
+    def setup_extra_parameters(
+        self, parameters: list[torch.Tensor], optimizer: Optimizer, move: bool = True
+    ) -> None:
+        """Parameters ``optimizer`` updates that are not in the model (a learnable temperature, the
+        weights of a loss module): trained as Lightning trains them, on this strategy's device.
+
+        Moved in place (the optimizer keeps the same objects), keeping their dtype, unless ``move`` is
+        false (``setup(..., move_to_device=False)``). A strategy that runs several processes must also
+        keep them equal on every process, or refuse them.
+        """
+        if not move:
+            return
+        with torch.no_grad():
+            for parameter in parameters:
+                if parameter.device != self.root_device:
+                    parameter.data = parameter.data.to(self.root_device)
+
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
         """Context for creating a model: on the right device, in the right dtype."""
         stack = ExitStack()

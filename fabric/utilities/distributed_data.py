@@ -66,7 +66,7 @@ class DistributedSamplerWrapper(Sampler[int]):
         return iter(indices[self.rank : total : self.num_replicas])
 
 
-def _distributed_sampler(sampler: Sampler, dataset: Any, kwargs: dict[str, Any]) -> Sampler:
+def _distributed_sampler(sampler: Any, dataset: Any, kwargs: dict[str, Any]) -> Sampler:
     if isinstance(sampler, DistributedSampler):
         return sampler  # the user already sharded the data
     if isinstance(sampler, SequentialSampler):
@@ -133,7 +133,9 @@ def rebuild_dataloader(
         # not `dataloader.sampler` (a default SequentialSampler the DataLoader made and never uses), so
         # that a shuffling inner sampler still shuffles.
         inner = _distributed_sampler(batch_sampler.sampler, dataloader.dataset, sampler_kwargs)
-        rebatched = BatchSampler(inner, batch_size=batch_sampler.batch_size, drop_last=batch_sampler.drop_last)
+        rebatched = BatchSampler(
+            inner, batch_size=batch_sampler.batch_size, drop_last=batch_sampler.drop_last
+        )
         return DataLoader(dataloader.dataset, batch_sampler=rebatched, **kwargs)
     sampler = _distributed_sampler(dataloader.sampler, dataloader.dataset, sampler_kwargs)
     if dataloader.batch_size is None:

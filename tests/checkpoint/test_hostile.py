@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import socket
@@ -713,9 +714,9 @@ def test_a_sharded_save_past_the_file_size_limit_on_two_processes_raises_oserror
 
     script = REPO_ROOT / "tests" / "checkpoint" / "scripts" / "sharded_disk_full.py"
     run = run_python([str(script), str(tmp_path / "ckpt")], timeout=140)
-    results = sorted(line for line in run.output.splitlines() if line.startswith("RESULT"))
-    assert results == [
-        f"RESULT rank={rank} caught=OSError errno={errno.EFBIG} step=1" for rank in (0, 1)
-    ], run.output
+    results = sorted(re.findall(r"RESULT [^;]*;", run.output))
+    assert results == [f"RESULT rank={rank} caught=OSError errno={errno.EFBIG} step=1;" for rank in (0, 1)], (
+        run.output
+    )
     assert run.returncode == 0, run.output
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # the failed save removed its directory

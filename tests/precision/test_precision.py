@@ -213,3 +213,29 @@ def test_cuda_precision(precision: str) -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    ("precision", "reason"),
+    [
+        (
+            "bf16-mixed",
+            r"\('bf16-mixed' does not scale the loss, but as in Lightning every mixed precision requires it",
+        ),
+        ("16-mixed", r"\(so the loss was not scaled, and the scaler cannot unscale the gradients\)"),
+    ],
+)
+def test_plain_loss_backward_under_mixed_precision_is_refused_with_the_right_reason(
+    precision: str, reason: str
+) -> None:
+    """Issue 19 #11: bf16-mixed refused `loss.backward()` saying "the loss was not scaled"; bf16 scales
+    nothing. Lightning refuses it for both (checked in test_lightning_compat); the reason now fits each."""
+    x, y = regression_data(8)
+    fabric = Fabric(accelerator="cpu", precision=precision)
+    module = tiny_mlp(seed=3)
+    model, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+    F.mse_loss(model(x), y).backward()
+    with pytest.raises(
+        RuntimeError, match=r"needs `fabric.backward\(loss\)` instead of `loss.backward\(\)`.*" + reason
+    ):
+        optimizer.step()

@@ -156,3 +156,16 @@ def test_property_examples_for_all_reduce_and_all_gather(ranks: list[dict[str, A
     assert len(zero["seen"]["all_gather"]) >= 20
     assert zero["failures"] == [], "\n".join(zero["failures"])
     assert one["failures"] == [], "\n".join(one["failures"])
+
+
+def test_an_optimizer_parameter_outside_the_model_is_trained_as_ddp_trains_the_model(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """Issue 19 #4: refused before ("1 parameter(s) of SGD do not belong to the model"); Lightning accepts
+    it but lets each rank's copy drift. Here it starts from rank 0's value, its gradient is averaged, and
+    it matches one process training on the whole batch."""
+    for result in ranks:
+        extra = result["extra_parameter"]
+        assert extra["temperatures"][0] == extra["temperatures"][1]
+        assert extra["changed"]
+        assert extra["model_close"] and extra["temperature_close"], extra

@@ -10,7 +10,9 @@ from fabric.utilities.data import prepare_dataloader
 from fabric.utilities.seed import seed_everything
 
 
-def _reference(n: int, rank: int, batch_size: int, drop_last: bool, shuffle: bool, seed: int) -> list[list[int]]:
+def _reference(
+    n: int, rank: int, batch_size: int, drop_last: bool, shuffle: bool, seed: int
+) -> list[list[int]]:
     """torch's own pieces, by hand: the shard of this rank, batched as the user's BatchSampler batches."""
     sampler = DistributedSampler(range(n), num_replicas=2, rank=rank, shuffle=shuffle, seed=seed)
     sampler.set_epoch(0)

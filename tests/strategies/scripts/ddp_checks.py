@@ -85,6 +85,53 @@ def training(fabric: Fabric) -> dict[str, Any]:
     }
 
 
+def extra_parameter(fabric: Fabric) -> dict[str, Any]:
+    """Issue 19 #4: an optimizer that also updates a learnable temperature outside the model.
+
+    Each rank starts the temperature from a different value and sees its half of the batch; it must end
+    equal on both ranks and equal (to float rounding) to one process training on the whole batch,
+    with accumulation inside `no_backward_sync` too.
+    """
+    rank = fabric.global_rank
+    x, y = batch(seed=11, size=16)
+    mine = slice(8 * rank, 8 * rank + 8)
+
+    def loss_of(
+        model: nn.Module, temperature: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor
+    ) -> torch.Tensor:
+        return nn.functional.mse_loss(model(xs) / temperature, ys)
+
+    reference = tiny_mlp(seed=5)
+    ref_temperature = nn.Parameter(torch.tensor(1.5))
+    ref_optimizer = torch.optim.SGD([*reference.parameters(), ref_temperature], lr=0.05, momentum=0.9)
+    for _ in range(3):
+        loss_of(reference, ref_temperature, x, y).backward()
+        ref_optimizer.step()
+        ref_optimizer.zero_grad()
+
+    module = tiny_mlp(seed=5)
+    temperature = nn.Parameter(torch.tensor(1.5 if rank == 0 else 9.0))  # rank 0's value must win
+    optimizer = torch.optim.SGD([*module.parameters(), temperature], lr=0.05, momentum=0.9)
+    model, optimizer = fabric.setup(module, optimizer)
+    for step in range(3):
+        if step == 1:  # two micro-batches of a quarter each, the first without gradient sync
+            with fabric.no_backward_sync(model):
+                fabric.backward(loss_of(model, temperature, x[mine][:4], y[mine][:4]) / 2)
+            fabric.backward(loss_of(model, temperature, x[mine][4:], y[mine][4:]) / 2)
+        else:
+            fabric.backward(loss_of(model, temperature, x[mine], y[mine]))
+        optimizer.step()
+        optimizer.zero_grad()
+    both = fabric.all_gather(temperature.detach().reshape(1))
+    return {
+        "temperatures": both.flatten().tolist(),
+        "reference_temperature": float(ref_temperature),
+        "changed": float(temperature) != 1.5,
+        "model_close": bool(torch.allclose(flat_parameters(module), flat_parameters(reference), atol=1e-6)),
+        "temperature_close": bool(torch.allclose(temperature.detach(), ref_temperature.detach(), atol=1e-6)),
+    }
+
+
 def parity_with_raw_ddp(fabric: Fabric) -> dict[str, Any]:
     """Fabric's DDP and a hand-written DDP loop with a DistributedSampler must give the same bits."""
     x, y = batch(seed=7, size=64)
@@ -377,6 +424,7 @@ def main() -> None:
         ("parity", parity_with_raw_ddp),
         ("accumulation", accumulation),
         ("collectives", collectives),
+        ("extra_parameter", extra_parameter),
         ("properties", property_examples),
     ]:
         start = time.monotonic()
