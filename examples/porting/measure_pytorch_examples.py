@@ -93,10 +93,18 @@ class Case:
     snapshot: str | None = None  # a file both runs write whose tensors must match
     not_runnable: str = ""
     extra: list[str] = field(default_factory=list)  # further files to convert and report
+    fake_size: int = 64  # images per torchvision FakeData/MNIST stand-in
 
 
 CASES = [
-    Case("mnist/main.py", "mnist", "main.py", ["--epochs", "1", "--log-interval", "2"], vision=True),
+    Case(
+        "mnist/main.py",
+        "mnist",
+        "main.py",
+        ["--epochs", "1", "--log-interval", "2"],
+        vision=True,
+        fake_size=640,
+    ),
     Case(
         "imagenet/main.py --dummy",
         "imagenet",
@@ -143,8 +151,8 @@ CASES = [
             "1",
             "--log-interval",
             "50",
-            "--dry-run",
         ],
+        snapshot="model.pt",
     ),
     Case(
         "ddp-tutorial-series/multigpu_torchrun.py",
@@ -192,7 +200,7 @@ def _run(case: Case, python: str, script: Path, nproc: int, cwd: Path) -> tuple[
     if case.cpu_shim:
         env["SHIM_CPU"] = "1"
     if case.vision:
-        env["SHIM_FAKE_SIZE"] = "64"
+        env["SHIM_FAKE_SIZE"] = str(case.fake_size)
     args = [arg.replace("{work}", str(script.parent)) for arg in case.args]
     shim = cwd / "_shim.py"
     shim.write_text(_SHIM)
@@ -231,14 +239,22 @@ def _same_snapshot(a: Path, b: Path) -> str:
 
     if not a.exists() or not b.exists():
         return "no snapshot"
-    sa, sb = torch.load(a, weights_only=True)["MODEL_STATE"], torch.load(b, weights_only=True)["MODEL_STATE"]
+
+    def tensors(path: Path) -> dict:
+        # the DDP tutorial saves {"MODEL_STATE": ...}; the language model pickles the whole module
+        saved = torch.load(path, weights_only=False)
+        return saved["MODEL_STATE"] if isinstance(saved, dict) else saved.state_dict()
+
+    sa, sb = tensors(a), tensors(b)
     same = sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     return "weights bit-identical" if same else "weights DIFFER"
 
 
-def measure(checkout: Path, vision_python: str | None) -> list[dict[str, str]]:
+def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[dict[str, str]]:
     rows = []
     for case in CASES:
+        if only and not any(word in case.name for word in only):
+            continue
         row = {"script": case.name}
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp) / "src"
@@ -321,9 +337,12 @@ def main() -> None:
     parser.add_argument(
         "--vision-python", default=None, help="a Python whose torch and torchvision import together"
     )
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="measure only the scripts whose name contains one of these"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     args = parser.parse_args()
-    rows = measure(args.checkout, args.vision_python)
+    rows = measure(args.checkout, args.vision_python, args.only)
     columns = ["script", "converted", "1 process", "2 processes", "report", "note"]
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(row.get(c, "").replace("|", "/") for c in columns) + " |" for row in rows]
