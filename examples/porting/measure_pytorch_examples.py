@@ -76,7 +76,7 @@ runpy.run_path(script, run_name="__main__")
 
 _NUMBERS = re.compile(r"loss|Loss|acc|Accuracy|ppl|Epoch|epoch|Acc@")
 #: wall-clock figures differ between any two runs: removed before comparing
-_TIMES = re.compile(r"(?i)(time|data|ms/batch|lr)[:\s]+[\d.e+-]+s?(\s*\([\d.e+-]+\))?")
+_TIMES = re.compile(r"(?i)(time|data|ms/batch|lr)[:\s]+[\d.e+-]+s?(\s*\(\s*[\d.e+-]+\))?")
 
 
 @dataclass
@@ -313,6 +313,9 @@ def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[
                     if sorted(orig) == sorted(port) and orig
                     else "printed numbers DIFFER"
                 )
+                if orig and sorted(orig) != sorted(port):
+                    first = next(((a, b) for a, b in zip(sorted(orig), sorted(port)) if a != b), ("", ""))
+                    verdict += f" (first: {first[0].strip()!r} vs {first[1].strip()!r})"
                 if not orig:
                     verdict = "no numbers printed"
                 if case.snapshot:
