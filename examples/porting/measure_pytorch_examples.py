@@ -234,8 +234,10 @@ def _run(case: Case, python: str, script: Path, nproc: int, cwd: Path) -> tuple[
     return out, err
 
 
-def _same_snapshot(a: Path, b: Path) -> str:
+def _same_snapshot(a: Path, b: Path, source: Path) -> str:
     import torch
+
+    sys.path.insert(0, str(source))  # a pickled module is rebuilt from the script's own files
 
     if not a.exists() or not b.exists():
         return "no snapshot"
@@ -320,7 +322,7 @@ def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[
                     verdict = "no numbers printed"
                 if case.snapshot:
                     verdict += ", " + _same_snapshot(
-                        ocwd / "node0" / case.snapshot, pcwd / "node0" / case.snapshot
+                        ocwd / "node0" / case.snapshot, pcwd / "node0" / case.snapshot, work
                     )
                 row[key] = f"{verdict} ({len(orig)} lines)"
         rows.append(row)
