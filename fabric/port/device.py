@@ -15,6 +15,7 @@ from fabric.port.rules import Rule, kwargs, positional, string_value
 
 _DEVICE_CALLS = ("torch.device", "torch.accelerator.current_accelerator")
 _DEVICE_FLAGS = (
+    "--accel",
     "--no-cuda",
     "--no_cuda",
     "--cuda",

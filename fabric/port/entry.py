@@ -60,6 +60,9 @@ def _creation(ctx: Context) -> list[cst.SimpleStatementLine]:
     if ctx.distributed:
         # the processes torchrun (or `fabric run`) started on this node and the node count; one process
         # under plain `python`, as the original. Fabric's "auto" would take every GPU instead.
+        # "ddp" even on one process: the script's own torch.distributed calls (a DistributedSampler,
+        # a collective) need the process group that init_process_group made there before
+        args.append('strategy="ddp"')
         args.append('devices=int(os.environ.get("LOCAL_WORLD_SIZE", 1))')
         args.append('num_nodes=int(os.environ.get("GROUP_WORLD_SIZE", 1))')
     else:

@@ -203,3 +203,12 @@ def test_untouched_source_and_comments_survive_byte_for_byte() -> None:
     source = "import torch  # keep\n\n\n# nothing to port here\nx = torch.ones(2)  ;  y = x * 2\n"
     assert convert(source) == (source, convert(source)[1])
     assert not convert(source)[1].findings
+
+
+def test_seed_right_after_the_same_random_seed_is_converted() -> None:
+    source = "import random\n\nimport torch\n\nrandom.seed(5)\ntorch.manual_seed(5)\nx = random.random()\n"
+    code, report = convert(source)
+    assert "fabric.seed_everything(5, verbose=False)" in code  # random is seeded with 5 again: same state
+    assert not report.unconverted
+    other = source.replace("torch.manual_seed(5)", "torch.manual_seed(6)")
+    assert convert(other)[0] == other
