@@ -90,7 +90,10 @@ def models(session: nox.Session) -> None:
     _install(session, "test", "models")
     session.run(
         "python", "-m", "pytest", "-q", "tests/models", *session.posargs,
-        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FABRIC_MODELS_TABLE": "benchmarks/models.md"},
+        env={
+            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FABRIC_RUN_MODELS": "1",
+            "FABRIC_MODELS_TABLE": "benchmarks/models.md",
+        },
     )  # fmt: skip
 
 
