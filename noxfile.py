@@ -81,6 +81,23 @@ def xla(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def models(session: nox.Session) -> None:
+    """The model matrix (tests/models): tiny `transformers` models on DDP, FSDP and tensor parallel, 2 CPU
+    processes per cell; writes benchmarks/models.md (step time, peak memory per cell).
+
+    Its own session: `transformers` is test-only and heavy. No network: models are built from configs.
+    """
+    _install(session, "test", "models")
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/models", *session.posargs,
+        env={
+            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FABRIC_RUN_MODELS": "1",
+            "FABRIC_MODELS_TABLE": "benchmarks/models.md",
+        },
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
 def examples(session: nox.Session) -> None:
     """Every example in a smoke mode, outputs checked (tests/examples): porting parity, GAN, PPO, LM, plots.
 

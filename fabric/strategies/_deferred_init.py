@@ -62,11 +62,41 @@ class InitLog:
     default_dtype: torch.dtype = torch.float32
     #: every tensor seen, kept alive so that ``id()`` keys stay unique for the log's lifetime
     keep: list[Tensor] = field(default_factory=list)
+    #: the first logged tensor of each memory region (storage, shape, strides, offset, dtype)
+    regions: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
+    ids: set[int] = field(default_factory=set)
+
+    def add(self, tensors: list[Tensor]) -> None:
+        for tensor in tensors:
+            if id(tensor) not in self.ids:
+                self.ids.add(id(tensor))
+                self.keep.append(tensor)
+                self.regions.setdefault(_region(tensor), tensor)
 
     def covers(self, tensors: list[Tensor]) -> bool:
         """Whether the given tensors (a module's meta parameters) were created during this construction."""
-        seen = {id(t) for t in self.keep}
-        return bool(tensors) and all(id(t) in seen for t in tensors)
+        return bool(tensors) and all(self.recorded(t) is not None for t in tensors)
+
+    def recorded(self, tensor: Tensor) -> Tensor | None:
+        """The logged tensor that ``tensor`` is, or is another Python object of (same memory, same view).
+
+        ``nn.Parameter(torch.zeros(n))`` and ``param.data`` are new objects over the memory of a logged
+        tensor, made without an ATen operation; a parameter that nothing touches after its creation
+        (``transformers``' ``Conv1D`` bias) is known to the log only through that memory.
+        """
+        if id(tensor) in self.ids:
+            return tensor
+        return self.regions.get(_region(tensor)) if tensor.is_meta else None
+
+    def alias_if_known(self, tensor: Tensor) -> None:
+        """``param.data.normal_()`` acts on an object no operation made, over a logged tensor's memory:
+        log it as a view of that tensor first, so that the replay writes into the parameter's memory."""
+        if id(tensor) in self.ids:
+            return
+        logged = self.recorded(tensor)
+        if logged is not None:
+            self.add([tensor])
+            self.ops.append(_Op(torch.ops.aten.alias.default, (logged,), {}, [tensor]))
 
 
 #: ``torch.nn.init`` functions that return at once on a meta tensor (their work is data-dependent, e.g.
@@ -99,7 +129,8 @@ class _SkippedInitRecorder(TorchFunctionMode):
                 function = getattr(torch.nn.init, name)
                 arguments = {p: frame.f_locals[p] for p in inspect.signature(function).parameters}
                 tensor = arguments.pop("tensor")
-                self._log.keep.append(tensor)
+                self._log.alias_if_known(tensor)
+                self._log.add([tensor])
                 self._log.ops.append(_Op(function, (tensor,), arguments, [tensor]))
                 return
             frame = frame.f_back
@@ -136,10 +167,22 @@ class InitRecorder(TorchDispatchMode):
         out = func(*args, **kwargs)
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, Tensor)]
-        self.log.keep.extend(inputs)
-        self.log.keep.extend(outputs)
+        for tensor in inputs:
+            self.log.alias_if_known(tensor)
+        self.log.add(inputs)
+        self.log.add(outputs)
         self.log.ops.append(_Op(func, args, kwargs, outputs))
         return out
+
+
+def _region(tensor: Tensor) -> tuple[Any, ...]:
+    return (
+        tensor.untyped_storage()._cdata,
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.storage_offset(),
+        tensor.dtype,
+    )
 
 
 class _GeneratorsAt:

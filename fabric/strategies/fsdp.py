@@ -246,7 +246,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
             _check_initializable(module)
-        names = _tensor_names(module) if log is not None else {}
+        names = _tensor_names(module, log) if log is not None else {}
         kwargs = {
             "mesh": self._mesh,
             "reshard_after_forward": self.reshard_after_forward,
@@ -543,10 +543,19 @@ def _has_meta(module: Module) -> bool:
     return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
-def _tensor_names(module: Module) -> dict[int, str]:
-    """``id`` of each parameter and buffer (before sharding replaces them) -> its qualified name."""
+def _tensor_names(module: Module, log: InitLog | None = None) -> dict[int, str]:
+    """``id`` of each parameter and buffer (before sharding replaces them) -> its qualified name.
+
+    With ``log``, a parameter that wraps a logged tensor no operation touched afterwards is named by
+    that tensor's ``id`` too, so that the replay hands its value over.
+    """
     names = {id(p): name for name, p in module.named_parameters()}
     names.update({id(b): name for name, b in module.named_buffers()})
+    if log is not None:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            logged = log.recorded(tensor)
+            if logged is not None and logged is not tensor:
+                names.setdefault(id(logged), names[id(tensor)])
     return names
 
 

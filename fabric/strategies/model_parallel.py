@@ -117,7 +117,7 @@ class ModelParallelStrategy(FSDPStrategy):
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
             _check_initializable(module)
-        names = _tensor_names(module) if log is not None else {}
+        names = _tensor_names(module, log) if log is not None else {}
         module = self._parallelize_fn(module, self._mesh)
         if not isinstance(module, Module):
             raise TypeError(

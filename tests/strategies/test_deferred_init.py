@@ -113,3 +113,31 @@ def test_a_model_that_reinitializes_holds_one_parameter_at_a_time() -> None:
     largest = max(t.numel() for t in expected.values())
     total = sum(t.numel() for t in expected.values())
     assert stats["peak"] <= 2 * largest < total  # not the whole model at once
+
+
+class Conv1DLike(nn.Module):
+    """``transformers``' ``Conv1D`` layout: a bias that no operation touches after ``nn.Parameter``
+    wraps it, and an initialization through ``param.data`` (a new object over the same memory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(4, 6))
+        self.bias = nn.Parameter(torch.zeros(6))
+        self.weight.data.normal_(std=0.02)
+
+
+def test_parameters_known_only_by_their_memory_are_replayed() -> None:
+    from fabric.strategies.fsdp import _tensor_names
+
+    torch.manual_seed(3)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = Conv1DLike()
+    assert recorder.log.covers([*model.parameters()])
+    values: dict[str, torch.Tensor] = {}
+    names = _tensor_names(model, recorder.log)
+    replay_into(
+        recorder.log, torch.device("cpu"), names, lambda name, full: values.__setitem__(name, full.clone())
+    )
+    expected, _ = _reference(Conv1DLike, seed=3)
+    assert values.keys() == expected.keys()
+    assert all(torch.equal(values[k], expected[k]) for k in values)
