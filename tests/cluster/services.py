@@ -28,6 +28,14 @@ def missing_programs() -> list[str]:
     return [name for name in REQUIRED if shutil.which(name) is None]
 
 
+def _die_with_parent() -> None:
+    """In the daemon, before exec: SIGTERM when the test process dies, even when it is killed outright
+    (PR_SET_PDEATHSIG; Linux), so no daemon outlives an interrupted test run."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +96,9 @@ class SlurmCluster:
     def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
-            process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+            )
         self._daemons.append(process)
         return process
 
@@ -147,7 +157,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={state}
 SlurmdSpoolDir={spool}/%n
 SlurmctldPidFile={self.root}/slurmctld.pid
