@@ -158,9 +158,7 @@ def cluster(session: nox.Session) -> None:
     if any(shutil.which(program) is None for program in CLUSTER_PROGRAMS):
         env = {"DEBIAN_FRONTEND": "noninteractive"}
         session.run("apt-get", "update", "-q", external=True, env=env)
-        session.run(
-            "apt-get", "install", "-y", "-q", *CLUSTER_APT, external=True, env=env
-        )
+        session.run("apt-get", "install", "-y", "-q", *CLUSTER_APT, external=True, env=env)
     _install(session, "test")
     session.install("mpi4py", TORCH_PIN)
     session.run(

@@ -252,7 +252,9 @@ def _join_failure(args: argparse.Namespace, port: int, err: Exception) -> str:
     endpoint = f"{args.main_address}:{port}"
     timeout = f"{args.join_timeout:g} s (--join-timeout)"
     if args.node_rank == 0:
-        others = "node rank 1" if args.num_nodes == 2 else f"one or more of node ranks 1..{args.num_nodes - 1}"
+        others = (
+            "node rank 1" if args.num_nodes == 2 else f"one or more of node ranks 1..{args.num_nodes - 1}"
+        )
         missing = (
             f"node rank 0 waited {timeout} at {endpoint} and {others} did not join"
             f" ({err}). Start `fabric run ... --num-nodes {args.num_nodes} --node-rank N --main-address"

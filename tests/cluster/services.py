@@ -71,7 +71,9 @@ class SlurmCluster:
     def stop(self) -> None:
         """Stop every daemon this object started (SIGTERM, then SIGKILL), cancel jobs, restore /etc/hosts."""
         if self._daemons and shutil.which("scancel"):
-            subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=20)
+            subprocess.run(
+                ["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=20
+            )
         for process in reversed(self._daemons):
             if process.poll() is None:
                 process.terminate()
@@ -89,7 +91,9 @@ class SlurmCluster:
         """The daemons' logs, for a failing test's message."""
         parts = []
         for path in sorted((self.root / "logs").glob("*")):
-            parts.append(f"==> {path.name} <==\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+            parts.append(
+                f"==> {path.name} <==\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:])
+            )
         return "\n".join(parts)
 
     # -------------------------------------------------------------------------------------------------
@@ -97,7 +101,12 @@ class SlurmCluster:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
+                args,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self._daemons.append(process)
         return process
@@ -157,6 +166,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# cred_expire: how long a requeued job waits before it starts again (SLURM's default: 120 s)
 AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={state}
 SlurmdSpoolDir={spool}/%n

@@ -23,7 +23,9 @@ TRAIN = Path(__file__).parent / "train.py"
 REPO = Path(__file__).parent.parent.parent
 
 
-def batch_script(out: Path, nodes: int, tasks: int, args: str, directives: str = "", forward: bool = False) -> str:
+def batch_script(
+    out: Path, nodes: int, tasks: int, args: str, directives: str = "", forward: bool = False
+) -> str:
     """The sbatch script the README shows; with ``forward``, the batch shell passes SIGUSR1 on to srun
     (needed with ``--signal=B:USR1@N``, which signals only the batch shell).
 
@@ -65,7 +67,16 @@ def job(slurm: SlurmCluster, job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", run.stdout))
 
 
-_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+_ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def wait_for_end(slurm: SlurmCluster, job_id: str, out: Path, timeout: float) -> dict[str, str]:
@@ -76,7 +87,9 @@ def wait_for_end(slurm: SlurmCluster, job_id: str, out: Path, timeout: float) ->
             return info
         time.sleep(0.5)
     subprocess.run(["scancel", job_id], env=slurm.env, timeout=30)
-    raise AssertionError(f"job {job_id} did not end in {timeout} s: {job(slurm, job_id)}\n{output(out)}\n{slurm.logs()}")
+    raise AssertionError(
+        f"job {job_id} did not end in {timeout} s: {job(slurm, job_id)}\n{output(out)}\n{slurm.logs()}"
+    )
 
 
 def wait_for_files(out: Path, names: list[str], timeout: float, slurm: SlurmCluster, job_id: str) -> None:
@@ -136,7 +149,12 @@ def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
     assert info["JobState"] == "COMPLETED", output(job_out)
     ranks = results(job_out, 4)
     assert {r["environment"] for r in ranks} == {"SLURMEnvironment"}
-    assert [(r["rank"], r["node"], r["world_size"]) for r in ranks] == [(0, 0, 4), (1, 0, 4), (2, 1, 4), (3, 1, 4)]
+    assert [(r["rank"], r["node"], r["world_size"]) for r in ranks] == [
+        (0, 0, 4),
+        (1, 0, 4),
+        (2, 1, 4),
+        (3, 1, 4),
+    ]
     hosts = {json.loads((job_out / f"pid{rank}").read_text())["host"] for rank in range(4)}
     assert len(hosts) == 1  # both "nodes" are this machine; SLURM told each task its node
     assert loaded_weights(job_out) == reference
@@ -160,7 +178,12 @@ def test_preemption_saves_requeues_and_resumes_to_the_uninterrupted_weights(
         script = batch_script(interrupted, 2, 1, f"{common} --sleep 0.5")
     else:  # SLURM signals the batch shell 50 s before the 1-minute limit; the shell passes it on to srun
         script = batch_script(
-            interrupted, 2, 1, f"{common} --sleep 1.5", "#SBATCH --time=1\n#SBATCH --signal=B:USR1@50\n", forward=True
+            interrupted,
+            2,
+            1,
+            f"{common} --sleep 1.5",
+            "#SBATCH --time=1\n#SBATCH --signal=B:USR1@50\n",
+            forward=True,
         )
     # One task per node: with 2 ranks a sum does not depend on its order; with 4 the first step after a
     # resume differs in the last bits (DDP regroups its gradient buckets after its first step, changing

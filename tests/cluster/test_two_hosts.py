@@ -20,7 +20,6 @@ import pytest
 from tests.cluster.hosts import ADDRESSES, TwoHosts
 from tests.cluster.test_slurm import TRAIN, loaded_weights, local_reference
 
-
 #: any port: each namespace is fresh, with a port space of its own
 PORT = 29500
 
@@ -37,8 +36,12 @@ def hosts(ip_command: str) -> Iterator[TwoHosts]:
                    for name in two.namespaces)  # fmt: skip
 
 
-def _fabric_run(hosts: TwoHosts, node: int, port: int, out: Path, *extra: str, script_args: tuple = ()) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("GLOO_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT")}
+def _fabric_run(
+    hosts: TwoHosts, node: int, port: int, out: Path, *extra: str, script_args: tuple = ()
+) -> subprocess.Popen:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GLOO_SOCKET_IFNAME", "MASTER_ADDR", "MASTER_PORT")
+    }
     args = [
         sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "1", "--num-nodes", "2",
         "--node-rank", str(node), "--main-address", ADDRESSES[0], "--main-port", str(port), *extra,
@@ -75,7 +78,9 @@ def test_two_hosts_train_with_nothing_set(hosts: TwoHosts, tmp_path: Path, strat
 
 @pytest.mark.timeout(200)
 @pytest.mark.parametrize("present", [0, 1])
-def test_a_node_that_never_joins_is_named_within_the_join_timeout(hosts: TwoHosts, tmp_path: Path, present: int) -> None:
+def test_a_node_that_never_joins_is_named_within_the_join_timeout(
+    hosts: TwoHosts, tmp_path: Path, present: int
+) -> None:
     start = time.monotonic()
     node = _fabric_run(hosts, present, PORT, tmp_path, "--join-timeout", "20")
     output = _finish(node, 150)
