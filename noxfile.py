@@ -152,3 +152,33 @@ def deepspeed(session: nox.Session) -> None:
     extensions = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch_extensions")
     env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": extensions}
     session.run("python", "-m", "pytest", "-q", "tests/strategies/deepspeed", *session.posargs, env=env)
+
+
+#: what the cluster session installs with apt when it is missing (Debian/Ubuntu, as root)
+CLUSTER_APT = ("slurm-wlm", "munge", "openmpi-bin", "libopenmpi-dev", "iproute2")
+CLUSTER_PROGRAMS = ("slurmctld", "slurmd", "munged", "mpirun", "ip")
+
+
+@nox.session(python=PYTHON)
+def cluster(session: nox.Session) -> None:
+    """Real schedulers and hosts (tests/cluster): a two-node SLURM cluster (munge, slurmctld, two slurmd on
+    this machine), OpenMPI's mpirun, and two network namespaces as two hosts.
+
+    Needs root. Installs SLURM, munge, OpenMPI and iproute2 with apt when missing, and mpi4py with pip.
+    The tests start the services themselves (a pytest session fixture) and stop them at the end, also
+    when a test fails; FABRIC_CLUSTER_TESTS=1 turns a missing service into a failure instead of a skip.
+    """
+    import shutil
+
+    if os.geteuid() != 0:
+        session.error("the cluster session needs root (SLURM daemons, network namespaces)")
+    if any(shutil.which(program) is None for program in CLUSTER_PROGRAMS):
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", "-q", external=True, env=env)
+        session.run("apt-get", "install", "-y", "-q", *CLUSTER_APT, external=True, env=env)
+    _install(session, "test")
+    session.install("mpi4py", TORCH_PIN)
+    session.run(
+        "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=0", "tests/cluster",
+        *session.posargs, env={"OMP_NUM_THREADS": "1", "FABRIC_CLUSTER_TESTS": "1"},
+    )  # fmt: skip

@@ -32,6 +32,8 @@ from typing import NoReturn
 from fabric.utilities.choices import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS, STRATEGY_NAMES
 
 _DEFAULT_MULTI_NODE_PORT = 29400
+#: torchrun's own default for its static rendezvous, in seconds
+_DEFAULT_JOIN_TIMEOUT = 600.0
 
 
 def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -58,6 +60,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=0,
         dest="max_restarts",
         help="restart all processes after a failure, up to this many times (default: 0)",
+    )
+    run.add_argument(
+        "--join-timeout",
+        "--join_timeout",
+        type=float,
+        default=_DEFAULT_JOIN_TIMEOUT,
+        dest="join_timeout",
+        help="with several nodes: seconds to wait for all nodes to join before failing (default: 600)",
     )
     run.add_argument("script", help="the script to run")
     run.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -147,6 +157,8 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
             f"--main-address={address!r}: must be the host name or IP address of the node-rank-0 machine (e.g. "
             f"10.0.0.1 or node001), without spaces, scheme or port."
         )
+    if not args.join_timeout > 0:
+        error(f"--join-timeout={args.join_timeout}: must be a number of seconds above 0.")
     if args.main_port is not None and not 1 <= args.main_port <= 65535:
         error(f"--main-port={args.main_port}: must be a TCP port, 1..65535.")
     if args.precision is not None:
@@ -234,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         sys.exit(launch([args.script, *args.script_args], nproc, args.main_address, port))
 
+    from torch.distributed import DistNetworkError, DistStoreError
     from torch.distributed.run import main as torchrun
 
     torchrun_args = [
@@ -243,13 +256,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"--master-addr={args.main_address}",
         f"--master-port={port}",
         f"--max-restarts={args.max_restarts}",
+        f"--rdzv-conf=timeout={max(1, round(args.join_timeout))}",
         # `--` ends torchrun's options: the script's own (`--log x`) would otherwise be parsed as
         # abbreviations of torchrun's (`--log-dir`), or clash with them.
         "--",
         args.script,
         *args.script_args,
     ]
-    sys.exit(torchrun(torchrun_args))
+    try:
+        sys.exit(torchrun(torchrun_args))
+    except (DistNetworkError, DistStoreError) as err:
+        # torchrun's agent raises these only while it meets the other nodes (its static rendezvous)
+        sys.exit(_join_failure(args, port, err))
+
+
+def _join_failure(args: argparse.Namespace, port: int, err: Exception) -> str:
+    """The error for nodes that did not meet within ``--join-timeout``: who is missing and what to check."""
+    endpoint = f"{args.main_address}:{port}"
+    timeout = f"{args.join_timeout:g} s (--join-timeout)"
+    if args.node_rank == 0:
+        others = (
+            "node rank 1" if args.num_nodes == 2 else f"one or more of node ranks 1..{args.num_nodes - 1}"
+        )
+        missing = (
+            f"node rank 0 waited {timeout} at {endpoint} and {others} did not join"
+            f" ({err}). Start `fabric run ... --num-nodes {args.num_nodes} --node-rank N --main-address"
+            f" {args.main_address} --main-port {port}` on every other machine, check that each reaches"
+            f" {endpoint} (firewall, address), or raise --join-timeout."
+        )
+    else:
+        missing = (
+            f"node rank {args.node_rank} could not meet node rank 0 at {endpoint} within {timeout} ({err})."
+            f" Check that `fabric run ... --node-rank 0` runs on the machine {args.main_address!r}, that this"
+            f" machine reaches {endpoint}, and that --main-address/--main-port are the same on every node."
+        )
+    return f"fabric run: {missing}"
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ def test_code_that_contradicts_the_command_line_fails(tmp_path: Path) -> None:
         (["--strategy", "ddp_spawn"], "starts its own processes"),
         (["--strategy", "bogus"], "--strategy='bogus'"),
         (["--main-port", "70000"], "--main-port=70000"),
+        (
+            ["--num-nodes", "2", "--join-timeout", "0"],
+            "--join-timeout=0.0: must be a number of seconds above 0",
+        ),
         (["--main-address", ""], "--main-address=''"),
         (["--main-address", "tcp://10.0.0.1:29400"], "without spaces, scheme or port"),
         (["--accelerator", "mlu"], "invalid choice: 'mlu'"),

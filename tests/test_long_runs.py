@@ -1,4 +1,4 @@
-"""Runs that survive the cluster, on real processes: pre-emption, restarts, SLURM, truthful exit codes.
+"""Runs that survive the cluster, on real processes: pre-emption, restarts, truthful exit codes.
 
 Every run is a fresh set of processes on 127.0.0.1 (gloo, a free port each); ``run_python`` fails the
 test if a process of the run is left behind.
@@ -111,56 +111,7 @@ def test_fabric_run_max_restarts_resumes_to_the_same_weights_as_an_uninterrupted
     assert results[0]["weights"] == expected[0]["weights"] == expected[1]["weights"]
 
 
-# ---------------------------------------------------------------------------------------------- SLURM
-def _slurm_env(tmp_path: Path) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name in ("srun", "scontrol"):
-        stub = bin_dir / name
-        stub.write_text(f'#!/bin/sh\nexec {sys.executable} {SCRIPTS / f"{name}_stub.py"} "$@"\n')
-        stub.chmod(0o755)
-    return launch_env(
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        SLURM_JOB_ID="4242",
-        SLURM_JOB_NAME="train",
-        SLURM_NTASKS="2",
-        SLURM_NTASKS_PER_NODE="2",
-        SLURM_NNODES="1",
-        SLURM_NODELIST="127.0.0.1",
-        SCONTROL_LOG=str(tmp_path / "scontrol.log"),
-    )
-
-
-@pytest.mark.timeout(90)
-def test_simulated_slurm_preemption_saves_requeues_and_exits_zero(tmp_path: Path) -> None:
-    """`srun` (a stub that forwards signals) gets SIGUSR1, as with `sbatch --signal=USR1@90`."""
-    out = tmp_path / "out"
-    out.mkdir()
-    env = _slurm_env(tmp_path)
-    process = _start(
-        [
-            "srun",
-            sys.executable,
-            str(LONG_RUN),
-            str(out),
-            "--steps",
-            "100000",
-            "--every",
-            "100000",
-            "--sleep",
-            "0.05",
-        ],
-        env,
-    )
-    _wait_for(out / "pid1", 60, process)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGUSR1)
-    output = _finish(process, 60)
-    assert process.returncode == 0, output
-    zero, one = _results(out)
-    assert zero["stopped"] and one["stopped"] and zero["step"] == one["step"]
-    assert (out / "checkpoints" / f"step-{zero['step']:09d}.ckpt").exists()
-    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # once, by rank 0, after the save
+# SLURM: real runs (sbatch/srun on a two-node slurmctld + slurmd cluster) in tests/cluster/test_slurm.py
 
 
 # -------------------------------------------------------------------------------- truthful exit codes
@@ -189,15 +140,6 @@ def test_fabric_run_exits_nonzero_when_a_rank_fails(tmp_path: Path) -> None:
     )
     assert run.returncode != 0, run.output
     assert "deliberate failure on rank 1" in run.output
-
-
-@pytest.mark.timeout(90)
-def test_srun_exits_nonzero_when_a_rank_fails(tmp_path: Path) -> None:
-    process = _start(["srun", sys.executable, str(EXIT_CODES), "raise"], _slurm_env(tmp_path))
-    output = _finish(process, 80)
-    assert process.returncode != 0, output
-    assert "deliberate failure on rank 1" in output
-    assert wait_until_gone([process.pid], timeout=5) == []
 
 
 # ------------------------------------------------------------------------------------- hang diagnosis

@@ -28,7 +28,9 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(autouse=True)
 def cluster_session_only() -> None:
     if not ENABLED:
-        pytest.skip("cluster test: runs in `nox -s cluster` (FABRIC_CLUSTER_TESTS=1), not in the default suite")
+        pytest.skip(
+            "cluster test: runs in `nox -s cluster` (FABRIC_CLUSTER_TESTS=1), not in the default suite"
+        )
     if os.geteuid() != 0:
         _unavailable("the cluster tests need root (SLURM daemons, /etc/hosts, network namespaces)")
 
@@ -38,7 +40,9 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """munge, slurmctld and two slurmd (nodes fabric-n1, fabric-n2), stopped at the end even on failure."""
     missing = missing_programs()
     if missing:
-        _unavailable(f"SLURM is not installed (missing {', '.join(missing)}; apt-get install slurm-wlm munge)")
+        _unavailable(
+            f"SLURM is not installed (missing {', '.join(missing)}; apt-get install slurm-wlm munge)"
+        )
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()

@@ -28,6 +28,14 @@ def missing_programs() -> list[str]:
     return [name for name in REQUIRED if shutil.which(name) is None]
 
 
+def _die_with_parent() -> None:
+    """In the daemon, before exec: SIGTERM when the test process dies, even when it is killed outright
+    (PR_SET_PDEATHSIG; Linux), so no daemon outlives an interrupted test run."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -63,7 +71,9 @@ class SlurmCluster:
     def stop(self) -> None:
         """Stop every daemon this object started (SIGTERM, then SIGKILL), cancel jobs, restore /etc/hosts."""
         if self._daemons and shutil.which("scancel"):
-            subprocess.run(["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=20)
+            subprocess.run(
+                ["scancel", "--full", "--user=root"], env=self.env, capture_output=True, timeout=20
+            )
         for process in reversed(self._daemons):
             if process.poll() is None:
                 process.terminate()
@@ -81,14 +91,23 @@ class SlurmCluster:
         """The daemons' logs, for a failing test's message."""
         parts = []
         for path in sorted((self.root / "logs").glob("*")):
-            parts.append(f"==> {path.name} <==\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:]))
+            parts.append(
+                f"==> {path.name} <==\n" + "\n".join(path.read_text(errors="replace").splitlines()[-30:])
+            )
         return "\n".join(parts)
 
     # -------------------------------------------------------------------------------------------------
     def _spawn(self, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
-            process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                args,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self._daemons.append(process)
         return process
 
@@ -147,7 +166,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket}
+# cred_expire: how long a requeued job waits before it starts again (SLURM's default: 120 s)
+AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={state}
 SlurmdSpoolDir={spool}/%n
 SlurmctldPidFile={self.root}/slurmctld.pid

@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--sleep-restarts", action="store_true", help="also sleep in a requeued run")
     parser.add_argument("--fail-rank", type=int, default=None, help="this global rank raises at step 3")
     parser.add_argument("--load", type=Path, default=None)
+    parser.add_argument("--timeout", type=float, default=None, help="DDP's collective timeout, in seconds")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.load is not None:
@@ -61,7 +62,14 @@ def main() -> None:
 
     restart = int(os.environ.get("SLURM_RESTART_COUNT", os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
     sleep = args.sleep if restart == 0 or args.sleep_restarts else 0.0
-    fabric = Fabric(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy)
+    strategy = args.strategy
+    if args.timeout is not None:
+        from datetime import timedelta
+
+        from fabric.strategies import DDPStrategy
+
+        strategy = DDPStrategy(timeout=timedelta(seconds=args.timeout))
+    fabric = Fabric(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy)
     fabric.launch()
     fabric.seed_everything(7)
     dataset = TensorDataset(torch.randn(512, 8), torch.randn(512, 1))

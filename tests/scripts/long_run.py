@@ -4,7 +4,7 @@ The loop is the README's: ``CheckpointManager.resume``, then ``manager.step(stat
 Each process writes ``OUT_DIR/pid{rank}`` when training starts (so a test can signal it), and at the
 end ``OUT_DIR/result{rank}.json``: the step it stopped at, whether it was stopped, and the weights.
 
-Options: ``--devices N`` (2: DDP; started by ``python`` itself, ``fabric run``, or ``srun``),
+Options: ``--devices N`` (2: DDP; started by ``python`` itself or ``fabric run``),
 ``--steps N``, ``--every N`` (save period), ``--sleep S`` (per step, so a test can signal mid-epoch),
 ``--kill-at STEP`` (global rank 1 SIGKILLs itself once at that step; a marker file makes it once).
 """

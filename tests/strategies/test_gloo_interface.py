@@ -70,7 +70,9 @@ def test_nothing_to_do_on_one_host_for_nccl_or_when_the_user_chose(monkeypatch: 
     assert gloo_interface(address, "gloo") is None  # the user's choice stands
 
 
-def test_nothing_to_do_when_the_host_name_resolves_to_a_network_address(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_to_do_when_the_host_name_resolves_to_a_network_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _, address = _addresses("4")[0]
     monkeypatch.setattr("socket.gethostname", lambda: address)
     assert gloo_interface(address, "gloo") is None
