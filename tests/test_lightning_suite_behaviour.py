@@ -50,7 +50,12 @@ def test_dp_outside_fabric_as_lightning_tests_build_it() -> None:
     strategy = DataParallelStrategy()
     strategy.parallel_devices = [torch.device("cpu", 2), torch.device("cpu", 0)]
     assert strategy.root_device == torch.device("cpu", 2)
-    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.is_global_zero) == (1, 0, 0, True)
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.is_global_zero) == (
+        1,
+        0,
+        0,
+        True,
+    )
     with pytest.raises(ValueError, match="'dp' runs in one process on one machine"):
         strategy.configure(parallel_devices=[torch.device("cpu")], num_nodes=2, environment=None)
 
@@ -58,9 +63,16 @@ def test_dp_outside_fabric_as_lightning_tests_build_it() -> None:
 # ---------------------------------------------------------------------------------------- FSDPPrecision
 @pytest.mark.parametrize(
     ("precision", "dtype"),
-    [("32-true", torch.float32), ("16-true", torch.float16), ("bf16-true", torch.bfloat16), ("bf16-mixed", torch.bfloat16)],
+    [
+        ("32-true", torch.float32),
+        ("16-true", torch.float16),
+        ("bf16-true", torch.bfloat16),
+        ("bf16-mixed", torch.bfloat16),
+    ],
 )
-def test_fsdp_precision_maps_onto_fsdp2_policy_and_keeps_lightning_config(precision: str, dtype: torch.dtype) -> None:
+def test_fsdp_precision_maps_onto_fsdp2_policy_and_keeps_lightning_config(
+    precision: str, dtype: torch.dtype
+) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from fabric.plugins.precision import FSDPPrecision
@@ -135,7 +147,7 @@ def test_removed_tpu_names_warn_and_need_torch_xla(path: str, name: str) -> None
     if torch_xla_installed():
         pytest.skip("checks the error without torch-xla")
     cls = getattr(importlib.import_module(path), name)
-    with pytest.deprecated_call(match="is deprecated"), pytest.raises(ModuleNotFoundError, match="torch-xla"):
+    with pytest.deprecated_call(match="is deprecated"), pytest.raises(ModuleNotFoundError, match="torch_xla"):
         cls()
 
 

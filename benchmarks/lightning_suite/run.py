@@ -47,7 +47,13 @@ class Result:
 
 
 def run_pytest(
-    checkout: Path, mode: str, xml: Path, selection: list[str], jobs: int, timeout: int, placeholders: bool = False
+    checkout: Path,
+    mode: str,
+    xml: Path,
+    selection: list[str],
+    jobs: int,
+    timeout: int,
+    placeholders: bool = False,
 ) -> None:
     """Run pytest on Lightning's tests from ``<checkout>/tests`` (as Lightning's CI does) into ``xml``."""
     env = dict(os.environ)
@@ -202,8 +208,12 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkout", type=Path, help="a Lightning checkout (the folder holding tests/tests_fabric)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkout", type=Path, help="a Lightning checkout (the folder holding tests/tests_fabric)"
+    )
     parser.add_argument("selection", nargs="*", help="pytest paths/ids relative to <checkout>/tests")
     parser.add_argument("--out", type=Path, default=Path("lightning_suite_out"), help="where the reports go")
     parser.add_argument("--reuse-baseline", action="store_true", help="keep OUT/lightning.xml if it exists")
@@ -219,7 +229,9 @@ def main() -> None:
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     if not (checkout / "tests" / "tests_fabric").is_dir():
-        parser.error(f"checkout={str(checkout)!r} has no tests/tests_fabric: pass the root of a Lightning checkout")
+        parser.error(
+            f"checkout={str(checkout)!r} has no tests/tests_fabric: pass the root of a Lightning checkout"
+        )
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ours_name = "fabric_placeholders" if args.placeholders else "fabric"
@@ -230,7 +242,9 @@ def main() -> None:
         run_pytest(checkout, mode, xml, args.selection, args.jobs, args.timeout, args.placeholders)
     lightning, lightning_broken = read_junit(out / "lightning.xml")
     if lightning_broken:
-        print(f"note: {len(lightning_broken)} modules fail to import under Lightning itself: {sorted(lightning_broken)}")
+        print(
+            f"note: {len(lightning_broken)} modules fail to import under Lightning itself: {sorted(lightning_broken)}"
+        )
     if not (out / f"{ours_name}.xml").exists():
         return
     ours, broken = read_junit(out / f"{ours_name}.xml")

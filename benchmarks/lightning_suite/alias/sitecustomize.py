@@ -126,7 +126,9 @@ _TEST_SUPPORT: dict[str, dict[str, Any]] = {
 
 
 #: packages that must exist for the modules above to be made up where fabric lacks them
-_TEST_SUPPORT_PARENTS = {module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))}
+_TEST_SUPPORT_PARENTS = {
+    module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))
+}
 
 
 _PLACEHOLDERS = os.environ.get("FABRIC_LIGHTNING_PLACEHOLDERS") == "1"
@@ -211,13 +213,17 @@ def _lazy_name(module: types.ModuleType, name: str) -> bool:
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname == "lightning":
             return importlib.machinery.ModuleSpec(fullname, _EmptyPackageLoader(), is_package=True)
         dest = _target(fullname)
         if dest is None:
             if fullname.startswith("lightning."):  # lightning.pytorch, lightning.app: not part of the run
-                raise ModuleNotFoundError(f"No module named {fullname!r} (only lightning.fabric is aliased)", name=fullname)
+                raise ModuleNotFoundError(
+                    f"No module named {fullname!r} (only lightning.fabric is aliased)", name=fullname
+                )
             return None
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(dest), is_package=True)
 
