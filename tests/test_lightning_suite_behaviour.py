@@ -193,3 +193,18 @@ def test_small_lightning_utilities() -> None:
         assert Logger().experiment.add_scalar("x", 1) is None  # a no-op object off rank 0
     finally:
         rank_zero.set_global_rank(previous)
+
+
+# ------------------------------------------------------------------- strategies outside Fabric
+def test_parallel_strategy_built_outside_fabric_is_rank_zero_of_one() -> None:
+    from fabric.plugins.environments import LightningEnvironment
+    from fabric.strategies import DDPStrategy
+
+    strategy = DDPStrategy(parallel_devices=[torch.device("cpu"), torch.device("cpu")])
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.node_rank) == (1, 0, 0, 0)
+    assert strategy.is_global_zero and strategy.root_device == torch.device("cpu")
+    assert strategy.distributed_sampler_kwargs == {"num_replicas": 1, "rank": 0}
+    strategy.cluster_environment = LightningEnvironment()
+    strategy.cluster_environment.set_world_size(2)
+    strategy.cluster_environment.set_global_rank(1)
+    assert (strategy.world_size, strategy.global_rank) == (2, 1)
