@@ -238,12 +238,44 @@ class _EmptyPackageLoader(importlib.abc.Loader):
         return None
 
 
+def _cap_rendezvous_timeout() -> None:
+    """Cap how long a process group waits for its peers: some of Lightning's tests set its private
+    ``fabric._launched = True`` to skip the launch, so a 2-device fabric's first ``setup`` waits for a
+    second process that never comes (for torch's 30 minutes; the wait is in C++, out of pytest-timeout's
+    reach). Harness only: a test that gets here fails after ``FABRIC_LIGHTNING_PG_TIMEOUT`` seconds."""
+    import datetime
+    import functools
+
+    import torch.distributed as dist
+
+    limit = datetime.timedelta(seconds=float(os.environ.get("FABRIC_LIGHTNING_PG_TIMEOUT", "20")))
+    original = dist.init_process_group
+
+    @functools.wraps(original)
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = min(kwargs.get("timeout") or limit, limit)
+        return original(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
+
+
+class _CapOnImport(importlib.abc.MetaPathFinder):
+    """Applies :func:`_cap_rendezvous_timeout` right after ``torch.distributed`` is first imported."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname == "fabric.strategies.parallel":
+            sys.meta_path.remove(self)
+            _cap_rendezvous_timeout()
+        return None
+
+
 def install() -> None:
     """Put the alias first on ``sys.meta_path`` and forget any Lightning module imported before it."""
     for name in list(sys.modules):
         if name == "lightning" or name.startswith(("lightning.", "lightning_fabric")):
             del sys.modules[name]
     sys.meta_path.insert(0, _AliasFinder())
+    sys.meta_path.insert(0, _CapOnImport())
 
 
 if os.environ.get("FABRIC_LIGHTNING_ALIAS") == "1":
