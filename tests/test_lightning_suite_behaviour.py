@@ -8,6 +8,7 @@ small utilities. The full comparison runs with ``benchmarks/lightning_suite/run.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -201,10 +202,46 @@ def test_parallel_strategy_built_outside_fabric_is_rank_zero_of_one() -> None:
     from fabric.strategies import DDPStrategy
 
     strategy = DDPStrategy(parallel_devices=[torch.device("cpu"), torch.device("cpu")])
-    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.node_rank) == (1, 0, 0, 0)
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.node_rank) == (
+        1,
+        0,
+        0,
+        0,
+    )
     assert strategy.is_global_zero and strategy.root_device == torch.device("cpu")
     assert strategy.distributed_sampler_kwargs == {"num_replicas": 1, "rank": 0}
     strategy.cluster_environment = LightningEnvironment()
     strategy.cluster_environment.set_world_size(2)
     strategy.cluster_environment.set_global_rank(1)
     assert (strategy.world_size, strategy.global_rank) == (2, 1)
+
+
+def test_loggers_and_checkpoint_hooks_are_called_with_lightnings_keywords(tmp_path: Any) -> None:
+    from fabric.strategies import SingleDeviceStrategy
+
+    class KeywordLogger:  # keyword-only parameters: a positional call would raise
+        def __init__(self) -> None:
+            self.calls: list[tuple[dict, Any]] = []
+
+        def log_metrics(self, *, metrics: dict, step: Any = None) -> None:
+            self.calls.append((metrics, step))
+
+        def log_hyperparams(self, params: Any) -> None: ...
+
+        def save(self) -> None: ...
+
+        def finalize(self, status: str) -> None: ...
+
+    class KeywordStrategy(SingleDeviceStrategy):
+        def save_checkpoint(self, *, path: Any, state: dict, **kwargs: Any) -> None:  # type: ignore[override]
+            super().save_checkpoint(path, state, **kwargs)
+
+        def load_checkpoint(self, *, path: Any, state: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().load_checkpoint(path, state, **kwargs)
+
+    logger = KeywordLogger()
+    fabric = Fabric(strategy=KeywordStrategy(device=torch.device("cpu")), loggers=logger)
+    fabric.log("loss", torch.tensor(2.0), step=3)
+    assert logger.calls == [({"loss": 2.0}, 3)]
+    fabric.save(tmp_path / "ckpt.pt", {"step": 7})
+    assert fabric.load(tmp_path / "ckpt.pt")["step"] == 7
