@@ -245,3 +245,13 @@ def test_loggers_and_checkpoint_hooks_are_called_with_lightnings_keywords(tmp_pa
     assert logger.calls == [({"loss": 2.0}, 3)]
     fabric.save(tmp_path / "ckpt.pt", {"step": 7})
     assert fabric.load(tmp_path / "ckpt.pt")["step"] == 7
+
+
+def test_local_environment_takes_group_rank_for_the_node_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.plugins.environments import LightningEnvironment
+
+    monkeypatch.delenv("NODE_RANK", raising=False)
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert LightningEnvironment().node_rank() == 1
+    monkeypatch.setenv("NODE_RANK", "2")
+    assert LightningEnvironment().node_rank() == 2
