@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -160,6 +161,9 @@ def _with_placeholders(module: types.ModuleType) -> None:
                 pass
         if name.startswith("__"):
             raise AttributeError(name)
+        if hasattr(module, "__path__") and importlib.util.find_spec(f"{module.__name__}.{name}") is not None:
+            # a submodule not imported yet: `from package import submodule` must import it, not get a placeholder
+            return importlib.import_module(f"{module.__name__}.{name}")
         if name not in cache:
             cache[name] = _placeholder(module.__name__, name)
         return cache[name]
