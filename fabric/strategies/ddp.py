@@ -71,7 +71,7 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     def setup_module(self, module: Module) -> Module:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
+        return DistributedDataParallel(module=module, device_ids=device_ids, **self._ddp_kwargs)
 
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
         """DDP's ``no_sync``: gradients accumulate locally; the next synced backward averages them all.
