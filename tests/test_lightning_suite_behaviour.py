@@ -239,11 +239,21 @@ def test_loggers_and_checkpoint_hooks_are_called_with_lightnings_keywords(tmp_pa
         def load_checkpoint(self, *, path: Any, state: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
             return super().load_checkpoint(path, state, **kwargs)
 
+    from fabric.plugins.io import TorchCheckpointIO
+
+    class KeywordIO(TorchCheckpointIO):
+        def save_checkpoint(self, *, checkpoint: dict, path: Any, storage_options: Any = None) -> None:  # type: ignore[override]
+            self.saved = path
+            super().save_checkpoint(checkpoint, path, storage_options)
+
     logger = KeywordLogger()
-    fabric = Fabric(strategy=KeywordStrategy(device=torch.device("cpu")), loggers=logger)
+    strategy = KeywordStrategy(device=torch.device("cpu"))
+    strategy.checkpoint_io = KeywordIO()
+    fabric = Fabric(strategy=strategy, loggers=logger)
     fabric.log("loss", torch.tensor(2.0), step=3)
     assert logger.calls == [({"loss": 2.0}, 3)]
     fabric.save(tmp_path / "ckpt.pt", {"step": 7})
+    assert strategy.checkpoint_io.saved  # type: ignore[attr-defined]  # the plugin wrote it, called by keyword
     assert fabric.load(tmp_path / "ckpt.pt")["step"] == 7
 
 
