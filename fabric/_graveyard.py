@@ -11,11 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fabric.accelerators.xla import XLAAccelerator, require_torch_xla
+from fabric.accelerators.xla import INSTALL_HINT, XLAAccelerator, torch_xla_installed
 from fabric.precision.precision import Precision
 from fabric.precision.true import HalfPrecision
 from fabric.strategies.xla_single import SingleXLAStrategy
 from fabric.utilities.rank_zero import rank_zero_deprecation
+
+
+def require_torch_xla(argument: str) -> None:
+    """Lightning's error for these names without torch-xla: a ``ModuleNotFoundError`` naming ``torch_xla``."""
+    if not torch_xla_installed():
+        raise ModuleNotFoundError(
+            f"{argument} needs the `torch_xla` package, which is not installed. Install it with: {INSTALL_HINT}."
+        )
+
 
 __all__ = ["SingleTPUStrategy", "TPUAccelerator", "TPUBf16Precision", "TPUPrecision", "XLABf16Precision"]
 
@@ -25,7 +34,7 @@ class SingleTPUStrategy(SingleXLAStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         rank_zero_deprecation("The 'single_tpu' strategy is deprecated. Use 'single_xla' instead.")
-        require_torch_xla("strategy='single_tpu'")
+        require_torch_xla("SingleTPUStrategy")
         super().__init__(*args, **kwargs)
 
 
@@ -33,8 +42,10 @@ class TPUAccelerator(XLAAccelerator):
     """Deprecated: use :class:`~fabric.accelerators.XLAAccelerator` (``accelerator="tpu"``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        rank_zero_deprecation("The `TPUAccelerator` class is deprecated. Use `fabric.accelerators.XLAAccelerator` instead.")
-        require_torch_xla("accelerator=TPUAccelerator()")
+        rank_zero_deprecation(
+            "The `TPUAccelerator` class is deprecated. Use `fabric.accelerators.XLAAccelerator` instead."
+        )
+        require_torch_xla("TPUAccelerator")
         super().__init__(*args, **kwargs)
 
 
@@ -42,8 +53,10 @@ class TPUPrecision(Precision):
     """Deprecated: pass ``precision="32-true"`` with ``accelerator="tpu"``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        rank_zero_deprecation("The `TPUPrecision` class is deprecated. Use `precision='32-true'` on an XLA device instead.")
-        require_torch_xla("plugins=[TPUPrecision()]")
+        rank_zero_deprecation(
+            "The `TPUPrecision` class is deprecated. Use `precision='32-true'` on an XLA device instead."
+        )
+        require_torch_xla("TPUPrecision")
 
 
 class XLABf16Precision(HalfPrecision):
@@ -53,7 +66,7 @@ class XLABf16Precision(HalfPrecision):
         rank_zero_deprecation(
             f"The `{type(self).__name__}` class is deprecated. Use `precision='bf16-true'` on an XLA device instead."
         )
-        require_torch_xla(f"plugins=[{type(self).__name__}()]")
+        require_torch_xla(type(self).__name__)
         super().__init__("bf16-true")
 
 

@@ -590,7 +590,7 @@ class Fabric:
             return
         values = {k: v.item() if isinstance(v, Tensor) and v.numel() == 1 else v for k, v in metrics.items()}
         for logger in self._loggers:
-            logger.log_metrics(values, step=step)
+            logger.log_metrics(metrics=values, step=step)  # keywords, as Lightning calls loggers
 
     # --------------------------------------------------------------- collectives
     def all_reduce(self, data: Any, group: Any | None = None, reduce_op: ReduceOp | Any = "mean") -> Any:
@@ -698,8 +698,8 @@ class Fabric:
             raise TypeError(f"Fabric.save(async_save={async_save!r}): pass True or False.")
         save = self._strategy.save_checkpoint_async if async_save else self._strategy.save_checkpoint
         pending = save(
-            os.fspath(path),
-            _unwrap_state(state),
+            path=os.fspath(path),
+            state=_unwrap_state(state),
             filter=filter,
             owners=self._optimizer_owners,
             per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
@@ -743,8 +743,8 @@ class Fabric:
         """
         unwrapped = _unwrap_state(state) if isinstance(state, dict) else state
         remainder = self._strategy.load_checkpoint(
-            os.fspath(path),
-            unwrapped,
+            path=os.fspath(path),
+            state=unwrapped,
             strict=strict,
             weights_only=weights_only,
             restore_rng=restore_rng,

@@ -97,7 +97,9 @@ def test_lightning_module_paths_of_moved_packages() -> None:
         ("fabric.plugins.io", "XLACheckpointIO", "fabric.save"),
     ],
 )
-def test_names_of_engines_we_drive_differently_import_and_say_what_to_use(path: str, name: str, hint: str) -> None:
+def test_names_of_engines_we_drive_differently_import_and_say_what_to_use(
+    path: str, name: str, hint: str
+) -> None:
     cls = getattr(importlib.import_module(path), name)
     with pytest.raises(TypeError, match=f"fabric has no {name}.*{hint}"):
         cls("bf16-true")

@@ -8,6 +8,7 @@ small utilities. The full comparison runs with ``benchmarks/lightning_suite/run.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import pytest
 import torch
@@ -50,7 +51,12 @@ def test_dp_outside_fabric_as_lightning_tests_build_it() -> None:
     strategy = DataParallelStrategy()
     strategy.parallel_devices = [torch.device("cpu", 2), torch.device("cpu", 0)]
     assert strategy.root_device == torch.device("cpu", 2)
-    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.is_global_zero) == (1, 0, 0, True)
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.is_global_zero) == (
+        1,
+        0,
+        0,
+        True,
+    )
     with pytest.raises(ValueError, match="'dp' runs in one process on one machine"):
         strategy.configure(parallel_devices=[torch.device("cpu")], num_nodes=2, environment=None)
 
@@ -58,9 +64,16 @@ def test_dp_outside_fabric_as_lightning_tests_build_it() -> None:
 # ---------------------------------------------------------------------------------------- FSDPPrecision
 @pytest.mark.parametrize(
     ("precision", "dtype"),
-    [("32-true", torch.float32), ("16-true", torch.float16), ("bf16-true", torch.bfloat16), ("bf16-mixed", torch.bfloat16)],
+    [
+        ("32-true", torch.float32),
+        ("16-true", torch.float16),
+        ("bf16-true", torch.bfloat16),
+        ("bf16-mixed", torch.bfloat16),
+    ],
 )
-def test_fsdp_precision_maps_onto_fsdp2_policy_and_keeps_lightning_config(precision: str, dtype: torch.dtype) -> None:
+def test_fsdp_precision_maps_onto_fsdp2_policy_and_keeps_lightning_config(
+    precision: str, dtype: torch.dtype
+) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     from fabric.plugins.precision import FSDPPrecision
@@ -135,7 +148,7 @@ def test_removed_tpu_names_warn_and_need_torch_xla(path: str, name: str) -> None
     if torch_xla_installed():
         pytest.skip("checks the error without torch-xla")
     cls = getattr(importlib.import_module(path), name)
-    with pytest.deprecated_call(match="is deprecated"), pytest.raises(ModuleNotFoundError, match="torch-xla"):
+    with pytest.deprecated_call(match="is deprecated"), pytest.raises(ModuleNotFoundError, match="torch_xla"):
         cls()
 
 
@@ -181,3 +194,74 @@ def test_small_lightning_utilities() -> None:
         assert Logger().experiment.add_scalar("x", 1) is None  # a no-op object off rank 0
     finally:
         rank_zero.set_global_rank(previous)
+
+
+# ------------------------------------------------------------------- strategies outside Fabric
+def test_parallel_strategy_built_outside_fabric_is_rank_zero_of_one() -> None:
+    from fabric.plugins.environments import LightningEnvironment
+    from fabric.strategies import DDPStrategy
+
+    strategy = DDPStrategy(parallel_devices=[torch.device("cpu"), torch.device("cpu")])
+    assert (strategy.world_size, strategy.global_rank, strategy.local_rank, strategy.node_rank) == (
+        1,
+        0,
+        0,
+        0,
+    )
+    assert strategy.is_global_zero and strategy.root_device == torch.device("cpu")
+    assert strategy.distributed_sampler_kwargs == {"num_replicas": 1, "rank": 0}
+    strategy.cluster_environment = LightningEnvironment()
+    strategy.cluster_environment.set_world_size(2)
+    strategy.cluster_environment.set_global_rank(1)
+    assert (strategy.world_size, strategy.global_rank) == (2, 1)
+
+
+def test_loggers_and_checkpoint_hooks_are_called_with_lightnings_keywords(tmp_path: Any) -> None:
+    from fabric.strategies import SingleDeviceStrategy
+
+    class KeywordLogger:  # keyword-only parameters: a positional call would raise
+        def __init__(self) -> None:
+            self.calls: list[tuple[dict, Any]] = []
+
+        def log_metrics(self, *, metrics: dict, step: Any = None) -> None:
+            self.calls.append((metrics, step))
+
+        def log_hyperparams(self, params: Any) -> None: ...
+
+        def save(self) -> None: ...
+
+        def finalize(self, status: str) -> None: ...
+
+    class KeywordStrategy(SingleDeviceStrategy):
+        def save_checkpoint(self, *, path: Any, state: dict, **kwargs: Any) -> None:  # type: ignore[override]
+            super().save_checkpoint(path, state, **kwargs)
+
+        def load_checkpoint(self, *, path: Any, state: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().load_checkpoint(path, state, **kwargs)
+
+    from fabric.plugins.io import TorchCheckpointIO
+
+    class KeywordIO(TorchCheckpointIO):
+        def save_checkpoint(self, *, checkpoint: dict, path: Any, storage_options: Any = None) -> None:  # type: ignore[override]
+            self.saved = path
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    logger = KeywordLogger()
+    strategy = KeywordStrategy(device=torch.device("cpu"))
+    strategy.checkpoint_io = KeywordIO()
+    fabric = Fabric(strategy=strategy, loggers=logger)
+    fabric.log("loss", torch.tensor(2.0), step=3)
+    assert logger.calls == [({"loss": 2.0}, 3)]
+    fabric.save(tmp_path / "ckpt.pt", {"step": 7})
+    assert strategy.checkpoint_io.saved  # type: ignore[attr-defined]  # the plugin wrote it, called by keyword
+    assert fabric.load(tmp_path / "ckpt.pt")["step"] == 7
+
+
+def test_local_environment_takes_group_rank_for_the_node_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.plugins.environments import LightningEnvironment
+
+    monkeypatch.delenv("NODE_RANK", raising=False)
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert LightningEnvironment().node_rank() == 1
+    monkeypatch.setenv("NODE_RANK", "2")
+    assert LightningEnvironment().node_rank() == 2

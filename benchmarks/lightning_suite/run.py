@@ -25,6 +25,7 @@ The whole suite takes 20-40 minutes per run on 2 loaded cores; ``--jobs N`` (pyt
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import os
 import re
@@ -47,7 +48,13 @@ class Result:
 
 
 def run_pytest(
-    checkout: Path, mode: str, xml: Path, selection: list[str], jobs: int, timeout: int, placeholders: bool = False
+    checkout: Path,
+    mode: str,
+    xml: Path,
+    selection: list[str],
+    jobs: int,
+    timeout: int,
+    placeholders: bool = False,
 ) -> None:
     """Run pytest on Lightning's tests from ``<checkout>/tests`` (as Lightning's CI does) into ``xml``."""
     env = dict(os.environ)
@@ -98,27 +105,31 @@ def _last_error_line(detail: str) -> str:
 _NAME_PATTERNS = (
     re.compile(r"cannot import name '(\w+)' from '([\w.]+)'"),
     re.compile(r"module '([\w.]+)' has no attribute '(\w+)'"),
-    re.compile(r"<module '([\w.]+)'.*> does not have the attribute '(\w+)'"),
+    re.compile(r"<module '([\w.]+)'[^>]*> (?:has no|does not have the) attribute '(\w+)'"),
     re.compile(r"No module named '([\w.]+)'"),
     re.compile(r"(\w+)' object has no attribute '(\w+)'"),
 )
 
 
-_IMPORT_LINE = re.compile(r"from (lightning[._]fabric[\w.]*) import \(?([\w, ]+)")
+_IMPORT_LINE = re.compile(r"from (lightning[._]fabric[\w.]*) import (?:\(([^)]*)\)|([\w, ]+))")
 _PLACEHOLDER = re.compile(r"placeholder used: ([\w.]+)")
 
 
-def _imports_only_private(module: str, detail: str) -> bool:
-    """Whether the traceback's import from ``module`` (a Lightning path) names private names only."""
+def _imports_only_private(module: str, detail: str, source: Path | None = None) -> bool:
+    """Whether the test's import from ``module`` (a Lightning path) names private names only."""
     suffix = module.split(".", 1)[1] if module.startswith("fabric.") else module
+    if source is not None and source.is_file():
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith(suffix):
+                return all(alias.name.startswith("_") for alias in node.names)
     for match in _IMPORT_LINE.finditer(detail):
         if match.group(1).endswith(suffix):
-            names = [n.strip() for n in match.group(2).split(",") if n.strip()]
+            names = [n.strip() for n in (match.group(2) or match.group(3)).split(",") if n.strip()]
             return bool(names) and all(n.startswith("_") for n in names)
     return False
 
 
-def cause_of(result: Result) -> str:
+def cause_of(result: Result, source: Path | None = None) -> str:
     """A short cause shared by tests that fail for the same reason."""
     message = result.message.splitlines()[0] if result.message else _last_error_line(result.detail)
     placeholder = _PLACEHOLDER.search(message) or _PLACEHOLDER.search(result.detail)
@@ -139,7 +150,7 @@ def cause_of(result: Result) -> str:
         full = f"{module}.{name}" if name else module
         private = any(part.startswith("_") and not part.startswith("__") for part in full.split("."))
         if not name and not private:  # a module path: private if only private names are imported from it
-            private = _imports_only_private(module, result.detail)
+            private = _imports_only_private(module, result.detail, source)
         return f"{'private' if private else 'public'} name missing: {full}"
     message = re.sub(r"0x[0-9a-f]+", "0x..", message)
     message = re.sub(r"/tmp/\S+|'/\S+'", "PATH", message)
@@ -164,13 +175,27 @@ def compare(lightning: dict[str, Result], ours: dict[str, Result], broken: dict[
     return {"passes": passes, "ours_pass": ours_pass, "failing": failing}
 
 
+def _source_of(test: str, checkout: Path | None) -> Path | None:
+    """The test module's file in the checkout, from an id such as ``tests.tests_fabric.x.test_y::test_z``."""
+    if checkout is None:
+        return None
+    parts = test.split("::")[0].split(".")
+    parts = parts[1:] if parts[0] == "tests" else parts
+    return checkout / "tests" / Path(*parts).with_suffix(".py")
+
+
 def report(
-    lightning: dict[str, Result], ours: dict[str, Result], broken: dict[str, Result], out: Path, name: str
+    lightning: dict[str, Result],
+    ours: dict[str, Result],
+    broken: dict[str, Result],
+    out: Path,
+    name: str,
+    checkout: Path | None = None,
 ) -> str:
     summary = compare(lightning, ours, broken)
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for test, result in summary["failing"].items():
-        groups[cause_of(result)].append(test)
+        groups[cause_of(result, _source_of(test, checkout))].append(test)
     public = sum(len(tests) for cause, tests in groups.items() if not cause.startswith("private name"))
     private = len(summary["failing"]) - public
     lines = [
@@ -202,8 +227,12 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkout", type=Path, help="a Lightning checkout (the folder holding tests/tests_fabric)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkout", type=Path, help="a Lightning checkout (the folder holding tests/tests_fabric)"
+    )
     parser.add_argument("selection", nargs="*", help="pytest paths/ids relative to <checkout>/tests")
     parser.add_argument("--out", type=Path, default=Path("lightning_suite_out"), help="where the reports go")
     parser.add_argument("--reuse-baseline", action="store_true", help="keep OUT/lightning.xml if it exists")
@@ -219,7 +248,9 @@ def main() -> None:
     args = parser.parse_args()
     checkout = args.checkout.resolve()
     if not (checkout / "tests" / "tests_fabric").is_dir():
-        parser.error(f"checkout={str(checkout)!r} has no tests/tests_fabric: pass the root of a Lightning checkout")
+        parser.error(
+            f"checkout={str(checkout)!r} has no tests/tests_fabric: pass the root of a Lightning checkout"
+        )
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     ours_name = "fabric_placeholders" if args.placeholders else "fabric"
@@ -230,11 +261,13 @@ def main() -> None:
         run_pytest(checkout, mode, xml, args.selection, args.jobs, args.timeout, args.placeholders)
     lightning, lightning_broken = read_junit(out / "lightning.xml")
     if lightning_broken:
-        print(f"note: {len(lightning_broken)} modules fail to import under Lightning itself: {sorted(lightning_broken)}")
+        print(
+            f"note: {len(lightning_broken)} modules fail to import under Lightning itself: {sorted(lightning_broken)}"
+        )
     if not (out / f"{ours_name}.xml").exists():
         return
     ours, broken = read_junit(out / f"{ours_name}.xml")
-    print(report(lightning, ours, broken, out, ours_name))
+    print(report(lightning, ours, broken, out, ours_name, checkout))
     print(f"full list: {out / f'report_{ours_name}.md'}")
 
 

@@ -15,7 +15,9 @@ class CPUAccelerator(Accelerator):
 
     def setup_device(self, device: torch.device) -> None:
         if device.type != "cpu":
-            raise ValueError(f"CPUAccelerator cannot use device {device}: expected a CPU device.")
+            raise ValueError(
+                f"Device should be CPU, got {device} instead: CPUAccelerator needs a CPU device ('cpu')."
+            )
 
     @staticmethod
     def parse_devices(devices: Any) -> int:

@@ -15,7 +15,9 @@ class CUDAAccelerator(Accelerator):
 
     def setup_device(self, device: torch.device) -> None:
         if device.type != "cuda":
-            raise ValueError(f"CUDAAccelerator cannot use device {device}: expected a CUDA device.")
+            raise ValueError(
+                f"Device should be CUDA, got {device} instead: CUDAAccelerator needs a CUDA device ('cuda:N')."
+            )
         # Every later allocation without an explicit index lands here, and NCCL picks this device.
         torch.cuda.set_device(device)
 

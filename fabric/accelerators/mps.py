@@ -16,7 +16,9 @@ class MPSAccelerator(Accelerator):
 
     def setup_device(self, device: torch.device) -> None:
         if device.type != "mps":
-            raise ValueError(f"MPSAccelerator cannot use device {device}: expected an MPS device.")
+            raise ValueError(
+                f"Device should be MPS, got {device} instead: MPSAccelerator needs an MPS device ('mps')."
+            )
 
     @staticmethod
     def parse_devices(devices: Any) -> list[int]:

@@ -182,7 +182,7 @@ class Checkpointer:
             checkpoint = OrderedDict(checkpoint)  # `model.state_dict()` saved as is stays an OrderedDict
         if not async_save:
             if host.is_global_zero:
-                host.checkpoint_io.save_checkpoint(checkpoint, path)
+                host.checkpoint_io.save_checkpoint(checkpoint=checkpoint, path=path, storage_options=None)
             return None
         if not host.is_global_zero:
             return self.start_background(path, None)
@@ -191,7 +191,9 @@ class Checkpointer:
         copied = snapshot(checkpoint)
         checkpoint_io = host.checkpoint_io
         # Only rank 0 writes a file, and with no collective: nothing in this thread talks to other processes.
-        return self.start_background(path, lambda: checkpoint_io.save_checkpoint(copied, path))
+        return self.start_background(
+            path, lambda: checkpoint_io.save_checkpoint(checkpoint=copied, path=path, storage_options=None)
+        )
 
     def _save_directory(
         self,

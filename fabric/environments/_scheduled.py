@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 from fabric.environments._env import env_int, env_port, require_env
 from fabric.environments.cluster_environment import ClusterEnvironment
+
+log = logging.getLogger(__name__)
 
 
 class ScheduledEnvironment(ClusterEnvironment):
@@ -30,12 +33,18 @@ class ScheduledEnvironment(ClusterEnvironment):
     def set_world_size(self, size: int) -> None:
         """Ignored, as in Lightning: the scheduler fixed the world size (``validate_settings`` checks the
         arguments against it before anything starts)."""
+        log.debug(
+            f"{type(self).__name__}.set_world_size was called, but setting world size is not allowed. Ignored."
+        )
 
     def global_rank(self) -> int:
         return env_int(self._GLOBAL_RANK_VARIABLE, self._FIX)
 
     def set_global_rank(self, rank: int) -> None:
         """Ignored, as in Lightning: the scheduler fixed this process's rank."""
+        log.debug(
+            f"{type(self).__name__}.set_global_rank was called, but setting global rank is not allowed. Ignored."
+        )
 
 
 class MasterVariablesEnvironment(ScheduledEnvironment):

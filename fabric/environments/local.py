@@ -96,7 +96,8 @@ class LocalEnvironment(ClusterEnvironment):
         return env_int("LOCAL_RANK", _FIX, default=0)
 
     def node_rank(self) -> int:
-        return env_int("NODE_RANK", _FIX, default=0)
+        # GROUP_RANK (torchelastic's name for it) stands in for NODE_RANK, as in Lightning
+        return env_int("NODE_RANK", _FIX, default=env_int("GROUP_RANK", _FIX, default=0))
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
         """Several machines without a scheduler need the rendezvous spelled out on every machine.

@@ -16,6 +16,8 @@ def unsupported(name: str, module: str, instead: str, base: type = object) -> ty
     def __init__(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(f"fabric has no {name} (Lightning's `{module}.{name}`): {instead}.")
 
-    cls = type(name, (base,), {"__init__": __init__, "__module__": module, "__doc__": f"Not in fabric: {instead}."})
-    cls.__abstractmethods__ = frozenset()  # an abstract base would refuse before __init__ could explain
+    cls = type(
+        name, (base,), {"__init__": __init__, "__module__": module, "__doc__": f"Not in fabric: {instead}."}
+    )
+    cls.__abstractmethods__ = frozenset()  # type: ignore[attr-defined]  # an abstract base would refuse before __init__ could explain
     return cls

@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from torch import Tensor
+from torch.nn import Module
 
 from fabric.precision.precision import Precision
 from fabric.precision.utils import default_dtype
@@ -59,10 +61,27 @@ class DeepSpeedPrecision(Precision):
             return {"bf16": {"enabled": True}}
         return {}
 
+    def convert_module(self, module: Module) -> Module:
+        # As Lightning: a '-true' precision casts the model up front; under '-mixed' the engine casts it
+        # itself (its fp16/bf16 section) and keeps float32 master weights.
+        if self.precision.endswith("-true") and self._dtype is not torch.float32:
+            dtype = self._dtype
+            return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
+        return module
+
     def module_init_context(self) -> AbstractContextManager:
-        # Creating the model directly in the low dtype halves the memory of `init_module`; the engine
-        # would cast it anyway.
-        return default_dtype(self._dtype)
+        # As Lightning: models are created in the low dtype under '-true' (half the memory of
+        # `init_module`), in float32 under '-mixed' (the engine casts them and keeps the master copy).
+        return default_dtype(self._dtype if self.precision.endswith("-true") else torch.float32)
+
+    def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:
+        """The engine's ``backward`` (it scales the loss under fp16), as Lightning's plugin does."""
+        if model is None or not callable(getattr(model, "backward", None)):
+            raise TypeError(
+                "DeepSpeedPrecision.backward(tensor, model): pass the DeepSpeed engine as `model`; "
+                f"got {type(model).__name__}."
+            )
+        model.backward(tensor, *args, **kwargs)  # type: ignore[operator]  # the engine is a Module with backward
 
     def tensor_init_context(self) -> AbstractContextManager:
         return default_dtype(self._dtype)

@@ -72,7 +72,7 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     def setup_module(self, module: Module) -> Module:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, **self._ddp_kwargs)
+        return DistributedDataParallel(module=module, device_ids=device_ids, **self._ddp_kwargs)
 
     def setup_extra_parameters(
         self, parameters: list[torch.Tensor], optimizer: Any, move: bool = True

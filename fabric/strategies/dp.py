@@ -79,7 +79,7 @@ class DataParallelStrategy(ParallelStrategy):
         return 1
 
     @property
-    def distributed_sampler_kwargs(self) -> None:
+    def distributed_sampler_kwargs(self) -> None:  # type: ignore[override]
         return None  # one process sees the whole dataset; DataParallel splits each batch
 
     def setup_environment(self) -> None:

@@ -134,21 +134,25 @@ class ParallelStrategy(Strategy):
         assert self.parallel_devices is not None
         return self.parallel_devices[self.local_rank]
 
+    # Without a cluster environment (a strategy built outside `Fabric` and not configured yet) this is
+    # one process of one: rank 0 of world size 1, as Lightning's strategies answer.
     @property
     def local_rank(self) -> int:
-        return self._local_rank if self._local_rank is not None else self.environment.local_rank()
+        if self._local_rank is not None:
+            return self._local_rank
+        return self.cluster_environment.local_rank() if self.cluster_environment is not None else 0
 
     @property
     def node_rank(self) -> int:
-        return self.environment.node_rank()
+        return self.cluster_environment.node_rank() if self.cluster_environment is not None else 0
 
     @property
     def global_rank(self) -> int:
-        return self.environment.global_rank()
+        return self.cluster_environment.global_rank() if self.cluster_environment is not None else 0
 
     @property
     def world_size(self) -> int:
-        return self.environment.world_size()
+        return self.cluster_environment.world_size() if self.cluster_environment is not None else 1
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:

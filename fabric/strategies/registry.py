@@ -45,6 +45,7 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     # DeepSpeed: the class imports no deepspeed module until a process sets it up
     "deepspeed": {"class": _DEEPSPEED, "init": {}},
     "deepspeed_stage_1": {"class": _DEEPSPEED, "init": {"stage": 1}},
+    "deepspeed_stage_1_offload": {"class": _DEEPSPEED, "init": {"stage": 1, "offload_optimizer": True}},
     "deepspeed_stage_2": {"class": _DEEPSPEED, "init": {"stage": 2}},
     "deepspeed_stage_2_offload": {
         "class": _DEEPSPEED,
@@ -71,6 +72,8 @@ STRATEGY_NAMES: dict[str, dict[str, Any]] = {
     "xla": {"class": _XLA, "init": {}},
     "xla_fsdp": {"class": _XLA_FSDP, "init": {}},
     "fsdp_cpu_offload": {"class": _FSDP, "init": {"cpu_offload": True}},
+    # Lightning's deprecated name: warns, then as "single_xla" (fabric/_graveyard.py)
+    "single_tpu": {"class": "fabric._graveyard:SingleTPUStrategy", "init": {}},
 }
 
 #: Lightning's ``STRATEGY_REGISTRY``: the names above, plus any a user registers with ``register(...)``.

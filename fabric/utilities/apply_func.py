@@ -6,7 +6,6 @@ from fabric.utilities.apply import (
     move_data_to_device,
     move_to_device,
 )
-
 from fabric.utilities.collectives import convert_to_tensors
 
 __all__ = [

@@ -36,6 +36,7 @@ STRATEGY_NAMES = (
     "fsdp",
     "deepspeed",
     "deepspeed_stage_1",
+    "deepspeed_stage_1_offload",
     "deepspeed_stage_2",
     "deepspeed_stage_2_offload",
     "deepspeed_stage_3",
@@ -45,4 +46,5 @@ STRATEGY_NAMES = (
     "xla",
     "xla_fsdp",
     "fsdp_cpu_offload",
+    "single_tpu",
 )

@@ -15,9 +15,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-T = TypeVar("T")
-
 from fabric.utilities.warnings import LightningDeprecationWarning
+
+T = TypeVar("T")
 
 __all__ = [
     "LightningDeprecationWarning",

@@ -168,6 +168,7 @@ def test_every_built_in_strategy_name_resolves_to_its_class_only_when_read() -> 
         XLAStrategy,
     )
     from fabric.strategies.registry import STRATEGY_NAMES
+    from fabric.strategies.single_tpu import SingleTPUStrategy
     from fabric.utilities.choices import STRATEGY_NAMES as CLI_STRATEGY_NAMES
 
     expected = {
@@ -176,6 +177,7 @@ def test_every_built_in_strategy_name_resolves_to_its_class_only_when_read() -> 
         "fsdp": FSDPStrategy,
         "deepspeed": DeepSpeedStrategy,
         "single_xla": SingleXLAStrategy,
+        "single_tpu": SingleTPUStrategy,
         "xla": XLAStrategy,
         "xla_fsdp": XLAFSDPStrategy,
     }

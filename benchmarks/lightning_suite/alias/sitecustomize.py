@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -126,7 +127,9 @@ _TEST_SUPPORT: dict[str, dict[str, Any]] = {
 
 
 #: packages that must exist for the modules above to be made up where fabric lacks them
-_TEST_SUPPORT_PARENTS = {module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))}
+_TEST_SUPPORT_PARENTS = {
+    module.rsplit(".", i)[0] for module in _TEST_SUPPORT for i in range(1, module.count("."))
+}
 
 
 _PLACEHOLDERS = os.environ.get("FABRIC_LIGHTNING_PLACEHOLDERS") == "1"
@@ -158,6 +161,9 @@ def _with_placeholders(module: types.ModuleType) -> None:
                 pass
         if name.startswith("__"):
             raise AttributeError(name)
+        if hasattr(module, "__path__") and importlib.util.find_spec(f"{module.__name__}.{name}") is not None:
+            # a submodule not imported yet: `from package import submodule` must import it, not get a placeholder
+            return importlib.import_module(f"{module.__name__}.{name}")
         if name not in cache:
             cache[name] = _placeholder(module.__name__, name)
         return cache[name]
@@ -211,13 +217,17 @@ def _lazy_name(module: types.ModuleType, name: str) -> bool:
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname == "lightning":
             return importlib.machinery.ModuleSpec(fullname, _EmptyPackageLoader(), is_package=True)
         dest = _target(fullname)
         if dest is None:
             if fullname.startswith("lightning."):  # lightning.pytorch, lightning.app: not part of the run
-                raise ModuleNotFoundError(f"No module named {fullname!r} (only lightning.fabric is aliased)", name=fullname)
+                raise ModuleNotFoundError(
+                    f"No module named {fullname!r} (only lightning.fabric is aliased)", name=fullname
+                )
             return None
         return importlib.machinery.ModuleSpec(fullname, _AliasLoader(dest), is_package=True)
 
@@ -232,12 +242,44 @@ class _EmptyPackageLoader(importlib.abc.Loader):
         return None
 
 
+def _cap_rendezvous_timeout() -> None:
+    """Cap how long a process group waits for its peers: some of Lightning's tests set its private
+    ``fabric._launched = True`` to skip the launch, so a 2-device fabric's first ``setup`` waits for a
+    second process that never comes (for torch's 30 minutes; the wait is in C++, out of pytest-timeout's
+    reach). Harness only: a test that gets here fails after ``FABRIC_LIGHTNING_PG_TIMEOUT`` seconds."""
+    import datetime
+    import functools
+
+    import torch.distributed as dist
+
+    limit = datetime.timedelta(seconds=float(os.environ.get("FABRIC_LIGHTNING_PG_TIMEOUT", "20")))
+    original = dist.init_process_group
+
+    @functools.wraps(original)
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        kwargs["timeout"] = min(kwargs.get("timeout") or limit, limit)
+        return original(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
+
+
+class _CapOnImport(importlib.abc.MetaPathFinder):
+    """Applies :func:`_cap_rendezvous_timeout` right after ``torch.distributed`` is first imported."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname == "fabric.strategies.parallel":
+            sys.meta_path.remove(self)
+            _cap_rendezvous_timeout()
+        return None
+
+
 def install() -> None:
     """Put the alias first on ``sys.meta_path`` and forget any Lightning module imported before it."""
     for name in list(sys.modules):
         if name == "lightning" or name.startswith(("lightning.", "lightning_fabric")):
             del sys.modules[name]
     sys.meta_path.insert(0, _AliasFinder())
+    sys.meta_path.insert(0, _CapOnImport())
 
 
 if os.environ.get("FABRIC_LIGHTNING_ALIAS") == "1":
