@@ -214,3 +214,65 @@ def test_a_step_held_weakly_is_skipped_once_its_object_is_freed() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "step of kept\n"
+
+
+@pytest.mark.timeout(150)
+def test_fabrics_dropped_on_two_processes_share_one_hang_watcher_which_is_stopped_before_exit(
+    tmp_path: Path,
+) -> None:
+    """The hang watcher (a daemon thread in store calls) must be gone before the interpreter ends.
+
+    It was one thread per strategy, each keeping its strategy alive, and only the facade's teardown
+    stopped it: with every ``Fabric`` freed before exit (made inside a function, as scripts do), the
+    threads were still polling the store when the interpreter ended them, and a process aborted at
+    exit now and then ("terminate called without an active exception", rc -6, in the DeepSpeed run).
+    """
+    script = tmp_path / "three_fabrics.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import atexit, gc, os, sys, threading, weakref
+            from pathlib import Path
+
+            out = Path(sys.argv[1])
+
+            def watchers():
+                return sum(t.name == "fabric-hang-watcher" and t.is_alive() for t in threading.enumerate())
+
+            # registered before fabric's own handler, so it runs after it (atexit is last in, first out)
+            atexit.register(lambda: (out / f"exit{os.environ.get('LOCAL_RANK', '0')}").write_text(str(watchers())))
+
+            import torch
+            from fabric import Fabric
+
+            def train(strategies):
+                fabric = Fabric(accelerator="cpu", strategy="ddp", devices=2)
+                fabric.launch()
+                model = fabric.setup(torch.nn.Linear(2, 2))
+                fabric.backward(model(torch.ones(1, 2)).sum())
+                strategies.append(weakref.ref(fabric.strategy))
+                return fabric.global_rank
+
+            strategies = []
+            for _ in range(3):
+                rank = train(strategies)
+            gc.collect()
+            (out / f"run{rank}").write_text(f"{watchers()} {sum(r() is not None for r in strategies)}")
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=140,
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    for rank in (0, 1):
+        # one watcher for the process, and it keeps no strategy alive
+        assert (tmp_path / f"run{rank}").read_text() == "1 0"
+        # and it was stopped (its thread joined) before the interpreter began to end
+        assert (tmp_path / f"exit{rank}").read_text() == "0"

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -65,13 +66,25 @@ class HangWatcher:
         self._store = dist.PrefixStore(_PREFIX, store)
         self._rank = rank
         self._world_size = world_size
-        self._where = where
+        self._where = _hold_weakly(where)
         self._stop = threading.Event()
         self._answered = 0
         self._thread = threading.Thread(target=self._watch, name="fabric-hang-watcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    def serves(self, rank: int, world_size: int) -> bool:
+        """Whether this watcher answers for ``rank`` of ``world_size``.
+
+        The store is not compared: leaving the process group stops the watcher (:func:`stop_watching`), and
+        a watcher whose store went away some other way has ended by itself (``running`` is false).
+        """
+        return self._rank == rank and self._world_size == world_size
 
     def stop(self) -> None:
         """Stop answering (at teardown, before the process group and its store go away).
@@ -94,9 +107,14 @@ class HangWatcher:
                     self._answered = requested
                     self._answer(requested)
 
+    def describe_with(self, where: Callable[[], str]) -> None:
+        """Describe this rank with ``where`` from now on (the strategy set up last; held weakly)."""
+        self._where = _hold_weakly(where)
+
     def _answer(self, request: int) -> None:
         try:
-            where = self._where()
+            describe = self._where()
+            where = describe() if describe is not None else "(its strategy was freed)"
         except Exception as error:  # the report must not fail because one description did
             where = f"(could not describe: {error!r})"
         answer = {"request": request, "where": where, "stack": main_thread_stack()}
@@ -143,3 +161,44 @@ class HangWatcher:
             if self._store.check([key]):
                 return json.loads(self._store.get(key))
         return None
+
+
+def _hold_weakly(where: Callable[[], str]) -> Callable[[], Callable[[], str] | None]:
+    """A bound method is held weakly: the watcher thread must not keep a dropped strategy alive."""
+    if hasattr(where, "__self__") and hasattr(where, "__func__"):
+        return weakref.WeakMethod(where)  # type: ignore[arg-type]
+    return lambda: where
+
+
+# One watcher per process, whatever the number of strategies set up in it (a script may build several
+# Fabrics on the one process group): they would all answer the same requests.
+_watcher: HangWatcher | None = None
+_watcher_lock = threading.Lock()
+
+
+def watch(store: dist.Store, rank: int, world_size: int, where: Callable[[], str]) -> HangWatcher:
+    """The process's running watcher (started on first use); ``where`` describes this rank from now on."""
+    global _watcher
+    with _watcher_lock:
+        if _watcher is not None and _watcher.running and _watcher.serves(rank, world_size):
+            _watcher.describe_with(where)
+            return _watcher
+        if _watcher is not None:
+            _watcher.stop()
+        _watcher = HangWatcher(store, rank, world_size, where)
+        _watcher.start()
+        return _watcher
+
+
+def stop_watching() -> None:
+    """Stop the process's watcher and wait for its thread (before the process group and its store go).
+
+    Called when the process group is left, also by the exit step that runs when every ``Fabric`` was
+    freed first. A daemon thread still inside a store call at interpreter exit is ended by the
+    interpreter mid-C++-call, and the process aborts ("terminate called without an active exception").
+    """
+    global _watcher
+    with _watcher_lock:
+        watcher, _watcher = _watcher, None
+    if watcher is not None:
+        watcher.stop()

@@ -20,6 +20,7 @@ from fabric import lifecycle
 from fabric.accelerators import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
+from fabric.strategies import hang_report
 from fabric.strategies.gloo_interface import VARIABLE as GLOO_VARIABLE
 from fabric.strategies.gloo_interface import set_gloo_interface
 from fabric.strategies.hang_report import STACK_FRAMES, HangWatcher, format_stack
@@ -200,7 +201,7 @@ class ParallelStrategy(Strategy):
         # The group is left at exit by `teardown` (registered with fabric.lifecycle by the facade, weakly);
         # this step leaves it even when the Fabric that created it was freed first (a no-op otherwise).
         lifecycle.install()
-        lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
+        _leave_process_group_at_exit()
 
     def _start_hang_watcher(self) -> None:
         """Answer other ranks' hang reports from now on (one daemon thread; see ``hang_report``)."""
@@ -210,8 +211,8 @@ class ParallelStrategy(Strategy):
             store = dist.distributed_c10d._get_default_store()
         except Exception:  # a process group without a store (not ours to diagnose)
             return
-        self._hang_watcher = HangWatcher(store, self.global_rank, self.world_size, self._where)
-        self._hang_watcher.start()
+        self._hang_watcher = hang_report.watch(store, self.global_rank, self.world_size, self._where)
+        _leave_process_group_at_exit()  # stops the watcher too, also when the user created the group
         lifecycle.on_failure(self._explain_failure)
 
     def _explain_failure(self, error: BaseException) -> str | None:
@@ -399,8 +400,7 @@ class ParallelStrategy(Strategy):
         super().teardown()
         if self._hang_watcher is not None:
             lifecycle.remove_on_failure(self._explain_failure)
-            self._hang_watcher.stop()
-            self._hang_watcher = None
+            self._hang_watcher = None  # stopped with the process group, below
         _leave_process_group()
         for name, value in self._environ_before.items():
             if value is None:
@@ -503,6 +503,17 @@ _ARRIVED_KEY = "fabric/exit/arrived"
 _LEAVING_KEY = "fabric/exit/leaving"
 
 
+_leaves_at_exit = False
+
+
+def _leave_process_group_at_exit() -> None:
+    """Register :func:`_leave_process_group` as an exit step, once per process (held strongly)."""
+    global _leaves_at_exit
+    if not _leaves_at_exit:
+        _leaves_at_exit = True
+        lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
+
+
 def _leave_process_group() -> None:
     """Meet the other processes (a few seconds at most), then destroy the process group.
 
@@ -514,6 +525,7 @@ def _leave_process_group() -> None:
     dead. After a failure in this process the meeting is skipped: the others are still training and
     would never come; the launcher stops them.
     """
+    hang_report.stop_watching()  # its thread must be out of the store before the store goes
     if not (dist.is_available() and dist.is_initialized()):
         return
     if not lifecycle.has_failed() and dist.get_world_size() > 1:
