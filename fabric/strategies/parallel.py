@@ -514,6 +514,10 @@ def _leave_process_group_at_exit() -> None:
         lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
 
 
+#: how long leaving the process group lets gloo's worker threads finish (see `_leave_process_group`)
+_SETTLE_SECONDS = 0.2
+
+
 def _leave_process_group() -> None:
     """Meet the other processes (a few seconds at most), then destroy the process group.
 
@@ -533,6 +537,13 @@ def _leave_process_group() -> None:
             _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
     with contextlib.suppress(Exception):
         dist.destroy_process_group()
+    # A gloo worker thread destroys each finished work (its tensors hold Python objects) after the work
+    # has completed; if the interpreter is already finalizing then, the thread cannot take the GIL and
+    # the process aborts ("terminate called without an active exception"; a core dump shows
+    # ProcessGroupGloo::runLoop -> ~AsyncWork -> gil_scoped_acquire -> pthread_exit). Raw torch and
+    # Lightning runs hit it on a loaded machine even after destroy_process_group. Sleeping releases the
+    # GIL and the CPU so that those threads finish while the interpreter is whole.
+    time.sleep(_SETTLE_SECONDS)
 
 
 def _meet(store: dist.Store, rank: int, world_size: int) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fabric.environments import find_free_network_port
+from tests.torch_exit_abort import aborted_at_exit_by_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -26,8 +27,14 @@ def env() -> dict[str, str]:
     return clean
 
 
-def run(script: Path, *args: str, nproc: int = 1, cwd: Path | None = None) -> list[str]:
-    """Run ``script`` (under torchrun when ``nproc > 1``) and return its stdout lines; fail on errors."""
+def run(
+    script: Path, *args: str, nproc: int = 1, cwd: Path | None = None, reference: bool = False
+) -> list[str]:
+    """Run ``script`` (under torchrun when ``nproc > 1``) and return its stdout lines; fail on errors.
+
+    A ``reference`` run (the original script, plain torch) is repeated once if torch aborted it at exit
+    (see ``tests/torch_exit_abort.py``); a converted script never is.
+    """
     if nproc == 1:
         command = [sys.executable, str(script), *args]
     else:
@@ -35,9 +42,12 @@ def run(script: Path, *args: str, nproc: int = 1, cwd: Path | None = None) -> li
             sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
             "--master-addr=127.0.0.1", f"--master-port={find_free_network_port()}", "--", str(script), *args,
         ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=cwd or script.parent, env=env(), capture_output=True, text=True, timeout=240
-    )
+    for _ in range(2 if reference else 1):
+        result = subprocess.run(
+            command, cwd=cwd or script.parent, env=env(), capture_output=True, text=True, timeout=240
+        )
+        if not aborted_at_exit_by_torch(result.returncode, result.stdout + result.stderr):
+            break
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout.splitlines()
 
@@ -45,10 +55,13 @@ def run(script: Path, *args: str, nproc: int = 1, cwd: Path | None = None) -> li
 def run_both(
     first: tuple, second: tuple, nproc: int = 1, cwds: tuple[Path | None, Path | None] = (None, None)
 ) -> tuple[list[str], list[str]]:
-    """``run`` two scripts at the same time (the machine has cores to spare while one imports torch)."""
+    """``run`` two scripts at the same time (the machine has cores to spare while one imports torch).
+
+    The second is the reference (the original script).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
         a = pool.submit(run, *first, nproc=nproc, cwd=cwds[0])
-        b = pool.submit(run, *second, nproc=nproc, cwd=cwds[1])
+        b = pool.submit(run, *second, nproc=nproc, cwd=cwds[1], reference=True)
         return a.result(), b.result()
