@@ -410,7 +410,7 @@ class Fabric:
         # Parameters an optimizer updates beside the model (a learnable temperature, a loss module's
         # weights): accepted as in Lightning; the strategy places them (or says why it cannot). An
         # optimizer that updates none of the model's parameters is a mistake: the model would not train.
-        params = {id(p) for p in module.parameters()}
+        params = {id(p) for p in module.parameters()} | set(self._strategy.replaced_parameters())
         for optimizer in optimizers:
             mine = [p for g in optimizer.param_groups for p in g["params"]]
             extra = [p for p in mine if id(p) not in params]

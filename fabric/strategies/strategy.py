@@ -115,6 +115,14 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
+    def replaced_parameters(self) -> Mapping[int, Tensor]:
+        """``id`` of each model parameter that moving the model replaced by a new object -> its replacement.
+
+        Empty where a move keeps the objects (CPU, CUDA); XLA's moves create new ``Parameter`` objects, and
+        an optimizer made before ``setup`` still holds the old ones until the strategy re-points it.
+        """
+        return {}
+
     def setup_extra_parameters(
         self, parameters: list[torch.Tensor], optimizer: Optimizer, move: bool = True
     ) -> None:

@@ -7,7 +7,7 @@ training step, which XLA compiles once and then replays.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -69,6 +69,24 @@ class XLAStepMixin:
         for old, new in zip(before, module.parameters()):
             if old is not new:
                 self._moved_parameters[id(old)] = (old, new)
+
+    def replaced_parameters(self) -> Mapping[int, Tensor]:
+        return {key: new for key, (_, new) in self._moved_parameters.items()}
+
+    def setup_extra_parameters(
+        self, parameters: list[Tensor], optimizer: Optimizer, move: bool = True
+    ) -> None:
+        """Refused: a tensor cannot be moved to an XLA device in place (the move makes a new object), so
+        the optimizer would train a copy that the module holding the parameter never sees."""
+        if not move:
+            return
+        raise ValueError(
+            f"Fabric.setup(): {len(parameters)} parameter(s) of {type(optimizer).__name__} are not in the model, "
+            f"and {type(self).__name__} cannot move them to the XLA device in place (a move to XLA creates new "
+            f"tensors, so the module that holds them would never see the trained values). Make them part of the "
+            f"model (e.g. `model.temperature = nn.Parameter(...)`, or the loss module as a submodule of the "
+            f"model) before `fabric.setup`."
+        )
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         moved = self._moved_parameters

@@ -106,3 +106,25 @@ def test_non_xla_strategy_on_xla_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PJRT_DEVICE", "CPU")
     with pytest.raises(ValueError, match=rf"strategy='{strategy}'.*'xla_fsdp'"):
         Fabric(accelerator="tpu", devices=1, strategy=strategy)
+
+
+@pytest.mark.skipif(not HAS_XLA, reason="needs torch-xla")
+def test_optimizer_made_before_setup_and_extra_parameters_on_one_xla_device() -> None:
+    """The move to XLA makes new parameters: an optimizer made before setup is re-pointed, not refused
+    (issue 19 #4's check broke this), and a parameter outside the model is refused with what to do."""
+    code = (
+        "import torch, fabric\n"
+        "f = fabric.Fabric(accelerator='xla', devices=1)\n"
+        "model = torch.nn.Linear(2, 2)\n"
+        "model, opt = f.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))\n"
+        "print(all(p.device.type == 'xla' for g in opt.param_groups for p in g['params']))\n"
+        "other = torch.nn.Linear(2, 2)\n"
+        "t = torch.nn.Parameter(torch.ones(1))\n"
+        "try:\n"
+        "    f.setup(other, torch.optim.SGD([*other.parameters(), t], lr=0.1))\n"
+        "except ValueError as e:\n"
+        "    print('refused', 'part of the model' in str(e))\n"
+    )
+    proc = python(code, PJRT_DEVICE="CPU", CPU_NUM_DEVICES="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "refused", "True"]
