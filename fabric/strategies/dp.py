@@ -62,21 +62,12 @@ class DataParallelStrategy(ParallelStrategy):
         assert self.parallel_devices is not None
         return self.parallel_devices[0]
 
-    @property
-    def global_rank(self) -> int:
-        return 0
-
-    @property
-    def local_rank(self) -> int:
-        return 0
-
-    @property
-    def node_rank(self) -> int:
-        return 0
-
-    @property
-    def world_size(self) -> int:
-        return 1
+    # One process: the single-process topology of the base class (ranks 0, world size 1), not the
+    # cluster-environment lookups ParallelStrategy adds.
+    global_rank = Strategy.global_rank
+    local_rank = Strategy.local_rank
+    node_rank = Strategy.node_rank
+    world_size = Strategy.world_size
 
     @property
     def distributed_sampler_kwargs(self) -> None:  # type: ignore[override]
