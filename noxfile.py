@@ -145,7 +145,7 @@ def deepspeed(session: nox.Session) -> None:
         "pip",
         "install",
         "--no-build-isolation",
-        "deepspeed",
+        "deepspeed==0.19.8",
         TORCH_PIN,
         env={"DS_BUILD_OPS": "0"},
     )

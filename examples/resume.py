@@ -26,10 +26,18 @@ from fabric import Fabric, seed_everything
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument(
+        "--devices", type=int, default=1, help="processes/devices to run on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=60, help="optimizer steps to train (default: %(default)s)"
+    )
     parser.add_argument("--stop-at", type=int, default=None, help="exit after this step, as a crash would")
-    parser.add_argument("--checkpoint", default=os.path.join("out", "resume.ckpt"))
+    parser.add_argument(
+        "--checkpoint",
+        default=os.path.join("out", "resume.ckpt"),
+        help="where the checkpoint is written and resumed from (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     fabric = Fabric(accelerator="cpu", devices=args.devices)

@@ -38,14 +38,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--strategy", default="auto")
-    parser.add_argument("--devices", default="1")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--checkpoint", default=os.path.join("out", "classifier.ckpt"))
+    parser.add_argument("--accelerator", default="auto", help="cpu, cuda, mps or auto (default: %(default)s)")
+    parser.add_argument(
+        "--strategy", default="auto", help="a strategy name, e.g. ddp or fsdp (default: %(default)s)"
+    )
+    parser.add_argument("--devices", default="1", help="processes/devices to run on (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        default="32-true",
+        help="numeric precision, e.g. 32-true or bf16-mixed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=20, help="passes over the training data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="samples per step on each process (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--checkpoint",
+        default=os.path.join("out", "classifier.ckpt"),
+        help="where the checkpoint is written and resumed from (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     fabric = Fabric(

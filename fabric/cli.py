@@ -45,13 +45,46 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--accelerator", default="auto", choices=ACCELERATOR_NAMES)
+    run.add_argument(
+        "--accelerator",
+        default="auto",
+        choices=ACCELERATOR_NAMES,
+        help="the hardware to run on (default: auto: xla, cuda or mps when available, in that order, else cpu)",
+    )
     run.add_argument("--strategy", default="auto", help="a strategy name, e.g. 'ddp' (default: auto)")
     run.add_argument("--devices", default="1", help="devices per node: a number, '0,1', -1 or 'auto'")
-    run.add_argument("--num-nodes", "--num_nodes", type=int, default=1, dest="num_nodes")
-    run.add_argument("--node-rank", "--node_rank", type=int, default=0, dest="node_rank")
-    run.add_argument("--main-address", "--main_address", default="127.0.0.1", dest="main_address")
-    run.add_argument("--main-port", "--main_port", type=int, default=None, dest="main_port")
+    run.add_argument(
+        "--num-nodes",
+        "--num_nodes",
+        type=int,
+        default=1,
+        dest="num_nodes",
+        help="number of machines taking part; each runs this command (default: 1)",
+    )
+    run.add_argument(
+        "--node-rank",
+        "--node_rank",
+        type=int,
+        default=0,
+        dest="node_rank",
+        help="this machine's index among the nodes, 0..num-nodes-1 (default: 0)",
+    )
+    run.add_argument(
+        "--main-address",
+        "--main_address",
+        default="127.0.0.1",
+        dest="main_address",
+        help="host name or IP of the node-rank-0 machine, which all nodes connect to (default: 127.0.0.1)",
+    )
+    run.add_argument(
+        "--main-port",
+        "--main_port",
+        type=int,
+        default=None,
+        dest="main_port",
+        help="TCP port on the main address for the rendezvous (default: a free port on one node, "
+        f"{_DEFAULT_MULTI_NODE_PORT} with several)",
+    )
     run.add_argument("--precision", default=None, help=f"one of {', '.join(PRECISIONS)}")
     run.add_argument(
         "--max-restarts",

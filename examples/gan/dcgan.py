@@ -144,19 +144,36 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--devices", default="1")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    parser.add_argument("--devices", default="1", help="processes/devices to run on (default: %(default)s)")
     parser.add_argument(
         "--precision", default="bf16-mixed", help="e.g. bf16-mixed (default), 32-true, 16-mixed"
     )
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--latent", type=int, default=32)
+    parser.add_argument(
+        "--epochs", type=int, default=15, help="passes over the training data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="samples per step on each process (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--latent", type=int, default=32, help="size of the generator's noise vector (default: %(default)s)"
+    )
     parser.add_argument("--clip", type=float, default=1.0, help="max gradient norm for D and G")
-    parser.add_argument("--ema-decay", type=float, default=0.99)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join("out", "gan"))
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.99,
+        help="decay of the generator's exponential moving average (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("out", "gan"),
+        help="folder for logs, checkpoints and outputs (default: %(default)s)",
+    )
     parser.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint.ckpt if it exists"
     )

@@ -131,23 +131,46 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--accelerator", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="processes/devices to run on (default: %(default)s)"
+    )
     parser.add_argument(
         "--precision", default="32-true", help="bf16-mixed on a GPU; bf16 is emulated (slow) on CPUs"
     )
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument(
+        "--steps", type=int, default=600, help="optimizer steps to train (default: %(default)s)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per process per step")
-    parser.add_argument("--context", type=int, default=64)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument(
+        "--context", type=int, default=64, help="characters the model sees at once (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dim", type=int, default=128, help="width of the transformer (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--heads", type=int, default=4, help="attention heads per layer (default: %(default)s)"
+    )
+    parser.add_argument("--layers", type=int, default=3, help="transformer layers (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--log-every", type=int, default=50, help="log metrics every this many steps (default: %(default)s)"
+    )
     parser.add_argument("--peak-flops", type=float, default=None, help="the device's peak FLOP/s, for MFU")
-    parser.add_argument("--sample-length", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join("out", "lm"))
+    parser.add_argument(
+        "--sample-length",
+        type=int,
+        default=200,
+        help="characters to generate at the end (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("out", "lm"),
+        help="folder for logs, checkpoints and outputs (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     strategy = FSDPStrategy(auto_wrap_policy={Block}) if args.devices > 1 else "auto"

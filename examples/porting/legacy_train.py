@@ -40,12 +40,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join("out", "legacy"))
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="passes over the training data (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="samples per step on each process (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16-mixed", "16-mixed"],
+        default="32",
+        help="numeric precision, e.g. 32-true or bf16-mixed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("out", "legacy"),
+        help="folder for logs, checkpoints and outputs (default: %(default)s)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     args = parser.parse_args()
 

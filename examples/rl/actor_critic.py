@@ -34,17 +34,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--devices", default="1")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    parser.add_argument("--devices", default="1", help="processes/devices to run on (default: %(default)s)")
     parser.add_argument("--num-envs", type=int, default=8, help="environments per process")
     parser.add_argument("--n-steps", type=int, default=8, help="steps per environment per update")
-    parser.add_argument("--updates", type=int, default=1000)
-    parser.add_argument("--actor-lr", type=float, default=1e-3)
-    parser.add_argument("--critic-lr", type=float, default=3e-3)
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument("--ent-coef", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join("out", "actor_critic"))
+    parser.add_argument(
+        "--updates", type=int, default=1000, help="policy updates to run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--actor-lr", type=float, default=1e-3, help="learning rate of the actor (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--critic-lr", type=float, default=3e-3, help="learning rate of the critic (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--gamma", type=float, default=0.99, help="discount factor for future rewards (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ent-coef", type=float, default=0.01, help="weight of the entropy bonus (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed, for repeatable runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("out", "actor_critic"),
+        help="folder for logs, checkpoints and outputs (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     fabric = Fabric(

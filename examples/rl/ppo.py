@@ -134,28 +134,59 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--devices", default="1")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, cuda, mps or auto (default: %(default)s)")
+    parser.add_argument("--devices", default="1", help="processes/devices to run on (default: %(default)s)")
     parser.add_argument(
         "--num-envs", type=int, default=None, help="environments per process (default 8 / devices)"
     )
     parser.add_argument("--async-envs", action="store_true", help="one subprocess per environment")
     parser.add_argument("--rollout-steps", type=int, default=32, help="steps per environment per update")
     parser.add_argument("--total-steps", type=int, default=300_000, help="environment steps, all processes")
-    parser.add_argument("--update-epochs", type=int, default=20)
-    parser.add_argument("--minibatches", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--gamma", type=float, default=0.98)
-    parser.add_argument("--gae-lambda", type=float, default=0.8)
-    parser.add_argument("--clip", type=float, default=0.2)
-    parser.add_argument("--vf-coef", type=float, default=0.5)
-    parser.add_argument("--ent-coef", type=float, default=0.0)
-    parser.add_argument("--max-grad-norm", type=float, default=0.5)
+    parser.add_argument(
+        "--update-epochs",
+        type=int,
+        default=20,
+        help="passes over each rollout per update (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--minibatches", type=int, default=1, help="minibatches per rollout (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
+    parser.add_argument(
+        "--gamma", type=float, default=0.98, help="discount factor for future rewards (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--gae-lambda",
+        type=float,
+        default=0.8,
+        help="lambda of generalized advantage estimation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--clip",
+        type=float,
+        default=0.2,
+        help="PPO clip range for the probability ratio (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vf-coef", type=float, default=0.5, help="weight of the value-function loss (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ent-coef", type=float, default=0.0, help="weight of the entropy bonus (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-grad-norm", type=float, default=0.5, help="clip gradients to this norm (default: %(default)s)"
+    )
     parser.add_argument(
         "--target", type=float, default=475.0, help="mean return over 100 episodes to stop at"
     )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join("out", "ppo"))
+    parser.add_argument(
+        "--seed", type=int, default=1, help="random seed, for repeatable runs (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--out",
+        default=os.path.join("out", "ppo"),
+        help="folder for logs, checkpoints and outputs (default: %(default)s)",
+    )
     parser.add_argument("--check", action="store_true", help="fail unless the evaluation reaches --target")
     args = parser.parse_args(argv)
 

@@ -123,15 +123,17 @@ class TensorBoardLogger(Logger):
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if global_rank() != 0:
             return
+        # Outside the try below: a missing tensorboard must surface as itself, not as a bad metric value.
+        experiment = self.experiment
         for key, value in metrics.items():
             tag = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{key}" if self._prefix else key
             if hasattr(value, "item"):
                 value = value.item()
             if isinstance(value, dict):
-                self.experiment.add_scalars(tag, value, step)
+                experiment.add_scalars(tag, value, step)
             else:
                 try:
-                    self.experiment.add_scalar(tag, value, step)
+                    experiment.add_scalar(tag, value, step)
                 except Exception as error:
                     raise ValueError(
                         f"TensorBoardLogger.log_metrics: metric {key!r} has value {value!r} "
