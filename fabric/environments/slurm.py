@@ -16,6 +16,21 @@ from fabric.environments._scheduled import ScheduledEnvironment
 # `salloc`): there the user runs python once and fabric must launch the processes itself.
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive")
 
+
+def _is_interactive() -> bool:
+    """Whether this process was typed by hand in an interactive allocation rather than started by srun.
+
+    Lightning looks at the job name only. But ``salloc`` names every job ``interactive`` (SLURM 22.05),
+    also ``salloc -N2 srun python train.py``, whose tasks srun did start: treating them as interactive
+    makes every task launch its own processes. A task of an srun step has ``SLURM_STEP_ID``; the command
+    salloc runs has none. ``srun --pty bash`` is a step too, marked by ``SLURM_PTY_PORT``: python typed
+    in that shell stays interactive, as in Lightning.
+    """
+    if os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES:
+        return False
+    return "SLURM_STEP_ID" not in os.environ or "SLURM_PTY_PORT" in os.environ
+
+
 _BRACKET_GROUP = re.compile(r"(\[[^\[\]]*\])")
 
 
@@ -136,7 +151,7 @@ class SLURMEnvironment(ScheduledEnvironment):
     def job_id() -> int | None:
         """``SLURM_JOB_ID`` as an int, or None outside a job (or in an interactive one)."""
         job_id = os.environ.get("SLURM_JOB_ID")
-        if job_id is None or os.environ.get("SLURM_JOB_NAME") in _INTERACTIVE_JOB_NAMES:
+        if job_id is None or _is_interactive():
             return None
         try:
             return int(job_id.split("_")[0])
@@ -191,12 +206,12 @@ class SLURMEnvironment(ScheduledEnvironment):
 
     @staticmethod
     def detect() -> bool:
-        """True for SLURM tasks, except in an interactive allocation (job name ``bash``/``interactive``).
+        """True for SLURM tasks, except python typed in an interactive allocation (see ``_is_interactive``).
 
         In an interactive allocation the user starts python once by hand, so fabric must launch the
         other processes itself, which the local environment does.
         """
-        return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES
+        return "SLURM_NTASKS" in os.environ and not _is_interactive()
 
     def local_rank(self) -> int:
         return env_int("SLURM_LOCALID", self._FIX)

@@ -255,3 +255,36 @@ def test_a_mismatch_with_the_allocation_fails_before_any_process_group(
     assert re.search(message, run.stderr), run.stderr
     assert not list(out.glob("pid*"))  # nothing trained
     assert "init_process_group" not in run.stderr and "Gloo" not in run.stderr
+
+
+# ------------------------------------------------------------------------------------ interactive allocations
+def _salloc(slurm: SlurmCluster, args: list[str], timeout: float = 240) -> None:
+    """``salloc`` given a command, as users type it (no ``--pty``: the tests have no terminal)."""
+    run = subprocess.run(
+        ["salloc", "-N1", "--ntasks-per-node=2", *args],
+        env=dict(slurm.env, OMP_NUM_THREADS="1"), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr + slurm.logs()
+
+
+@pytest.mark.timeout(300)
+def test_srun_inside_salloc_is_a_slurm_managed_process(slurm: SlurmCluster, out: Path) -> None:
+    """``salloc ... srun python train.py``: srun started every task, so fabric uses SLURM's ranks."""
+    _salloc(slurm, ["srun", sys.executable, str(TRAIN), str(out), "--devices", "2", "--steps", "4"])
+    found = results(out, 2)
+    assert [(r["environment"], r["world_size"]) for r in found] == [("SLURMEnvironment", 2)] * 2, found
+
+
+@pytest.mark.timeout(300)
+def test_python_typed_in_an_interactive_allocation_launches_its_own_processes(
+    slurm: SlurmCluster, out: Path
+) -> None:
+    """salloc names its job ``interactive`` (SLURM 22.05); as Lightning documents, python started by hand
+    in such an allocation is not a SLURM task: fabric must not take SLURM's task count as its world and
+    launches the other process itself, like on a workstation. (From a shell, ``salloc bash -c 'python
+    ...'``, the environment is the same; left out to keep the cluster session short.)"""
+    args = [sys.executable, str(TRAIN), str(out), "--devices", "2", "--steps", "4"]
+    _salloc(slurm, args)
+    environments = {r["environment"] for r in results(out, 2)}
+    assert "SLURMEnvironment" not in environments and len(environments) == 1, environments
+    assert [r["world_size"] for r in results(out, 2)] == [2, 2]

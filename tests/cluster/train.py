@@ -108,6 +108,9 @@ def main() -> None:
         "resumed_from": resumed_from,
         "restart": restart,
         "gloo_interface": os.environ.get("GLOO_SOCKET_IFNAME"),
+        "slurm": {
+            k: v for k, v in os.environ.items() if k in ("SLURM_JOB_NAME", "SLURM_NTASKS", "SLURM_PROCID")
+        },
     }
     (args.out / f"result{fabric.global_rank}-{restart}.json").write_text(json.dumps(result))
     print(f"[train] rank {fabric.global_rank} done: {json.dumps(result)}", flush=True)

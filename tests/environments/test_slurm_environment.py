@@ -116,11 +116,29 @@ def test_malformed_nodelist_names_variable_and_value(monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("job_name", ["bash", "interactive"])
-def test_interactive_allocation_is_not_detected(
-    srun: None, monkeypatch: pytest.MonkeyPatch, job_name: str
+@pytest.mark.parametrize("shell", ["salloc", "srun --pty"])
+def test_python_typed_in_an_interactive_allocation_is_not_detected(
+    srun: None, monkeypatch: pytest.MonkeyPatch, job_name: str, shell: str
 ) -> None:
     monkeypatch.setenv("SLURM_JOB_NAME", job_name)
+    if shell == "salloc":  # salloc's command is not part of any step
+        monkeypatch.delenv("SLURM_STEP_ID", raising=False)
+    else:  # the shell of `srun --pty bash` is a step with a pseudo-terminal
+        monkeypatch.setenv("SLURM_STEP_ID", "0")
+        monkeypatch.setenv("SLURM_PTY_PORT", "40000")
     assert not SLURMEnvironment.detect()
+    assert SLURMEnvironment.job_id() is None
+
+
+@pytest.mark.parametrize("job_name", ["bash", "interactive"])
+def test_srun_tasks_inside_an_interactive_allocation_are_detected(
+    srun: None, monkeypatch: pytest.MonkeyPatch, job_name: str
+) -> None:
+    """``salloc -N2 srun python train.py``: salloc names the job ``interactive``, but srun started the tasks."""
+    monkeypatch.setenv("SLURM_JOB_NAME", job_name)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.delenv("SLURM_PTY_PORT", raising=False)
+    assert SLURMEnvironment.detect()
 
 
 def test_not_detected_outside_slurm() -> None:
