@@ -56,6 +56,13 @@ class Context:
         except KeyError:
             return None
 
+    def scope(self, node: cst.CSTNode) -> Any:
+        """The libcst scope ``node`` is in (its ``assignments`` and ``accesses``), or None."""
+        try:
+            return _value(self.metadata[ScopeProvider][node])
+        except KeyError:
+            return None
+
     def accesses(self, name: cst.Name) -> list[cst.CSTNode] | None:
         """Every read of the variable that ``name`` assigns, or None when its scope is unknown."""
         try:
@@ -114,7 +121,7 @@ class Rule:
 
     def statement(
         self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
-    ) -> cst.BaseStatement | cst.RemovalSentinel | None:
+    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel | None:
         return None
 
     def with_(self, original: cst.With, updated: cst.With) -> cst.BaseStatement | None:
