@@ -12,8 +12,11 @@ and every save and load of that path converts. Then
   before. ``restore_rng=False`` because ``torch.load`` never touched the random state, and the
   numbers of a resumed run must stay the original's.
 
-``fabric.save`` is collective. In a script that runs several processes a save under any ``if`` (a
-rank check, ``if best:``...) is left: whether every process reaches it cannot be told from the code.
+``fabric.save`` is collective. In a script that runs several processes a save under an ``if`` (a
+rank check with more in it, ``if best:``...) is left: whether every process reaches it cannot be told
+from the code (a save under a rank check is left in any script: its process group may come from elsewhere).
+The one exception is ``if dist.get_rank() == 0:`` whose whole body is the save (no
+``else``): the ``if`` is dropped, as ``fabric.save`` writes on rank 0 by itself.
 Anything else (a first argument that is not a dict literal, ``map_location``, a path that only one
 side uses: a file another program reads or that came from elsewhere) is reported with the manual change.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import libcst as cst
 
+from fabric.port.collectives import rank_zero
 from fabric.port.entry import is_main_guard
 from fabric.port.rules import Rule, all_nodes, kwargs, positional
 
@@ -40,6 +44,8 @@ class CheckpointRule(Rule):
         super().__init__(ctx)
         #: the save and load calls that convert
         self.convert: set[cst.Call] = set()
+        #: ``if dist.get_rank() == 0:`` blocks that hold only a converted save, which takes their place
+        self.hoist: dict[cst.If, cst.Call] = {}
         #: why a save or load of a path that this script both writes and reads is left
         self.why: dict[cst.Call, str] = {}
 
@@ -52,15 +58,38 @@ class CheckpointRule(Rule):
         args = positional(call)
         if len(args) != 2 or len(call.args) != 2 or not isinstance(args[0].value, cst.Dict):
             return "fabric.save takes a dict of entries; this saves another object or passes options"
+        expr = self.ctx.parent(call)
+        statement = self.ctx.parent(expr) if isinstance(expr, cst.Expr) else None
         node = self.ctx.parent(call)
-        while node is not None and not isinstance(node, (cst.FunctionDef, cst.Module)):
-            if isinstance(node, cst.If) and not is_main_guard(node) and self.ctx.distributed:
-                return (
-                    "fabric.save is collective (every process must call it) and this save runs under a "
-                    "condition that may not hold on every process"
-                )
+        while (
+            node is not None
+            and not isinstance(node, (cst.FunctionDef, cst.Module))
+            and not is_main_guard(node)
+        ):
+            if isinstance(node, cst.If) and (self.ctx.distributed or rank_zero(self.ctx, node.test)):
+                if self._only_save_under_rank_zero(node, statement) and node not in self.hoist:
+                    self.hoist[node] = call
+                else:
+                    return (
+                        "fabric.save is collective (every process must call it) and this save runs under a "
+                        "condition that may not hold on every process"
+                    )
             node = self.ctx.parent(node)
         return None
+
+    def _only_save_under_rank_zero(self, node: cst.If, statement: cst.CSTNode | None) -> bool:
+        """``if dist.get_rank() == 0:`` with no ``else``, whose whole body is the save: safe to drop the ``if``."""
+        body = node.body
+        return (
+            rank_zero(self.ctx, node.test) == "=="
+            and node.orelse is None
+            and isinstance(body, cst.IndentedBlock)
+            and body.header.comment is None
+            and len(body.body) == 1
+            and body.body[0] is statement
+            and isinstance(statement, cst.SimpleStatementLine)
+            and len(statement.body) == 1
+        )
 
     def analyze(self, module: cst.Module) -> None:
         calls = [n for n in all_nodes(module) if isinstance(n, cst.Call)]
@@ -87,6 +116,13 @@ class CheckpointRule(Rule):
                     )
             else:
                 self.convert |= set(group)
+
+    def if_(self, original, updated):  # type: ignore[no-untyped-def]
+        if self.hoist.get(original) not in self.convert:
+            return None
+        self.ctx.done(original, "fabric.save writes on rank 0 itself; every process must call it")
+        saved = updated.body.body[0]
+        return saved.with_changes(leading_lines=[*updated.leading_lines, *saved.leading_lines])
 
     def call(self, original, updated):  # type: ignore[no-untyped-def]
         if original in self.convert:

@@ -105,9 +105,9 @@ _RULES: tuple[type[Rule], ...] = (
     ProcessRule,
     DeviceRule,
     AmpRule,
+    CheckpointRule,  # before CollectiveRule: it replaces a rank-0 check that holds only a save
     CollectiveRule,
     BackwardRule,
-    CheckpointRule,
     SeedRule,
 )
 

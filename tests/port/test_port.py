@@ -205,27 +205,32 @@ torch.save(model.state_dict(), "c.pt")
 model.load_state_dict(torch.load("c.pt"))
 torch.save({"model": model.state_dict()}, "d.pt")
 model.load_state_dict(torch.load("e.pt")["model"])
+if dist.get_rank() == 0:
+    torch.save({"model": model.state_dict()}, "f.pt")
+    print("saved")
+model.load_state_dict(torch.load("f.pt")["model"])
 """
 
 
 def test_checkpoint_not_provably_read_by_the_script_alone_is_left() -> None:
-    # a rank-checked save (collective fabric.save), map_location, a non-dict state, paths written or read only
+    # map_location, a non-dict state, paths only written or only read, a rank check holding more than the save
     code, report = convert(_CHECKPOINTS)
-    assert "fabric.save" not in code and "fabric.load" not in code
-    assert {7, 8, 9, 10, 11, 12, 13, 14} <= _left_lines(report)
+    # the rank-0 check that holds only the save is dropped: fabric.save is collective and writes on rank 0
+    assert '\nfabric.save("a.pt", {"model": model.state_dict()})\n' in code
+    assert 'model.load_state_dict(fabric.load("a.pt", restore_rng=False)["model"])' in code
+    assert code.count("fabric.save") == 1 and code.count("fabric.load") == 1
+    assert {9, 10, 11, 12, 13, 14, 16, 18} <= _left_lines(report)
+    assert not {6, 7, 8} & _left_lines(report)
     reasons = {f.line: f.reason for f in report.unconverted}
-    assert "collective" in reasons[7] and "collective" in reasons[8]
+    assert "collective" in reasons[16] and "collective" in reasons[18]
     assert "map_location" in reasons[10] and "map_location" in reasons[9]
     assert "dict" in reasons[11]
-    # the same shapes in a one-process script: the rank-free ones convert
-    code, report = convert(
-        _CHECKPOINTS.replace('dist.init_process_group("gloo")\n', "").replace(
-            "if dist.get_rank() == 0:", "if model.bias.numel() == 1:"
-        )
-    )
-    assert 'fabric.save("a.pt", {"model": model.state_dict()})' in code
-    assert 'fabric.load("a.pt", restore_rng=False)' in code
-    assert {8, 9, 10, 11, 12, 13} <= _left_lines(report)
+    # in a one-process script a save under a condition that is not a rank check converts
+    one_process = _CHECKPOINTS.replace('dist.init_process_group("gloo")\n', "")
+    code, _ = convert(one_process.replace("if dist.get_rank() == 0:", "if model.bias.numel() == 1:"))
+    assert '    fabric.save("f.pt", {"model": model.state_dict()})\n    print("saved")' in code
+    code, report = convert(one_process)
+    assert "collective" in {f.line: f.reason for f in report.unconverted}[15]
 
 
 def test_seed_is_left_where_numpy_would_be_reseeded(tmp_path: Path) -> None:
@@ -261,6 +266,24 @@ def test_ddp_script_under_torchrun(tmp_path: Path, nproc: int) -> None:
     converted, expected = run_both((path,), (SCRIPTS / "ddp_torchrun.py",), nproc=nproc)
     assert len(expected) == 2 + nproc
     assert sorted(converted) == sorted(expected)
+
+
+@pytest.mark.timeout(300)
+def test_rank_zero_checkpoint_under_torchrun_resumes(tmp_path: Path) -> None:
+    # `if dist.get_rank() == 0:` holding only the save is dropped (fabric.save is collective, writes on rank 0)
+    _, code, report, path = _port("ddp_checkpoint.py", tmp_path)
+    assert '        state = fabric.load("ddp.pt", restore_rng=False)\n' in code
+    assert '\n    fabric.save("ddp.pt", {"model": model.state_dict(),' in code
+    assert "get_rank() == 0" not in code and "is_global_zero" not in code
+    assert not report.unconverted
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cwds = (tmp_path / "a", tmp_path / "b")
+    original = SCRIPTS / "ddp_checkpoint.py"
+    first = run_both((path,), (original,), nproc=2, cwds=cwds)
+    second = run_both((path, "--resume"), (original, "--resume"), nproc=2, cwds=cwds)
+    assert sorted(first[0]) == sorted(first[1]) and sorted(second[0]) == sorted(second[1])
+    assert len(second[0]) == 6 and "rank 1 step 3 loss" in "\n".join(second[0])
 
 
 # ------------------------------------------------------------------------------------------- the CLI
