@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import libcst as cst
 
+from fabric.port.entry import is_main_guard
 from fabric.port.rules import FABRIC, Rule, all_nodes, kwargs, only_call, positional, removed, string_value
 
 _AUTOCAST = (
@@ -64,15 +65,59 @@ class AmpRule(Rule):
         #: original statements of a converted scaler loop and what becomes of each
         self.rewrites: dict[cst.SimpleStatementLine, str] = {}
         self.optimizer = ""
+        #: the module-level on/off switch of autocast and scaler, "" when they are always on
+        self.flag = ""
         #: the clipping statement after ``scaler.unscale_(opt)``, and that statement (whose comments move down)
         self.unscaled: dict[cst.SimpleStatementLine, cst.SimpleStatementLine] = {}
 
+    def _switch(self, call: cst.Call) -> str | None:
+        """The code of an ``enabled=`` argument, ``"True"`` without one; None when passed by position."""
+        named = kwargs(call)
+        most = 1 if self.ctx.is_(call.func, "torch.autocast", "torch.amp.autocast", *_SCALER) else 0
+        if len(positional(call)) > most or any(a.star for a in call.args):
+            return None
+        return self.ctx.module.code_for_node(named["enabled"].value) if "enabled" in named else "True"
+
+    def _flag(self, calls: list[cst.Call], module: cst.Module) -> str | None:
+        """``""`` when autocast (and scaler) are always on; the name of a module-level switch such as
+        ``use_amp = True`` that every one of them reads; None otherwise (a flag known only at run time).
+
+        The switch must be set once, by a statement of the module before its ``__main__`` block, where the
+        Fabric object is created (``convert`` leaves the script whole if the object goes elsewhere)."""
+        switches = {self._switch(c) for c in calls}
+        if switches == {"True"}:
+            return ""
+        flag = next(iter(switches)) if len(switches) == 1 else None
+        if not flag or not flag.isidentifier():
+            return None
+        guard = next((i for i, s in enumerate(module.body) if is_main_guard(s)), None)
+        defined = [
+            (i, small)
+            for i, s in enumerate(module.body)
+            if isinstance(s, cst.SimpleStatementLine)
+            for small in s.body
+            if isinstance(small, cst.Assign)
+            and len(small.targets) == 1
+            and isinstance(small.targets[0].target, cst.Name)
+            and small.targets[0].target.value == flag
+        ]
+        if guard is None or len(defined) != 1 or defined[0][0] > guard:
+            return None
+        target = defined[0][1].targets[0].target
+        scope = self.ctx.scope(target)
+        if scope is None or len(scope.assignments[flag]) != 1:
+            return None
+        assignment = next(iter(scope.assignments[flag]))
+        for arg in (kwargs(c)["enabled"] for c in calls):
+            read_scope = self.ctx.scope(arg.value)
+            if read_scope is None or not isinstance(arg.value, cst.Name):
+                return None
+            if any(r is not assignment for a in read_scope.accesses[arg.value] for r in a.referents):
+                return None  # a local of the same name
+        return flag
+
     def _dtype(self, call: cst.Call) -> str | None:
         named = kwargs(call)
-        if "enabled" in named and not (
-            isinstance(named["enabled"].value, cst.Name) and named["enabled"].value.value == "True"
-        ):
-            return None
         if "dtype" in named:
             for name in self.ctx.qualified(named["dtype"].value):
                 if name in _DTYPES:
@@ -94,14 +139,24 @@ class AmpRule(Rule):
             if isinstance(node, cst.Assign) and isinstance(node.value, cst.Call) and node.value in scalers:
                 self.scalers |= {t.target.value for t in node.targets if isinstance(t.target, cst.Name)}
         dtypes = {self._dtype(c) for c in autocasts}
-        if autocasts and not scalers and dtypes == {"bf16"}:
+        flag = self._flag([*autocasts, *scalers], module)
+        self.flag = flag or ""
+        if autocasts and not scalers and dtypes == {"bf16"} and flag is not None:
             self.ctx.precision = "bf16-mixed"
+            self.ctx.precision_flag = flag or None
             self.autocasts = set(autocasts)
             return
-        if autocasts and dtypes == {"16"} and len(scalers) == 1 and not self.ctx.distributed:
+        if (
+            autocasts
+            and dtypes == {"16"}
+            and len(scalers) == 1
+            and not self.ctx.distributed
+            and flag is not None
+        ):
             rewrites = self._scaler_loop(scalers[0])
             if rewrites is not None:
                 self.ctx.precision = "16-mixed"
+                self.ctx.precision_flag = flag or None
                 self.autocasts = set(autocasts)
                 self.rewrites = rewrites
                 return
@@ -164,6 +219,9 @@ class AmpRule(Rule):
             return None
         code = self.ctx.module.code_for_node
         extra = f", norm_type={code(named['norm_type'].value)}" if "norm_type" in named else ""
+        if self.flag:
+            # with the switch off Fabric's "32-true" would raise on a non-finite norm; the original did not
+            extra += ", error_if_nonfinite=False"
         return f"{code(params.func.value)}, {self.optimizer}, max_norm={code(norm)}{extra}"
 
     def _scaler_loop(self, scaler: cst.Call) -> dict[cst.SimpleStatementLine, str] | None:
@@ -181,10 +239,6 @@ class AmpRule(Rule):
         named = kwargs(scaler)
         if set(named) - {"device", "enabled"} or len(positional(scaler)) > 1:
             return None  # init_scale, growth_factor...: not Fabric's scaler
-        if "enabled" in named and not (
-            isinstance(named["enabled"].value, cst.Name) and named["enabled"].value.value == "True"
-        ):
-            return None
         accesses = self.ctx.accesses(assign.targets[0].target)
         if not accesses:
             return None

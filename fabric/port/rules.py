@@ -36,6 +36,8 @@ class Context:
     distributed: bool = False
     #: a proven precision setting for ``Fabric(precision=...)``
     precision: str | None = None
+    #: a module-level on/off switch of that precision (``use_amp``): off means ``"32-true"``
+    precision_flag: str | None = None
     #: set by the dispatcher: whether the node being visited runs at import time
     at_module_level: bool = True
 

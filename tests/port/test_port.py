@@ -159,6 +159,66 @@ def test_grad_scaler_outside_the_proven_loop_is_left(options: str, clip: str, af
     assert "precision=" not in code
 
 
+@pytest.mark.parametrize("use_amp", [True, False])
+def test_grad_scaler_switched_by_a_module_level_flag(tmp_path: Path, use_amp: bool) -> None:
+    # the recipe's `enabled=use_amp`: "16-mixed" when on, "32-true" (no autocast, no scaling) when off
+    source = (SCRIPTS / "grad_scaler_flag.py").read_text().replace("use_amp = True", f"use_amp = {use_amp}")
+    original = tmp_path / "original.py"
+    original.write_text(source)
+    code, report = convert(source)
+    assert 'fabric = Fabric(devices=1, precision="16-mixed" if use_amp else "32-true")' in code
+    assert "with fabric.autocast():" in code and "optimizer = fabric.setup_optimizers(optimizer)" in code
+    assert not report.unconverted
+    path = tmp_path / "converted.py"
+    path.write_text(code)
+    converted, expected = run_both((path,), (original,))
+    assert f"amp {use_amp}" in expected[0]
+    assert converted == expected
+
+
+_FLAG_IN_MAIN = """import argparse
+
+import torch
+
+
+def main():
+    amp = argparse.ArgumentParser().parse_args().amp
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    for x in torch.randn(3, 4, 2):
+        with torch.autocast("cuda", enabled=amp):
+            loss = model(x).sum()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        _FLAG_IN_MAIN,  # known only inside main(): not where the Fabric object is made
+        _FLAG_IN_MAIN.replace("    amp = argparse", "    amp = 1\n    amp2 = argparse"),  # local again
+        # a flat script: the Fabric object is made after the imports, before `amp` is set
+        _SCALER_LOOP.format(
+            options=", enabled=amp", clip="torch.nn.utils.clip_grad_norm_(model.parameters(), 1)", after=""
+        )
+        .replace("import torch\n", "import torch\namp = True\n")
+        .replace('torch.autocast("cuda")', 'torch.autocast("cuda", enabled=amp)'),
+    ],
+    ids=["flag-in-main", "flag-local", "flag-after-creation"],
+)
+def test_grad_scaler_flag_that_cannot_be_read_where_fabric_is_made_is_left(source: str) -> None:
+    code, report = convert(source)
+    assert "precision=" not in code and "fabric.backward" not in code
+    assert report.unconverted
+
+
 def test_grad_scaler_loop_under_a_default_cuda_autocast_converts() -> None:
     source = _SCALER_LOOP.format(
         options="", clip="torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, norm_type=1)", after=""
