@@ -32,31 +32,35 @@ def _dist(ctx, node: cst.BaseExpression, name: str) -> bool:  # type: ignore[no-
     return ctx.is_(node, _DIST + name, _DIST + "distributed_c10d." + name)
 
 
+def rank_zero(ctx, node: cst.BaseExpression) -> str | None:  # type: ignore[no-untyped-def]
+    """``"=="``/``"!="`` when ``node`` is ``dist.get_rank() == 0`` (either side), else None."""
+    if not isinstance(node, cst.Comparison) or len(node.comparisons) != 1:
+        return None
+    target = node.comparisons[0]
+    op = (
+        "=="
+        if isinstance(target.operator, cst.Equal)
+        else "!="
+        if isinstance(target.operator, cst.NotEqual)
+        else None
+    )
+    sides = (node.left, target.comparator)
+    for rank, zero in (sides, sides[::-1]):
+        if (
+            op
+            and isinstance(rank, cst.Call)
+            and not rank.args
+            and _dist(ctx, rank.func, "get_rank")
+            and isinstance(zero, cst.Integer)
+            and zero.evaluated_value == 0
+        ):
+            return op
+    return None
+
+
 class CollectiveRule(Rule):
     def _rank_zero(self, node: cst.BaseExpression) -> str | None:
-        """``"=="``/``"!="`` when ``node`` is ``dist.get_rank() == 0`` (either side), else None."""
-        if not isinstance(node, cst.Comparison) or len(node.comparisons) != 1:
-            return None
-        target = node.comparisons[0]
-        op = (
-            "=="
-            if isinstance(target.operator, cst.Equal)
-            else "!="
-            if isinstance(target.operator, cst.NotEqual)
-            else None
-        )
-        sides = (node.left, target.comparator)
-        for rank, zero in (sides, sides[::-1]):
-            if (
-                op
-                and isinstance(rank, cst.Call)
-                and not rank.args
-                and _dist(self.ctx, rank.func, "get_rank")
-                and isinstance(zero, cst.Integer)
-                and zero.evaluated_value == 0
-            ):
-                return op
-        return None
+        return rank_zero(self.ctx, node)
 
     def comparison(self, original, updated):  # type: ignore[no-untyped-def]
         op = self._rank_zero(original)

@@ -105,9 +105,9 @@ _RULES: tuple[type[Rule], ...] = (
     ProcessRule,
     DeviceRule,
     AmpRule,
+    CheckpointRule,  # before CollectiveRule: it replaces a rank-0 check that holds only a save
     CollectiveRule,
     BackwardRule,
-    CheckpointRule,
     SeedRule,
 )
 
@@ -135,6 +135,14 @@ def convert_source(source: str) -> tuple[str, Report]:
             "a module without an entry point",
             "this file only defines functions and classes; give them the Fabric object of the script that "
             "runs them (a `fabric` argument) and make these changes",
+        )
+    guarded = any(is_main_guard(s) for s in module.body) and not ctx.used_at_module_level
+    if ctx.precision_flag and ctx.uses_fabric and not has_fabric(ctx, module) and not guarded:
+        return source, _unchanged(
+            ctx,
+            f"the precision switch {ctx.precision_flag!r} is not yet set where the Fabric object is created",
+            f"create `fabric = Fabric(precision='{ctx.precision}' if {ctx.precision_flag} else '32-true')` "
+            f"after `{ctx.precision_flag}` is set, before the first use of `fabric`, and make these changes",
         )
     if ctx.uses_fabric and not has_fabric(ctx, module):
         imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))

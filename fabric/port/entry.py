@@ -67,7 +67,9 @@ def _creation(ctx: Context) -> list[cst.SimpleStatementLine]:
         args.append('num_nodes=int(os.environ.get("GROUP_WORLD_SIZE", 1))')
     else:
         args.append("devices=1")
-    if ctx.precision:
+    if ctx.precision and ctx.precision_flag:
+        args.append(f'precision="{ctx.precision}" if {ctx.precision_flag} else "32-true"')
+    elif ctx.precision:
         args.append(f'precision="{ctx.precision}"')
     return [
         _statement(f"{FABRIC} = Fabric({', '.join(args)})  # added by `fabric port`\n"),

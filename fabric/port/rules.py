@@ -36,6 +36,8 @@ class Context:
     distributed: bool = False
     #: a proven precision setting for ``Fabric(precision=...)``
     precision: str | None = None
+    #: a module-level on/off switch of that precision (``use_amp``): off means ``"32-true"``
+    precision_flag: str | None = None
     #: set by the dispatcher: whether the node being visited runs at import time
     at_module_level: bool = True
 
@@ -53,6 +55,13 @@ class Context:
     def parent(self, node: cst.CSTNode) -> cst.CSTNode | None:
         try:
             return _value(self.metadata[ParentNodeProvider][node])
+        except KeyError:
+            return None
+
+    def scope(self, node: cst.CSTNode) -> Any:
+        """The libcst scope ``node`` is in (its ``assignments`` and ``accesses``), or None."""
+        try:
+            return _value(self.metadata[ScopeProvider][node])
         except KeyError:
             return None
 
@@ -114,7 +123,7 @@ class Rule:
 
     def statement(
         self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
-    ) -> cst.BaseStatement | cst.RemovalSentinel | None:
+    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel | None:
         return None
 
     def with_(self, original: cst.With, updated: cst.With) -> cst.BaseStatement | None:
