@@ -376,7 +376,7 @@ class Checkpointer:
     def load(
         self,
         path: str | os.PathLike[str],
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,
@@ -384,13 +384,15 @@ class Checkpointer:
     ) -> Any:
         """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it.
 
-        Without ``state`` the whole checkpoint is returned and nothing is restored.
+        Without ``state`` the whole checkpoint is returned and nothing is restored. A module or an
+        optimizer as ``state`` reads the file as its plain state dict (:meth:`load_raw`), as Lightning
+        does, and returns ``{}``.
         """
         if isinstance(state, (Module, Optimizer)):
-            raise TypeError(
-                "Fabric.load(path, state): `state` must be a dict like {'model': model, ...}. To load a plain "
-                "state dict into one module or optimizer, use `Fabric.load_raw(path, obj)`."
-            )
+            # Lightning's `fabric.load(path, model)`: the file is that object's plain state dict.
+            owner = (owners or {}).get(state) if isinstance(state, Optimizer) else None
+            self.load_raw(path, state, strict=strict, weights_only=weights_only, owner=owner)
+            return {}
         if state is not None:
             _check_state(state, "load")
         self.wait_for_pending()
@@ -586,8 +588,8 @@ class Checkpointer:
         if not is_remote(path) and os.path.isdir(path):
             raise NotAFileError(
                 21,
-                f"Fabric.load_raw('{path}'): it is a directory; load_raw reads one file of a module's or an "
-                f"optimizer's state dict. Load a sharded checkpoint with `fabric.load(path, state)`, or turn it "
+                f"Fabric.load_raw('{path}'): it is a directory. The given path must be a single file containing "
+                f"the full state dict of one module or optimizer. Load a sharded checkpoint with `fabric.load(path, state)`, or turn it "
                 f"into one file with `fabric consolidate`.",
             )
         loaded = self.host.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)
