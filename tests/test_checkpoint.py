@@ -275,3 +275,16 @@ def test_fsdp_refuses_an_optimizer_state_of_another_kind_and_parameters_outside_
         run.output
     )
     assert "FSDPStrategy cannot train them" in results[1] and "model.temperature = nn.Parameter" in results[1]
+
+
+def test_directory_without_shards_is_a_value_error_as_in_lightning(tmp_path: Path) -> None:
+    """Lightning's FSDP ``load_checkpoint`` raises ``ValueError`` "does not point to a valid checkpoint" here."""
+    from fabric.checkpoint.io import CheckpointError
+
+    fabric = Fabric(accelerator="cpu")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ValueError, match="does not point to a valid checkpoint.*has no .metadata") as caught:
+        fabric.load(tmp_path / "empty_dir", {"model": tiny_mlp()})
+    assert isinstance(
+        caught.value, CheckpointError
+    )  # still ours: code catching CheckpointError keeps working

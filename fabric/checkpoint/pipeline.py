@@ -34,7 +34,14 @@ from torch.optim import Optimizer
 from fabric.checkpoint import sharded, states
 from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
 from fabric.checkpoint.deepspeed_format import DEEPSPEED_KEY, is_deepspeed_checkpoint
-from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
+from fabric.checkpoint.io import (
+    CheckpointError,
+    NotACheckpointError,
+    NotAFileError,
+    _os_error_behind,
+    atomic_save,
+    safe_load,
+)
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.types import Stateful
 
@@ -408,9 +415,10 @@ class Checkpointer:
             checkpoint = _read_deepspeed_directory(path, weights_only)
         elif not is_remote(path) and os.path.isdir(path):
             if not sharded.is_sharded_checkpoint(path):
-                raise CheckpointError(
-                    f"'{path}' is a directory but not a sharded checkpoint (it has no {sharded.DCP_METADATA_FILE}). "
-                    f"Pass the path of a checkpoint file or directory written by `fabric.save`."
+                raise NotACheckpointError(
+                    f"The path '{path}' does not point to a valid checkpoint: it is a directory but not a sharded"
+                    f" checkpoint (it has no {sharded.DCP_METADATA_FILE}). Pass the path of a checkpoint file or"
+                    " directory written by `fabric.save`."
                 )
             checkpoint, restored = self._load_directory(path, state, strict, weights_only, owners)
         else:
