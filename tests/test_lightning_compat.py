@@ -47,6 +47,21 @@ def test_fabric_seed_variable_is_read_when_lightnings_is_unset(monkeypatch: pyte
     assert seed_everything(verbose=False) == 9  # the latest seed wins over the stale fabric variable
 
 
+def test_seed_messages_carry_lightnings_wording(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's test_seed.py matches these phrases; ours add the allowed range and the fix."""
+    with pytest.warns(UserWarning, match="No seed found, seed set to 0"):
+        seed_everything()
+    with pytest.raises(
+        ValueError, match=r"10000000000 is not in bounds; the seed must lie in \[0, 4294967295\]"
+    ):
+        seed_everything(10**10)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "invalid")
+    with pytest.raises(
+        ValueError, match="Invalid seed specified via PL_GLOBAL_SEED: 'invalid' is not an integer"
+    ):
+        seed_everything()
+
+
 def test_seed_everything_reads_lightning_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PL_GLOBAL_SEED", "11")
     assert seed_everything() == 11

@@ -44,14 +44,15 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
             seed = 0
             if verbose:
                 rank_zero_warn(
-                    f"No seed was given and {_PL_SEED_ENV}/{_SEED_ENV} are not set: using seed {seed}."
+                    f"No seed found, seed set to {seed}: no seed was given and {_PL_SEED_ENV}/{_SEED_ENV} are"
+                    " not set. Pass one to make the run reproducible under another seed."
                 )
         else:
             try:
                 seed = int(env_seed)
             except ValueError as err:
                 raise ValueError(
-                    f"{env_name}={env_seed!r} is not an integer. Set it to a whole number in "
+                    f"Invalid seed specified via {env_name}: {env_seed!r} is not an integer. Set it to a whole number in "
                     f"[{_MIN_SEED}, {_MAX_SEED}] or unset it."
                 ) from err
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -63,7 +64,7 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
             ) from err
     if not _MIN_SEED <= seed <= _MAX_SEED:
         raise ValueError(
-            f"seed_everything(seed={seed}): the seed must lie in [{_MIN_SEED}, {_MAX_SEED}] (NumPy accepts "
+            f"seed_everything(seed={seed}): {seed} is not in bounds; the seed must lie in [{_MIN_SEED}, {_MAX_SEED}] (NumPy accepts "
             f"32-bit seeds only). Pass a smaller non-negative seed, e.g. `seed % 2**32`."
         )
     if verbose:
