@@ -719,7 +719,7 @@ class Fabric:
     def load(
         self,
         path: PathLike,
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         *,
         weights_only: bool = True,
@@ -727,7 +727,8 @@ class Fabric:
     ) -> dict[str, Any]:
         """Restore ``state`` in place from a checkpoint; return the entries not asked for.
 
-        Without ``state``, the whole checkpoint is returned. Loading is safe by default: only tensors
+        Without ``state``, the whole checkpoint is returned. A module or an optimizer as ``state`` reads
+        the file as its plain state dict (like :meth:`load_raw`; Lightning accepts it too) and returns ``{}``. Loading is safe by default: only tensors
         and plain containers are read, so a checkpoint cannot run code. Pass ``weights_only=False``
         only for files from a source you trust.
 
@@ -741,7 +742,7 @@ class Fabric:
             state = {"model": model, "optimizer": optimizer, "step": 0}
             remainder = fabric.load("ckpt.pt", state)
         """
-        unwrapped = _unwrap_state(state) if isinstance(state, dict) else state
+        unwrapped = _unwrap_state(state) if isinstance(state, dict) else _plain(state)
         remainder = self._strategy.load_checkpoint(
             path=os.fspath(path),
             state=unwrapped,

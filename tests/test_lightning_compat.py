@@ -24,14 +24,42 @@ from tests.helpers import regression_data, tiny_mlp
 
 # ------------------------------------------------------------------------------------------ seeding
 def test_seed_everything_is_static_with_lightning_defaults_and_variables() -> None:
+    before = dict(os.environ)
     assert Fabric.seed_everything(7) == 7  # on the class, as in Lightning
-    assert os.environ["PL_GLOBAL_SEED"] == os.environ["FABRIC_GLOBAL_SEED"] == "7"
+    # Lightning's names and nothing else, as its test_fabric.py::test_seed_everything sees them
+    assert set(os.environ.items()) - set(before.items()) == {
+        ("PL_GLOBAL_SEED", "7"),
+        ("PL_SEED_WORKERS", "1"),
+    }
     assert os.environ["PL_SEED_WORKERS"] == "1"  # workers=True is the default of the method
     first = torch.rand(3)
     Fabric(accelerator="cpu").seed_everything(7, workers=False, verbose=False)
     assert torch.equal(torch.rand(3), first)
     assert os.environ["PL_SEED_WORKERS"] == "0"
     assert seed_everything(3) == 3 and os.environ["PL_SEED_WORKERS"] == "0"  # the function: False
+
+
+def test_fabric_seed_variable_is_read_when_lightnings_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FABRIC_GLOBAL_SEED", "5")
+    assert seed_everything(verbose=False) == 5
+    assert "PL_GLOBAL_SEED" in os.environ and os.environ["PL_GLOBAL_SEED"] == "5"
+    seed_everything(9, verbose=False)
+    assert seed_everything(verbose=False) == 9  # the latest seed wins over the stale fabric variable
+
+
+def test_seed_messages_carry_lightnings_wording(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's test_seed.py matches these phrases; ours add the allowed range and the fix."""
+    with pytest.warns(UserWarning, match="No seed found, seed set to 0"):
+        seed_everything()
+    with pytest.raises(
+        ValueError, match=r"10000000000 is not in bounds; the seed must lie in \[0, 4294967295\]"
+    ):
+        seed_everything(10**10)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "invalid")
+    with pytest.raises(
+        ValueError, match="Invalid seed specified via PL_GLOBAL_SEED: 'invalid' is not an integer"
+    ):
+        seed_everything()
 
 
 def test_seed_everything_reads_lightning_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,15 @@ from torch.serialization import MAP_LOCATION
 
 from fabric.checkpoint import reclaim
 
-__all__ = ["CheckpointError", "NotAFileError", "atomic_save", "fsync_directory", "safe_load", "verify_file"]
+__all__ = [
+    "CheckpointError",
+    "NotACheckpointError",
+    "NotAFileError",
+    "atomic_save",
+    "fsync_directory",
+    "safe_load",
+    "verify_file",
+]
 
 # Whatever torch.load accepts: a device, a device string, a {from: to} dict, or a callable on storages.
 MapLocation: TypeAlias = MAP_LOCATION
@@ -55,6 +63,13 @@ class CheckpointError(RuntimeError):
 
     The message always names the file and the next step. The low-level exception, when there is one, is
     kept as ``__cause__``.
+    """
+
+
+class NotACheckpointError(CheckpointError, ValueError):
+    """The path holds something, but no checkpoint fabric can read (e.g. a directory without shards).
+
+    A ``ValueError`` too, as Lightning raises for the same mistake, so ported error handling still works.
     """
 
 

@@ -34,7 +34,14 @@ from torch.optim import Optimizer
 from fabric.checkpoint import sharded, states
 from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
 from fabric.checkpoint.deepspeed_format import DEEPSPEED_KEY, is_deepspeed_checkpoint
-from fabric.checkpoint.io import CheckpointError, NotAFileError, _os_error_behind, atomic_save, safe_load
+from fabric.checkpoint.io import (
+    CheckpointError,
+    NotACheckpointError,
+    NotAFileError,
+    _os_error_behind,
+    atomic_save,
+    safe_load,
+)
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.types import Stateful
 
@@ -376,7 +383,7 @@ class Checkpointer:
     def load(
         self,
         path: str | os.PathLike[str],
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,
@@ -384,13 +391,15 @@ class Checkpointer:
     ) -> Any:
         """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it.
 
-        Without ``state`` the whole checkpoint is returned and nothing is restored.
+        Without ``state`` the whole checkpoint is returned and nothing is restored. A module or an
+        optimizer as ``state`` reads the file as its plain state dict (:meth:`load_raw`), as Lightning
+        does, and returns ``{}``.
         """
         if isinstance(state, (Module, Optimizer)):
-            raise TypeError(
-                "Fabric.load(path, state): `state` must be a dict like {'model': model, ...}. To load a plain "
-                "state dict into one module or optimizer, use `Fabric.load_raw(path, obj)`."
-            )
+            # Lightning's `fabric.load(path, model)`: the file is that object's plain state dict.
+            owner = (owners or {}).get(state) if isinstance(state, Optimizer) else None
+            self.load_raw(path, state, strict=strict, weights_only=weights_only, owner=owner)
+            return {}
         if state is not None:
             _check_state(state, "load")
         self.wait_for_pending()
@@ -406,9 +415,10 @@ class Checkpointer:
             checkpoint = _read_deepspeed_directory(path, weights_only)
         elif not is_remote(path) and os.path.isdir(path):
             if not sharded.is_sharded_checkpoint(path):
-                raise CheckpointError(
-                    f"'{path}' is a directory but not a sharded checkpoint (it has no {sharded.DCP_METADATA_FILE}). "
-                    f"Pass the path of a checkpoint file or directory written by `fabric.save`."
+                raise NotACheckpointError(
+                    f"The path '{path}' does not point to a valid checkpoint: it is a directory but not a sharded"
+                    f" checkpoint (it has no {sharded.DCP_METADATA_FILE}). Pass the path of a checkpoint file or"
+                    " directory written by `fabric.save`."
                 )
             checkpoint, restored = self._load_directory(path, state, strict, weights_only, owners)
         else:
@@ -586,8 +596,8 @@ class Checkpointer:
         if not is_remote(path) and os.path.isdir(path):
             raise NotAFileError(
                 21,
-                f"Fabric.load_raw('{path}'): it is a directory; load_raw reads one file of a module's or an "
-                f"optimizer's state dict. Load a sharded checkpoint with `fabric.load(path, state)`, or turn it "
+                f"Fabric.load_raw('{path}'): it is a directory. The given path must be a single file containing "
+                f"the full state dict of one module or optimizer. Load a sharded checkpoint with `fabric.load(path, state)`, or turn it "
                 f"into one file with `fabric consolidate`.",
             )
         loaded = self.host.checkpoint_io.load_checkpoint(path, map_location="cpu", weights_only=weights_only)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from fabric.environments._env import mismatch
 from fabric.environments._scheduled import MasterVariablesEnvironment
 
@@ -28,8 +26,16 @@ class KubeflowEnvironment(MasterVariablesEnvironment):
 
     @staticmethod
     def detect() -> bool:
-        """True when the PyTorchJob variables and ``KUBERNETES_PORT`` are all present."""
-        return all(name in os.environ for name in _REQUIRED)
+        """Raises ``NotImplementedError``, as Lightning's does: a PyTorchJob cannot be told apart.
+
+        Its variables are those of ``torchrun`` or a hand-made multi-node launch, and every pod has
+        ``KUBERNETES_PORT``, so any answer would misread some jobs; fabric never asks it.
+        """
+        raise NotImplementedError(
+            "The Kubeflow environment can't be detected automatically: its variables"
+            f" ({', '.join(_REQUIRED)}) are also set by torchrun and hand-made multi-node launches."
+            " Select it explicitly with `Fabric(plugins=[KubeflowEnvironment()])`."
+        )
 
     def local_rank(self) -> int:
         return 0

@@ -125,5 +125,11 @@ class LocalEnvironment(ClusterEnvironment):
             )
 
     def teardown(self) -> None:
-        """Forget the port this object chose, so that a later run with it picks a new one."""
+        """Forget the port this object chose, and remove ``WORLD_SIZE`` from ``os.environ``, as Lightning does.
+
+        ``WORLD_SIZE`` is what fabric's launcher gave the processes it started; left behind, a second
+        ``Fabric`` in the same process (or ``torch.distributed``'s ``env://`` rendezvous) would read a
+        world size that no longer exists.
+        """
         self._chosen_port = None
+        os.environ.pop("WORLD_SIZE", None)

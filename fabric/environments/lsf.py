@@ -50,6 +50,26 @@ class LSFEnvironment(ScheduledEnvironment):
     _GLOBAL_RANK_VARIABLE = "JSM_NAMESPACE_RANK"
     _FIX = "Start the script with `jsrun` inside an LSF job, or do not select LSFEnvironment."
 
+    def __init__(self) -> None:
+        """Check, as Lightning does at construction, that the job's rankfile and id are there.
+
+        The rankfile gives the hosts and the job id the rendezvous port, so without them no process can
+        find the others: failing here stops a misconfigured launch before anything starts.
+        """
+        rankfile = os.environ.get("LSB_DJOB_RANKFILE")
+        if rankfile is None:
+            raise ValueError(f"Did not find the environment variable `LSB_DJOB_RANKFILE`. {self._FIX}")
+        if not rankfile:
+            raise ValueError(
+                "The environment variable `LSB_DJOB_RANKFILE` is empty: LSF sets it to the path of the job's"
+                f" rankfile. {self._FIX}"
+            )
+        if "MASTER_PORT" not in os.environ and "LSB_JOBID" not in os.environ:
+            raise ValueError(
+                "Could not find job id in environment variable LSB_JOBID, from which the rendezvous port is"
+                f" derived. {self._FIX} Or set MASTER_PORT."
+            )
+
     @property
     def main_address(self) -> str:
         return self._compute_hosts()[0]

@@ -623,7 +623,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
     def load_checkpoint(
         self,
         path: PathLike,
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,

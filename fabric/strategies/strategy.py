@@ -348,13 +348,15 @@ class Strategy(ABC):
     def load_checkpoint(
         self,
         path: PathLike,
-        state: dict[str, Any] | None = None,
+        state: dict[str, Any] | Module | Optimizer | None = None,
         strict: bool = True,
         weights_only: bool = True,
         restore_rng: bool = True,
         owners: Mapping[Optimizer, Module] | None = None,
     ) -> Any:
-        """Restore ``state`` in place from any layout; return what the checkpoint holds beyond it."""
+        """Restore ``state`` in place from any layout; return what the checkpoint holds beyond it.
+
+        A module or optimizer as ``state`` is loaded from a plain state-dict file, as in Lightning."""
         return self.checkpointer.load(
             path, state, strict=strict, weights_only=weights_only, restore_rng=restore_rng, owners=owners
         )

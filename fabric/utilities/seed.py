@@ -1,8 +1,9 @@
 """Seeding every random-number generator a training script touches, DataLoader workers included.
 
-The seed is published in the environment twice: under our name (``FABRIC_GLOBAL_SEED``) and under
-Lightning's (``PL_GLOBAL_SEED``), so that scripts and tools written for Lightning Fabric read the same
-value, and a seed set by either is picked up by the other.
+The seed is published in the environment under Lightning's names only (``PL_GLOBAL_SEED``,
+``PL_SEED_WORKERS``), exactly as Lightning Fabric does, so that scripts, tools and processes written for
+it see the same environment. ``FABRIC_GLOBAL_SEED``/``FABRIC_SEED_WORKERS`` are read as a fallback (a
+seed a user or a job script set under our name is honoured) but never written.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import torch
 from fabric.utilities.rank_zero import global_rank as _current_rank
 from fabric.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-_SEED_ENV = "FABRIC_GLOBAL_SEED"
-_WORKERS_ENV = "FABRIC_SEED_WORKERS"
 _PL_SEED_ENV = "PL_GLOBAL_SEED"
 _PL_WORKERS_ENV = "PL_SEED_WORKERS"
+# Read when Lightning's are unset, never written: the value seed_everything publishes is Lightning's.
+_SEED_ENV = "FABRIC_GLOBAL_SEED"
+_WORKERS_ENV = "FABRIC_SEED_WORKERS"
 _MIN_SEED = 0
 _MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 32 bits
 
@@ -26,8 +28,8 @@ _MAX_SEED = 2**32 - 1  # NumPy's legacy seeding takes 32 bits
 def seed_everything(seed: int | None = None, workers: bool = False, verbose: bool = True) -> int:
     """Seed ``random``, NumPy (if installed) and torch on every device; return the seed used.
 
-    Without ``seed``, the one in ``FABRIC_GLOBAL_SEED`` (or Lightning's ``PL_GLOBAL_SEED``) is used,
-    else 0. The seed is also written to the environment so that processes started later by a launcher
+    Without ``seed``, the one in Lightning's ``PL_GLOBAL_SEED`` (or, if unset, ``FABRIC_GLOBAL_SEED``) is
+    used, else 0. The seed is also written to the environment so that processes started later by a launcher
     pick the same one. With ``workers=True`` the DataLoaders set up by the fabric give every worker of
     every rank its own, reproducible seed (see :func:`pl_worker_init_function`). As in Lightning, this
     function defaults to ``workers=False``, and :meth:`Fabric.seed_everything` to ``workers=True``.
@@ -42,14 +44,15 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
             seed = 0
             if verbose:
                 rank_zero_warn(
-                    f"No seed was given and {_SEED_ENV}/{_PL_SEED_ENV} are not set: using seed {seed}."
+                    f"No seed found, seed set to {seed}: no seed was given and {_PL_SEED_ENV}/{_SEED_ENV} are"
+                    " not set. Pass one to make the run reproducible under another seed."
                 )
         else:
             try:
                 seed = int(env_seed)
             except ValueError as err:
                 raise ValueError(
-                    f"{env_name}={env_seed!r} is not an integer. Set it to a whole number in "
+                    f"Invalid seed specified via {env_name}: {env_seed!r} is not an integer. Set it to a whole number in "
                     f"[{_MIN_SEED}, {_MAX_SEED}] or unset it."
                 ) from err
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -61,16 +64,13 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
             ) from err
     if not _MIN_SEED <= seed <= _MAX_SEED:
         raise ValueError(
-            f"seed_everything(seed={seed}): the seed must lie in [{_MIN_SEED}, {_MAX_SEED}] (NumPy accepts "
+            f"seed_everything(seed={seed}): {seed} is not in bounds; the seed must lie in [{_MIN_SEED}, {_MAX_SEED}] (NumPy accepts "
             f"32-bit seeds only). Pass a smaller non-negative seed, e.g. `seed % 2**32`."
         )
     if verbose:
         rank_zero_info(f"Seed set to {seed}")
-    workers_flag = str(int(workers))
-    for name in (_SEED_ENV, _PL_SEED_ENV):
-        os.environ[name] = str(seed)
-    for name in (_WORKERS_ENV, _PL_WORKERS_ENV):
-        os.environ[name] = workers_flag
+    os.environ[_PL_SEED_ENV] = str(seed)
+    os.environ[_PL_WORKERS_ENV] = str(int(workers))
     random.seed(seed)
     torch.manual_seed(seed)  # seeds CPU and every CUDA device
     _seed_numpy(seed)
@@ -78,11 +78,12 @@ def seed_everything(seed: int | None = None, workers: bool = False, verbose: boo
 
 
 def _seed_from_environment() -> tuple[str, str | None]:
-    for name in (_SEED_ENV, _PL_SEED_ENV):
+    # Lightning's first: it is what seed_everything writes, so it holds the latest seed of this process.
+    for name in (_PL_SEED_ENV, _SEED_ENV):
         value = os.environ.get(name)
         if value is not None:
             return name, value
-    return _SEED_ENV, None
+    return _PL_SEED_ENV, None
 
 
 def global_seed() -> int:
@@ -110,8 +111,8 @@ def reset_seed() -> None:
 
 
 def workers_seeding_enabled() -> bool:
-    """Whether :func:`seed_everything` asked for per-worker seeding (ours or Lightning's variable)."""
-    value = os.environ.get(_WORKERS_ENV, os.environ.get(_PL_WORKERS_ENV, "0"))
+    """Whether :func:`seed_everything` asked for per-worker seeding (Lightning's variable, else ours)."""
+    value = os.environ.get(_PL_WORKERS_ENV, os.environ.get(_WORKERS_ENV, "0"))
     return value == "1"
 
 

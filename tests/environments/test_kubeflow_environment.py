@@ -26,7 +26,6 @@ def pytorchjob(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("pytorchjob")
 def test_one_process_per_pod() -> None:
     env = KubeflowEnvironment()
-    assert KubeflowEnvironment.detect()
     assert env.creates_processes_externally
     assert (env.main_address, env.main_port) == ("job-master-0", 23456)
     assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (3, 2, 0, 2)
@@ -35,11 +34,13 @@ def test_one_process_per_pod() -> None:
     env.validate_settings(num_devices=1, num_nodes=3)
 
 
-def test_not_detected_outside_kubernetes(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in PYTORCHJOB_ENV.items():
-        if name != "KUBERNETES_PORT":
-            monkeypatch.setenv(name, value)
-    assert not KubeflowEnvironment.detect()
+@pytest.mark.usefixtures("pytorchjob")
+def test_detect_raises_as_in_lightning() -> None:
+    """Lightning's ``detect()`` raises even inside a PyTorchJob: its variables are torchrun's too."""
+    with pytest.raises(
+        NotImplementedError, match=r"can't be detected automatically.*plugins=\[KubeflowEnvironment"
+    ):
+        KubeflowEnvironment.detect()
 
 
 @pytest.mark.usefixtures("pytorchjob")

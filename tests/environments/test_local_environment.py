@@ -40,6 +40,14 @@ def test_teardown_keeps_a_port_the_user_set(monkeypatch: pytest.MonkeyPatch) -> 
     assert os.environ["MASTER_PORT"] == "29511"
 
 
+def test_teardown_removes_world_size_as_in_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's ``LightningEnvironment.teardown`` removes ``WORLD_SIZE`` (its test_lightning.py::test_teardown)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    LocalEnvironment().teardown()
+    assert "WORLD_SIZE" not in os.environ
+    LocalEnvironment().teardown()  # nothing to remove: no error
+
+
 def test_child_started_by_fabric_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
     # What fabric's launcher sets in the second of 4 processes on node 1 of a hand-made 2-node job.
     for name, value in {

@@ -123,3 +123,30 @@ def test_port_derivation_is_lightnings_and_bad_job_ids_are_value_errors(
         lsf_port_from_job_id("12a")
     with pytest.raises(ValueError, match="LSB_JOBID is not set"):
         lsf_port_from_job_id(None)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"LSB_JOBID": "1234"}, "Did not find the environment variable `LSB_DJOB_RANKFILE`"),
+        (
+            {"LSB_JOBID": "1234", "LSB_DJOB_RANKFILE": ""},
+            "The environment variable `LSB_DJOB_RANKFILE` is empty",
+        ),
+        ({"LSB_DJOB_RANKFILE": "PATH"}, "Could not find job id in environment variable LSB_JOBID"),
+    ],
+)
+def test_construction_checks_rankfile_and_job_id_as_in_lightning(
+    monkeypatch: pytest.MonkeyPatch, rankfile: Path, environ: dict[str, str], message: str
+) -> None:
+    """Lightning's ``LSFEnvironment()`` raises these ``ValueError``s (its test_lsf.py), before any launch."""
+    for name, value in environ.items():
+        monkeypatch.setenv(name, str(rankfile) if value == "PATH" else value)
+    with pytest.raises(ValueError, match=message):
+        LSFEnvironment()
+
+
+def test_master_port_stands_in_for_the_job_id(monkeypatch: pytest.MonkeyPatch, rankfile: Path) -> None:
+    monkeypatch.setenv("LSB_DJOB_RANKFILE", str(rankfile))
+    monkeypatch.setenv("MASTER_PORT", "29400")
+    assert LSFEnvironment().main_port == 29400
