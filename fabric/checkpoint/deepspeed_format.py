@@ -186,7 +186,9 @@ def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
     world_size = saved[0][PARTITION_COUNT]
     world_size = max(world_size) if isinstance(world_size, list) else int(world_size)
     inner_key, flat_key = (
-        ("base_optimizer_state", SINGLE_PARTITION_OF_FP32_GROUPS) if stage <= 2 else (OPTIMIZER_STATE_DICT, FP32_FLAT_GROUPS)
+        ("base_optimizer_state", SINGLE_PARTITION_OF_FP32_GROUPS)
+        if stage <= 2
+        else (OPTIMIZER_STATE_DICT, FP32_FLAT_GROUPS)
     )
 
     def refuse(reason: str) -> CheckpointError:
@@ -221,7 +223,8 @@ def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
             # The saved master weights leave out the padding at the end of the last partition; the
             # state beside them may keep it. Cut it to the weights' length, which the merge expects.
             values = [
-                [v[: flat[j].numel()] for j, v in enumerate(rank_values)] for rank_values, flat in zip(values, flats)
+                [v[: flat[j].numel()] for j, v in enumerate(rank_values)]
+                for rank_values, flat in zip(values, flats)
             ]
             merged: dict[str, Any] = {}
             if stage <= 2:
@@ -231,7 +234,9 @@ def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
                 zero_to_fp32._zero3_merge_trainable_params(merged, world_size, values, model_states)
             for name in state:
                 state[name][key] = merged[name].contiguous().clone()
-        elif all(not isinstance(v, torch.Tensor) or v.dim() == 0 for rank_values in values for v in rank_values):
+        elif all(
+            not isinstance(v, torch.Tensor) or v.dim() == 0 for rank_values in values for v in rank_values
+        ):
             for j, value in enumerate(values[0]):  # the same on every rank (a step count, a flag)
                 for name in names[j]:
                     state[name][key] = value.clone() if isinstance(value, torch.Tensor) else value
