@@ -208,7 +208,7 @@ def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
     if len(order) != len(flats[0]) or len(shapes) != len(order):
         raise refuse(
             f"{len(order)} optimizer parameters, {len(flats[0])} flat groups and {len(shapes)} parameter-name groups "
-            f"do not line up (offload to NVMe, MoE and pipeline layouts are not supported)"
+            f"do not line up (a layout this merge does not know)"
         )
     names = [list(group_shapes) for group_shapes in shapes]
     state: dict[str, dict[str, Any]] = {name: {} for flat_names in names for name in flat_names}

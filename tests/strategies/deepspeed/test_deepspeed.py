@@ -126,6 +126,14 @@ def test_deepspeed_checkpoint_resumes_model_and_optimizer_on_one_process(
     assert result["next_step_max_diff"] < 1e-5
 
 
+@pytest.mark.timeout(RUN_TIMEOUT + ONE_PROCESS_TIMEOUT + 30)
+def test_optimizer_state_that_cannot_be_merged_is_refused_not_dropped(one_process: dict[str, Any]) -> None:
+    refused = one_process["refusal"]
+    assert refused["raised"] == "CheckpointError"
+    assert "Resume the optimizer under DeepSpeedStrategy" in refused["message"]
+    assert "expected 2 optimizer files" in refused["message"]
+
+
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
 @pytest.mark.parametrize("stage", ["stage2", "stage3"])
 def test_full_file_loads_into_deepspeed(ranks: list[dict[str, Any]], stage: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -87,9 +88,23 @@ def load_stage(out_dir: str, name: str, reference: dict[str, Any]) -> dict[str, 
     }
 
 
+def refusal(out_dir: str) -> dict[str, Any]:
+    """A ZeRO-2 directory that lost one rank's optimizer file: the merge refuses, saying what to do."""
+    from fabric.checkpoint.deepspeed_format import TAG, full_optimizer_state
+
+    broken = os.path.join(out_dir, "broken_tag")
+    shutil.copytree(os.path.join(out_dir, "ckpt_stage2", TAG), broken)
+    os.remove(os.path.join(broken, "zero_pp_rank_1_mp_rank_00_optim_states.pt"))
+    try:
+        full_optimizer_state(broken)
+    except Exception as err:
+        return {"raised": type(err).__name__, "message": str(err)}
+    return {"raised": None, "message": ""}
+
+
 def main(out_dir: str) -> None:
     reference = torch.load(os.path.join(out_dir, "ddp.pt"), weights_only=True)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"refusal": refusal(out_dir)}
     for name in STAGES:
         try:
             results[name] = load_stage(out_dir, name, reference)
