@@ -126,9 +126,10 @@ def consolidate_deepspeed(directory: PathLike, output: PathLike, weights_only: b
 
     The model's weights are merged from the ZeRO partitions into full float32 tensors (DeepSpeed's
     ``get_fp32_state_dict_from_zero_checkpoint``) and stored under the key the model had in
-    ``fabric.save``'s state; the plain values and the per-rank resume state come along. The optimizer
-    state is not consolidated (ZeRO's layout is its own): resume the optimizer from the directory.
-    Runs on one process, without a process group.
+    ``fabric.save``'s state. The optimizer's state, when it was saved, is merged the same way (see
+    :func:`full_optimizer_state`) and stored keyed by parameter name, as a consolidated FSDP checkpoint
+    holds it, so that a torch optimizer of the same kind resumes from it on one process. The plain
+    values and the per-rank resume state come along. Runs on one process, without a process group.
     """
     if not deepspeed_available():
         raise ModuleNotFoundError(
@@ -149,4 +150,101 @@ def consolidate_deepspeed(directory: PathLike, output: PathLike, weights_only: b
     weights = get_fp32_state_dict_from_zero_checkpoint(directory, tag=TAG)
     checkpoint = dict(meta)
     checkpoint[module_key] = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+    optimizer_key = info.get("optimizer")
+    if optimizer_key is not None:
+        checkpoint[optimizer_key] = full_optimizer_state(os.path.join(directory, TAG))
     atomic_save(checkpoint, output)
+
+
+def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
+    """The ZeRO optimizer state of a DeepSpeed tag directory as one torch optimizer state, keyed by parameter name.
+
+    Each process saved its partition of the flat float32 groups and, beside it, the torch optimizer's
+    state over that partition (Adam's ``exp_avg`` and ``exp_avg_sq``, one per flat group). Those flat
+    state tensors have the layout of the float32 master weights, so DeepSpeed's own merge of the master
+    weights (``zero_to_fp32``'s ZeRO-2 and ZeRO-3 reconstruction, with its padding rules) rebuilds them
+    per parameter; scalar entries such as ``step`` are shared by every parameter of a group. The result
+    is ``{"state": {name: {...}}, "param_groups": [{..., "params": [names]}]}``, which ``Fabric.load``
+    maps onto an optimizer over the same model on any strategy. A layout this does not know raises
+    :class:`CheckpointError` rather than dropping the state.
+    """
+    import torch
+    from deepspeed.checkpoint.constants import (
+        FP32_FLAT_GROUPS,
+        OPTIMIZER_STATE_DICT,
+        PARTITION_COUNT,
+        SINGLE_PARTITION_OF_FP32_GROUPS,
+        ZERO_STAGE,
+    )
+    from deepspeed.utils import zero_to_fp32
+
+    model_states = zero_to_fp32.parse_model_states(zero_to_fp32.get_model_state_files(engine_directory))
+    files = zero_to_fp32.get_optim_files(engine_directory)
+    # The files passed `check_engine_files` (or the caller trusts them: weights_only=False), as for the weights.
+    saved = [torch.load(f, map_location="cpu", weights_only=False)[OPTIMIZER_STATE_DICT] for f in files]
+    stage = int(saved[0][ZERO_STAGE])
+    world_size = saved[0][PARTITION_COUNT]
+    world_size = max(world_size) if isinstance(world_size, list) else int(world_size)
+    inner_key, flat_key = (
+        ("base_optimizer_state", SINGLE_PARTITION_OF_FP32_GROUPS)
+        if stage <= 2
+        else (OPTIMIZER_STATE_DICT, FP32_FLAT_GROUPS)
+    )
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"The ZeRO-{stage} optimizer state in '{engine_directory}' cannot be merged into one torch optimizer "
+            f"state: {reason}. Resume the optimizer under DeepSpeedStrategy from the directory, or load only the "
+            f"model (leave the optimizer out of `state`, e.g. fabric.load(path, {{'model': model}}))."
+        )
+
+    if world_size != len(files) or any(inner_key not in part or flat_key not in part for part in saved):
+        raise refuse(f"expected {world_size} optimizer files holding '{inner_key}' and '{flat_key}'")
+    inner = [part[inner_key] for part in saved]
+    flats = [part[flat_key] for part in saved]
+    groups = inner[0]["param_groups"]
+    order = [index for group in groups for index in group["params"]]  # one torch parameter per flat group
+    shapes = model_states[0].param_shapes
+    if len(order) != len(flats[0]) or len(shapes) != len(order):
+        raise refuse(
+            f"{len(order)} optimizer parameters, {len(flats[0])} flat groups and {len(shapes)} parameter-name groups "
+            f"do not line up (a layout this merge does not know)"
+        )
+    names = [list(group_shapes) for group_shapes in shapes]
+    state: dict[str, dict[str, Any]] = {name: {} for flat_names in names for name in flat_names}
+    keys = {key for part in inner for value in part["state"].values() for key in value}
+    for key in sorted(keys):
+        values = [[part["state"].get(index, {}).get(key) for index in order] for part in inner]
+        if all(
+            isinstance(v, torch.Tensor) and v.dim() == 1 and v.numel() >= flat[j].numel()
+            for rank_values, flat in zip(values, flats)
+            for j, v in enumerate(rank_values)
+        ):
+            # The saved master weights leave out the padding at the end of the last partition; the
+            # state beside them may keep it. Cut it to the weights' length, which the merge expects.
+            values = [
+                [v[: flat[j].numel()] for j, v in enumerate(rank_values)]
+                for rank_values, flat in zip(values, flats)
+            ]
+            merged: dict[str, Any] = {}
+            if stage <= 2:
+                paddings = saved[0].get("param_alignment_paddings")
+                zero_to_fp32._zero2_merge_trainable_params(merged, world_size, values, model_states, paddings)
+            else:
+                zero_to_fp32._zero3_merge_trainable_params(merged, world_size, values, model_states)
+            for name in state:
+                state[name][key] = merged[name].contiguous().clone()
+        elif all(
+            not isinstance(v, torch.Tensor) or v.dim() == 0 for rank_values in values for v in rank_values
+        ):
+            for j, value in enumerate(values[0]):  # the same on every rank (a step count, a flag)
+                for name in names[j]:
+                    state[name][key] = value.clone() if isinstance(value, torch.Tensor) else value
+        else:
+            raise refuse(f"its state entry {key!r} is neither partitioned like the weights nor a scalar")
+    param_groups = []
+    for group in groups:
+        full_group = {k: v for k, v in group.items() if k != "params"}
+        full_group["params"] = [name for index in group["params"] for name in names[order.index(index)]]
+        param_groups.append(full_group)
+    return {"state": {name: value for name, value in state.items() if value}, "param_groups": param_groups}

@@ -7,6 +7,7 @@ DeepSpeed is not installed (run them with ``nox -s deepspeed``).
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 STAGES = ("stage1", "stage2", "stage2_offload", "stage3", "stage3_offload")
 # Generous: 2 processes, ~20 DeepSpeed engines, and on a first run CPU Adam compiles (~1 min).
 RUN_TIMEOUT = 540
+# One process merging and loading 5 checkpoints (imports take most of it).
+ONE_PROCESS_TIMEOUT = 180
 
 
 def _errors(ranks: list[dict[str, Any]]) -> str:
@@ -37,8 +40,12 @@ def _errors(ranks: list[dict[str, Any]]) -> str:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out_dir = tmp_path_factory.mktemp("ds_checks")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ds_checks")
+
+
+@pytest.fixture(scope="module")
+def ranks(out_dir: Path) -> list[dict[str, Any]]:
     env = launch_env(DS_ACCELERATOR="cpu")
     run = run_python([str(SCRIPTS / "ds_checks.py"), str(out_dir)], timeout=RUN_TIMEOUT, env=env)
     assert run.returncode == 0, run.output
@@ -80,11 +87,51 @@ def test_save_load_round_trip_is_exact(ranks: list[dict[str, Any]], stage: str) 
 def test_deepspeed_checkpoint_consolidates_and_loads_into_ddp(ranks: list[dict[str, Any]]) -> None:
     for rank in ranks:
         result = rank["across"]
-        assert result["consolidated_keys"] == ["epoch", "model"]
+        assert result["consolidated_keys"] == ["epoch", "model", "optimizer"]
         assert result["consolidated_equal"]
         assert result["into_ddp_equal"]
         assert result["into_ddp_epoch"] == 4
-        assert result["whole_keys"] == ["epoch", "model"] and result["whole_equal"]
+        assert result["whole_keys"] == ["epoch", "model", "optimizer"] and result["whole_equal"]
+
+
+@pytest.fixture(scope="module")
+def one_process(ranks: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    """``ds_one_process.py`` over the checkpoints of ``round_trips``: one process, no DeepSpeed strategy."""
+    assert ranks[0]["ddp_reference"]["steps"] == 5
+    run = run_python(
+        [str(SCRIPTS / "ds_one_process.py"), str(out_dir)],
+        timeout=ONE_PROCESS_TIMEOUT,
+        env=launch_env(DS_ACCELERATOR="cpu"),
+    )
+    assert run.returncode == 0, run.output
+    results: dict[str, Any] = json.loads((out_dir / "one_process.json").read_text())
+    errors = {name: part["error"] for name, part in results.items() if "error" in part}
+    assert not errors, "\n".join(f"[{name}]\n{error}" for name, error in errors.items())
+    return results
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + ONE_PROCESS_TIMEOUT + 30)
+@pytest.mark.parametrize("stage", STAGES)
+def test_deepspeed_checkpoint_resumes_model_and_optimizer_on_one_process(
+    one_process: dict[str, Any], stage: str
+) -> None:
+    """Defect 7: the ZeRO optimizer state comes back whole into a torch Adam, as DDP would have it."""
+    result = one_process[stage]
+    assert result["step"] == 5
+    assert result["weights_close"], f"max |diff| to DDP = {result['weights_max_diff']}"
+    assert result["optimizer_entries"] == 6 * 3  # 6 parameters x (step, exp_avg, exp_avg_sq)
+    assert result["optimizer_keys_equal"]
+    assert result["optimizer_close"], f"max |diff| to DDP's Adam state = {result['optimizer_max_diff']}"
+    assert result["adam_steps"] == [6.0]  # 5 restored, then one more
+    assert result["next_step_max_diff"] < 1e-5
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + ONE_PROCESS_TIMEOUT + 30)
+def test_optimizer_state_that_cannot_be_merged_is_refused_not_dropped(one_process: dict[str, Any]) -> None:
+    refused = one_process["refusal"]
+    assert refused["raised"] == "CheckpointError"
+    assert "Resume the optimizer under DeepSpeedStrategy" in refused["message"]
+    assert "expected 2 optimizer files" in refused["message"]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)

@@ -183,6 +183,23 @@ def round_trips(out_dir: str) -> dict[str, Any]:
     return result
 
 
+def ddp_reference(ddp: Fabric, out_dir: str) -> dict[str, Any]:
+    """DDP's model and Adam state after the steps behind ``round_trips``' last save of every stage (3 steps
+    on seed 11, 2 on seed 99), for ``ds_one_process.py`` to compare a 1-process load of those checkpoints with."""
+    torch.manual_seed(1)
+    net = Net()
+    adam = torch.optim.Adam(net.parameters(), lr=1e-2)
+    model, optimizer = ddp.setup(net, adam)
+    train_steps(ddp, model, optimizer, 3, seed=11)
+    train_steps(ddp, model, optimizer, 2, seed=99)
+    if ddp.is_global_zero:
+        torch.save(
+            {"model": net.state_dict(), "optimizer": adam.state_dict()}, os.path.join(out_dir, "ddp.pt")
+        )
+    ddp.barrier()
+    return {"steps": int(adam.state_dict()["state"][0]["step"])}
+
+
 def across_strategies(ddp: Fabric, out_dir: str) -> dict[str, Any]:
     """A DeepSpeed checkpoint loads into DDP through consolidation; a DDP file loads into ZeRO-3."""
     from fabric.strategies.deepspeed import consolidate_deepspeed
@@ -375,6 +392,7 @@ def main(out_dir: str, sections: list[str]) -> None:
     available: dict[str, Callable[[], dict[str, Any]]] = {
         "parity": lambda: parity(ddp),
         "round_trips": lambda: round_trips(out_dir),
+        "ddp_reference": lambda: ddp_reference(ddp, out_dir),
         "across": lambda: across_strategies(ddp, out_dir),
         "precisions": precisions,
         "stage3_init": stage3_init,
