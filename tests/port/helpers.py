@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,14 @@ def run(
         if not aborted_at_exit_by_torch(result.returncode, result.stdout + result.stderr):
             break
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout.splitlines()
+    if nproc == 1:
+        return result.stdout.splitlines()
+    # torchrun runs Python unbuffered: a print's text and its newline are two writes, so the ranks'
+    # lines can come out as "...0.1234epoch 1 ...\n\n". Each text is written whole: split the records
+    # again where a number runs into the next record's first word, and drop the empty lines.
+    return [
+        part for line in result.stdout.splitlines() for part in re.split(r"(?<=\d)(?=[a-z])", line) if part
+    ]
 
 
 def run_both(
