@@ -14,7 +14,7 @@ preferring either would run something other than what one of the two asked for.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -31,6 +31,9 @@ from fabric.accelerators.xla import require_torch_xla
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.strategies import SingleDeviceStrategy, Strategy
 from fabric.utilities.choices import ACCELERATOR_NAMES, PRECISION_ALIASES, PRECISIONS, XLA_PRECISIONS
+
+if TYPE_CHECKING:
+    from fabric.launchers.launcher import Launcher
 
 #: strategies that run on XLA devices (and the only ones that do)
 XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")
@@ -284,11 +287,41 @@ class Connector:
             strategy.precision = self.precision
         configure = getattr(strategy, "configure", None)
         if configure is not None:
-            # Multi-process strategies learn the topology here and create their launcher.
+            # Multi-process strategies learn the topology here.
             configure(
                 parallel_devices=self.parallel_devices, num_nodes=self.num_nodes, environment=environment
             )
+            strategy.launcher = _launcher_for(strategy, self.num_nodes)
         return strategy
+
+
+def _launcher_for(strategy: Strategy, num_nodes: int) -> Launcher | None:
+    """How the processes of ``strategy`` come to exist.
+
+    ``None`` where this process is the only one or where torchrun or a scheduler already started them
+    all; otherwise a re-run of the user's command (``"popen"``) or ``torch.multiprocessing``'s spawn or
+    fork for ``fabric.launch(fn)``.
+    """
+    if strategy.start_method is None:
+        return None
+    # Multi-process only: neither the strategy base nor the launchers belong in `import fabric`.
+    from fabric.strategies.parallel import ParallelStrategy
+
+    if not isinstance(strategy, ParallelStrategy):
+        return None
+    environment = strategy.cluster_environment
+    assert environment is not None  # set by `configure`
+    if environment.creates_processes_externally:
+        return None
+    if strategy.start_method == "popen":
+        # Multi-process only, as above.
+        from fabric.launchers.subprocess_script import SubprocessScriptLauncher
+
+        return SubprocessScriptLauncher(environment, strategy.num_processes, num_nodes)
+    # Multi-process only, as above.
+    from fabric.launchers.multiprocessing import MultiprocessingLauncher
+
+    return MultiprocessingLauncher(strategy, start_method=strategy.start_method)
 
 
 def _normalized(name: str, value: Any) -> str:

@@ -41,13 +41,14 @@ class DataParallelStrategy(ParallelStrategy):
         precision: Precision | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, parallel_devices=parallel_devices, precision=precision)
+        self.start_method = None  # one process: nothing to start
         if checkpoint_io is not None:
             self.checkpoint_io = checkpoint_io
 
     def configure(
         self, parallel_devices: list[torch.device], num_nodes: int, environment: ClusterEnvironment | None
     ) -> None:
-        """One process on one node: no launcher and no cluster environment to consult."""
+        """One process on one node: no cluster environment to consult."""
         if num_nodes != 1:
             raise ValueError(
                 f"DataParallelStrategy(num_nodes={num_nodes}): 'dp' runs in one process on one machine. "
@@ -55,7 +56,6 @@ class DataParallelStrategy(ParallelStrategy):
             )
         if self.parallel_devices is None:
             self.parallel_devices = parallel_devices
-        self._launcher = None
 
     @property
     def root_device(self) -> torch.device:

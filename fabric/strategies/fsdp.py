@@ -1,21 +1,22 @@
 """Fully sharded data parallel on FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
 Each process holds a shard of every parameter, gradient and optimizer state; FSDP2 gathers a layer's
-parameters just before it runs and frees them after. This file chooses what to shard (a policy), maps
-the precision plugin onto FSDP2's mixed-precision policy, creates models on the meta device with
-real initial values, and writes sharded or full checkpoints. The engine is PyTorch's own.
+parameters just before it runs and frees them after. This file sets up the mesh, maps the precision plugin
+onto FSDP2's mixed-precision policy, shards the model and says how its states are saved. What to shard
+is :mod:`fabric.strategies.fsdp_policy`; FSDP1's arguments are translated in
+:mod:`fabric.strategies.fsdp_compat`; meta-device models get their values from
+:mod:`fabric.strategies._deferred_init`. The engine is PyTorch's own.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 
@@ -32,11 +33,31 @@ from fabric.checkpoint.states import (
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
-from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
+from fabric.strategies._deferred_init import (
+    InitLog,
+    InitRecorder,
+    check_initializable,
+    has_meta,
+    materialize,
+    materialize_from_log,
+    tensor_names,
+)
+from fabric.strategies.fsdp_compat import (
+    check_device_mesh,
+    fully_shard_kwargs,
+    mixed_precision_policy,
+    offload_flag,
+    sharding_strategy_name,
+)
+from fabric.strategies.fsdp_policy import (
+    CONTAINERS,
+    ShardingPolicy,
+    apply_activation_checkpointing,
+    as_predicate,
+    default_policy,
+)
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
-
-ShardingPolicy = set[type[Module]] | Callable[[Module], bool]
 
 
 class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
@@ -119,18 +140,18 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             activation_checkpointing_policy = (
                 set(layers) if isinstance(layers, (list, tuple, set)) else {layers}
             )
-        self._wrap_policy = _as_predicate(auto_wrap_policy, "auto_wrap_policy")
-        self._checkpoint_policy = _as_predicate(
+        self._wrap_policy = as_predicate(auto_wrap_policy, "auto_wrap_policy")
+        self._checkpoint_policy = as_predicate(
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
-        self.cpu_offload = _offload_flag(cpu_offload)
-        self.sharding_strategy = _sharding_strategy_name(sharding_strategy)
+        self.cpu_offload = offload_flag(cpu_offload)
+        self.sharding_strategy = sharding_strategy_name(sharding_strategy)
         if reshard_after_forward is None:
             reshard_after_forward = self.sharding_strategy not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
         self.reshard_after_forward = reshard_after_forward
-        self._device_mesh = _check_device_mesh(device_mesh, self.sharding_strategy)
-        self._mp_policy = _mixed_precision_policy(mixed_precision)
-        self._fully_shard_kwargs = _fully_shard_kwargs(kwargs)
+        self._device_mesh = check_device_mesh(device_mesh, self.sharding_strategy)
+        self._mp_policy = mixed_precision_policy(mixed_precision)
+        self._fully_shard_kwargs = fully_shard_kwargs(kwargs)
         self.state_dict_type = state_dict_type
         self._mesh: Any = None
         # Weak: the strategy must not keep every model it ever sharded alive.
@@ -170,7 +191,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         return init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def module_to_device(self, module: Module) -> None:
-        if self.cpu_offload or _has_meta(module):
+        if self.cpu_offload or has_meta(module):
             return  # sharding first; a meta model is materialized shard by shard
         module.to(self.root_device)
 
@@ -229,7 +250,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         if self._checkpoint_policy is not None:
-            _apply_activation_checkpointing(module, self._checkpoint_policy)
+            apply_activation_checkpointing(module, self._checkpoint_policy)
         precision = self.precision
         mp_policy = MixedPrecisionPolicy()
         if self._mp_policy is not None:
@@ -242,11 +263,11 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         # Pinned memory only speeds up copies to an accelerator; without one, pinning fails.
         pin = self.root_device.type != "cpu"
         offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
-        meta = _has_meta(module)
+        meta = has_meta(module)
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
-            _check_initializable(module)
-        names = _tensor_names(module, log) if log is not None else {}
+            check_initializable(module)
+        names = tensor_names(module, log) if log is not None else {}
         kwargs = {
             "mesh": self._mesh,
             "reshard_after_forward": self.reshard_after_forward,
@@ -254,18 +275,18 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             "offload_policy": offload,
             **self._fully_shard_kwargs,
         }
-        policy = self._wrap_policy or _default_policy(module)
+        policy = self._wrap_policy or default_policy(module)
         # Children before parents: each unit holds the parameters not already in a smaller unit.
         for submodule in reversed(list(module.modules())):
-            if submodule is not module and not isinstance(submodule, _CONTAINERS) and policy(submodule):
+            if submodule is not module and not isinstance(submodule, CONTAINERS) and policy(submodule):
                 fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
             device = self.root_device if not self.cpu_offload else torch.device("cpu")
             if log is not None:
-                _materialize_from_log(module, log, names, device)
+                materialize_from_log(module, log, names, device)
             else:
-                _materialize(module, device)
+                materialize(module, device)
         self._sharded.add(module)
         return module
 
@@ -320,326 +341,6 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                 f"the model it updates: set both up with `fabric.setup(model, optimizer)`."
             )
         return module
-
-
-# --------------------------------------------------------------------------- helpers
-_SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2")
-#: FSDP1 arguments whose FSDP2 behaviour is already what they ask for: accepted and dropped
-_FSDP1_NO_OPS = {"use_orig_params": True, "limit_all_gathers": True}
-#: FSDP1 arguments with no FSDP2 equivalent, and what to do instead
-_FSDP1_ONLY = {
-    "backward_prefetch": "FSDP2 prefetches the next unit in backward by itself; remove the argument",
-    "forward_prefetch": "FSDP2 prefetches by itself (explicit control: `FSDPModule.set_modules_to_forward_prefetch`)",
-    "sync_module_states": "seed before creating the model (`fabric.seed_everything`) so all processes start equal",
-    "param_init_fn": "create the model under `fabric.init_module(empty_init=True)`; its own init is kept",
-    "device_id": "the strategy places the model on each process's device; remove the argument",
-    "ignored_states": "pass `ignored_params` (a set of parameters), which FSDP2 accepts",
-}
-
-
-def _sharding_strategy_name(value: Any) -> str:
-    """``"FULL_SHARD"`` etc., from a string (any case) or torch's ``ShardingStrategy`` enum."""
-    name = getattr(value, "name", value)
-    if isinstance(name, str) and name.upper() in _SHARDING_STRATEGIES:
-        return name.upper()
-    raise ValueError(
-        f"FSDPStrategy(sharding_strategy={value!r}): allowed {', '.join(_SHARDING_STRATEGIES)} (a string or "
-        f"`torch.distributed.fsdp.ShardingStrategy`)."
-    )
-
-
-def _offload_flag(value: Any) -> bool:
-    """``cpu_offload``: a bool, or FSDP1's ``CPUOffload(offload_params=...)``."""
-    if isinstance(value, bool):
-        return value
-    if hasattr(value, "offload_params"):
-        return bool(value.offload_params)
-    raise TypeError(
-        f"FSDPStrategy(cpu_offload={value!r}): pass True/False or `CPUOffload(offload_params=...)`."
-    )
-
-
-def _check_device_mesh(value: Any, strategy: str) -> Any:
-    """``device_mesh``: ``(replicate, shard)`` sizes or a ready ``DeviceMesh``, for hybrid sharding."""
-    if value is None:
-        return None
-    if isinstance(value, tuple):
-        if len(value) != 2 or not all(isinstance(v, int) and v >= 1 for v in value):
-            raise ValueError(
-                f"FSDPStrategy(device_mesh={value!r}): pass two positive ints, (replicate size, shard size)."
-            )
-        if strategy not in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
-            raise ValueError(
-                f"FSDPStrategy(device_mesh={value!r}, sharding_strategy={strategy!r}): mesh sizes only apply to "
-                f"hybrid sharding. Pass sharding_strategy='HYBRID_SHARD' or drop `device_mesh`."
-            )
-        return value
-    if type(value).__name__ == "DeviceMesh":
-        return value
-    raise TypeError(f"FSDPStrategy(device_mesh={value!r}): pass (replicate, shard) sizes or a DeviceMesh.")
-
-
-def _mixed_precision_policy(value: Any) -> Any:
-    """FSDP1's ``MixedPrecision`` dataclass (Lightning users pass it) as FSDP2's ``MixedPrecisionPolicy``."""
-    if value is None:
-        return None
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-
-    if isinstance(value, MixedPrecisionPolicy):
-        return value
-    if not hasattr(value, "param_dtype"):
-        raise TypeError(
-            f"FSDPStrategy(mixed_precision={value!r}): pass `torch.distributed.fsdp.MixedPrecisionPolicy` or "
-            f"FSDP1's `MixedPrecision`."
-        )
-    if getattr(value, "buffer_dtype", None) is not None:
-        raise ValueError(
-            f"FSDPStrategy(mixed_precision=MixedPrecision(buffer_dtype={value.buffer_dtype})): FSDP2 does not "
-            f"cast buffers. Create the model in that dtype (`fabric.init_module()` under a '-true' precision) "
-            f"or leave buffer_dtype unset."
-        )
-    if getattr(value, "keep_low_precision_grads", False):
-        raise ValueError(
-            "FSDPStrategy(mixed_precision=MixedPrecision(keep_low_precision_grads=True)): FSDP2 has no equivalent; "
-            "gradients are reduced in `reduce_dtype` and stored in the parameters' dtype. Remove the flag."
-        )
-    # FSDP2 casts the inputs of each unit to param_dtype, as FSDP1 does at the root by default.
-    return MixedPrecisionPolicy(param_dtype=value.param_dtype, reduce_dtype=value.reduce_dtype)
-
-
-def _fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Extra ``FSDPStrategy(**kwargs)`` for ``fully_shard``; FSDP1-only ones get a clear error."""
-    passed: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if key in _FSDP1_NO_OPS and value == _FSDP1_NO_OPS[key]:
-            continue
-        if key in _FSDP1_ONLY:
-            raise ValueError(
-                f"FSDPStrategy({key}={value!r}) is an FSDP1 option with no FSDP2 equivalent: {_FSDP1_ONLY[key]}."
-            )
-        if key == "ignored_modules":
-            passed["ignored_params"] = {p for module in value for p in module.parameters()}
-            continue
-        passed[key] = value
-    if passed:
-        import inspect
-
-        from torch.distributed.fsdp import fully_shard
-
-        allowed = set(inspect.signature(fully_shard).parameters) - {
-            "module",
-            "mesh",
-            "mp_policy",
-            "offload_policy",
-        }
-        unknown = sorted(set(passed) - allowed)
-        if unknown:
-            raise TypeError(
-                f"FSDPStrategy got {unknown}, which `fully_shard` does not accept. Allowed extra arguments: "
-                f"{sorted(allowed - {'reshard_after_forward'})}."
-            )
-    return passed
-
-
-def _as_predicate(policy: Any, name: str) -> Callable[[Module], bool] | None:
-    if policy is None:
-        return None
-    classes_of = getattr(policy, "_module_classes", None)  # FSDP1's ModuleWrapPolicy
-    if classes_of is not None:
-        policy = set(classes_of)
-    if callable(policy) and not isinstance(policy, type) and _takes_recurse(policy):
-        fsdp1_policy = (
-            policy  # FSDP1 signature fn(module, recurse, nonwrapped_numel): ask about the module itself
-        )
-
-        def predicate(module: Module) -> bool:
-            numel = sum(p.numel() for p in module.parameters())
-            return bool(fsdp1_policy(module=module, recurse=False, nonwrapped_numel=numel))
-
-        return predicate
-    if isinstance(policy, type) and issubclass(policy, Module):
-        policy = {policy}
-    if isinstance(policy, (set, frozenset, list, tuple)):
-        classes = tuple(policy)
-        if not all(isinstance(c, type) and issubclass(c, Module) for c in classes):
-            raise TypeError(
-                f"FSDPStrategy({name}={policy!r}): a set of policies must hold nn.Module classes."
-            )
-        return lambda module: isinstance(module, classes)
-    if callable(policy):
-        return policy
-    raise TypeError(
-        f"FSDPStrategy({name}={policy!r}): pass a set of module classes or a callable(module) -> bool."
-    )
-
-
-_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
-
-
-def _takes_recurse(function: Callable[..., Any]) -> bool:
-    import inspect
-
-    try:
-        return "recurse" in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _default_policy(model: Module) -> Callable[[Module], bool]:
-    """Each direct child of ``model`` that holds parameters is its own unit, unless it shares one.
-
-    Containers (``ModuleList``, ``ModuleDict``) have no forward, so FSDP2 cannot shard them ("does not
-    support containers"): their children take their place, recursively. With the usual transformer
-    layout (``self.blocks = nn.ModuleList(...)``) each block becomes a unit.
-
-    A parameter used by several modules (tied embeddings: GPT-2's ``lm_head`` and ``wte``, T5's encoder
-    and decoder sharing one embedding) must be gathered by a unit that contains every module using it,
-    or one user would see it resharded. So a child that holds a shared parameter while some other user
-    of it lies outside that child is not a unit: its own children are considered instead, and the
-    shared parameter itself stays with the unit that encloses all of its users (the root, for the
-    usual tied head). Sharing is found by parameter identity, not by names.
-    """
-    shared = _shared_parameter_paths(model)
-    units: set[int] = set()
-
-    def splits_a_shared_parameter(path: str, child: Module) -> bool:
-        own = {id(p) for p in child.parameters()}
-        return any(
-            key in own and any(not _within(user, path) for user in users) for key, users in shared.items()
-        )
-
-    def visit(parent: Module, prefix: str) -> None:
-        for name, child in parent.named_children():
-            path = f"{prefix}{name}"
-            if not any(True for _ in child.parameters()):
-                continue
-            if isinstance(child, _CONTAINERS) or splits_a_shared_parameter(path, child):
-                visit(child, f"{path}.")
-            else:
-                units.add(id(child))
-
-    visit(model, "")
-    return lambda module: id(module) in units
-
-
-def _shared_parameter_paths(model: Module) -> dict[int, set[str]]:
-    """``id`` of each parameter reachable under more than one module path -> those paths.
-
-    A parameter is shared when two modules register it (a tied ``lm_head.weight``) or when one module
-    holding it is registered in two places (T5 passes its ``shared`` embedding to both stacks).
-    """
-    paths: dict[int, set[str]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
-        for param in module.parameters(recurse=False):
-            paths.setdefault(id(param), set()).add(path)
-    return {key: users for key, users in paths.items() if len(users) > 1}
-
-
-def _within(path: str, ancestor: str) -> bool:
-    return path == ancestor or path.startswith(f"{ancestor}.")
-
-
-def _has_meta(module: Module) -> bool:
-    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
-
-
-def _tensor_names(module: Module, log: InitLog | None = None) -> dict[int, str]:
-    """``id`` of each parameter and buffer (before sharding replaces them) -> its qualified name.
-
-    With ``log``, a parameter that wraps a logged tensor no operation touched afterwards is named by
-    that tensor's ``id`` too, so that the replay hands its value over.
-    """
-    names = {id(p): name for name, p in module.named_parameters()}
-    names.update({id(b): name for name, b in module.named_buffers()})
-    if log is not None:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            logged = log.recorded(tensor)
-            if logged is not None and logged is not tensor:
-                names.setdefault(id(logged), names[id(tensor)])
-    return names
-
-
-def _materialize_from_log(module: Module, log: InitLog, names: dict[int, str], device: torch.device) -> None:
-    """Give each process its shards with the values the recorded construction gives (bit for bit)."""
-    module.to_empty(device=device)
-    targets = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-
-    def sink(name: str, full: Tensor) -> None:
-        if name not in targets:
-            raise RuntimeError(
-                f"init_module(empty_init=True): the parameter or buffer {name!r} of the constructed model is gone "
-                f"after parallelizing (renamed or replaced), so its initial value has nowhere to go. Keep the "
-                f"names, or create the model with empty_init=False."
-            )
-        with torch.no_grad():
-            _copy_shard(full, targets[name])
-
-    replay_into(log, device, names, sink)
-
-
-def _check_initializable(module: Module) -> None:
-    """Every module holding tensors of its own must be able to re-create them (``reset_parameters``)."""
-    bad = [
-        name or type(module).__name__
-        for name, sub in module.named_modules()
-        if (any(True for _ in sub.parameters(recurse=False)) or any(True for _ in sub.buffers(recurse=False)))
-        and not callable(getattr(sub, "reset_parameters", None))
-    ]
-    if bad:
-        raise TypeError(
-            f"init_module(empty_init=True) created the model on the meta device, but {bad} hold parameters or "
-            f"buffers and have no `reset_parameters()` to give them values, so they would hold garbage. Add a "
-            f"`reset_parameters` method to those modules, or create the model with `empty_init=False`."
-        )
-
-
-def _materialize(module: Module, device: torch.device) -> None:
-    """Allocate each process's shards and fill them with the values a normal seeded init gives.
-
-    Modules are initialized one at a time, in ``modules()`` order (the order in which a normal
-    construction runs their ``reset_parameters``): each module's parameters are created full-size,
-    initialized, and this process's shard is copied out; the full tensors are freed before the next
-    module, so at most one module's full parameters exist at any time.
-    """
-    module.to_empty(device=device)
-    for sub in module.modules():
-        own = dict(sub.named_parameters(recurse=False))
-        buffers = dict(sub.named_buffers(recurse=False))
-        if not own and not buffers:
-            continue
-        full = {
-            name: torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device), p.requires_grad)
-            for name, p in own.items()
-        }
-        originals = {name: sub._parameters[name] for name in own}
-        sub._parameters.update(full)  # full-size stand-ins, for the length of reset_parameters
-        try:
-            sub.reset_parameters()  # type: ignore[operator]
-        finally:
-            sub._parameters.update(originals)
-        with torch.no_grad():
-            for name, sharded in originals.items():
-                assert sharded is not None
-                _copy_shard(full[name].detach(), sharded)
-
-
-def _copy_shard(full: Tensor, sharded: Tensor) -> None:
-    """Copy this process's part of ``full`` into ``sharded`` (a DTensor on any mesh and placements)."""
-    from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    if not isinstance(sharded, DTensor):
-        sharded.copy_(full)
-        return
-    shape, offset = compute_local_shape_and_global_offset(full.shape, sharded.device_mesh, sharded.placements)
-    part = full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
-    sharded.to_local().copy_(part.to(sharded.dtype))
-
-
-def _apply_activation_checkpointing(module: Module, policy: Callable[[Module], bool]) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
-
-    apply_activation_checkpointing(module, check_fn=policy)
 
 
 @contextmanager

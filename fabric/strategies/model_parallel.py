@@ -17,14 +17,14 @@ import torch
 from torch.nn import Module
 
 from fabric.environments import ClusterEnvironment
-from fabric.strategies.fsdp import (
-    FSDPStrategy,
-    _check_initializable,
-    _has_meta,
-    _materialize,
-    _materialize_from_log,
-    _tensor_names,
+from fabric.strategies._deferred_init import (
+    check_initializable,
+    has_meta,
+    materialize,
+    materialize_from_log,
+    tensor_names,
 )
+from fabric.strategies.fsdp import FSDPStrategy
 from fabric.strategies.parallel import DEFAULT_TIMEOUT
 
 
@@ -113,20 +113,20 @@ class ModelParallelStrategy(FSDPStrategy):
         return {"num_replicas": int(self._dp_size), "rank": self._mesh["data_parallel"].get_local_rank()}
 
     def setup_module(self, module: Module) -> Module:
-        meta = _has_meta(module)
+        meta = has_meta(module)
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
-            _check_initializable(module)
-        names = _tensor_names(module, log) if log is not None else {}
+            check_initializable(module)
+        names = tensor_names(module, log) if log is not None else {}
         module = self._parallelize_fn(module, self._mesh)
         if not isinstance(module, Module):
             raise TypeError(
                 f"parallelize_fn returned {type(module).__name__}; it must return the (parallelized) model."
             )
         if meta and log is not None:
-            _materialize_from_log(module, log, names, self.root_device)
+            materialize_from_log(module, log, names, self.root_device)
         elif meta:
-            _materialize(module, self.root_device)
+            materialize(module, self.root_device)
         self._sharded.add(module)
         return module
 

@@ -1,4 +1,4 @@
-"""The base of multi-process strategies: process group, ranks, collectives, launcher choice."""
+"""The base of multi-process strategies: process group, ranks, collectives."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class CollectiveError(RuntimeError):
 
 
 class ParallelStrategy(Strategy):
-    """What every multi-process strategy shares: ranks, the process group, collectives, the launcher.
+    """What every multi-process strategy shares: ranks, the process group, collectives.
 
     Subclasses decide how a model is wrapped (DDP, FSDP2, tensor parallel) and how checkpoints are
     written. ``torch.distributed`` does the communication: gloo on CPU, nccl on CUDA.
@@ -79,7 +79,7 @@ class ParallelStrategy(Strategy):
         self.num_nodes = 1
         self._process_group_backend = process_group_backend
         self._timeout = timeout
-        self._start_method = start_method
+        self.start_method: str | None = start_method
         self._local_rank: int | None = None  # set by the multiprocessing launcher in each child
         self._collectives = 0  # collectives called so far by this process, named in errors
         self._debug_collectives = False  # FABRIC_DEBUG_COLLECTIVES=1, read once at set-up
@@ -94,7 +94,7 @@ class ParallelStrategy(Strategy):
     def configure(
         self, parallel_devices: list[torch.device], num_nodes: int, environment: ClusterEnvironment | None
     ) -> None:
-        """Learn the topology from the connector and choose the launcher (once, in the first process)."""
+        """Learn the topology from the connector (once, in the first process); the connector then picks the launcher."""
         if self.parallel_devices is None:
             self.parallel_devices = parallel_devices
         self.num_nodes = num_nodes
@@ -105,16 +105,6 @@ class ParallelStrategy(Strategy):
         self.cluster_environment.validate_settings(
             num_devices=len(self.parallel_devices), num_nodes=num_nodes
         )
-        if self.cluster_environment.creates_processes_externally:
-            self._launcher = None
-        elif self._start_method == "popen":
-            from fabric.launchers.subprocess_script import SubprocessScriptLauncher
-
-            self._launcher = SubprocessScriptLauncher(self.cluster_environment, self.num_processes, num_nodes)
-        else:
-            from fabric.launchers.multiprocessing import MultiprocessingLauncher
-
-            self._launcher = MultiprocessingLauncher(self, start_method=self._start_method)
 
     @property
     def num_processes(self) -> int:

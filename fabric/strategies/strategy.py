@@ -39,6 +39,9 @@ class Strategy(ABC):
     #: module itself rather than in a separate wrapper object (FSDP2's ``fully_shard`` does). The module
     #: wrapper then routes marked methods through ``forward`` even though it holds the user's object.
     wraps_in_place: bool = False
+    #: how the connector starts this strategy's other processes: ``"popen"`` (re-run the command),
+    #: ``"spawn"``/``"fork"``/``"forkserver"`` (``fabric.launch(fn)``), or ``None`` (one process only)
+    start_method: str | None = None
 
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self._accelerator = accelerator
@@ -61,6 +64,11 @@ class Strategy(ABC):
     def launcher(self) -> Launcher | None:
         """How the processes are started; ``None`` when this process is the only one."""
         return self._launcher
+
+    @launcher.setter
+    def launcher(self, launcher: Launcher | None) -> None:
+        # Chosen by the connector, which knows the environment and the start method.
+        self._launcher = launcher
 
     # ------------------------------------------------------------------- topology
     @property

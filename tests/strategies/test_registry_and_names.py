@@ -191,7 +191,7 @@ def test_every_built_in_strategy_name_resolves_to_its_class_only_when_read() -> 
     assert all(isinstance(entry["strategy"], type) for entry in STRATEGY_REGISTRY.values())
     assert dict(STRATEGY_REGISTRY.items())["fsdp_cpu_offload"]["init_params"] == {"cpu_offload": True}
     built = STRATEGY_REGISTRY.get("ddp_fork_find_unused_parameters_true")
-    assert type(built) is DDPStrategy and built._start_method == "fork"
+    assert type(built) is DDPStrategy and built.start_method == "fork"
 
 
 def test_a_lazy_registration_names_a_bad_path() -> None:
