@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("libcst")
 
+from fabric.environments import find_free_network_port
 from fabric.port import convert
 from tests.port.helpers import ROOT, SCRIPTS, env, run_both
 
@@ -304,6 +305,31 @@ def test_spawn_entry_point_is_left_whole(tmp_path: Path) -> None:
     assert code == source
     assert not report.converted
     assert {11, 13, 16, 22} <= _left_lines(report)
+    assert any("an address of its own" in f.reason for f in report.unconverted if f.line == 22)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_spawn_entry_point_becomes_fabric_launch(tmp_path: Path, nproc: int) -> None:
+    """``mp.spawn(worker, args=(world_size, ...), nprocs=world_size)`` becomes a "ddp" Fabric of that many
+    processes that calls the worker with its rank: same processes, same printed numbers on every rank."""
+    _, code, report, path = _port("spawn_train.py", tmp_path)
+    for line in (
+        "global fabric  # added by `fabric port`",
+        'fabric = Fabric(strategy="ddp", devices=world_size)',
+        "fabric.launch()\n    worker(fabric.local_rank, world_size, 7)",
+        "model = fabric.setup_module(torch.nn.Linear(8, 1))",
+        "fabric.backward(loss)",
+    ):
+        assert line in code, line
+    assert "mp.spawn(" not in code and "init_process_group" not in code
+    assert not report.unconverted
+    converted, expected = run_both(
+        (path, str(nproc), str(find_free_network_port())),
+        (SCRIPTS / "spawn_train.py", str(nproc), str(find_free_network_port())),
+    )
+    assert len(expected) == 6 * nproc
+    assert sorted(converted) == sorted(expected)
 
 
 @pytest.mark.timeout(300)
