@@ -13,6 +13,9 @@ torchvision's MNIST and ImageNet-sized `FakeData` become small `FakeData` sets, 
 gloo, integer CUDA device indices mean the CPU, and torch is seeded before the script starts (the DDP
 tutorial generates its data unseeded). The scripts that need torchvision run under `--vision-python`
 (an environment with torch and torchvision that import together), the others under this Python.
+minGPT-ddp exits unless an accelerator with 2 devices is present and builds `torch.device(f"{acc}:{rank}")`:
+for it the runner reports the CPU as 2 accelerator devices (and turns off memory pinning, which would
+then look for one); it needs `hydra-core`, `omegaconf`, `fsspec` and `boto3` on the caller's PYTHONPATH.
 """
 
 from __future__ import annotations
