@@ -308,6 +308,36 @@ def test_spawn_entry_point_is_left_whole(tmp_path: Path) -> None:
     assert any("an address of its own" in f.reason for f in report.unconverted if f.line == 22)
 
 
+_SPAWN_SHAPE = """
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def worker(rank, world_size):
+    dist.init_process_group("gloo", rank=RANK, world_size=world_size)
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2,), nprocs=NPROCS JOIN)
+"""
+
+
+@pytest.mark.parametrize(
+    ("rank", "nprocs", "join", "why"),
+    [
+        ("rank + 1", "2", "", "rank is not the worker's first parameter"),
+        ("rank", "3", "", "world size"),  # world_size=2 but 3 processes
+        ("rank", "2", ", join=False", "join=False"),
+    ],
+)
+def test_spawn_entry_point_in_another_shape_is_left_whole(rank: str, nprocs: str, join: str, why: str) -> None:
+    source = _SPAWN_SHAPE.replace("RANK", rank).replace("NPROCS", nprocs).replace(" JOIN", join)
+    code, report = convert(source)
+    assert code == source
+    assert not report.converted
+    assert any(why in f.reason for f in report.unconverted if "mp.spawn" in f.code)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_spawn_entry_point_becomes_fabric_launch(tmp_path: Path, nproc: int) -> None:
