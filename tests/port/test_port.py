@@ -330,7 +330,9 @@ if __name__ == "__main__":
         ("rank", "2", ", join=False", "join=False"),
     ],
 )
-def test_spawn_entry_point_in_another_shape_is_left_whole(rank: str, nprocs: str, join: str, why: str) -> None:
+def test_spawn_entry_point_in_another_shape_is_left_whole(
+    rank: str, nprocs: str, join: str, why: str
+) -> None:
     source = _SPAWN_SHAPE.replace("RANK", rank).replace("NPROCS", nprocs).replace(" JOIN", join)
     code, report = convert(source)
     assert code == source
