@@ -13,6 +13,9 @@ torchvision's MNIST and ImageNet-sized `FakeData` become small `FakeData` sets, 
 gloo, integer CUDA device indices mean the CPU, and torch is seeded before the script starts (the DDP
 tutorial generates its data unseeded). The scripts that need torchvision run under `--vision-python`
 (an environment with torch and torchvision that import together), the others under this Python.
+minGPT-ddp exits unless an accelerator with 2 devices is present and builds `torch.device(f"{acc}:{rank}")`:
+for it the runner reports the CPU as 2 accelerator devices (and turns off memory pinning, which would
+then look for one); it needs `hydra-core`, `omegaconf`, `fsspec` and `boto3` on the caller's PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ if os.environ.get("SHIM_CPU"):
         kwargs.pop("device_ids", None)
         _ddp_init(self, module, *args, **kwargs)
     DistributedDataParallel.__init__ = _ddp
+if os.environ.get("SHIM_CPU_ACCEL"):
+    # a script that insists on an accelerator (minGPT-ddp): the CPU reported as N devices, one per process
+    torch.accelerator.is_available = lambda: True
+    torch.accelerator.device_count = lambda: int(os.environ["SHIM_CPU_ACCEL"])
+    torch.accelerator.current_accelerator = lambda *a, **k: torch.device("cpu")
+    torch.accelerator.set_device_index = lambda *a, **k: None
+    _loader_init = torch.utils.data.DataLoader.__init__
+    def _no_pin(self, *args, **kwargs):  # pinning would now look for the accelerator; it changes no number
+        kwargs["pin_memory"] = False
+        _loader_init(self, *args, **kwargs)
+    torch.utils.data.DataLoader.__init__ = _no_pin
 if os.environ.get("SHIM_FAKE_SIZE"):
     import torchvision.datasets as datasets
     size = int(os.environ["SHIM_FAKE_SIZE"])
@@ -92,6 +106,7 @@ class Case:
     nodes: int = 1
     snapshot: str | None = None  # a file both runs write whose tensors must match
     not_runnable: str = ""
+    cpu_accel: int = 0  # report the CPU as this many accelerator devices (scripts that exit without GPUs)
     extra: list[str] = field(default_factory=list)  # further files to convert and report
     fake_size: int = 64  # images per torchvision FakeData/MNIST stand-in
 
@@ -179,8 +194,25 @@ CASES = [
         "minGPT-ddp (mingpt/main.py, trainer.py)",
         "distributed/minGPT-ddp/mingpt",
         "main.py",
-        [],
-        not_runnable="exits unless 2 GPUs are present (`verify_min_gpu_count`); needs hydra",
+        # hydra overrides: the text the example ships (not its URL), a 1-layer 32-wide model, 1 epoch, fp32
+        [
+            "data_config.path=../../src/data/input.txt",
+            "data_config.truncate=0.004",
+            "data_config.block_size=32",
+            "gpt_config.n_layer=1",
+            "gpt_config.n_head=2",
+            "gpt_config.n_embd=32",
+            "trainer_config.max_epochs=1",
+            "trainer_config.batch_size=32",
+            "trainer_config.data_loader_workers=0",
+            "trainer_config.use_amp=False",
+            "trainer_config.save_every=1",
+        ],
+        cpu_shim=True,
+        cpu_accel=2,
+        nproc=(2,),
+        torchrun_only=True,
+        snapshot="gpt_snapshot.pt",
         extra=["trainer.py"],
     ),
 ]
@@ -196,9 +228,12 @@ def _run(case: Case, python: str, script: Path, nproc: int, cwd: Path) -> tuple[
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))
     }
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # the caller's PYTHONPATH stays: minGPT-ddp needs hydra-core, omegaconf, fsspec and boto3 from it
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     if case.cpu_shim:
         env["SHIM_CPU"] = "1"
+    if case.cpu_accel:
+        env["SHIM_CPU_ACCEL"] = str(case.cpu_accel)
     if case.vision:
         env["SHIM_FAKE_SIZE"] = str(case.fake_size)
     args = [arg.replace("{work}", str(script.parent)) for arg in case.args]
@@ -228,7 +263,8 @@ def _run(case: Case, python: str, script: Path, nproc: int, cwd: Path) -> tuple[
     out, err = [], ""
     for proc in procs:
         o, e = proc.communicate(timeout=900)
-        out += o.splitlines()
+        # torchrun runs Python unbuffered: one rank's text can run into the other's ("...3.97828[RANK1] ...")
+        out += [part for line in o.splitlines() for part in re.split(r"(?<=\d)(?=\[)", line) if part]
         if proc.returncode:
             err += f"exit {proc.returncode}: {e.strip().splitlines()[-1] if e.strip() else ''}"
     return out, err
@@ -243,9 +279,12 @@ def _same_snapshot(a: Path, b: Path, source: Path) -> str:
         return "no snapshot"
 
     def tensors(path: Path) -> dict:
-        # the DDP tutorial saves {"MODEL_STATE": ...}; the language model pickles the whole module
+        # the DDP tutorial saves {"MODEL_STATE": ...}, minGPT {"model_state": ...}; the language model
+        # pickles the whole module
         saved = torch.load(path, weights_only=False)
-        return saved["MODEL_STATE"] if isinstance(saved, dict) else saved.state_dict()
+        if isinstance(saved, dict):
+            return saved.get("MODEL_STATE", saved.get("model_state"))
+        return saved.state_dict()
 
     sa, sb = tensors(a), tensors(b)
     same = sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

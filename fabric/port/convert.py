@@ -19,10 +19,11 @@ from fabric.port.checkpoint import CheckpointRule
 from fabric.port.collectives import CollectiveRule
 from fabric.port.device import DeviceRule
 from fabric.port.entry import add_fabric, has_fabric, is_main_guard, is_script
-from fabric.port.processes import ProcessRule, uses_spawn
+from fabric.port.processes import ProcessRule
 from fabric.port.report import Finding, Report
 from fabric.port.rules import Context, Rule, all_nodes
 from fabric.port.seed import SeedRule
+from fabric.port.spawn import GlobalFabric, SpawnPlan, plan, spawn_calls
 
 _METADATA = (QualifiedNameProvider, PositionProvider, ScopeProvider, ParentNodeProvider)
 
@@ -120,15 +121,28 @@ def convert_source(source: str) -> tuple[str, Report]:
         raise SyntaxError(f"fabric port: the script does not parse: {err}") from err
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
     ctx = Context(metadata=wrapper.resolve_many(_METADATA), module=module)
+    spawn = plan(ctx, module) if spawn_calls(ctx, module) else None
+    if isinstance(spawn, SpawnPlan):
+        ctx.spawn = spawn
+    elif spawn:
+        ctx.spawn_refused = spawn
     rules = [rule(ctx) for rule in _RULES]
     for rule in rules:
         rule.analyze(module)
     converted = module.visit(_Porter(ctx, rules))
     # the MetadataWrapper resolved metadata on `module` itself, so the visit above can read it
-    if uses_spawn(ctx, module):
+    if isinstance(spawn, str):
         # The workers import this file without its __main__ block: a converted script would have no
         # Fabric object there. Nothing is changed; everything the rules saw becomes a manual step.
-        return source, _unchanged(ctx, "spawn entry point", "")
+        return source, _unchanged(ctx, f"spawn entry point: {spawn}", "")
+    if ctx.spawn is not None:
+        imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))
+        converted = add_fabric(ctx, converted, imports_fabric, create=False)
+        if ctx.spawn.enclosing:
+            converted = converted.visit(GlobalFabric(ctx.spawn.enclosing))
+        code = converted.code
+        compile(code, "<fabric port>", "exec")
+        return code, Report(ctx.findings)
     if ctx.uses_fabric and not has_fabric(ctx, module) and not is_script(module):
         return source, _unchanged(
             ctx,

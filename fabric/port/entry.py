@@ -55,6 +55,15 @@ def _statement(code: str) -> cst.SimpleStatementLine:
     return parsed
 
 
+def creation_args(ctx: Context) -> list[str]:
+    """The ``Fabric(...)`` arguments every creation carries: the proven precision."""
+    if ctx.precision and ctx.precision_flag:
+        return [f'precision="{ctx.precision}" if {ctx.precision_flag} else "32-true"']
+    if ctx.precision:
+        return [f'precision="{ctx.precision}"']
+    return []
+
+
 def _creation(ctx: Context) -> list[cst.SimpleStatementLine]:
     args = []
     if ctx.distributed:
@@ -67,10 +76,7 @@ def _creation(ctx: Context) -> list[cst.SimpleStatementLine]:
         args.append('num_nodes=int(os.environ.get("GROUP_WORLD_SIZE", 1))')
     else:
         args.append("devices=1")
-    if ctx.precision and ctx.precision_flag:
-        args.append(f'precision="{ctx.precision}" if {ctx.precision_flag} else "32-true"')
-    elif ctx.precision:
-        args.append(f'precision="{ctx.precision}"')
+    args += creation_args(ctx)
     return [
         _statement(f"{FABRIC} = Fabric({', '.join(args)})  # added by `fabric port`\n"),
         _statement(f"{FABRIC}.launch()\n"),
@@ -93,11 +99,11 @@ def _imports_os(module: cst.Module) -> bool:
     )
 
 
-def add_fabric(ctx: Context, module: cst.Module, imports_fabric: bool) -> cst.Module:
-    """Insert the import and the creation of the Fabric object into the converted module."""
+def add_fabric(ctx: Context, module: cst.Module, imports_fabric: bool, create: bool = True) -> cst.Module:
+    """Insert the import and (unless a converted spawn made it already) the creation of the Fabric object."""
     body = list(module.body)
     last_import = max((i for i, s in enumerate(body) if _is_import(s)), default=-1)
-    creation = _creation(ctx)
+    creation = _creation(ctx) if create else []
     guard = next((i for i, s in enumerate(body) if is_main_guard(s)), None)
     if guard is not None and not ctx.used_at_module_level:
         block = body[guard]
@@ -105,7 +111,7 @@ def add_fabric(ctx: Context, module: cst.Module, imports_fabric: bool) -> cst.Mo
         body[guard] = block.with_changes(body=block.body.with_changes(body=[*creation, *block.body.body]))
         creation = []
     imports = [] if imports_fabric else [_statement("from fabric import Fabric\n")]
-    if ctx.distributed and not _imports_os(module):
+    if ctx.distributed and create and not _imports_os(module):
         imports.insert(0, _statement("import os\n"))
     body[last_import + 1 : last_import + 1] = [*imports, *creation]
     return module.with_changes(body=body)

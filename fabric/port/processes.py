@@ -5,15 +5,17 @@ variables, so an ``init_process_group`` that reads the same variables (no rank, 
 of its own) is removed, and so is ``destroy_process_group``. ``model = DDP(model, device_ids=...)``
 becomes ``model = fabric.setup_module(model)``; ``model.module`` keeps working on the result.
 A ``DistributedSampler`` works unchanged once the process group exists, so it stays (and so does its
-``set_epoch``). A ``torch.multiprocessing.spawn`` entry point is not converted at all: its workers
-import the script without running its ``__main__`` block, so nothing in it is rewritten.
+``set_epoch``). A ``torch.multiprocessing.spawn`` entry point is converted only in the shape
+``fabric.port.spawn`` proves; otherwise nothing in the file is rewritten.
 """
 
 from __future__ import annotations
 
 import libcst as cst
 
+from fabric.port.entry import creation_args
 from fabric.port.rules import Rule, all_nodes, kwargs, only_call, positional, removed
+from fabric.port.spawn import SPAWN, replacement
 
 _INIT = ("torch.distributed.init_process_group", "torch.distributed.distributed_c10d.init_process_group")
 _DESTROY = (
@@ -30,18 +32,9 @@ _DP = (
     "torch.nn.parallel.DataParallel",
     "torch.nn.parallel.data_parallel.DataParallel",
 )
-_SPAWN = (
-    "torch.multiprocessing.spawn",
-    "torch.multiprocessing.start_processes",
-    "torch.multiprocessing.spawn.spawn",
-)
 #: init_process_group arguments that say nothing the environment does not
 _ENV_INIT_ARGS = {"backend", "timeout"}
 _WRAP_ARGS = {"device_ids", "output_device"}
-
-
-def uses_spawn(ctx, module: cst.Module) -> list[cst.Call]:  # type: ignore[no-untyped-def]
-    return [n for n in all_nodes(module) if isinstance(n, cst.Call) and ctx.is_(n.func, *_SPAWN)]
 
 
 class ProcessRule(Rule):
@@ -51,6 +44,20 @@ class ProcessRule(Rule):
                 self.ctx.distributed = True
 
     def statement(self, original, updated):  # type: ignore[no-untyped-def]
+        spawn = self.ctx.spawn
+        if spawn is not None and original is spawn.statement:
+            self.ctx.done(
+                original,
+                "Fabric(strategy='ddp', devices=nprocs) starts the same processes (it re-runs the command for "
+                "ranks 1..N-1, as torchrun would) and each calls the worker with its rank",
+                "what the script computes before this line now runs in every process: seed it if it is random",
+            )
+            return cst.FlattenSentinel(replacement(self.ctx, spawn, creation_args(self.ctx)))
+        if spawn is not None and any(original is s for s in spawn.inits):
+            self.ctx.done(
+                original, "fabric.launch() starts the process group with the worker's rank and world size"
+            )
+            return removed(original)
         call = only_call(original)
         if call is None:
             return None
@@ -84,14 +91,14 @@ class ProcessRule(Rule):
         return None
 
     def call(self, original, updated):  # type: ignore[no-untyped-def]
-        if self.ctx.is_(original.func, *_SPAWN):
+        if self.ctx.is_(original.func, *SPAWN) and self.ctx.spawn is None:
             self.ctx.left(
                 original,
-                "a torch.multiprocessing.spawn entry point: the workers re-import this file, so nothing in it "
-                "was converted",
-                "start the processes with `fabric run --devices N script.py` (or torchrun) and call the worker "
-                "function once; or use `Fabric(strategy='ddp_spawn', devices=N).launch(worker)` with "
-                "`worker(fabric, ...)`",
+                f"a torch.multiprocessing.spawn entry point the tool cannot prove ({self.ctx.spawn_refused}): "
+                "the workers re-import this file, so nothing in it was converted",
+                "replace the spawn with `fabric = Fabric(strategy='ddp', devices=NPROCS)`, `fabric.launch()` and "
+                "`worker(fabric.local_rank, *args)` (`global fabric` in a function), let `fabric.launch()` start "
+                "the process group in place of the worker's init_process_group, and make the changes listed",
             )
             return None
         wrapper = self.ctx.is_(original.func, *_DDP) or self.ctx.is_(original.func, *_DP)

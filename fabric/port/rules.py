@@ -38,6 +38,10 @@ class Context:
     precision: str | None = None
     #: a module-level on/off switch of that precision (``use_amp``): off means ``"32-true"``
     precision_flag: str | None = None
+    #: a proven ``mp.spawn`` entry point (``fabric.port.spawn.SpawnPlan``), converted in place
+    spawn: Any = None
+    #: why the script's spawn entry point was not proven ("" when there is none or it was)
+    spawn_refused: str = ""
     #: set by the dispatcher: whether the node being visited runs at import time
     at_module_level: bool = True
 

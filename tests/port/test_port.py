@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("libcst")
 
+from fabric.environments import find_free_network_port
 from fabric.port import convert
 from tests.port.helpers import ROOT, SCRIPTS, env, run_both
 
@@ -304,6 +305,68 @@ def test_spawn_entry_point_is_left_whole(tmp_path: Path) -> None:
     assert code == source
     assert not report.converted
     assert {11, 13, 16, 22} <= _left_lines(report)
+    assert any("an address of its own" in f.reason for f in report.unconverted if f.line == 22)
+
+
+_SPAWN_SHAPE = """
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def worker(rank, world_size):
+    dist.init_process_group("gloo", rank=RANK, world_size=world_size)
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2,), nprocs=NPROCS JOIN)
+"""
+
+
+@pytest.mark.parametrize(
+    ("rank", "nprocs", "join", "why"),
+    [
+        ("rank + 1", "2", "", "rank is not the worker's first parameter"),
+        ("rank", "3", "", "world size"),  # world_size=2 but 3 processes
+        ("rank", "2", ", join=False", "join=False"),
+    ],
+)
+def test_spawn_entry_point_in_another_shape_is_left_whole(
+    rank: str, nprocs: str, join: str, why: str
+) -> None:
+    source = _SPAWN_SHAPE.replace("RANK", rank).replace("NPROCS", nprocs).replace(" JOIN", join)
+    code, report = convert(source)
+    assert code == source
+    assert not report.converted
+    assert any(why in f.reason for f in report.unconverted if "mp.spawn" in f.code)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_spawn_entry_point_becomes_fabric_launch(tmp_path: Path, nproc: int) -> None:
+    """``mp.spawn(worker, args=(world_size, ...), nprocs=world_size)`` becomes a "ddp" Fabric of that many
+    processes that calls the worker with its rank: same processes, same printed numbers on every rank."""
+    _, code, report, path = _port("spawn_train.py", tmp_path)
+    for line in (
+        "global fabric  # added by `fabric port`",
+        'fabric = Fabric(strategy="ddp", devices=world_size)',
+        "fabric.launch()\n    worker(fabric.local_rank, world_size, 7)",
+        "model = fabric.setup_module(torch.nn.Linear(8, 1))",
+        "fabric.backward(loss)",
+    ):
+        assert line in code, line
+    assert "mp.spawn(" not in code and "init_process_group" not in code
+    assert not report.unconverted
+    converted, expected = run_both(
+        (path, str(nproc), str(find_free_network_port())),
+        (SCRIPTS / "spawn_train.py", str(nproc), str(find_free_network_port())),
+    )
+
+    # several processes share one stdout: a print's text and its newline can be separate writes
+    def records(lines: list[str]) -> list[str]:
+        return sorted(p for line in lines for p in re.split(r"(?<=\d)(?=[a-z])", line) if p)
+
+    assert len(records(expected)) == 6 * nproc
+    assert records(converted) == records(expected)
 
 
 @pytest.mark.timeout(300)

@@ -1,4 +1,4 @@
-"""Test script: processes started with torch.multiprocessing.spawn (left as is by the tool)."""
+"""Test script: a spawn entry point whose process group has an address of its own (left as is by the tool)."""
 
 import os
 
@@ -8,7 +8,7 @@ import torch.multiprocessing as mp
 
 
 def worker(rank, world_size):
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29999", rank=rank, world_size=world_size)
     value = torch.tensor([float(rank + 1)])
     dist.all_reduce(value)
     if rank == 0:
