@@ -27,45 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fabric.utilities.peak_flops import get_available_flops
+
 if TYPE_CHECKING:
     from fabric.fabric import Fabric
-
-# Dense (no sparsity) peak FLOP/s per device from the vendors' data sheets, by compute dtype. A device or
-# dtype not listed has no known peak: MFU is then left out unless ``available_flops`` is given.
-_CUDA_PEAK_FLOPS: dict[str, dict[torch.dtype | str, float]] = {
-    "h200": {
-        torch.float64: 67e12,
-        torch.float32: 67e12,
-        "tf32": 494.7e12,
-        torch.bfloat16: 989.4e12,
-        torch.float16: 989.4e12,
-    },
-    "h100 sxm": {
-        torch.float64: 67e12,
-        torch.float32: 67e12,
-        "tf32": 494.7e12,
-        torch.bfloat16: 989.4e12,
-        torch.float16: 989.4e12,
-    },
-    "h100 pcie": {
-        torch.float64: 51e12,
-        torch.float32: 51e12,
-        "tf32": 378e12,
-        torch.bfloat16: 756e12,
-        torch.float16: 756e12,
-    },
-    "a100": {
-        torch.float64: 9.7e12,
-        torch.float32: 19.5e12,
-        "tf32": 156e12,
-        torch.bfloat16: 312e12,
-        torch.float16: 312e12,
-    },
-    "a10g": {torch.float32: 31.2e12, "tf32": 62.5e12, torch.bfloat16: 125e12, torch.float16: 125e12},
-    "l4": {torch.float32: 30.3e12, "tf32": 60e12, torch.bfloat16: 121e12, torch.float16: 121e12},
-    "v100": {torch.float64: 7.8e12, torch.float32: 15.7e12, torch.float16: 125e12},
-    "t4": {torch.float32: 8.1e12, torch.float16: 65e12},
-}
 
 
 def measure_flops(
@@ -95,23 +60,6 @@ def measure_flops(
         else:
             loss_fn(forward_fn()).backward()
     return counter.get_total_flops()
-
-
-def get_available_flops(device: torch.device, dtype: torch.dtype | str) -> float | None:
-    """The peak FLOP/s of ``device`` in ``dtype`` if known (CUDA data-center GPUs), else ``None``."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device).lower()
-    if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        dtype = "tf32"
-    for chip, peaks in _CUDA_PEAK_FLOPS.items():
-        if all(part in name for part in chip.split()):
-            return peaks.get(dtype)
-    if (
-        "h100" in name
-    ):  # an H100 variant not named above (NVL, ...): the PCIe figures are the conservative ones
-        return _CUDA_PEAK_FLOPS["h100 pcie"].get(dtype)
-    return None
 
 
 class _MonotonicWindow(deque):
