@@ -88,3 +88,17 @@ def test_unknown_gpu_or_dtype_warns_and_gives_none(monkeypatch: pytest.MonkeyPat
 def test_cpu_has_no_peak_and_throughput_exports_the_same_function() -> None:
     assert get_available_flops(torch.device("cpu"), torch.float32) is None
     assert from_throughput is get_available_flops
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64, torch.int8])
+def test_same_answers_as_lightning(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """Every listed name and some unknown ones give Lightning's figure (or its None) in each dtype."""
+    import warnings
+
+    lightning_throughput = pytest.importorskip("lightning.fabric.utilities.throughput")
+    for name in [*KNOWN, "CocoNut", "NVIDIA H100", "NVIDIA H200", "NVIDIA L40S", "NVIDIA GeForce RTX 3060"]:
+        _named(monkeypatch, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = lightning_throughput.get_available_flops(CUDA, dtype)
+            assert get_available_flops(CUDA, dtype) == expected, name
