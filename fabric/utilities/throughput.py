@@ -71,7 +71,7 @@ class _MonotonicWindow(deque):
     def append(self, value: Any) -> None:
         if self and value <= self[-1]:
             raise ValueError(
-                f"Throughput.update: expected a value greater than the last one ({self[-1]}), got {value}. "
+                f"Throughput.update: Expected the value to increase, last: {self[-1]}, current: {value}. "
                 "`time`, `batches`, `samples` and `lengths` are running totals since the start, not per step."
             )
         super().append(value)
@@ -139,7 +139,8 @@ class Throughput:
         """
         if samples < batches:
             raise ValueError(
-                f"Throughput.update(samples={samples}, batches={batches}): samples must be at least batches."
+                f"Throughput.update(samples={samples}, batches={batches}): samples must be at least batches"
+                f" (expected samples ({samples}) to be greater or equal than batches ({batches}))."
             )
         self._time.append(time)
         self._batches.append(batches)
@@ -147,13 +148,15 @@ class Throughput:
         if lengths is not None:
             if lengths < samples:
                 raise ValueError(
-                    f"Throughput.update(lengths={lengths}, samples={samples}): lengths must be at least samples."
+                    f"Throughput.update(lengths={lengths}, samples={samples}): lengths must be at least samples"
+                    f" (expected lengths ({lengths}) to be greater or equal than samples ({samples}))."
                 )
             self._lengths.append(lengths)
             if len(self._lengths) != len(self._samples):
                 raise RuntimeError(
-                    "Throughput.update: `lengths` was passed in some calls and not in others "
-                    f"({len(self._lengths)} of {len(self._samples)} updates); pass it every time or never."
+                    "Throughput.update: `lengths` was passed in some calls and not in others: if lengths are"
+                    f" passed ({len(self._lengths)}), there needs to be the same number of samples"
+                    f" ({len(self._samples)}). Pass it every time or never."
                 )
         if flops is not None:
             self._flops.append(flops * self.world_size)  # all devices together
