@@ -276,8 +276,20 @@ def test_hybrid_shard_needs_no_wrap_policy_or_process_group() -> None:
 
     for name in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
         strategy = FSDPStrategy(sharding_strategy=name)
-        assert strategy.sharding_strategy == name
+        assert strategy.sharding_strategy.name == name
     assert FSDPStrategy(sharding_strategy="_HYBRID_SHARD_ZERO2").reshard_after_forward is False
+
+
+def test_fsdp_sharding_strategy_is_torchs_enum_as_in_lightning() -> None:
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from fabric.strategies import FSDPStrategy
+
+    assert FSDPStrategy().sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert FSDPStrategy(sharding_strategy=ShardingStrategy.SHARD_GRAD_OP).sharding_strategy == (
+        ShardingStrategy.SHARD_GRAD_OP
+    )
+    assert FSDPStrategy(sharding_strategy="NO_SHARD").sharding_strategy == ShardingStrategy.NO_SHARD
 
 
 def test_fsdp_load_without_state_returns_the_checkpoint(tmp_path: Any) -> None:

@@ -124,11 +124,11 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
         self.cpu_offload = _offload_flag(cpu_offload)
-        self.sharding_strategy = _sharding_strategy_name(sharding_strategy)
+        self._sharding = _sharding_strategy_name(sharding_strategy)
         if reshard_after_forward is None:
-            reshard_after_forward = self.sharding_strategy not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
+            reshard_after_forward = self._sharding not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
         self.reshard_after_forward = reshard_after_forward
-        self._device_mesh = _check_device_mesh(device_mesh, self.sharding_strategy)
+        self._device_mesh = _check_device_mesh(device_mesh, self._sharding)
         self._mp_policy = _mixed_precision_policy(mixed_precision)
         self._fully_shard_kwargs = _fully_shard_kwargs(kwargs)
         self.state_dict_type = state_dict_type
@@ -136,6 +136,15 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         # Weak: the strategy must not keep every model it ever sharded alive.
         self._sharded: weakref.WeakSet[Module] = weakref.WeakSet()
         self._init_logs: list[InitLog] = []
+
+    @property
+    def sharding_strategy(self) -> Any:
+        """torch's ``ShardingStrategy`` member, as Lightning's attribute holds it (``.name`` gives the string)."""
+        from torch.distributed.fsdp import (
+            ShardingStrategy,
+        )  # lazy: FSDP1's module is not needed to import fabric
+
+        return ShardingStrategy[self._sharding]
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -154,9 +163,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
         if isinstance(self._device_mesh, DeviceMesh):
             return self._device_mesh
-        if self.sharding_strategy == "NO_SHARD":
+        if self._sharding == "NO_SHARD":
             shape: tuple[int, ...] = (self.world_size, 1)  # replicate everywhere, shard over one process
-        elif self.sharding_strategy in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+        elif self._sharding in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
             # Default: shard within a node (fast links), replicate across nodes.
             shape = self._device_mesh or (self.num_nodes, self.world_size // self.num_nodes)
             if shape[0] * shape[1] != self.world_size:
