@@ -300,3 +300,13 @@ def test_fsdp_load_without_state_returns_the_checkpoint(tmp_path: Any) -> None:
     torch.save({"step": 3, "w": torch.ones(2)}, tmp_path / "plain.pt")
     loaded = FSDPStrategy().load_checkpoint(tmp_path / "plain.pt", state=None)
     assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_fsdp_cpu_offload_is_fsdp1s_dataclass_as_in_lightning() -> None:
+    from torch.distributed.fsdp import CPUOffload
+
+    from fabric.strategies import FSDPStrategy
+
+    assert FSDPStrategy(cpu_offload=True).cpu_offload == CPUOffload(offload_params=True)
+    assert FSDPStrategy(cpu_offload=CPUOffload()).cpu_offload == CPUOffload()
+    assert FSDPStrategy().cpu_offload == CPUOffload(offload_params=False)

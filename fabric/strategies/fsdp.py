@@ -123,7 +123,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._checkpoint_policy = _as_predicate(
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
-        self.cpu_offload = _offload_flag(cpu_offload)
+        self._offload = _offload_flag(cpu_offload)
         self._sharding = _sharding_strategy_name(sharding_strategy)
         if reshard_after_forward is None:
             reshard_after_forward = self._sharding not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
@@ -136,6 +136,14 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         # Weak: the strategy must not keep every model it ever sharded alive.
         self._sharded: weakref.WeakSet[Module] = weakref.WeakSet()
         self._init_logs: list[InitLog] = []
+
+    @property
+    def cpu_offload(self) -> Any:
+        """FSDP1's ``CPUOffload(offload_params=...)``, as Lightning's attribute holds it; FSDP2 offloads with
+        ``CPUOffloadPolicy`` when ``offload_params`` is true."""
+        from torch.distributed.fsdp import CPUOffload  # lazy: FSDP1's module is not needed to import fabric
+
+        return CPUOffload(offload_params=self._offload)
 
     @property
     def sharding_strategy(self) -> Any:
@@ -179,7 +187,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         return init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def module_to_device(self, module: Module) -> None:
-        if self.cpu_offload or _has_meta(module):
+        if self._offload or _has_meta(module):
             return  # sharding first; a meta model is materialized shard by shard
         module.to(self.root_device)
 
@@ -195,7 +203,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         stack.enter_context(torch.device("meta") if empty_init else self.root_device)
         stack.enter_context(self.precision.module_init_context())
         if empty_init:
-            recorder = InitRecorder(self.root_device if not self.cpu_offload else torch.device("cpu"))
+            recorder = InitRecorder(self.root_device if not self._offload else torch.device("cpu"))
             self._init_logs.append(recorder.log)
             stack.enter_context(recorder)
         return stack
@@ -250,7 +258,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             mp_policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
         # Pinned memory only speeds up copies to an accelerator; without one, pinning fails.
         pin = self.root_device.type != "cpu"
-        offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
+        offload = CPUOffloadPolicy(pin_memory=pin) if self._offload else OffloadPolicy()
         meta = _has_meta(module)
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
@@ -270,7 +278,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                 fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
-            device = self.root_device if not self.cpu_offload else torch.device("cpu")
+            device = self.root_device if not self._offload else torch.device("cpu")
             if log is not None:
                 _materialize_from_log(module, log, names, device)
             else:
