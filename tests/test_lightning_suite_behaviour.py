@@ -265,3 +265,48 @@ def test_local_environment_takes_group_rank_for_the_node_rank(monkeypatch: pytes
     assert LightningEnvironment().node_rank() == 1
     monkeypatch.setenv("NODE_RANK", "2")
     assert LightningEnvironment().node_rank() == 2
+
+
+# ------------------------------------------------------------------------- deliberate differences (FSDP)
+def test_hybrid_shard_needs_no_wrap_policy_or_process_group() -> None:
+    """Lightning refuses ``HYBRID_SHARD`` without ``auto_wrap_policy``/``process_group``/``device_mesh`` (an
+    FSDP1 limit: manual wrapping then has no process groups). FSDP2 here always wraps with a policy and
+    builds the 2-D mesh itself, by default ``(num_nodes, devices)``, so the plain call works."""
+    from fabric.strategies import FSDPStrategy
+
+    for name in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+        strategy = FSDPStrategy(sharding_strategy=name)
+        assert strategy.sharding_strategy.name == name
+    assert FSDPStrategy(sharding_strategy="_HYBRID_SHARD_ZERO2").reshard_after_forward is False
+
+
+def test_fsdp_sharding_strategy_is_torchs_enum_as_in_lightning() -> None:
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from fabric.strategies import FSDPStrategy
+
+    assert FSDPStrategy().sharding_strategy == ShardingStrategy.FULL_SHARD
+    assert FSDPStrategy(sharding_strategy=ShardingStrategy.SHARD_GRAD_OP).sharding_strategy == (
+        ShardingStrategy.SHARD_GRAD_OP
+    )
+    assert FSDPStrategy(sharding_strategy="NO_SHARD").sharding_strategy == ShardingStrategy.NO_SHARD
+
+
+def test_fsdp_load_without_state_returns_the_checkpoint(tmp_path: Any) -> None:
+    """Lightning's ``FSDPStrategy.load_checkpoint(path, state=None)`` raises; ours returns what the file holds
+    (the README's "`fabric.load(path)` returns everything"), also for an FSDP strategy built outside Fabric."""
+    from fabric.strategies import FSDPStrategy
+
+    torch.save({"step": 3, "w": torch.ones(2)}, tmp_path / "plain.pt")
+    loaded = FSDPStrategy().load_checkpoint(tmp_path / "plain.pt", state=None)
+    assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.ones(2))
+
+
+def test_fsdp_cpu_offload_is_fsdp1s_dataclass_as_in_lightning() -> None:
+    from torch.distributed.fsdp import CPUOffload
+
+    from fabric.strategies import FSDPStrategy
+
+    assert FSDPStrategy(cpu_offload=True).cpu_offload == CPUOffload(offload_params=True)
+    assert FSDPStrategy(cpu_offload=CPUOffload()).cpu_offload == CPUOffload()
+    assert FSDPStrategy().cpu_offload == CPUOffload(offload_params=False)

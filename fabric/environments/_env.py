@@ -38,9 +38,16 @@ def env_port(name: str, fix: str) -> int:
     return port
 
 
-def mismatch(argument: str, received: int, expected: int, source: str, fix: str) -> ValueError:
-    """Build the error for a user argument that contradicts the scheduler's allocation."""
+def mismatch(
+    argument: str, received: int, expected: int, source: str, fix: str, lightning_words: str = ""
+) -> ValueError:
+    """Build the error for a user argument that contradicts the scheduler's allocation.
+
+    ``lightning_words``, where given, is Lightning's sentence for the same error, appended in
+    parentheses so that code (and tests) matching Lightning's wording keep matching.
+    """
+    said = f" ({lightning_words})" if lightning_words else ""
     return ValueError(
-        f"`{argument}={received}` does not match the allocation: {source} means {argument}={expected}."
+        f"`{argument}={received}` does not match the allocation: {source} means {argument}={expected}{said}."
         f" Pass `{argument}={expected}`, or {fix}"
     )

@@ -26,7 +26,7 @@ def _is_interactive() -> bool:
     salloc runs has none. ``srun --pty bash`` is a step too, marked by ``SLURM_PTY_PORT``: python typed
     in that shell stays interactive, as in Lightning.
     """
-    if os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES:
+    if SLURMEnvironment.job_name() not in _INTERACTIVE_JOB_NAMES:
         return False
     return "SLURM_STEP_ID" not in os.environ or "SLURM_PTY_PORT" in os.environ
 
@@ -146,6 +146,22 @@ class SLURMEnvironment(ScheduledEnvironment):
         if requeue_signal is None and hasattr(signal, "SIGUSR1"):
             requeue_signal = signal.SIGUSR1
         self.requeue_signal = requeue_signal
+        self._validate_srun_variables()
+
+    @staticmethod
+    def _validate_srun_variables() -> None:
+        """Refuse ``--ntasks=N`` (N > 1) without ``--ntasks-per-node``, as Lightning does, with its wording.
+
+        With ``--ntasks`` alone SLURM spreads the tasks over the nodes as it likes, so the tasks on a node
+        no longer match ``devices``; the mismatch would show only as a hang in the rendezvous.
+        """
+        ntasks = env_int("SLURM_NTASKS", "Unset it or correct the #SBATCH options.", default=1)
+        if ntasks > 1 and "SLURM_NTASKS_PER_NODE" not in os.environ:
+            raise RuntimeError(
+                f"You set `--ntasks={ntasks}` in your SLURM bash script, but this variable is not supported."
+                f" HINT: Use `--ntasks-per-node={ntasks}` instead (SLURM_NTASKS={ntasks} is set and"
+                " SLURM_NTASKS_PER_NODE is not)."
+            )
 
     @staticmethod
     def job_id() -> int | None:
@@ -224,7 +240,13 @@ class SLURMEnvironment(ScheduledEnvironment):
 
         Each SLURM task drives one device, so more devices than tasks per node would leave devices
         idle and fewer would put two tasks on one device.
+
+        In an interactive allocation (job name ``bash`` or ``interactive``, see ``_is_interactive``) fabric
+        launches the processes itself, so the allocation's task counts do not apply: nothing is checked,
+        as in Lightning.
         """
+        if _is_interactive():
+            return
         fix = "Unset it or correct the #SBATCH options."
         if "SLURM_NTASKS_PER_NODE" in os.environ:
             tasks_per_node = env_int("SLURM_NTASKS_PER_NODE", fix)
@@ -235,6 +257,8 @@ class SLURMEnvironment(ScheduledEnvironment):
                     tasks_per_node,
                     f"SLURM_NTASKS_PER_NODE={tasks_per_node}",
                     f"submit the job with `#SBATCH --ntasks-per-node={num_devices}`.",
+                    "the number of tasks per node configured in SLURM"
+                    f" `--ntasks-per-node={tasks_per_node}` does not match `devices={num_devices}`",
                 )
         for name in ("SLURM_NNODES", "SLURM_JOB_NUM_NODES"):
             if name in os.environ:
@@ -246,5 +270,7 @@ class SLURMEnvironment(ScheduledEnvironment):
                         nodes,
                         f"{name}={nodes}",
                         f"submit the job with `#SBATCH --nodes={num_nodes}`.",
+                        f"the number of nodes configured in SLURM `--nodes={nodes}` does not match"
+                        f" `num_nodes={num_nodes}`",
                     )
                 break

@@ -37,27 +37,41 @@ class TorchElasticEnvironment(MasterVariablesEnvironment):
         return env_int("GROUP_RANK", self._FIX)
 
     def validate_settings(self, num_devices: int, num_nodes: int) -> None:
-        """``devices`` must equal torchrun's ``--nproc-per-node`` and ``num_nodes`` its node count.
+        """``devices * num_nodes`` must equal torchrun's world size, and ``devices`` its ``--nproc-per-node``.
 
-        The node count is ``WORLD_SIZE / LOCAL_WORLD_SIZE``: torchrun starts the same number of workers
-        on every node.
+        The first is Lightning's check, with its wording. The second needs ``LOCAL_WORLD_SIZE``, which
+        torchrun always sets; where it is missing (a hand-made launch) only the product is checked, as in
+        Lightning. torchrun starts the same number of workers on every node, so the node count is
+        ``WORLD_SIZE / LOCAL_WORLD_SIZE``.
         """
-        local_world_size = env_int("LOCAL_WORLD_SIZE", self._FIX)
-        if num_devices != local_world_size:
+        world_size = self.world_size()
+        local_world_size = env_int("LOCAL_WORLD_SIZE", self._FIX, default=0)
+        if num_devices != local_world_size and local_world_size:
             raise mismatch(
                 "devices",
                 num_devices,
                 local_world_size,
                 f"LOCAL_WORLD_SIZE={local_world_size}",
                 f"start torchrun with `--nproc-per-node={num_devices}`.",
+                ""
+                if num_devices * num_nodes == world_size
+                else self._product_words(num_devices, num_nodes, world_size),
             )
-        world_size = self.world_size()
-        if world_size != local_world_size * num_nodes:
-            expected_nodes = world_size // local_world_size
+        if num_devices * num_nodes != world_size:
+            per_node = local_world_size or num_devices
             raise mismatch(
                 "num_nodes",
                 num_nodes,
-                expected_nodes,
-                f"WORLD_SIZE={world_size} / LOCAL_WORLD_SIZE={local_world_size}",
+                world_size // per_node,
+                f"WORLD_SIZE={world_size} / {per_node} processes per node",
                 f"start torchrun with `--nnodes={num_nodes}`.",
+                self._product_words(num_devices, num_nodes, world_size),
             )
+
+    @staticmethod
+    def _product_words(num_devices: int, num_nodes: int, world_size: int) -> str:
+        """Lightning's wording for the same error, kept so that code matching it keeps matching."""
+        return (
+            f"you set `devices={num_devices}` and `num_nodes={num_nodes}`, but the product"
+            f" ({num_devices} * {num_nodes}) does not match the world size ({world_size})"
+        )

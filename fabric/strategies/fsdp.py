@@ -144,12 +144,12 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._checkpoint_policy = as_predicate(
             activation_checkpointing_policy, "activation_checkpointing_policy"
         )
-        self.cpu_offload = offload_flag(cpu_offload)
-        self.sharding_strategy = sharding_strategy_name(sharding_strategy)
+        self._offload = offload_flag(cpu_offload)
+        self._sharding = sharding_strategy_name(sharding_strategy)
         if reshard_after_forward is None:
-            reshard_after_forward = self.sharding_strategy not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
+            reshard_after_forward = self._sharding not in ("SHARD_GRAD_OP", "_HYBRID_SHARD_ZERO2")
         self.reshard_after_forward = reshard_after_forward
-        self._device_mesh = check_device_mesh(device_mesh, self.sharding_strategy)
+        self._device_mesh = check_device_mesh(device_mesh, self._sharding)
         self._mp_policy = mixed_precision_policy(mixed_precision)
         self._fully_shard_kwargs = fully_shard_kwargs(kwargs)
         self.state_dict_type = state_dict_type
@@ -157,6 +157,23 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         # Weak: the strategy must not keep every model it ever sharded alive.
         self._sharded: weakref.WeakSet[Module] = weakref.WeakSet()
         self._init_logs: list[InitLog] = []
+
+    @property
+    def cpu_offload(self) -> Any:
+        """FSDP1's ``CPUOffload(offload_params=...)``, as Lightning's attribute holds it; FSDP2 offloads with
+        ``CPUOffloadPolicy`` when ``offload_params`` is true."""
+        from torch.distributed.fsdp import CPUOffload  # lazy: FSDP1's module is not needed to import fabric
+
+        return CPUOffload(offload_params=self._offload)
+
+    @property
+    def sharding_strategy(self) -> Any:
+        """torch's ``ShardingStrategy`` member, as Lightning's attribute holds it (``.name`` gives the string)."""
+        from torch.distributed.fsdp import (
+            ShardingStrategy,
+        )  # lazy: FSDP1's module is not needed to import fabric
+
+        return ShardingStrategy[self._sharding]
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -175,9 +192,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
         if isinstance(self._device_mesh, DeviceMesh):
             return self._device_mesh
-        if self.sharding_strategy == "NO_SHARD":
+        if self._sharding == "NO_SHARD":
             shape: tuple[int, ...] = (self.world_size, 1)  # replicate everywhere, shard over one process
-        elif self.sharding_strategy in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+        elif self._sharding in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
             # Default: shard within a node (fast links), replicate across nodes.
             shape = self._device_mesh or (self.num_nodes, self.world_size // self.num_nodes)
             if shape[0] * shape[1] != self.world_size:
@@ -191,7 +208,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         return init_device_mesh(self.root_device.type, shape, mesh_dim_names=("replicate", "shard"))
 
     def module_to_device(self, module: Module) -> None:
-        if self.cpu_offload or has_meta(module):
+        if self._offload or has_meta(module):
             return  # sharding first; a meta model is materialized shard by shard
         module.to(self.root_device)
 
@@ -207,7 +224,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         stack.enter_context(torch.device("meta") if empty_init else self.root_device)
         stack.enter_context(self.precision.module_init_context())
         if empty_init:
-            recorder = InitRecorder(self.root_device if not self.cpu_offload else torch.device("cpu"))
+            recorder = InitRecorder(self.root_device if not self._offload else torch.device("cpu"))
             self._init_logs.append(recorder.log)
             stack.enter_context(recorder)
         return stack
@@ -262,7 +279,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             mp_policy = MixedPrecisionPolicy(param_dtype=precision.autocast_dtype, reduce_dtype=torch.float32)
         # Pinned memory only speeds up copies to an accelerator; without one, pinning fails.
         pin = self.root_device.type != "cpu"
-        offload = CPUOffloadPolicy(pin_memory=pin) if self.cpu_offload else OffloadPolicy()
+        offload = CPUOffloadPolicy(pin_memory=pin) if self._offload else OffloadPolicy()
         meta = has_meta(module)
         log = self._init_log_for(module) if meta else None
         if meta and log is None:
@@ -282,7 +299,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                 fully_shard(submodule, **kwargs)
         fully_shard(module, **kwargs)
         if meta:
-            device = self.root_device if not self.cpu_offload else torch.device("cpu")
+            device = self.root_device if not self._offload else torch.device("cpu")
             if log is not None:
                 materialize_from_log(module, log, names, device)
             else:

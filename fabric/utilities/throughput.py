@@ -27,45 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fabric.utilities.peak_flops import get_available_flops
+
 if TYPE_CHECKING:
     from fabric.fabric import Fabric
-
-# Dense (no sparsity) peak FLOP/s per device from the vendors' data sheets, by compute dtype. A device or
-# dtype not listed has no known peak: MFU is then left out unless ``available_flops`` is given.
-_CUDA_PEAK_FLOPS: dict[str, dict[torch.dtype | str, float]] = {
-    "h200": {
-        torch.float64: 67e12,
-        torch.float32: 67e12,
-        "tf32": 494.7e12,
-        torch.bfloat16: 989.4e12,
-        torch.float16: 989.4e12,
-    },
-    "h100 sxm": {
-        torch.float64: 67e12,
-        torch.float32: 67e12,
-        "tf32": 494.7e12,
-        torch.bfloat16: 989.4e12,
-        torch.float16: 989.4e12,
-    },
-    "h100 pcie": {
-        torch.float64: 51e12,
-        torch.float32: 51e12,
-        "tf32": 378e12,
-        torch.bfloat16: 756e12,
-        torch.float16: 756e12,
-    },
-    "a100": {
-        torch.float64: 9.7e12,
-        torch.float32: 19.5e12,
-        "tf32": 156e12,
-        torch.bfloat16: 312e12,
-        torch.float16: 312e12,
-    },
-    "a10g": {torch.float32: 31.2e12, "tf32": 62.5e12, torch.bfloat16: 125e12, torch.float16: 125e12},
-    "l4": {torch.float32: 30.3e12, "tf32": 60e12, torch.bfloat16: 121e12, torch.float16: 121e12},
-    "v100": {torch.float64: 7.8e12, torch.float32: 15.7e12, torch.float16: 125e12},
-    "t4": {torch.float32: 8.1e12, torch.float16: 65e12},
-}
 
 
 def measure_flops(
@@ -97,23 +62,6 @@ def measure_flops(
     return counter.get_total_flops()
 
 
-def get_available_flops(device: torch.device, dtype: torch.dtype | str) -> float | None:
-    """The peak FLOP/s of ``device`` in ``dtype`` if known (CUDA data-center GPUs), else ``None``."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device).lower()
-    if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
-        dtype = "tf32"
-    for chip, peaks in _CUDA_PEAK_FLOPS.items():
-        if all(part in name for part in chip.split()):
-            return peaks.get(dtype)
-    if (
-        "h100" in name
-    ):  # an H100 variant not named above (NVL, ...): the PCIe figures are the conservative ones
-        return _CUDA_PEAK_FLOPS["h100 pcie"].get(dtype)
-    return None
-
-
 class _MonotonicWindow(deque):
     """A fixed-size window of cumulative counters that must grow with every append."""
 
@@ -123,7 +71,7 @@ class _MonotonicWindow(deque):
     def append(self, value: Any) -> None:
         if self and value <= self[-1]:
             raise ValueError(
-                f"Throughput.update: expected a value greater than the last one ({self[-1]}), got {value}. "
+                f"Throughput.update: Expected the value to increase, last: {self[-1]}, current: {value}. "
                 "`time`, `batches`, `samples` and `lengths` are running totals since the start, not per step."
             )
         super().append(value)
@@ -191,7 +139,8 @@ class Throughput:
         """
         if samples < batches:
             raise ValueError(
-                f"Throughput.update(samples={samples}, batches={batches}): samples must be at least batches."
+                f"Throughput.update(samples={samples}, batches={batches}): samples must be at least batches"
+                f" (expected samples ({samples}) to be greater or equal than batches ({batches}))."
             )
         self._time.append(time)
         self._batches.append(batches)
@@ -199,13 +148,15 @@ class Throughput:
         if lengths is not None:
             if lengths < samples:
                 raise ValueError(
-                    f"Throughput.update(lengths={lengths}, samples={samples}): lengths must be at least samples."
+                    f"Throughput.update(lengths={lengths}, samples={samples}): lengths must be at least samples"
+                    f" (expected lengths ({lengths}) to be greater or equal than samples ({samples}))."
                 )
             self._lengths.append(lengths)
             if len(self._lengths) != len(self._samples):
                 raise RuntimeError(
-                    "Throughput.update: `lengths` was passed in some calls and not in others "
-                    f"({len(self._lengths)} of {len(self._samples)} updates); pass it every time or never."
+                    "Throughput.update: `lengths` was passed in some calls and not in others: if lengths are"
+                    f" passed ({len(self._lengths)}), there needs to be the same number of samples"
+                    f" ({len(self._samples)}). Pass it every time or never."
                 )
         if flops is not None:
             self._flops.append(flops * self.world_size)  # all devices together

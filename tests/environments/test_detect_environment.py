@@ -30,6 +30,7 @@ SRUN = {
     "SLURM_JOB_ID": "777",
     "SLURM_JOB_NAME": "train",
     "SLURM_NTASKS": "2",
+    "SLURM_NTASKS_PER_NODE": "2",
     "SLURM_PROCID": "1",
     "SLURM_LOCALID": "1",
     "SLURM_NODEID": "0",

@@ -149,7 +149,8 @@ def test_not_detected_outside_slurm() -> None:
 def test_devices_must_match_ntasks_per_node() -> None:
     with pytest.raises(
         ValueError,
-        match=r"`devices=4` does not match the allocation: SLURM_NTASKS_PER_NODE=2 means devices=2\."
+        match=r"`devices=4` does not match the allocation: SLURM_NTASKS_PER_NODE=2 means devices=2"
+        r" \(the number of tasks per node configured in SLURM `--ntasks-per-node=2` does not match `devices=4`\)\."
         r" Pass `devices=2`, or submit the job with `#SBATCH --ntasks-per-node=4`",
     ):
         SLURMEnvironment().validate_settings(num_devices=4, num_nodes=2)
@@ -159,15 +160,42 @@ def test_devices_must_match_ntasks_per_node() -> None:
 def test_num_nodes_must_match_allocated_nodes() -> None:
     with pytest.raises(ValueError, match=r"`num_nodes=1` does not match .* SLURM_NNODES=2 .*--nodes=1"):
         SLURMEnvironment().validate_settings(num_devices=2, num_nodes=1)
+    # Lightning's wording is part of the message too.
+    with pytest.raises(
+        ValueError, match=r"the number of nodes configured in SLURM `--nodes=2` does not match"
+    ):
+        SLURMEnvironment().validate_settings(num_devices=2, num_nodes=1)
+
+
+@pytest.mark.usefixtures("srun")
+def test_ntasks_without_ntasks_per_node_is_refused_as_in_lightning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``#SBATCH --ntasks=4`` alone lets SLURM place the tasks unevenly: refused at construction."""
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    with pytest.raises(
+        RuntimeError,
+        match=r"You set `--ntasks=4` in your SLURM bash script, but this variable is not supported\."
+        r" HINT: Use `--ntasks-per-node=4` instead",
+    ):
+        SLURMEnvironment()
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task needs no per-node count
+    SLURMEnvironment()
+
+
+@pytest.mark.usefixtures("srun")
+@pytest.mark.parametrize("job_name", ["bash", "interactive"])
+def test_interactive_allocation_skips_validation(monkeypatch: pytest.MonkeyPatch, job_name: str) -> None:
+    """In an interactive allocation fabric launches the processes, so the task counts do not apply."""
+    monkeypatch.setenv("SLURM_JOB_NAME", job_name)
+    monkeypatch.delenv("SLURM_STEP_ID")
+    SLURMEnvironment().validate_settings(num_devices=4, num_nodes=1)
 
 
 @pytest.mark.usefixtures("srun")
 def test_job_num_nodes_is_used_without_nnodes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLURM_NNODES")
-    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
     with pytest.raises(ValueError, match=r"SLURM_JOB_NUM_NODES=2"):
-        SLURMEnvironment().validate_settings(num_devices=8, num_nodes=3)
-    SLURMEnvironment().validate_settings(num_devices=8, num_nodes=2)
+        SLURMEnvironment().validate_settings(num_devices=2, num_nodes=3)
+    SLURMEnvironment().validate_settings(num_devices=2, num_nodes=2)
 
 
 @pytest.mark.usefixtures("srun")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fabric.environments import TorchElasticEnvironment
@@ -80,3 +82,13 @@ def test_devices_must_match_nproc_per_node() -> None:
 def test_num_nodes_must_match_nnodes() -> None:
     with pytest.raises(ValueError, match=r"`num_nodes=1` does not match .* means num_nodes=2.*`--nnodes=1`"):
         TorchElasticEnvironment().validate_settings(num_devices=4, num_nodes=1)
+
+
+def test_without_local_world_size_the_product_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made launch with ``WORLD_SIZE`` only: Lightning's product check, with its wording."""
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    env = TorchElasticEnvironment()
+    env.validate_settings(num_devices=4, num_nodes=2)
+    with pytest.raises(ValueError, match=re.escape("the product (2 * 2) does not match the world size (8)")):
+        env.validate_settings(num_devices=2, num_nodes=2)

@@ -56,6 +56,22 @@ def test_bad_updates_are_clear_errors() -> None:
     assert throughput.compute() == {}
 
 
+def test_bad_updates_use_lightnings_words_too() -> None:
+    """Code that matches Lightning's messages (its own tests do) keeps matching."""
+    throughput = Throughput()
+    throughput.update(time=2.0, batches=1, samples=2)
+    with pytest.raises(RuntimeError, match="same number of samples"):
+        throughput.update(time=2.1, batches=2, samples=3, lengths=4)
+    throughput = Throughput(window_size=2)
+    throughput.update(time=2.5, batches=2, samples=4, lengths=8)
+    with pytest.raises(ValueError, match="Expected the value to increase"):
+        throughput.update(time=2.5, batches=3, samples=4, lengths=8)
+    with pytest.raises(ValueError, match=r"samples.*to be greater or equal than batches"):
+        Throughput().update(time=0, batches=2, samples=1)
+    with pytest.raises(ValueError, match=r"lengths.*to be greater or equal than samples"):
+        Throughput().update(time=0, batches=2, samples=2, lengths=1)
+
+
 def test_monitor_logs_through_fabric(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name=None, version="tp")
     fabric = Fabric(accelerator="cpu", loggers=logger)
