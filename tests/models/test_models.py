@@ -38,6 +38,10 @@ CELLS = [
     ("llama", "fsdp", "bf16-true"),
     ("t5", "fsdp", "bf16-true"),
 ]
+#: DeepSpeed ZeRO cells: run by `nox -s deepspeed` (which installs transformers and selects `-m deepspeed`)
+DEEPSPEED_CELLS = [
+    (m, s, "32-true") for m in ("gpt2", "llama") for s in ("deepspeed_stage_2", "deepspeed_stage_3")
+]
 _RESULTS: dict[str, dict[str, Any]] = {}
 _EMPTY_INIT_ERRORS: dict[str, str] = {}
 
@@ -81,11 +85,20 @@ def render_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _params() -> list[Any]:
+    from fabric.strategies.deepspeed import deepspeed_available
+
+    skip_ds = pytest.mark.skipif(not deepspeed_available(), reason="DeepSpeed is not installed")
+    return [pytest.param(*c, id="-".join(c)) for c in CELLS] + [
+        pytest.param(*c, id="-".join(c), marks=[pytest.mark.deepspeed, skip_ds]) for c in DEEPSPEED_CELLS
+    ]
+
+
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(("model", "strategy", "precision"), CELLS, ids=["-".join(c) for c in CELLS])
+@pytest.mark.parametrize(("model", "strategy", "precision"), _params())
 def test_cell(tmp_path: Path, model: str, strategy: str, precision: str) -> None:
     cell = f"{model} / {strategy} / {precision}"
-    env = launch_env(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    env = launch_env(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DS_ACCELERATOR="cpu")
     run = run_python([str(HERE / "cell.py"), str(tmp_path), model, strategy, precision], timeout=300, env=env)
     assert run.returncode == 0, run.output[-5000:]
     result = json.loads((tmp_path / "rank0.json").read_text())
