@@ -32,7 +32,7 @@ from fabric.checkpoint.states import (
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
-from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
+from fabric.strategies._deferred_init import InitLog, InitRecorder, record_library_init, replay_into
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
 
@@ -273,8 +273,13 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""
         tensors = [*module.parameters(), *module.buffers()]
         for log in self._init_logs:
-            if log.covers(tensors):
+            if log.covers(tensors, module):
                 self._init_logs.remove(log)  # replayed once; its tensors can be freed afterwards
+                # a transformers model skipped its own init on the meta device: record it now
+                record_library_init(
+                    module, log, self.root_device if not self.cpu_offload else torch.device("cpu")
+                )
+                log.link_cast_buffers(module)  # bf16-true cast float32 buffers (inv_freq) before setup
                 return log
         return None
 

@@ -167,10 +167,12 @@ def main(out_dir: str, model_name: str, strategy_name: str, precision: str) -> N
     result: dict[str, Any] = {}
 
     def check(name: str, function: Any) -> None:
+        started = time.perf_counter()
         try:
             result[name] = function()
         except Exception:
             result[name] = {"error": traceback.format_exc()}
+        result.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
 
     ref_losses, ref_model = reference(spec, precision)
     result["reference_losses"] = ref_losses
