@@ -9,7 +9,7 @@ real initial values, and writes sharded or full checkpoints. The engine is PyTor
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from fabric.checkpoint.states import (
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
+from fabric.strategies._buffers import broadcast_buffers
 from fabric.strategies._deferred_init import InitLog, InitRecorder, record_library_init, replay_into
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
@@ -267,7 +268,15 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             else:
                 _materialize(module, device)
         self._sharded.add(module)
+        broadcast_buffers(module)  # rank 0's buffers everywhere, as DDP starts (see strategies/_buffers.py)
         return module
+
+    def prepare_save(self, state: Mapping[str, Any]) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank before a save, as DDP keeps them: the
+        checkpoint holds rank 0's, and every rank evaluates like rank 0 after the save."""
+        for value in state.values():
+            if isinstance(value, Module):
+                broadcast_buffers(value)
 
     def _init_log_for(self, module: Module) -> InitLog | None:
         """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""

@@ -45,15 +45,6 @@ DEEPSPEED_CELLS = [
 _RESULTS: dict[str, dict[str, Any]] = {}
 
 
-def spec_running_stats(model: str) -> bool:
-    """BatchNorm models under FSDP: each rank keeps its own running statistics (FSDP synchronizes no
-    buffers, unlike DDP's broadcast from rank 0), and the checkpoint holds one rank's copy, so eval-mode
-    logits after loading may differ from rank 0's at the save. Recorded in the table, not asserted."""
-    from tests.models.zoo import SPECS
-
-    return SPECS[model].running_stats
-
-
 def _tolerance(precision: str) -> float:
     # bf16-true losses are bf16 numbers: one step of bf16 near a loss of 4-8 is 2**-5 = 0.031
     return {"32-true": 1e-5, "bf16-mixed": 2e-2, "bf16-true": 5e-2}[precision]
@@ -142,8 +133,8 @@ def test_cell(tmp_path: Path, model: str, strategy: str, precision: str) -> None
     # bf16-mixed: the run's logits came from autocast, the library's class computes in float32
     logits_tol = {"32-true": 1e-5, "bf16-mixed": 2e-2, "bf16-true": 5e-2}[precision]
     assert pretrained["logits_diff"] < logits_tol
-    if not (spec_running_stats(model) and strategy == "fsdp"):
-        assert pretrained["logits_diff_vs_run"] < logits_tol
+    # BatchNorm models under FSDP too: rank 0's statistics are broadcast before the save, as DDP holds them
+    assert pretrained["logits_diff_vs_run"] < logits_tol
     # 6. init_module(empty_init=True) on a sharding strategy gives eager creation's values, bit for bit:
     #    the library's own init (transformers skips it on the meta device) is replayed at setup, and
     #    buffers a '-true' precision casts (Llama's float32 `inv_freq`) are computed, then cast
@@ -153,6 +144,4 @@ def test_cell(tmp_path: Path, model: str, strategy: str, precision: str) -> None
         assert empty["same_keys"]
         assert empty["max_diff"] == 0.0, empty["differ"]
         status = "pass; empty_init = eager"
-    if spec_running_stats(model) and strategy == "fsdp" and pretrained["logits_diff_vs_run"] > 1e-5:
-        status += "; eval logits vs rank 0's differ (per-rank BatchNorm statistics)"
     _RESULTS[cell]["status"] = status
