@@ -84,12 +84,12 @@ def _params() -> list[Any]:
     ]
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(700)
 @pytest.mark.parametrize(("model", "strategy", "precision"), _params())
 def test_cell(tmp_path: Path, model: str, strategy: str, precision: str) -> None:
     cell = f"{model} / {strategy} / {precision}"
     env = launch_env(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", DS_ACCELERATOR="cpu")
-    run = run_python([str(HERE / "cell.py"), str(tmp_path), model, strategy, precision], timeout=300, env=env)
+    run = run_python([str(HERE / "cell.py"), str(tmp_path), model, strategy, precision], timeout=600, env=env)
     assert run.returncode == 0, run.output[-5000:]
     result = json.loads((tmp_path / "rank0.json").read_text())
     errors = {k: v["error"] for k, v in result.items() if isinstance(v, dict) and "error" in v}
