@@ -94,6 +94,8 @@ class CheckpointHost(Collectives, Protocol):
 
     def save_shards(self, shards: dict[str, Any], directory: str) -> None: ...
 
+    def prepare_save(self, state: Mapping[str, Any]) -> None: ...
+
     def capture_rng_state(self) -> dict[str, Any]: ...
 
     def restore_rng_state(self, rng_state: dict[str, Any]) -> None: ...
@@ -149,6 +151,7 @@ class Checkpointer:
         """
         self.wait_for_pending()
         _check_state(state, "save")
+        self.host.prepare_save(state)  # e.g. FSDP: rank 0's buffers everywhere, as DDP holds them
         filter = _check_filter(filter, state)
         owners = owners or {}
         path = os.fspath(path)

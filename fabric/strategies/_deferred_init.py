@@ -70,6 +70,11 @@ class InitLog:
     #: the first logged tensor of each memory region (storage, shape, strides, offset, dtype)
     regions: dict[tuple[Any, ...], Tensor] = field(default_factory=dict)
     ids: set[int] = field(default_factory=set)
+    #: every buffer registered during the construction, by (id of its module, name); the modules are kept
+    #: alive in ``owners``. A precision's ``convert_module`` replaces a buffer by a cast copy (made outside
+    #: the recording): this finds the original, see :meth:`link_cast_buffers`
+    buffers: dict[tuple[int, str], Tensor] = field(default_factory=dict)
+    owners: list[torch.nn.Module] = field(default_factory=list)
 
     def add(self, tensors: list[Tensor]) -> None:
         for tensor in tensors:
@@ -78,9 +83,36 @@ class InitLog:
                 self.keep.append(tensor)
                 self.regions.setdefault(_region(tensor), tensor)
 
-    def covers(self, tensors: list[Tensor]) -> bool:
-        """Whether the given tensors (a module's meta parameters) were created during this construction."""
-        return bool(tensors) and all(self.recorded(t) is not None for t in tensors)
+    def covers(self, tensors: list[Tensor], module: torch.nn.Module | None = None) -> bool:
+        """Whether the given tensors (a module's meta parameters) were created during this construction
+        (with ``module``: a buffer may also be a cast copy of one, see :meth:`link_cast_buffers`)."""
+        cast = {id(b) for _, b in self.cast_buffers(module)} if module is not None else set()
+        return bool(tensors) and all(self.recorded(t) is not None or id(t) in cast for t in tensors)
+
+    def cast_buffers(self, module: torch.nn.Module) -> list[tuple[Tensor, Tensor]]:
+        """``(original, cast)`` for each meta buffer of ``module`` that replaced a recorded one of the same
+        shape in a dtype conversion (``bf16-true``'s ``convert_module`` casts Llama's float32 ``inv_freq``)."""
+        pairs = []
+        for owner in module.modules():
+            for name, buffer in owner._buffers.items():
+                original = self.buffers.get((id(owner), name))
+                if (
+                    buffer is not None
+                    and buffer.is_meta
+                    and original is not None
+                    and original is not buffer
+                    and self.recorded(buffer) is None
+                    and original.shape == buffer.shape
+                ):
+                    pairs.append((original, buffer))
+        return pairs
+
+    def link_cast_buffers(self, module: torch.nn.Module) -> None:
+        """Log each cast buffer as the cast of its original, after everything else: the replay computes
+        the original (``inv_freq`` from ``arange`` in float32) and casts it, as the eager run did."""
+        for original, cast in self.cast_buffers(module):
+            self.add([cast])
+            self.ops.append(_Op(torch.ops.aten._to_copy.default, (original,), {"dtype": cast.dtype}, [cast]))
 
     def recorded(self, tensor: Tensor) -> Tensor | None:
         """The logged tensor that ``tensor`` is, or is another Python object of (same memory, same view).
@@ -144,17 +176,23 @@ class _SkippedInitRecorder(TorchFunctionMode):
 class InitRecorder(TorchDispatchMode):
     """Keep every ATen operation run while a model is constructed (see the module docstring)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, log: InitLog | None = None) -> None:
         super().__init__()
-        self.log = InitLog()
+        #: appending to an existing log (see :func:`record_library_init`): its generator states stay
+        self._appending = log is not None
+        self.log = log if log is not None else InitLog()
         self._device = device
         self._skipped = _SkippedInitRecorder(self.log)
 
     def __enter__(self) -> InitRecorder:
-        self.log.cpu_rng = torch.get_rng_state()
-        if self._device.type == "cuda" and torch.cuda.is_available():
-            self.log.cuda_rng = torch.cuda.get_rng_state_all()
-        self.log.default_dtype = torch.get_default_dtype()
+        if not self._appending:
+            self.log.cpu_rng = torch.get_rng_state()
+            if self._device.type == "cuda" and torch.cuda.is_available():
+                self.log.cuda_rng = torch.cuda.get_rng_state_all()
+                self.log.default_dtype = torch.get_default_dtype()
+            self._buffer_hook = torch.nn.modules.module.register_module_buffer_registration_hook(
+                self._on_buffer
+            )
         self._skipped.__enter__()
         super().__enter__()
         return self
@@ -162,10 +200,17 @@ class InitRecorder(TorchDispatchMode):
     def __exit__(self, *exc: Any) -> None:
         super().__exit__(*exc)
         self._skipped.__exit__(*exc)
-        if exc[0] is None:
+        if not self._appending:
+            self._buffer_hook.remove()
+        if exc[0] is None and not self._appending:
             # Leave the generators where a normal construction leaves them.
             with _generators_at(self.log, self._device, restore=False):
                 replay(self.log, self._device, tensors={}, sink=lambda _name, _tensor: None)
+
+    def _on_buffer(self, module: torch.nn.Module, name: str, buffer: Tensor | None) -> None:
+        if buffer is not None:
+            self.log.owners.append(module)
+            self.log.buffers[(id(module), name)] = buffer
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -178,6 +223,112 @@ class InitRecorder(TorchDispatchMode):
         self.log.add(outputs)
         self.log.ops.append(_Op(func, args, kwargs, outputs))
         return out
+
+
+def record_library_init(module: torch.nn.Module, log: InitLog, device: torch.device) -> int:
+    """Insert the model library's own weight initialization into ``log`` where construction skipped it.
+
+    ``transformers`` models initialize in ``post_init`` at the end of each ``PreTrainedModel``'s
+    ``__init__`` (an inner ``GPT2Model`` first, then the outer ``GPT2LMHeadModel`` for what is left), but
+    skip that step when created on the meta device: they expect ``from_pretrained`` to load weights
+    next. A model made under ``init_module(empty_init=True)`` would then come out of ``setup`` with each
+    layer's default values instead of the model's ``_init_weights`` (GPT-2's ``normal_(std=0.02)``).
+
+    Each such (sub)model's ``initialize_weights()`` is recorded on the meta model and its operations are
+    put into the log right after the last operation of that submodel's construction, where its
+    ``post_init`` ran in an eager construction. The replay then draws the same random numbers in the
+    same order as eager construction: the values are bit-identical. ``transformers`` marks each
+    initialized module (``_is_hf_initialized``), so the outer model does not draw for an inner one again.
+
+    Found by duck typing (``transformers`` is never imported): a module with ``_init_weights`` and a
+    public ``initialize_weights()``, the ``PreTrainedModel`` protocol. Returns how many were recorded.
+    """
+    models = [
+        m
+        for m in module.modules()
+        if callable(getattr(m, "initialize_weights", None)) and hasattr(m, "_init_weights")
+    ]
+    # the model set up is the outermost: its post_init ran last, after everything in the log
+    ends = {id(m): len(log.ops) - 1 if m is module else _construction_end(log, m) for m in models}
+    # eager order: the submodel whose construction ended first ran its post_init first (inner first)
+    models.sort(key=lambda m: (ends[id(m)], len(list(m.modules()))))
+    inserted = 0
+    for model in models:
+        before = len(log.ops)
+        with _Untied(module), _Uncast(module, log), InitRecorder(device, log=log), torch.no_grad():
+            model.initialize_weights()  # type: ignore[operator]  # duck-typed (see above)
+        added = log.ops[before:]
+        del log.ops[before:]
+        at = ends[id(model)] + 1 + inserted
+        log.ops[at:at] = added
+        inserted += len(added)
+    return len(models)
+
+
+class _Untied:
+    """Give every tied parameter but its first owner a throwaway meta tensor while inits are recorded.
+
+    On the meta device the ties (GPT-2's ``lm_head.weight`` is ``wte.weight``; T5's stacks share
+    ``shared.weight``) exist before the recorded init; in an eager construction each module still had
+    its own tensor at its ``post_init``, and the tie, made afterwards, kept the first owner's value. So
+    the others' inits draw their numbers into tensors that are then dropped: the same here. The ties
+    are put back on exit.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self._swaps: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+        seen: set[int] = set()
+        for owner in module.modules():
+            for name, param in owner._parameters.items():
+                if param is None:
+                    continue
+                if id(param) in seen:
+                    self._swaps.append((owner, name, param))
+                seen.add(id(param))
+
+    def __enter__(self) -> None:
+        for owner, name, param in self._swaps:
+            owner._parameters[name] = torch.nn.Parameter(
+                torch.empty_like(param, device="meta"), requires_grad=param.requires_grad
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, param in self._swaps:
+            owner._parameters[name] = param
+
+
+class _Uncast:
+    """Put the recorded originals back in place of cast buffers while inits are recorded: in an eager
+    construction the library's init ran before the precision's cast."""
+
+    def __init__(self, module: torch.nn.Module, log: InitLog) -> None:
+        cast = {id(c): o for o, c in log.cast_buffers(module)}
+        self._swaps = [
+            (owner, name, buffer, cast[id(buffer)])
+            for owner in module.modules()
+            for name, buffer in owner._buffers.items()
+            if buffer is not None and id(buffer) in cast
+        ]
+
+    def __enter__(self) -> None:
+        for owner, name, _, original in self._swaps:
+            owner._buffers[name] = original
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, buffer, _ in self._swaps:
+            owner._buffers[name] = buffer
+
+
+def _construction_end(log: InitLog, module: torch.nn.Module) -> int:
+    """The index of the last logged operation that wrote one of ``module``'s parameters or buffers."""
+    keys = {
+        id(log.recorded(t)) for t in (*module.parameters(), *module.buffers()) if log.recorded(t) is not None
+    }
+    last = -1
+    for index, op in enumerate(log.ops):
+        if any(id(t) in keys for t in op.outputs):
+            last = index
+    return last
 
 
 def _region(tensor: Tensor) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ is :mod:`fabric.strategies.fsdp_policy`; FSDP1's arguments are translated in
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from fabric.checkpoint.states import (
 from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
+from fabric.strategies._buffers import broadcast_buffers
 from fabric.strategies._deferred_init import (
     InitLog,
     InitRecorder,
@@ -40,6 +41,7 @@ from fabric.strategies._deferred_init import (
     has_meta,
     materialize,
     materialize_from_log,
+    record_library_init,
     tensor_names,
 )
 from fabric.strategies.fsdp_compat import (
@@ -305,14 +307,27 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             else:
                 materialize(module, device)
         self._sharded.add(module)
+        broadcast_buffers(module)  # rank 0's buffers everywhere, as DDP starts (see strategies/_buffers.py)
         return module
+
+    def prepare_save(self, state: Mapping[str, Any]) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank before a save, as DDP keeps them: the
+        checkpoint holds rank 0's, and every rank evaluates like rank 0 after the save."""
+        for value in state.values():
+            if isinstance(value, Module):
+                broadcast_buffers(value)
 
     def _init_log_for(self, module: Module) -> InitLog | None:
         """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""
         tensors = [*module.parameters(), *module.buffers()]
         for log in self._init_logs:
-            if log.covers(tensors):
+            if log.covers(tensors, module):
                 self._init_logs.remove(log)  # replayed once; its tensors can be freed afterwards
+                # a transformers model skipped its own init on the meta device: record it now
+                record_library_init(
+                    module, log, self.root_device if not self._offload else torch.device("cpu")
+                )
+                log.link_cast_buffers(module)  # bf16-true cast float32 buffers (inv_freq) before setup
                 return log
         return None
 

@@ -311,6 +311,10 @@ class Strategy(ABC):
         else:
             optimizer.load_state_dict(state_dict)
 
+    def prepare_save(self, state: Mapping[str, Any]) -> None:
+        """Called on every process before ``state`` is saved: bring what the save reads into agreement
+        (FSDP broadcasts rank 0's buffers). Nothing to do by default."""
+
     def save_checkpoint(
         self,
         path: PathLike,

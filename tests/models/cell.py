@@ -55,7 +55,31 @@ def make_strategy(name: str, spec: Spec, checkpointing: bool = False) -> Any:
         return FSDPStrategy(activation_checkpointing_policy={spec.block_class()} if checkpointing else None)
     if name == "model_parallel":
         return ModelParallelStrategy(parallelize_decoder, data_parallel_size=1, tensor_parallel_size=2)
+    if name.startswith("deepspeed_stage_"):
+        return name  # the registry's default ZeRO config; activation checkpointing is the library's own
     raise ValueError(name)
+
+
+def is_deepspeed(name: str) -> bool:
+    return name.startswith("deepspeed_stage_")
+
+
+def full_param(param: torch.Tensor, deepspeed: bool) -> torch.Tensor:
+    """The whole fp32 value of a parameter; under ZeRO-3 gathered from the partitions (a collective)."""
+    if deepspeed:
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return full(safe_get_full_fp32_param(param))
+    return full(param)
+
+
+def full_exp_avg(param: torch.Tensor, optimizer: Any, deepspeed: bool) -> torch.Tensor:
+    """AdamW's ``exp_avg`` of one parameter, whole; DeepSpeed keeps it in its flat partitions."""
+    if deepspeed:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        return full(safe_get_full_optimizer_state(param, "exp_avg"))
+    return full(optimizer.state[param]["exp_avg"])
 
 
 def rows(fabric: Fabric) -> slice:
@@ -118,17 +142,17 @@ def setup(fabric: Fabric, spec: Spec, seed: int, checkpointing: bool = False) ->
     return fabric.setup(model, optimizer)
 
 
-def expected_state(model: Any, optimizer: Any, spec: Spec) -> dict[str, Any]:
+def expected_state(model: Any, optimizer: Any, spec: Spec, deepspeed: bool = False) -> dict[str, Any]:
     """Full weights, AdamW's ``exp_avg`` by name and the logits on a fixed input: what offline.py checks."""
     module = model.module
-    names = {id(p): n for n, p in module.named_parameters()}
     module.eval()
     with torch.no_grad():
         logits = full(model(**spec.logits_inputs()).logits)
     module.train()
+    named = list(module.named_parameters())
     return {
-        "params": {n: full(p) for n, p in module.named_parameters()},
-        "exp_avg": {names[id(p)]: full(s["exp_avg"]) for p, s in optimizer.state.items()},
+        "params": {n: full_param(p, deepspeed) for n, p in named},
+        "exp_avg": {n: full_exp_avg(p, optimizer, deepspeed) for n, p in named},
         "logits": logits,
     }
 
@@ -143,20 +167,24 @@ def main(out_dir: str, model_name: str, strategy_name: str, precision: str) -> N
     result: dict[str, Any] = {}
 
     def check(name: str, function: Any) -> None:
+        started = time.perf_counter()
         try:
             result[name] = function()
         except Exception:
             result[name] = {"error": traceback.format_exc()}
+        result.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
 
     ref_losses, ref_model = reference(spec, precision)
     result["reference_losses"] = ref_losses
-    checkpoint = out / ("checkpoint" if fabric.strategy.checkpoint_layout == "sharded" else "checkpoint.pt")
+    deepspeed = is_deepspeed(strategy_name)
+    sharded = deepspeed or fabric.strategy.checkpoint_layout == "sharded"
+    checkpoint = out / ("checkpoint" if sharded else "checkpoint.pt")
 
     def train_save_resume() -> dict[str, Any]:
         model, optimizer = setup(fabric, spec, seed=0)
         first, step_time = train_steps(fabric, spec, model, optimizer, range(SAVE_AT))
         fabric.save(checkpoint, {"model": model, "optimizer": optimizer, "step": SAVE_AT})
-        expected = expected_state(model, optimizer, spec)
+        expected = expected_state(model, optimizer, spec, deepspeed)
         if fabric.global_rank == 0:
             torch.save(expected, out / "expected.pt")
         rest, _ = train_steps(fabric, spec, model, optimizer, range(SAVE_AT, STEPS))
@@ -223,7 +251,9 @@ def main(out_dir: str, model_name: str, strategy_name: str, precision: str) -> N
             "differ": sorted(k for k in eager if not torch.equal(eager[k], meta[k]))[:8],
         }
 
-    if strategy_name != "ddp":  # DDP's empty init leaves memory uninitialized, as in Lightning: N/A
+    # DDP's empty init leaves memory uninitialized, as in Lightning: N/A. ZeRO-3's empty init is
+    # deepspeed.zero.Init, which runs the model's own initialization on each partition: not comparable
+    if strategy_name not in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3"):
         check("empty_init", empty_init)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / f"rank{fabric.global_rank}.json").write_text(json.dumps(result, indent=1))

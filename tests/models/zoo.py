@@ -27,7 +27,7 @@ class Spec:
     tensor_parallel: bool = False  # whether a TP plan exists (Llama-style projections)
     #: FSDP's `activation_checkpointing_policy` works on the blocks (False: T5, see cell.py)
     strategy_checkpointing: bool = True
-    #: BatchNorm running statistics: per-rank buffers that FSDP does not synchronize
+    #: BatchNorm running statistics: per-rank buffers (FSDP broadcasts rank 0's at setup and at each save)
     running_stats: bool = False
 
     def build(self) -> nn.Module:

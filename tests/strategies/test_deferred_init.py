@@ -141,3 +141,85 @@ def test_parameters_known_only_by_their_memory_are_replayed() -> None:
     expected, _ = _reference(Conv1DLike, seed=3)
     assert values.keys() == expected.keys()
     assert all(torch.equal(values[k], expected[k]) for k in values)
+
+
+class _LibraryModel(nn.Module):
+    """The ``transformers.PreTrainedModel`` protocol in miniature (the real models run in tests/models,
+    which need ``transformers``): ``post_init`` at the end of each model's ``__init__`` runs
+    ``initialize_weights`` (each not yet initialized module through the owning model's ``_init_weights``),
+    but not on the meta device, then ties the weights."""
+
+    def post_init(self) -> None:
+        if torch.empty(0).device.type != "meta":
+            self.initialize_weights()
+        self.tie_weights()
+
+    def initialize_weights(self) -> None:
+        def visit(module: nn.Module, owner: _LibraryModel) -> None:
+            for child in module.children():
+                visit(child, child if isinstance(child, _LibraryModel) else owner)
+            if not getattr(module, "_is_hf_initialized", False):
+                owner._init_weights(module)
+                module._is_hf_initialized = True
+
+        visit(self, self)
+
+    def tie_weights(self) -> None:
+        pass
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class _Body(_LibraryModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(11, 6)
+        self.blocks = nn.ModuleList(nn.Linear(6, 6) for _ in range(2))
+        self.post_init()
+
+
+class _WithHead(_LibraryModel):
+    """An inner model, then a head tied to its embedding (GPT-2's shape): on the meta device the tie
+    exists before the recorded init; eagerly the head's init draws into its own, dropped tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _Body()
+        self.head = nn.Linear(6, 11, bias=False)
+        self.post_init()
+
+    def tie_weights(self) -> None:
+        self.head.weight = self.body.wte.weight
+
+
+def test_a_library_init_skipped_on_meta_is_recorded_at_setup_in_eager_order() -> None:
+    from fabric.strategies._deferred_init import record_library_init
+
+    torch.manual_seed(3)
+    eager = _WithHead()
+    expected = {n: t.detach() for n, t in eager.named_parameters()}
+    torch.manual_seed(3)
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = _WithHead()
+    assert record_library_init(model, recorder.log, torch.device("cpu")) == 2
+    assert model.head.weight is model.body.wte.weight  # the tie is put back
+    names = {id(t): n for n, t in model.named_parameters()}
+    values: dict[str, torch.Tensor] = {}
+    replay_into(recorder.log, torch.device("cpu"), names, lambda n, full: values.__setitem__(n, full.clone()))
+    assert values.keys() == expected.keys()
+    assert [k for k in values if not torch.equal(values[k], expected[k])] == []
+    assert float(values["body.blocks.0.weight"].std()) < 0.05  # the library's std=0.02, not Linear's default
+
+
+def test_a_model_without_the_library_protocol_is_left_alone() -> None:
+    from fabric.strategies._deferred_init import record_library_init
+
+    with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:
+        model = GPTLike()
+    count = len(recorder.log.ops)
+    assert record_library_init(model, recorder.log, torch.device("cpu")) == 0
+    assert len(recorder.log.ops) == count
