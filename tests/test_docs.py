@@ -4,8 +4,9 @@ Every fenced block of README.md and docs/ is executed here, so a promise in the 
 markers a page may put on the lines just above a block (the rest of the page is not read):
 
 - ``<!-- doc-setup: NAME -->``: the block is a fragment; ``tests/docs_setup/NAME.py`` holds the lines
-  that complete it. A python block runs after them; a bash block finds them in its directory as
-  ``train.py`` (the script its commands start).
+  that complete it (``readme-example-devices-2``: the README's example with ``devices=2``). A python
+  block runs after them; a bash block finds them in its directory as ``train.py`` (the script its
+  commands start).
 - ``*Not run by the doc tests: REASON*``: a visible line for a block that cannot run in the default test
   run (a SLURM cluster, DeepSpeed, torch-xla, a download). The reason names what runs it instead.
 - ``<!-- doc-same-as: PATH -->``: the block is the file PATH (a script another session runs), so it
@@ -36,6 +37,8 @@ SKIP_MARK = re.compile(r"^\*Not run by the doc tests: (.+)\*$")
 SETUP_MARK = re.compile(r"^<!-- doc-setup: ([\w-]+) -->$")
 SAME_AS_MARK = re.compile(r"^<!-- doc-same-as: (\S+) -->$")
 LANGUAGES = {"python", "bash", "text"}
+#: the setup name of the README's complete example with ``devices=2`` (the script of the launch commands)
+README_EXAMPLE_ON_TWO_DEVICES = "readme-example-devices-2"
 #: seconds one block may take: a 2-process block imports torch three times on a loaded 2-core machine
 BLOCK_TIMEOUT = 180
 # Files whose command-line options a user reads with `--help`.
@@ -133,6 +136,8 @@ def test_a_block_that_does_not_run_says_why_and_what_runs_it() -> None:
     for block in BLOCKS:
         if block.skip_reason is not None:
             assert len(block.skip_reason) > 20, f"{block.name}: say why, and what runs it instead"
+            if block.language == "python":  # not run, but at least valid Python
+                ast.parse(block.code, filename=block.name)
 
 
 def test_readme_has_one_complete_example_and_fits_a_screen() -> None:
@@ -159,6 +164,20 @@ def test_block_is_the_file_it_shows() -> None:
             assert block.code == (ROOT / block.same_as).read_text(), block.name
 
 
+def _setup(name: str | None) -> str:
+    """The lines that complete a fragment: a file of tests/docs_setup, or the README's example on 2 devices."""
+    if name is None:
+        return ""
+    if name == README_EXAMPLE_ON_TWO_DEVICES:
+        # the README promises that its example with devices=2 runs under each launcher: this is that file
+        example = next(
+            b for b in BLOCKS if b.page.name == "README.md" and b.language == "python" and not b.setup
+        )
+        assert example.code.count("devices=1") == 1
+        return example.code.replace("devices=1", "devices=2")
+    return (SETUP_DIR / f"{name}.py").read_text()
+
+
 def _environment() -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_SIZE", "LOCAL_"))
@@ -173,7 +192,7 @@ def _environment() -> dict[str, str]:
 @pytest.mark.timeout(BLOCK_TIMEOUT * 4)
 @pytest.mark.parametrize("block", RUNNABLE, ids=lambda b: b.name)
 def test_code_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    setup = (SETUP_DIR / f"{block.setup}.py").read_text() if block.setup else ""
+    setup = _setup(block.setup)
     if block.language == "python" and "devices=2" not in setup + block.code:
         # one process: run it in this interpreter (torch is imported once for all such blocks),
         # as `python block.py` would, in a directory of its own
