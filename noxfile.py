@@ -111,6 +111,36 @@ def examples(session: nox.Session) -> None:
     )  # fmt: skip
 
 
+#: the documentation site's tools, pinned so a new release cannot turn a warning into a CI failure
+DOCS_PINS = (
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.2",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "griffe==2.4.1",
+)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (docs/, mkdocs.yml) into site/, with every warning an error.
+
+    The API reference is read from the docstrings by static analysis (griffe), so this session needs
+    neither torch nor fabric installed: it stays a few seconds plus the install of the pins above.
+    Its code blocks are executed by tests/test_docs.py in the default test run, not here.
+    """
+    session.install(*DOCS_PINS)
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        "site",
+        *session.posargs,
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks against raw PyTorch and the peers; writes benchmarks/results.md and results.png.

@@ -206,42 +206,120 @@ def _tables(tables: Sequence[Table]) -> list[str]:
 
 def _color(name: str) -> str:
     lowered = name.lower()
+    if "a/a control" in lowered:
+        return "tab:gray"
     for family, color in _FAMILIES:
         if family in lowered:
             return color
     return "tab:gray"
 
 
-def chart(tables: Sequence[Table], path: Path, subtitle: str) -> None:
-    """One horizontal bar per non-reference row with a ratio; a red tick where fabric has a target."""
+@dataclass
+class ChartGroup:
+    """One table of results.md as the chart draws it: its title and its rows' ratios."""
+
+    title: str
+    bars: list[tuple[str, float, float | None]]  # row label, ratio, fabric's target (None: none)
+
+
+def _number(cell: str) -> float | None:
+    match = re.fullmatch(r"(?:<= )?(-?\d+(?:\.\d+)?)", cell.strip())
+    return float(match.group(1)) if match else None
+
+
+def chart_groups(results: str) -> list[ChartGroup]:
+    """Every table of a results.md with a ratio column, reference row left out.
+
+    The chart is drawn from the file rather than from the tables of one run, so that a partial run
+    (``--only``) still charts the figures it kept, and ``python report.py`` redraws without measuring.
+    """
+    groups = []
+    body = _OTHER_SECTION.sub("", results)
+    for section in re.split(r"^## ", body, flags=re.M)[1:]:
+        title, _, rest = section.partition("\n")
+        rows = [line for line in rest.splitlines() if line.startswith("| ")]
+        if title.strip() == "Targets" or len(rows) < 3:
+            continue
+        header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+        if header[0] != "implementation" or "ratio" not in header:
+            continue
+        bars = []
+        for row in rows[3:]:  # after the header, the separator and the reference row
+            cells = [cell.strip() for cell in row.strip("|").split("|")]
+            ratio = _number(cells[header.index("ratio")])
+            target = _number(cells[header.index("target")]) if "target" in header else None
+            if ratio is not None:
+                bars.append((cells[0].replace("`", ""), ratio, target))
+        if bars:
+            groups.append(ChartGroup(title.replace("`", "").strip(), bars))
+    return groups
+
+
+def chart(results: str, path: Path, subtitle: str) -> None:
+    """Draw ``results`` (a results.md) as bars: each table under its own title, fabric's targets in red.
+
+    Every table is drawn (an earlier version drew only those of the last run, so a checkpoint-only
+    run charted nothing else); the legend sits outside the axes, where it covers no bar or label.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars: list[tuple[str, str, float, float | None, str]] = []  # group, row, ratio, target, color
-    for table in tables:
-        if not table.chart_label:
-            continue
-        for row in table.rows[1:]:
-            ratio = table.ratio(row)
-            if ratio is not None:
-                bars.append((table.chart_label, row.label, ratio, row.target, _color(row.name)))
-    height = max(4.0, 0.22 * len(bars) + 1.5)
-    figure, axis = plt.subplots(figsize=(10, height))
-    positions = list(range(len(bars)))[::-1]
-    for y, (_, _, ratio, target, color) in zip(positions, bars):
-        axis.barh(y, ratio, color=color, height=0.8)
-        axis.text(ratio, y, f" {ratio:.2f}", va="center", fontsize=7)
-        if target is not None:
-            axis.plot([target, target], [y - 0.45, y + 0.45], color="red", linewidth=1.5)
-    axis.set_yticks(positions)
-    axis.set_yticklabels([f"{group} · {name}" for group, name, *_ in bars], fontsize=7)
+    groups = chart_groups(results)
+    count = sum(len(group.bars) + 1 for group in groups)
+    figure, axis = plt.subplots(figsize=(13, max(4.0, 0.2 * count + 1.5)))
+    y, ticks, labels, headings = count, [], [], []
+    widest = 1.0
+    for group in groups:
+        y -= 1
+        ticks.append(y)
+        labels.append(group.title if len(group.title) <= 95 else group.title[:94] + "…")
+        headings.append(True)
+        for label, ratio, target in group.bars:
+            y -= 1
+            # a row with a target is fabric's, whatever its label says ("sync save")
+            axis.barh(y, ratio, color=_color("fabric" if target is not None else label), height=0.8)
+            axis.text(ratio, y, f" {ratio:.2f}", va="center", fontsize=6)
+            if target is not None:
+                axis.plot([target, target], [y - 0.45, y + 0.45], color="red", linewidth=1.5)
+            ticks.append(y)
+            labels.append(label if len(label) <= 60 else label[:59] + "…")
+            headings.append(False)
+            widest = max(widest, ratio, target or 0.0)
+    axis.set_yticks(ticks)
+    axis.set_yticklabels(labels, fontsize=6)
+    for tick, heading in zip(axis.get_yticklabels(), headings):
+        if heading:
+            tick.set_fontweight("bold")
+    axis.set_ylim(-0.5, count - 0.5)
+    axis.set_xlim(0, widest * 1.12)
     axis.axvline(1.0, color="black", linewidth=0.8)
-    axis.set_xlabel("ratio to the reference (raw PyTorch, import torch, torchrun, torch.save/torch.load)")
+    axis.set_xlabel(
+        "ratio to the table's reference row (raw PyTorch, import torch, torchrun, torch.save/torch.load)"
+    )
     axis.set_title(f"torch-fabric: ratio to the reference (red: fabric's target)\n{subtitle}", fontsize=9)
     handles = [plt.Rectangle((0, 0), 1, 1, color=color) for _, color in _FAMILIES]
-    axis.legend(handles, [family for family, _ in _FAMILIES], loc="lower right", fontsize=8)
+    names = [family for family, _ in _FAMILIES]
+    axis.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def subtitle_of(results: str) -> str:
+    """The chart's subtitle from a results.md header: the machine and the date of its run."""
+    fields = dict(re.findall(r"^- \*\*(\w+)\*\*: (.*)$", results, flags=re.M))
+    return f"{fields.get('machine', 'unknown machine')}; run of {fields.get('date', 'unknown date')}"
+
+
+if __name__ == "__main__":
+    # Redraw the chart from a results.md without measuring anything:
+    # python benchmarks/report.py [benchmarks/results.md] [benchmarks/results.png]
+    import sys
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("results.md")
+    target = Path(sys.argv[2]) if len(sys.argv) > 2 else source.with_suffix(".png")
+    text = source.read_text()
+    chart(text, target, subtitle_of(text))
+    print(f"wrote {target}")

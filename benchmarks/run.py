@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mode = "quick smoke run (not representative)" if settings.quick else "full run"
         subtitle = f"{_cpu_model()}, {os.cpu_count()} cores; {mode}, {header['date']}"
-        chart(tables, args.out / "results.png", subtitle)
+        # from the file just written: kept figures are charted too
+        chart(results.read_text(), args.out / "results.png", subtitle)
         log(f"wrote {args.out / 'results.png'}")
     except ImportError:
         log("matplotlib is not installed: no chart")

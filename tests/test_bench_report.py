@@ -9,7 +9,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 from gpu import keep_section  # noqa: E402
 from harness import Row, Table  # noqa: E402
-from report import EARLIER, kept_figures, markdown  # noqa: E402
+from report import EARLIER, chart_groups, kept_figures, markdown  # noqa: E402
 
 sys.path.remove(str(BENCH_DIR))
 
@@ -80,3 +80,17 @@ def test_unmarked_file_keeps_its_tables_the_run_did_not_replace() -> None:
     assert "old calls" not in merged and "| Calls A | fabric | 9.000 |" not in merged
     assert f"<!-- figure:{EARLIER} day 0, unmarked file -->" in merged
     assert merged.index("## Calls A") < merged.index("## Old X")
+
+
+def test_chart_draws_every_table_of_the_file_kept_figures_included() -> None:
+    """results.png once showed only the figures of the last (partial) run: it reads the merged file now."""
+    first = markdown(_figures(101), {"date": "day 1"}, "day 1, full run", order=ORDER)
+    second = _write({"steps": [_table("Steps A", 10, 55)]}, first, ["steps"], "day 2, full run")
+    groups = chart_groups(keep_section(GPU_SECTION, second))
+    assert [group.title for group in groups] == ["Calls A", "Steps A", "DDP A"]
+    # the reference row is the bar's 1.0, not a bar; fabric's row keeps its ratio and target
+    assert [group.bars for group in groups] == [
+        [("fabric", 1.01, 1.03)],
+        [("fabric", 5.5, 1.03)],
+        [("fabric", 10.1, 1.03)],
+    ]

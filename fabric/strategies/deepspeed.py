@@ -86,18 +86,29 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             torch optimizer this sets ``"zero_force_ds_cpu_optimizer": false`` so DeepSpeed accepts it.
         offload_parameters: stage 3 only: keep the parameter partitions in CPU memory.
         remote_device: where ``init_module`` under stage 3 creates the partitions (``"cpu"``, ``"nvme"``).
-        offload_params_device, offload_optimizer_device: ``"cpu"`` or ``"nvme"``.
+        offload_params_device: ``"cpu"`` or ``"nvme"``.
+        offload_optimizer_device: ``"cpu"`` or ``"nvme"``.
         nvme_path: the directory DeepSpeed swaps to when a device is ``"nvme"``.
         pin_memory: pin offloaded CPU memory (useful only with a GPU).
-        contiguous_gradients, overlap_comm, allgather_partitions, reduce_scatter, allgather_bucket_size,
-        reduce_bucket_size, sub_group_size: the ZeRO settings of the same names.
-        loss_scale, initial_scale_power, loss_scale_window, hysteresis, min_loss_scale: float16 loss
-            scaling (``loss_scale=0`` is dynamic).
+        contiguous_gradients: the ZeRO setting of the same name.
+        overlap_comm: the ZeRO setting of the same name.
+        allgather_partitions: the ZeRO setting of the same name.
+        reduce_scatter: the ZeRO setting of the same name.
+        allgather_bucket_size: the ZeRO setting of the same name.
+        reduce_bucket_size: the ZeRO setting of the same name.
+        sub_group_size: the ZeRO setting of the same name.
+        loss_scale: float16 loss scaling (``loss_scale=0`` is dynamic).
+        initial_scale_power: float16 loss scaling, DeepSpeed's setting of the same name.
+        loss_scale_window: float16 loss scaling, DeepSpeed's setting of the same name.
+        hysteresis: float16 loss scaling, DeepSpeed's setting of the same name.
+        min_loss_scale: float16 loss scaling, DeepSpeed's setting of the same name.
         logging_batch_size_per_gpu: ``train_micro_batch_size_per_gpu`` for DeepSpeed's throughput logs.
         config: a complete DeepSpeed config (dict or path to a JSON file).
         logging_level: DeepSpeed's logger level.
         exclude_frozen_parameters: leave parameters without gradients out of checkpoints.
-        timeout, start_method, process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        timeout: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        start_method: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
 
     Gradient accumulation and clipping are DeepSpeed's: set ``gradient_accumulation_steps`` and
     ``gradient_clipping`` in ``config`` and call ``fabric.backward`` and ``optimizer.step()`` on every

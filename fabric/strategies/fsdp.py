@@ -88,7 +88,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             options raise an error that says what to use instead.
         state_dict_type: ``"sharded"`` (a directory, every process writes its shard) or ``"full"``
             (one file written by rank 0, readable by ``torch.load``).
-        timeout, start_method, process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        timeout: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        start_method: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
+        process_group_backend: as for :class:`~fabric.strategies.ddp.DDPStrategy`.
 
     Example::
 
