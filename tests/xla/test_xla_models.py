@@ -75,7 +75,7 @@ def _run(args: list[str], devices: int | None) -> None:
 
 def _cell(out: Path, cell: tuple[str, str, str], devices: int) -> dict[str, Any]:
     """The XLA run, then the 1-process CPU half; both results."""
-    precision = cell[2]
+    model, strategy, precision = cell
     _run([str(CELL), str(out), model, strategy, precision], devices)
     _run([str(OFFLINE), str(out), model, precision], None)
     return {
