@@ -73,7 +73,7 @@ def xla(session: nox.Session) -> None:
     Its own environment: torch-xla pulls the CUDA build of torch 2.9 (about 7 GB, 3 minutes).
     """
     session.install(*XLA_PINS)
-    session.install("-e", ".[test,xla]", *XLA_PINS)
+    session.install("-e", ".[test,xla,models]", *XLA_PINS)
     env = {"OMP_NUM_THREADS": "1"}
     # each test starts its own processes with PJRT_DEVICE=CPU and CPU_NUM_DEVICES=1, 2 or 4
     session.run("python", "-m", "pytest", "-q", "tests/xla", *session.posargs, env=env)

@@ -44,6 +44,29 @@ def step_marker() -> Callable[[], None]:
     return xm.mark_step
 
 
+def check_autograd_reaches_xla(device: torch.device) -> None:
+    """Fail at set-up, with the fix, where torch's autograd engine cannot run a backward on ``device``.
+
+    The engine sizes its per-device queues once, at the first backward of the process. A backward that ran
+    before torch-xla was imported (a CPU sanity check, a reference model; Fabric imports torch-xla only when
+    an XLA run is set up) leaves it without XLA devices, and every XLA backward then fails with an internal
+    assert of torch (pytorch/xla#4174) at the user's first ``fabric.backward``. A backward of one element
+    finds this here instead: XLA only records it (nothing is compiled or run).
+    """
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    try:
+        probe.sum().backward()
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"Fabric(accelerator='xla'): torch's autograd engine cannot run a backward on {device}: a backward "
+            f"ran in this process before the XLA runtime started, and the engine then knows no XLA devices for "
+            f"the rest of the process (pytorch/xla#4174; importing torch_xla is not enough). Create the Fabric "
+            f"(it starts the XLA runtime) before running any backward (a CPU check, a reference model)."
+        ) from err
+    finally:
+        del probe
+
+
 class XLAStepMixin:
     """Marks the XLA step after every optimizer step and writes CPU checkpoints.
 
@@ -56,6 +79,11 @@ class XLAStepMixin:
         self._mark_step = step_marker()
         #: id(CPU parameter) -> (CPU parameter, its XLA replacement), until the optimizers are set up
         self._moved_parameters: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def setup_environment(self) -> None:
+        super().setup_environment()  # type: ignore[misc]
+        # after the strategy's own set-up: under SPMD no tensor may exist on XLA before `use_spmd()`
+        check_autograd_reaches_xla(self.root_device)  # type: ignore[attr-defined]
 
     def module_to_device(self, module: Module) -> None:
         """Move ``module`` to the XLA device, remembering which new parameter replaced which.

@@ -128,3 +128,31 @@ def test_optimizer_made_before_setup_and_extra_parameters_on_one_xla_device() ->
     proc = python(code, PJRT_DEVICE="CPU", CPU_NUM_DEVICES="1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "refused", "True"]
+
+
+@pytest.mark.skipif(not HAS_XLA, reason="needs torch-xla")
+@pytest.mark.parametrize(("fabric_first", "expected"), [(False, "refused"), (True, "trained")])
+def test_backward_before_the_xla_runtime_started_is_a_clear_error_at_launch(
+    fabric_first: bool, expected: str
+) -> None:
+    """A backward on the CPU before the XLA runtime started leaves torch's autograd engine without XLA
+    devices (pytorch/xla#4174; even after `import torch_xla`): the old code failed at the first
+    `fabric.backward` with an internal assert of torch; now launch says what happened and what to do.
+    Creating the Fabric first, the fix the message gives, trains."""
+    backward = "x = torch.ones(2, requires_grad=True)\n(x * 2).sum().backward()\n"
+    code = (
+        "import torch, torch_xla, fabric\n"
+        + ("" if fabric_first else backward)
+        + "f = fabric.Fabric(accelerator='xla', devices=1)\n"
+        + (backward if fabric_first else "")
+        + "try:\n"
+        "    f.launch()\n"
+        "    model = f.setup_module(torch.nn.Linear(2, 1))\n"
+        "    f.backward(model(f.to_device(torch.ones(1, 2))).sum())\n"
+        "    print('trained')\n"
+        "except RuntimeError as e:\n"
+        "    print('refused' if 'Create the Fabric' in str(e) and '4174' in str(e) else 'obscure')\n"
+    )
+    proc = python(code, PJRT_DEVICE="CPU", CPU_NUM_DEVICES="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == expected, (proc.stdout, proc.stderr[-2000:])
