@@ -23,7 +23,19 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import calls, checkpoint, compiled, ddp_steps, imports, launch, memory, steps, threads
+from cases import (
+    calls,
+    checkpoint,
+    compiled,
+    ddp_steps,
+    growth,
+    imports,
+    launch,
+    memory,
+    sharded,
+    steps,
+    threads,
+)
 from gpu import keep_section
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, PYTHON, Row, Settings, Table, log
 from report import chart, kept_figures, markdown
@@ -38,6 +50,12 @@ FIGURES = {
     "threads": threads.measure,
     "checkpoint": checkpoint.measure,
     "memory": memory.measure,
+    "fsdp": sharded.measure_fsdp,
+    "tp": sharded.measure_tensor_parallel,
+    "sharded_checkpoint": sharded.measure_checkpoints,
+    "deepspeed": sharded.measure_deepspeed,
+    "growth": growth.measure,
+    "launch_scaling": launch.measure_scaling,
 }
 PEER_DISTRIBUTIONS = {LIGHTNING: "lightning", ACCELERATE: "accelerate"}
 
