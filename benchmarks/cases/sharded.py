@@ -10,6 +10,7 @@ for what each implementation does.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from harness import (
     FABRIC,
     PYTHON,
     RAW,
+    REPO_ROOT,
     Check,
     Row,
     Settings,
@@ -55,7 +57,10 @@ def _launch(
         PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nprocs}", "--master_addr=127.0.0.1",
         f"--master_port={port}", str(program), mode, first, str(out), *rest,
     ]  # fmt: skip
-    environment = child_env(DS_ACCELERATOR="cpu", **(env or {}))
+    # DeepSpeed compiles its ops on first use into TORCH_EXTENSIONS_DIR: the repository's own cache (as
+    # `nox -s deepspeed` uses), not the shared ~/.cache, where another build's lock can stall a launch
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
+    environment = child_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions, **(env or {}))
     if not env:  # the rows without allocator variables must not inherit the runner's
         environment.pop("MALLOC_MMAP_THRESHOLD_", None)
     done = run(command, timeout=TIMEOUT, env=environment, cwd=settings.workdir)
