@@ -163,6 +163,7 @@ def _checkpoint_tables(settings: Settings) -> list[Table]:
                 "`fabric.save(dir, {'model': model})`", target=CHECKPOINT_TARGET, short="fabric save"
             ),
             "fabric-async": Row("`fabric.save(..., async_save=True)`: time the call blocks", short="async"),
+            "fabric-checksums": Row("of fabric's save: the manifest's CRC-32 pass alone", short="CRC pass"),
         }
         load = {
             "raw": Row("raw `dcp.load` + `set_model_state_dict`", short="raw load"),
@@ -170,6 +171,7 @@ def _checkpoint_tables(settings: Settings) -> list[Table]:
             "fabric": Row(
                 "`fabric.load(dir, {'model': model})`", target=CHECKPOINT_TARGET, short="fabric load"
             ),
+            "fabric-verify": Row("of fabric's load: `verify_files` (CRC-32 pass) alone", short="verify pass"),
         }
         log(f"sharded checkpoint: {world} processes, {megabytes} MB, {rounds} rounds")
         directory = settings.workdir / f"sharded-checkpoints-{world}-{megabytes}"
