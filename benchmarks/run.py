@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     full = set(selected) == set(FIGURES)
     kept = {} if full else kept_figures(previous, selected, {table.title for table in tables})
     when = f"{header['date']}, {'quick' if settings.quick else 'full'} run"
-    text = markdown(figures, header, when, kept, order=list(FIGURES))
+    text = markdown(figures, header, when, kept, order=list(FIGURES), smoke=settings.quick)
     # the GPU section comes from benchmarks/gpu.py on another machine: keep it
     results.write_text(keep_section(previous, text))
     log(f"wrote {results}")

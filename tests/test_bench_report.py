@@ -8,8 +8,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 from gpu import keep_section  # noqa: E402
-from harness import Row, Table  # noqa: E402
-from report import EARLIER, kept_figures, markdown  # noqa: E402
+from harness import Check, Row, Table  # noqa: E402
+from report import EARLIER, SMOKE, kept_figures, markdown  # noqa: E402
 
 sys.path.remove(str(BENCH_DIR))
 
@@ -80,3 +80,17 @@ def test_unmarked_file_keeps_its_tables_the_run_did_not_replace() -> None:
     assert "old calls" not in merged and "| Calls A | fabric | 9.000 |" not in merged
     assert f"<!-- figure:{EARLIER} day 0, unmarked file -->" in merged
     assert merged.index("## Calls A") < merged.index("## Old X")
+
+
+def test_a_smoke_run_writes_no_verdicts() -> None:
+    """A `--quick` run on a busy machine proves a figure runs; its ratios must not read as met or missed."""
+    table = _table("Sharded A", 10, 20)  # fabric 2x: would be "missed"
+    table.rows[1].checks.append(Check("memory vs DDP", 0.5, 0.6, unit="x"))
+    table.rows[1].extra = {"memory": table.rows[1].checks[0].cell()}
+    table.extra_columns = ["memory"]
+    figures = {"calls": [table]}
+    full = markdown(figures, {"date": "d"}, "d, full run", order=ORDER)
+    assert "| missed |" in full and "(met)" in full
+    smoke = markdown(figures, {"date": "d"}, "d, quick run", order=ORDER, smoke=True)
+    assert "missed" not in smoke and "met |" not in smoke and "(met)" not in smoke
+    assert f"| {SMOKE} |" in smoke and f"({SMOKE})" in smoke
