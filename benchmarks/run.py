@@ -23,7 +23,19 @@ import time
 import traceback
 from pathlib import Path
 
-from cases import calls, checkpoint, compiled, ddp_steps, imports, launch, memory, steps, threads
+from cases import (
+    calls,
+    checkpoint,
+    compiled,
+    ddp_steps,
+    growth,
+    imports,
+    launch,
+    memory,
+    sharded,
+    steps,
+    threads,
+)
 from gpu import keep_section
 from harness import ACCELERATE, BENCH_DIR, LIGHTNING, PYTHON, Row, Settings, Table, log
 from report import chart, kept_figures, markdown
@@ -38,6 +50,12 @@ FIGURES = {
     "threads": threads.measure,
     "checkpoint": checkpoint.measure,
     "memory": memory.measure,
+    "fsdp": sharded.measure_fsdp,
+    "tp": sharded.measure_tensor_parallel,
+    "sharded_checkpoint": sharded.measure_checkpoints,
+    "deepspeed": sharded.measure_deepspeed,
+    "growth": growth.measure,
+    "launch_scaling": launch.measure_scaling,
 }
 PEER_DISTRIBUTIONS = {LIGHTNING: "lightning", ACCELERATE: "accelerate"}
 
@@ -139,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     full = set(selected) == set(FIGURES)
     kept = {} if full else kept_figures(previous, selected, {table.title for table in tables})
     when = f"{header['date']}, {'quick' if settings.quick else 'full'} run"
-    text = markdown(figures, header, when, kept, order=list(FIGURES))
+    text = markdown(figures, header, when, kept, order=list(FIGURES), smoke=settings.quick)
     # the GPU section comes from benchmarks/gpu.py on another machine: keep it
     results.write_text(keep_section(previous, text))
     log(f"wrote {results}")

@@ -8,8 +8,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH_DIR))
 from gpu import keep_section  # noqa: E402
-from harness import Row, Table  # noqa: E402
-from report import EARLIER, chart_groups, kept_figures, markdown  # noqa: E402
+from harness import Check, Row, Table  # noqa: E402
+from report import EARLIER, SMOKE, chart_groups, kept_figures, markdown  # noqa: E402
 
 sys.path.remove(str(BENCH_DIR))
 
@@ -94,3 +94,17 @@ def test_chart_draws_every_table_of_the_file_kept_figures_included() -> None:
         [("fabric", 5.5, 1.03)],
         [("fabric", 10.1, 1.03)],
     ]
+
+
+def test_a_smoke_run_writes_no_verdicts() -> None:
+    """A `--quick` run on a busy machine proves a figure runs; its ratios must not read as met or missed."""
+    table = _table("Sharded A", 10, 20)  # fabric 2x: would be "missed"
+    table.rows[1].checks.append(Check("memory vs DDP", 0.5, 0.6, unit="x"))
+    table.rows[1].extra = {"memory": table.rows[1].checks[0].cell()}
+    table.extra_columns = ["memory"]
+    figures = {"calls": [table]}
+    full = markdown(figures, {"date": "d"}, "d, full run", order=ORDER)
+    assert "| missed |" in full and "(met)" in full
+    smoke = markdown(figures, {"date": "d"}, "d, quick run", order=ORDER, smoke=True)
+    assert "missed" not in smoke and "met |" not in smoke and "(met)" not in smoke
+    assert f"| {SMOKE} |" in smoke and f"({SMOKE})" in smoke

@@ -28,13 +28,16 @@ SUBPROCESS = "fabric (subprocess launcher)"
 KEYS = {RAW: "raw", FABRIC: "fabric", SUBPROCESS: "fabric-subprocess"}
 
 
-def _command(name: str, port: int) -> list[str]:
+NPROCS_VARIABLE = "BENCH_LAUNCH_PROCESSES"
+
+
+def _command(name: str, port: int, nprocs: int = 2) -> list[str]:
     if name == RAW:
         return [
             PYTHON,
             "-m",
             "torch.distributed.run",
-            "--nproc_per_node=2",
+            f"--nproc_per_node={nprocs}",
             "--master_addr=127.0.0.1",
             f"--master_port={port}",
             __file__,
@@ -43,7 +46,18 @@ def _command(name: str, port: int) -> list[str]:
     if name == SUBPROCESS:
         # `python train.py` with Fabric(devices=2): process 0 re-runs the script for process 1
         return [PYTHON, __file__, "fabric-subprocess"]
-    return [PYTHON, "-m", "fabric.cli", "run", "--accelerator", "cpu", "--devices", "2", __file__, "fabric"]
+    return [
+        PYTHON,
+        "-m",
+        "fabric.cli",
+        "run",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        str(nprocs),
+        __file__,
+        "fabric",
+    ]
 
 
 def measure(settings: Settings) -> list[Table]:
@@ -95,6 +109,68 @@ def measure(settings: Settings) -> list[Table]:
     ]
 
 
+def measure_scaling(settings: Settings) -> list[Table]:
+    """Launch to first step against the number of processes (2, 4, 8): how the launchers' cost grows.
+
+    The same three launchers and program as :func:`measure`; one launch of each per round and process
+    count, rotating order. On a 2-core machine 4 and 8 processes oversubscribe the cores: the figure is
+    the growth of each launcher against torchrun's at the same count, not an absolute time.
+    """
+    counts = (2, 4) if settings.quick else (2, 4, 8)
+    rounds = 1 if settings.quick else max(3, settings.launch_rounds // 2)
+    tables = []
+    for nprocs in counts:
+        rows = {
+            RAW: Row(f"raw DDP script, `torchrun --nproc_per_node={nprocs}`", short=f"torchrun {nprocs}p"),
+            FABRIC: Row(f"`fabric run --devices {nprocs}`", target=TARGET, short=f"fabric run {nprocs}p"),
+            SUBPROCESS: Row(
+                f"`python train.py`, `Fabric(devices={nprocs})`", target=TARGET, short=f"script {nprocs}p"
+            ),
+        }
+        names = list(rows)
+        for round_index in range(rounds):
+            log(f"launch scaling, {nprocs} processes: round {round_index + 1}/{rounds}")
+            for name in settings.rotation(names, round_index):
+                if rows[name].note:
+                    continue
+                stamp = settings.workdir / f"first-step-{nprocs}-{round_index}-{KEYS[name]}"
+                port = free_port()
+                env = child_env(
+                    **{
+                        STAMP_VARIABLE: str(stamp),
+                        NPROCS_VARIABLE: str(nprocs),
+                        "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(port),
+                    }
+                )
+                started = time.time()
+                done = run(
+                    _command(name, port, nprocs), timeout=TIMEOUT * nprocs / 2, env=env, cwd=settings.workdir
+                )
+                if done.returncode != 0 or done.timed_out or not stamp.exists():
+                    rows[name].note = f"unavailable: {failure_reason(done)}"
+                    continue
+                rows[name].samples.append(float(stamp.read_text()) - started)
+                rows[name].cpu_samples.append(done.cpu_seconds)
+        for row in rows.values():
+            cpu = [value for value in row.cpu_samples if value is not None]
+            row.extra = {"CPU time, all processes": f"{statistics.median(cpu):.2f} s" if cpu else "—"}
+        tables.append(
+            Table(
+                title=f"Launch to first step against process count: {nprocs} processes (gloo)",
+                unit="s",
+                rows=list(rows.values()),
+                description=(
+                    f"As the 2-process launch figure, {rounds} launches each, rotating order. Read across "
+                    f"the process counts: a launcher whose ratio to torchrun grows with the count scales worse."
+                ),
+                extra_columns=["CPU time, all processes"],
+                chart_label=f"launch {nprocs}p",
+            )
+        )
+    return tables
+
+
 # ------------------------------------------------------------------------------------ measured program
 def _main(mode: str) -> None:
     import torch
@@ -120,7 +196,8 @@ def _main(mode: str) -> None:
         from fabric import Fabric
 
         # under `fabric run` the options come from the command line; run directly, from the script
-        fabric = Fabric() if mode == "fabric" else Fabric(accelerator="cpu", strategy="ddp", devices=2)
+        devices = int(os.environ.get(NPROCS_VARIABLE, "2"))
+        fabric = Fabric() if mode == "fabric" else Fabric(accelerator="cpu", strategy="ddp", devices=devices)
         fabric.launch()
         module = make_model("mlp")
         model, optimizer = fabric.setup(module, make_optimizer(module))

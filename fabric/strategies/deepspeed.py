@@ -63,6 +63,7 @@ from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import (
     BackwardSyncControl,
 )
+from fabric.utilities.allocator import return_large_blocks_to_system
 from fabric.utilities.types import PathLike
 
 if TYPE_CHECKING:
@@ -300,6 +301,9 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         )
         logging.getLogger("DeepSpeed").setLevel(self.logging_level)
         self._check_dtype_support()
+        if self.root_device.type == "cpu" and self.zero_stage == 3:
+            # ZeRO-3 gathers and frees parameters every step, like FSDP: fabric/utilities/allocator.py
+            return_large_blocks_to_system()
 
     def _check_dtype_support(self) -> None:
         """DeepSpeed refuses a dtype its accelerator lacks only when the engine is built: say so up front."""

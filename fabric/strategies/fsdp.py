@@ -60,6 +60,7 @@ from fabric.strategies.fsdp_policy import (
 )
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
 from fabric.strategies.strategy import BackwardSyncControl
+from fabric.utilities.allocator import return_large_blocks_to_system
 
 
 class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
@@ -182,6 +183,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
         super().setup_environment()
+        if self.root_device.type == "cpu":
+            # gathered parameters are freed every step: have glibc return them (fabric/utilities/allocator.py)
+            return_large_blocks_to_system()
         self._mesh = self._create_mesh()
         precision = self.precision
         if isinstance(precision, MixedPrecision) and precision.scaler is not None:
