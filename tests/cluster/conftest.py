@@ -37,13 +37,16 @@ def cluster_session_only() -> None:
 
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """munge, slurmctld and two slurmd (nodes fabric-n1, fabric-n2), stopped at the end even on failure."""
+    """munge, slurmctld and two slurmd (nodes fabric-n1, fabric-n2, or fabric-gwN-n1... under pytest-xdist's
+    worker N>0), stopped at the end even on failure. One per test process: under ``nox -s cluster`` the
+    two SLURM test files run side by side (pytest-xdist), each on its own cluster."""
     missing = missing_programs()
     if missing:
         _unavailable(
             f"SLURM is not installed (missing {', '.join(missing)}; apt-get install slurm-wlm munge)"
         )
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1...: clusters side by side need own names
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), tag=worker if worker not in ("", "gw0") else "")
     try:
         cluster.start()
         yield cluster

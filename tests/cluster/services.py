@@ -5,10 +5,12 @@ node name side by side on one host. Every file (configuration, munge key and soc
 in a directory of the caller's; the ports are free ones found at start; the clients (``sbatch``,
 ``srun``, ``scontrol``) find the cluster through ``SLURM_CONF``. Node names are added to ``/etc/hosts``
 (pointing at 127.0.0.1) because SLURM hands them to the job in ``SLURM_NODELIST``, and removed at stop.
+Several clusters may run side by side (one per pytest-xdist worker): each has node names of its own.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -17,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-NODES = ("fabric-n1", "fabric-n2")
+NODES = ("fabric-n1", "fabric-n2")  # the names of the first cluster; others get a tag in between
 NODE_CPUS = 4  # more than this machine's cores: `SlurmdParameters=config_overrides` lets tasks share them
 _HOSTS = Path("/etc/hosts")
 _HOSTS_MARK = "# fabric cluster tests"
@@ -45,8 +47,11 @@ def _free_port() -> int:
 class SlurmCluster:
     """Start with :meth:`start`, always end with :meth:`stop` (it stops whatever was started)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tag: str = "") -> None:
+        """``tag`` tells clusters running at the same time apart: nodes ``fabric-{tag}-n1``, ``-n2``."""
         self.root = root
+        self.nodes = tuple(f"fabric-{tag}-{name[len('fabric-') :]}" for name in NODES) if tag else NODES
+        self._mark = f"{_HOSTS_MARK} {root}"
         self.conf = root / "slurm.conf"
         self.munge_socket = root / "munge" / "munge.socket"
         self._daemons: list[subprocess.Popen] = []
@@ -64,7 +69,7 @@ class SlurmCluster:
         env = self.env
         logs = self.root / "logs"
         self._spawn(["slurmctld", "-D", "-c"], env, logs / "slurmctld.out")
-        for node in NODES:
+        for node in self.nodes:
             self._spawn(["slurmd", "-D", "-N", node], env, logs / f"slurmd-{node}.out")
         self._wait_until_idle(timeout)
 
@@ -112,17 +117,19 @@ class SlurmCluster:
         return process
 
     def _add_hosts(self) -> None:
-        text = _HOSTS.read_text()
-        lines = [f"127.0.0.1 {node} {_HOSTS_MARK}" for node in NODES if f" {node} " not in text]
-        if lines:
-            _HOSTS.write_text(text + ("" if text.endswith("\n") else "\n") + "\n".join(lines) + "\n")
-            self._hosts_added = True
+        with _hosts_lock():
+            text = _HOSTS.read_text()
+            lines = [f"127.0.0.1 {node} {self._mark}" for node in self.nodes if f" {node} " not in text]
+            if lines:
+                _HOSTS.write_text(text + ("" if text.endswith("\n") else "\n") + "\n".join(lines) + "\n")
+                self._hosts_added = True
 
     def _remove_hosts(self) -> None:
         if not self._hosts_added:
             return
-        kept = [line for line in _HOSTS.read_text().splitlines() if not line.endswith(_HOSTS_MARK)]
-        _HOSTS.write_text("\n".join(kept) + "\n")
+        with _hosts_lock():
+            kept = [line for line in _HOSTS.read_text().splitlines() if not line.endswith(self._mark)]
+            _HOSTS.write_text("\n".join(kept) + "\n")
         self._hosts_added = False
 
     def _start_munge(self) -> None:
@@ -156,7 +163,7 @@ class SlurmCluster:
         nodes = "\n".join(
             f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={NODE_CPUS}"
             f" RealMemory=2000 State=UNKNOWN"
-            for node in NODES
+            for node in self.nodes
         )
         self.conf.write_text(
             f"""ClusterName=fabrictest
@@ -191,7 +198,7 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 {nodes}
-PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """
         )
 
@@ -206,10 +213,22 @@ PartitionName=debug Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=U
                 ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True, timeout=20
             )
             states = run.stdout + run.stderr
-            if run.returncode == 0 and states.split().count("idle") == len(NODES):
+            if run.returncode == 0 and states.split().count("idle") == len(self.nodes):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"the SLURM nodes did not become idle in {timeout} s ({states!r}):\n{self.logs()}")
+
+
+class _hosts_lock:
+    """Clusters of several test processes edit /etc/hosts one at a time (read, then write)."""
+
+    def __enter__(self) -> None:
+        self._file = open("/tmp/fabric-cluster-hosts.lock", "w")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
 
 
 def stop_all(clusters: list[SlurmCluster]) -> None:

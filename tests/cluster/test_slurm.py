@@ -20,6 +20,7 @@ import pytest
 from tests.cluster.services import SlurmCluster
 
 TRAIN = Path(__file__).parent / "train.py"
+
 REPO = Path(__file__).parent.parent.parent
 
 
@@ -134,7 +135,7 @@ def local_reference(out: Path, processes: int, args: list[str]) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------ training
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(700)  # 400 s was hit once with the 4 cluster files side by side at load 25
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
     slurm: SlurmCluster, out: Path, strategy: str
@@ -145,7 +146,7 @@ def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
     job_out.mkdir()
     job_id = submit(slurm, batch_script(job_out, 2, 2, f"--strategy {strategy}"), job_out)
     reference = local_reference(out / "local", 4, ["--strategy", strategy])
-    info = wait_for_end(slurm, job_id, job_out, 300)
+    info = wait_for_end(slurm, job_id, job_out, 600)
     assert info["JobState"] == "COMPLETED", output(job_out)
     ranks = results(job_out, 4)
     assert {r["environment"] for r in ranks} == {"SLURMEnvironment"}
@@ -158,58 +159,6 @@ def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
     hosts = {json.loads((job_out / f"pid{rank}").read_text())["host"] for rank in range(4)}
     assert len(hosts) == 1  # both "nodes" are this machine; SLURM told each task its node
     assert loaded_weights(job_out) == reference
-
-
-# ------------------------------------------------------------------------------------ pre-emption
-@pytest.mark.timeout(400)
-@pytest.mark.parametrize("how", ["scancel", "batch-signal"])
-def test_preemption_saves_requeues_and_resumes_to_the_uninterrupted_weights(
-    slurm: SlurmCluster, out: Path, how: str
-) -> None:
-    """SIGUSR1 mid-run (`scancel --signal=USR1`, or `sbatch --signal=B:USR1@50` near the time limit): every
-    rank stops at the same step and saves, rank 0 runs `scontrol requeue`, the requeued job resumes from
-    the checkpoint and ends with the weights of an uninterrupted run, bit for bit."""
-    steps = 60
-    interrupted, reference = out / "interrupted", out / "reference"
-    interrupted.mkdir()
-    reference.mkdir()
-    common = f"--steps {steps} --every 1000"
-    if how == "scancel":
-        script = batch_script(interrupted, 2, 1, f"{common} --sleep 0.5")
-    else:  # SLURM signals the batch shell 50 s before the 1-minute limit; the shell passes it on to srun
-        script = batch_script(
-            interrupted,
-            2,
-            1,
-            f"{common} --sleep 1.5",
-            "#SBATCH --time=1\n#SBATCH --signal=B:USR1@50\n",
-            forward=True,
-        )
-    # One task per node: with 2 ranks a sum does not depend on its order; with 4 the first step after a
-    # resume differs in the last bits (DDP regroups its gradient buckets after its first step, changing
-    # the order in which gloo sums), so a bit-for-bit comparison needs 2 ranks.
-    tasks = 1
-    world = 2 * tasks
-    job_id = submit(slurm, script, interrupted)
-    reference_id = submit(slurm, batch_script(reference, 2, tasks, common), reference)
-    wait_for_files(interrupted, [f"pid{rank}" for rank in range(world)], 240, slurm, job_id)
-    if how == "scancel":
-        time.sleep(2)
-        subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm.env, check=True, timeout=30)
-    info = wait_for_end(slurm, job_id, interrupted, 300)
-    log = output(interrupted)
-    assert info["JobState"] == "COMPLETED", log
-    assert info["Restarts"] == "1", (info, log)
-    assert f"[fabric] requeued SLURM job {job_id}" in log
-    first = [p for p in (interrupted / f"result{rank}-0.json" for rank in range(world)) if p.exists()]
-    stops = {json.loads(p.read_text())["step"] for p in first}  # those ranks that wrote before the requeue
-    second = results(interrupted, world, restart=1)
-    resumed = {r["resumed_from"] for r in second}
-    assert len(resumed) == 1 and 0 < resumed.pop() < steps, (second, log)
-    assert stops <= {second[0]["resumed_from"]}
-    assert all(r["step"] == steps and not r["stopped"] for r in second)
-    assert wait_for_end(slurm, reference_id, reference, 200)["JobState"] == "COMPLETED", output(reference)
-    assert loaded_weights(interrupted) == loaded_weights(reference)
 
 
 # ------------------------------------------------------------------------------------ failures
@@ -226,7 +175,7 @@ def test_a_node_killed_mid_run_ends_the_job_nonzero_naming_the_ranks(slurm: Slur
     took = time.monotonic() - killed_at
     log = output(out)
     assert info["JobState"] == "FAILED" and info["ExitCode"] != "0:0", (info, log)
-    assert re.search(r"fabric-n2: tasks? 2-3: Killed", log), log  # srun names the killed tasks
+    assert re.search(rf"{slurm.nodes[1]}: tasks? 2-3: Killed", log), log  # srun names the killed tasks
     assert took < 100, log
 
 
