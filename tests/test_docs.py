@@ -215,6 +215,12 @@ def test_code_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Monke
         if setup:
             (tmp_path / "train.py").write_text(setup)
         lines = [line.split(" #")[0].strip() for line in block.code.splitlines()]
+        # `fabric ...` through our CLI module: the test environment also holds Lightning (a yardstick),
+        # whose own `fabric` console script may be the one on PATH (docs/processes.md tells users so)
+        lines = [
+            f"{sys.executable} -m fabric.cli {line[7:]}" if line.startswith("fabric ") else line
+            for line in lines
+        ]
         commands = [["bash", "-c", line] for line in lines if line and not line.startswith("#")]
     for command in commands:
         env = _environment()
