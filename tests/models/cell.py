@@ -145,11 +145,14 @@ def setup(fabric: Fabric, spec: Spec, seed: int, checkpointing: bool = False) ->
 def expected_state(model: Any, optimizer: Any, spec: Spec, deepspeed: bool = False) -> dict[str, Any]:
     """Full weights, AdamW's ``exp_avg`` by name and the logits on a fixed input: what offline.py checks."""
     module = model.module
+    # the sharded parameters the optimizer holds, named before the forward below: a root that FSDP2 does
+    # not reshard after forward (the default of `fully_shard(model)` in a parallelize_fn) keeps its
+    # unsharded parameters registered until the next backward
+    named = list(module.named_parameters())
     module.eval()
     with torch.no_grad():
         logits = full(model(**spec.logits_inputs()).logits)
     module.train()
-    named = list(module.named_parameters())
     return {
         "params": {n: full_param(p, deepspeed) for n, p in named},
         "exp_avg": {n: full_exp_avg(p, optimizer, deepspeed) for n, p in named},
