@@ -15,7 +15,7 @@ import torch
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, CollectiveError, ParallelStrategy

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import DataParallel, Module
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.checkpoint_io import CheckpointIO
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision

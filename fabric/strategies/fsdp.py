@@ -20,7 +20,7 @@ import torch
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.states import (
     module_state,
     optimizer_state,
@@ -34,14 +34,12 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
 from fabric.strategies._buffers import broadcast_buffers
-from fabric.strategies._deferred_init import (
-    InitLog,
-    InitRecorder,
+from fabric.strategies._deferred_init import InitLog, InitRecorder, record_library_init
+from fabric.strategies._materialize import (
     check_initializable,
     has_meta,
     materialize,
     materialize_from_log,
-    record_library_init,
     tensor_names,
 )
 from fabric.strategies.fsdp_compat import (

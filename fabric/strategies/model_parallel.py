@@ -17,7 +17,7 @@ import torch
 from torch.nn import Module
 
 from fabric.environments import ClusterEnvironment
-from fabric.strategies._deferred_init import (
+from fabric.strategies._materialize import (
     check_initializable,
     has_meta,
     materialize,

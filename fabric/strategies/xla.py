@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
 from fabric.strategies.strategy import Strategy
 from fabric.strategies.xla_common import XLAStepMixin
