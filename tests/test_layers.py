@@ -176,3 +176,55 @@ def test_no_file_over_600_lines_but_the_facade() -> None:
         if (n := len(path.read_text().splitlines())) > 600
     }
     assert not long, long
+
+
+#: packages a function may import without saying why: extras that `import fabric` must never load
+OPTIONAL_ENGINES = (
+    "deepspeed",
+    "torch_xla",
+    "torch.utils.tensorboard",
+    "tensorboard",
+    "tensorboardX",
+    "transformers",
+)
+OPTIONAL_ENGINES += ("libcst", "mpi4py", "fsspec")
+
+
+def _unexplained_function_imports(path: Path) -> list[str]:
+    """Imports inside a function with no comment on their line or on the lines just above them.
+
+    An import belongs at the top of its module unless it keeps something out of ``import fabric`` (an
+    optional engine, a heavy module such as ``torch.distributed.checkpoint``, a part only one strategy
+    needs) or is a lazy attribute of a module's ``__getattr__``; the comment says which. A group of
+    imports one after the other shares the comment above the first.
+    """
+    lines = path.read_text().splitlines()
+    found: list[str] = []
+    for function in ast.walk(ast.parse("\n".join(lines))):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(function):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            name = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            if isinstance(node, ast.ImportFrom) and node.level:
+                name = "fabric"  # a relative import: one of ours
+            if any(name == e or name.startswith(e + ".") for e in OPTIONAL_ENGINES):
+                continue
+            row = node.lineno - 1
+            while (
+                row > 0 and lines[row - 1].strip().startswith(("import ", "from ")) and "#" not in lines[row]
+            ):
+                row -= 1  # the first import of the group
+            explained = "#" in lines[node.end_lineno - 1] or "#" in lines[row]
+            if explained or lines[row - 1].strip().startswith("#"):
+                continue
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} imports {name} inside a function")
+    return found
+
+
+def test_imports_inside_functions_say_why() -> None:
+    unexplained = [
+        line for path in sorted(PACKAGE.rglob("*.py")) for line in _unexplained_function_imports(path)
+    ]
+    assert not unexplained, "\n".join(unexplained)

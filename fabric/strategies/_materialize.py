@@ -102,6 +102,7 @@ def materialize(module: Module, device: torch.device) -> None:
 
 def copy_shard(full: Tensor, sharded: Tensor) -> None:
     """Copy this process's part of ``full`` into ``sharded`` (a DTensor on any mesh and placements)."""
+    # heavy: torch.distributed.tensor (~1 s) loads only when used
     from torch.distributed.tensor import DTensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
