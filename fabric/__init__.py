@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ _SUBPACKAGES = (
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
 
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)

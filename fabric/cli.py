@@ -24,6 +24,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -142,9 +144,11 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 def _processes_per_node(accelerator: str, devices: str) -> int:
     if accelerator == "cpu" or (accelerator == "auto" and _only_cpu()):
+        # imports torch: the CLI loads it only for a command that needs it
         from fabric.utilities.device_parser import parse_cpu_count
 
         return parse_cpu_count(_devices_value(devices))
+    # imports torch: the CLI loads it only for a command that needs it
     from fabric.accelerators import ACCELERATORS
     from fabric.connector import Connector
 
@@ -160,8 +164,6 @@ def _only_cpu() -> bool:
     GPU bridge). Anything else asks the connector, which imports torch to count devices: slower, and
     always right. The launcher process then stays free of torch in the common CPU case.
     """
-    import glob
-    import importlib.util
 
     if sys.platform != "linux" or importlib.util.find_spec("torch_xla") is not None:
         return False
@@ -225,6 +227,7 @@ def _validate(args: argparse.Namespace, error: Callable[[str], NoReturn]) -> int
 
 
 def _consolidate(directory: str, output: str | None, error: Callable[[str], NoReturn]) -> None:
+    # imports torch: the CLI loads it only for a command that needs it
     from fabric.checkpoint.consolidate import consolidate, default_output
     from fabric.checkpoint.io import CheckpointError
 
@@ -250,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _consolidate(args.checkpoint_dir, args.output or args.output_file, parser.error)
         return
     if args.command == "port":
+        # needs libcst (optional): only `fabric port` loads it
         from fabric.port.command import port as port_script
 
         sys.exit(port_script(args.script, args.output, args.diff, args.check, parser.error))
@@ -259,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.num_nodes > 1:
             port = _DEFAULT_MULTI_NODE_PORT
         else:
+            # lazy: only `fabric run` on several nodes needs it
             from fabric.environments import find_free_network_port
 
             port = find_free_network_port(args.main_address if args.main_address == "127.0.0.1" else "")
@@ -279,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         sys.exit(launch([args.script, *args.script_args], nproc, args.main_address, port))
 
+    # imports torch: the CLI loads it only for a command that needs it
     from torch.distributed import DistNetworkError, DistStoreError
     from torch.distributed.run import main as torchrun
 

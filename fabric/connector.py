@@ -46,7 +46,7 @@ def _strategy_registry() -> Any:
 
     Built on demand; the registry imports only the class of the name that is chosen.
     """
-    from fabric.strategies.registry import STRATEGY_REGISTRY
+    from fabric.strategies.registry import STRATEGY_REGISTRY  # lazy: kept out of `from fabric import Fabric`
 
     return STRATEGY_REGISTRY
 
@@ -121,7 +121,7 @@ class Connector:
     def _split_plugins(plugins: Any) -> tuple[Precision | None, Any, Any]:
         if plugins is None:
             return None, None, None
-        from fabric.checkpoint.checkpoint_io import CheckpointIO
+        from fabric.checkpoint.checkpoint_io import CheckpointIO  # lazy: only when plugins are given
         from fabric.environments.cluster_environment import ClusterEnvironment
 
         items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
@@ -265,7 +265,7 @@ class Connector:
     @staticmethod
     def _external_processes_per_node(num_nodes: int) -> int | None:
         """Under torchrun or a scheduler, ``devices="auto"`` on CPU means the processes it started per node."""
-        from fabric.environments import detect_environment
+        from fabric.environments import detect_environment  # lazy: kept out of `from fabric import Fabric`
 
         environment = detect_environment()
         if not environment.creates_processes_externally or environment.world_size() <= 1:
@@ -275,7 +275,7 @@ class Connector:
     @staticmethod
     def _external_multiprocess() -> bool:
         """Whether torchrun or a scheduler started this process as one of several."""
-        from fabric.environments import detect_environment
+        from fabric.environments import detect_environment  # lazy: kept out of `from fabric import Fabric`
 
         environment = detect_environment()
         return environment.creates_processes_externally and environment.world_size() > 1
@@ -335,6 +335,7 @@ def _names_xla_strategy(strategy: Any) -> bool:
     """Whether ``strategy`` (a name or an instance) is one of the XLA strategies."""
     if isinstance(strategy, str):
         return strategy.lower() in XLA_STRATEGIES
+    # lazy: kept out of `from fabric import Fabric` (XLA only)
     from fabric.strategies.xla_common import XLAStepMixin
 
     return isinstance(strategy, XLAStepMixin)

@@ -35,6 +35,7 @@ __all__ = [
 def __getattr__(name: str) -> object:
     # Lightning's deprecated `TPUAccelerator` (fabric/_graveyard.py), imported only when asked for
     if name == "TPUAccelerator":
+        # deprecated name only: _graveyard needs the XLA strategy, a layer above
         from fabric._graveyard import TPUAccelerator
 
         return TPUAccelerator

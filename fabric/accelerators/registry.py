@@ -6,6 +6,7 @@ import importlib
 import inspect
 from typing import Any
 
+from fabric.accelerators.accelerator import Accelerator
 from fabric.utilities.registry import AcceleratorRegistry
 
 __all__ = ["AcceleratorRegistry", "call_register_accelerators"]
@@ -17,7 +18,6 @@ def call_register_accelerators(registry: Any, base_module: str) -> None:
     Lightning keeps this for third-party packages that register their accelerators this way; fabric's
     built-in accelerators are registered by name in :mod:`fabric.accelerators`.
     """
-    from fabric.accelerators.accelerator import Accelerator
 
     module = importlib.import_module(base_module)
     for _, member in inspect.getmembers(module, inspect.isclass):

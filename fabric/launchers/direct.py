@@ -26,7 +26,9 @@ the others at once, and the launcher exits with that worker's code; children die
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -187,7 +189,6 @@ def _signals() -> list[int]:
 
 
 def _remove_tree(path: str) -> None:
-    import shutil
 
     shutil.rmtree(path, ignore_errors=True)
 
@@ -196,7 +197,6 @@ def die_with_parent() -> None:
     """In the child, before exec: ask Linux to send SIGKILL when the parent dies."""
     if sys.platform != "linux":
         return
-    import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
+from fabric.utilities.rank_zero import global_rank
+
 
 class Logger(ABC):
     """Receives metrics (and optionally hyperparameters) from global rank 0."""
@@ -71,7 +73,6 @@ def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     Code that calls ``logger.experiment.add_image(...)`` on every process then writes once, without a
     rank check of its own.
     """
-    from fabric.utilities.rank_zero import global_rank
 
     @functools.wraps(fn)
     def experiment(self: Any) -> Any:

@@ -41,13 +41,13 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"fabric.plugins.{name}")
     if name in _FROM_ENVIRONMENTS:
-        from fabric import environments
+        from fabric import environments  # lazy attribute: Lightning's names, loaded when asked for
 
         return getattr(environments, name)
     if name in _FROM_IO:
-        from fabric.plugins import io
+        from fabric.plugins import io  # lazy attribute: Lightning's names, loaded when asked for
 
         return getattr(io, name)
-    from fabric.plugins import precision
+    from fabric.plugins import precision  # lazy attribute: Lightning's names, loaded when asked for
 
     return getattr(precision, name)

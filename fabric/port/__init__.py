@@ -39,6 +39,6 @@ def convert(source: str) -> tuple[str, Report]:
             "fabric port needs libcst to edit the script without touching its formatting: "
             "`pip install 'torch-fabric[port]'` (or `pip install libcst`)."
         ) from err
-    from fabric.port.convert import convert_source
+    from fabric.port.convert import convert_source  # needs libcst (optional), checked just above
 
     return convert_source(source)

@@ -26,7 +26,7 @@ def port(script: str, output: str | None, diff: bool, check: bool, error: Callab
     if output is not None and os.path.abspath(output) == os.path.abspath(script):
         error(f"port: -o {output!r} is the script itself; write the port to another file and compare them.")
     try:
-        from fabric.port import convert
+        from fabric.port import convert  # needs libcst (optional); the error below says how to install it
     except ImportError as err:  # pragma: no cover - the package itself has no hard dependency
         error(str(err))
     with open(script, encoding="utf-8") as file:

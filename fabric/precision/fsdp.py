@@ -25,6 +25,7 @@ from torch.optim import Optimizer
 from fabric.precision.amp import MixedPrecision
 from fabric.precision.precision import Precision
 from fabric.precision.true import TruePrecision
+from fabric.utilities.rank_zero import rank_zero_warn
 
 _PRECISIONS = ("32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed")
 _LOW_DTYPES = {"16": torch.float16, "bf16": torch.bfloat16, "32": torch.float32}
@@ -50,6 +51,7 @@ class FSDPPrecision(Precision):
         self._low_dtype = _LOW_DTYPES[precision.split("-")[0]]
         self._plugin: Precision
         if precision.endswith("-mixed"):
+            # heavy: torch.distributed.fsdp (~1 s) loads only when used
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,6 +83,7 @@ class FSDPPrecision(Precision):
     @property
     def mixed_precision_policy(self) -> Any:
         """FSDP2's ``MixedPrecisionPolicy`` for this precision: what ``FSDPStrategy`` shards with."""
+        # heavy: torch.distributed.fsdp (~1 s) loads only when used
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         return MixedPrecisionPolicy(param_dtype=self._low_dtype, reduce_dtype=self._low_dtype)
@@ -88,11 +91,10 @@ class FSDPPrecision(Precision):
     @property
     def mixed_precision_config(self) -> Any:
         """FSDP1's ``MixedPrecision`` with the same dtypes (Lightning's attribute; FSDP2 ignores ``buffer_dtype``)."""
+        # heavy: torch.distributed.fsdp (~1 s) loads only when used
         from torch.distributed.fsdp import MixedPrecision as TorchMixedPrecision
 
         if self.precision in ("16-true", "bf16-true"):
-            from fabric.utilities.rank_zero import rank_zero_warn
-
             rank_zero_warn(
                 f"FSDP with `{self.precision}` enables computation in lower precision. "
                 "FSDP will always retain a full-precision copy of the model parameters for sharding."

@@ -24,6 +24,7 @@ def broadcast_buffers(module: Module, src: int = 0) -> None:
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return
+    # heavy: torch.distributed.tensor (~1 s) loads only when used
     from torch.distributed.tensor import DTensor
 
     with torch.no_grad():

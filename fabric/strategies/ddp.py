@@ -12,10 +12,11 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, CollectiveError, ParallelStrategy
@@ -87,7 +88,6 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         Strategy.setup_extra_parameters(self, parameters, optimizer, move=move)
         if self.world_size < 2:
             return
-        import torch.distributed as dist
 
         average = functools.partial(_average_gradient, world_size=self.world_size)
         for parameter in parameters:
@@ -122,7 +122,6 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
 
 def _average_gradient(parameter: torch.Tensor, world_size: int) -> None:
     """Average the gradient of a parameter outside the model over the processes (a backward hook)."""
-    import torch.distributed as dist
 
     if parameter.grad is not None:
         dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)

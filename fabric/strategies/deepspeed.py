@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.deepspeed_format import (
     _INSTALL_HINT,
     DEEPSPEED_KEY,

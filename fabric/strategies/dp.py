@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import DataParallel, Module
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.checkpoint_io import CheckpointIO
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
@@ -86,6 +86,7 @@ class DataParallelStrategy(ParallelStrategy):
         return batch  # DataParallel scatters the batch to the devices itself
 
     def all_reduce(self, tensor: Any, reduce_op: ReduceOp | None = "mean", group: Any = None) -> Any:  # type: ignore[override]
+        # heavy: lightning_utilities (~35 ms) loads only when used
         from lightning_utilities.core.apply_func import apply_to_collection
 
         def mean(t: Tensor) -> Tensor:

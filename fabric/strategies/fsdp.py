@@ -17,10 +17,11 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.states import (
     module_state,
     optimizer_state,
@@ -34,14 +35,12 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
 from fabric.strategies._buffers import broadcast_buffers
-from fabric.strategies._deferred_init import (
-    InitLog,
-    InitRecorder,
+from fabric.strategies._deferred_init import InitLog, InitRecorder, record_library_init
+from fabric.strategies._materialize import (
     check_initializable,
     has_meta,
     materialize,
     materialize_from_log,
-    record_library_init,
     tensor_names,
 )
 from fabric.strategies.fsdp_compat import (
@@ -189,6 +188,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._mesh = self._create_mesh()
         precision = self.precision
         if isinstance(precision, MixedPrecision) and precision.scaler is not None:
+            # heavy: torch.distributed.fsdp (~1 s) loads only when used
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
             # Each process sees only its shard's gradients: the inf/nan check must agree across all.
@@ -196,7 +196,6 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     def _create_mesh(self) -> Any:
         """A 1-D mesh over all processes; 2-D ``(replicate, shard)`` for ``HYBRID_SHARD`` and ``NO_SHARD``."""
-        from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
         if isinstance(self._device_mesh, DeviceMesh):
             return self._device_mesh
@@ -272,6 +271,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         )
 
     def setup_module(self, module: Module) -> Module:
+        # heavy: torch.distributed.fsdp (~1 s) loads only when used
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
         if self._checkpoint_policy is not None:
@@ -383,7 +383,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
 @contextmanager
 def _gradient_sync_disabled(module: Module) -> Iterator[None]:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # heavy: torch.distributed.fsdp (~1 s) loads only when used
 
     units = [m for m in module.modules() if isinstance(m, FSDPModule)]
     for unit in units:

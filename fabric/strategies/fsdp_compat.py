@@ -74,6 +74,7 @@ def mixed_precision_policy(value: Any) -> Any:
     """FSDP1's ``MixedPrecision`` dataclass (Lightning users pass it) as FSDP2's ``MixedPrecisionPolicy``."""
     if value is None:
         return None
+    # heavy: torch.distributed.fsdp (~1 s) loads only when used
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
     if isinstance(value, MixedPrecisionPolicy):
@@ -113,6 +114,7 @@ def fully_shard_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             continue
         passed[key] = value
     if passed:
+        # heavy: torch.distributed.fsdp (~1 s) loads only when used
         from torch.distributed.fsdp import fully_shard
 
         allowed = set(inspect.signature(fully_shard).parameters) - {

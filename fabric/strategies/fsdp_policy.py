@@ -115,6 +115,7 @@ def _within(path: str, ancestor: str) -> bool:
 
 
 def apply_activation_checkpointing(module: Module, policy: Callable[[Module], bool]) -> None:
+    # lazy: torch's checkpoint wrapper, only when activation checkpointing is on
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
     apply_activation_checkpointing(module, check_fn=policy)

@@ -32,6 +32,8 @@ import torch.distributed as dist
 POLL_SECONDS = 1.0
 #: how long the rank that timed out waits for the answers; a dead peer costs this much, no more
 ANSWER_SECONDS = 5.0
+#: how much longer than ANSWER_SECONDS the asking rank waits for the store itself before giving up on it
+STORE_GRACE_SECONDS = 5.0
 #: frames of each stack in the report (the innermost ones: where the rank is)
 STACK_FRAMES = 12
 _REQUEST_KEY = "request"
@@ -126,7 +128,30 @@ class HangWatcher:
 
         ``own_where`` and ``own_stack`` describe this rank (the caller knows its stack best: the frames
         of the report itself would only be noise).
+
+        The store calls run on a thread of their own, and the caller waits for it ``timeout`` plus
+        :data:`STORE_GRACE_SECONDS` at most. When the network to the store's host is down, a store call
+        does not fail: it waits for the store's own timeout (the process group's, often 30 minutes),
+        and this process's watcher thread may already be waiting inside one, holding the store
+        client's lock. The error being reported must not wait for that.
         """
+        answer: list[str] = []
+        asker = threading.Thread(
+            target=lambda: answer.append(self._ask(own_where, own_stack, timeout)),
+            name="fabric-hang-report",
+            daemon=True,
+        )
+        asker.start()
+        asker.join(timeout + STORE_GRACE_SECONDS)
+        if answer:
+            return answer[0]
+        return (
+            f"rank {self._rank} (this process): {own_where}\n{own_stack}\n(no report from the other ranks: the "
+            f"rendezvous store did not answer within {timeout + STORE_GRACE_SECONDS:.0f} s; the network to the "
+            "store's host, the first node, may be down)"
+        )
+
+    def _ask(self, own_where: str, own_stack: str, timeout: float) -> str:
         try:
             request = self._store.add(_REQUEST_KEY, 1)
         except Exception as error:

@@ -14,10 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import init_device_mesh
 from torch.nn import Module
 
 from fabric.environments import ClusterEnvironment
-from fabric.strategies._deferred_init import (
+from fabric.strategies._materialize import (
     check_initializable,
     has_meta,
     materialize,
@@ -97,7 +98,6 @@ class ModelParallelStrategy(FSDPStrategy):
         return self._mesh
 
     def _create_mesh(self) -> Any:
-        from torch.distributed.device_mesh import init_device_mesh
 
         return init_device_mesh(
             self.root_device.type,

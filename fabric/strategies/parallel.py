@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fabric import lifecycle
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
 from fabric.strategies import hang_report

@@ -20,7 +20,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.overrides import TorchFunctionMode
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.types import PathLike, ReduceOp

@@ -27,10 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
 from fabric.strategies.strategy import Strategy
 from fabric.strategies.xla_common import XLAStepMixin
@@ -123,7 +124,6 @@ class XLAStrategy(XLAStepMixin, Strategy):
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
-        import numpy as np
 
         self._setup_xla()
         import torch_xla.distributed.spmd as xs
@@ -153,6 +153,7 @@ class XLAStrategy(XLAStepMixin, Strategy):
         batch = move_to_device(batch, device or self.root_device)
         if isinstance(batch, Tensor):
             return self._shard_batch_tensor(batch)
+        # heavy: lightning_utilities (~35 ms) loads only when used
         from lightning_utilities.core.apply_func import apply_to_collection
 
         return apply_to_collection(batch, Tensor, self._shard_batch_tensor)
@@ -213,6 +214,7 @@ class XLAStrategy(XLAStepMixin, Strategy):
 
     def save_shards(self, shards: dict[str, Any], directory: str) -> None:
         """Each device's shard through torch-xla's ``SPMDSavePlanner`` (one process drives every device)."""
+        # heavy: torch.distributed.checkpoint (~1 s) loads only when used
         import torch.distributed.checkpoint as dcp
         from torch_xla.experimental.distributed_checkpoint import SPMDSavePlanner
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from fabric.accelerators.xla import require_torch_xla
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.choices import XLA_PRECISIONS as XLA_PRECISIONS
 from fabric.utilities.types import PathLike
@@ -25,7 +26,6 @@ XLA_RNG_KEY = "xla"
 
 def import_torch_xla() -> Any:
     """``torch_xla`` itself, with a clear error (and the install line) when it is missing."""
-    from fabric.accelerators.xla import require_torch_xla
 
     require_torch_xla("strategy='xla'")
     import torch_xla

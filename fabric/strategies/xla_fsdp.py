@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.nn import Module
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
 from fabric.strategies.xla import StateDictType, XLAStrategy
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fabric.accelerators import Accelerator
+from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
 from fabric.strategies.single_device import SingleDeviceStrategy
 from fabric.strategies.xla_common import XLAStepMixin

@@ -6,6 +6,7 @@ loaded on first access, so that ``import fabric`` stays light.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 # public name -> module that defines it (loaded on first access)
@@ -37,6 +38,5 @@ def __getattr__(name: str) -> Any:
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'fabric.utilities' has no attribute {name!r}")
-    import importlib
 
     return getattr(importlib.import_module(module_name), name)

@@ -41,6 +41,7 @@ def convert_floating_tensors(data: Any, dtype: torch.dtype) -> Any:
     """Cast floating-point tensors in ``data`` to ``dtype``; integer and bool tensors are left alone."""
     if isinstance(data, Tensor):
         return _convert_floating(data, dtype)
+    # heavy: lightning_utilities (~35 ms) loads only when used
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(data, Tensor, _convert_floating, dtype)
@@ -62,6 +63,7 @@ def convert_tensors_to_scalars(data: Any) -> Any:
     """
     if isinstance(data, Tensor):
         return _to_scalar(data)
+    # heavy: lightning_utilities (~35 ms) loads only when used
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(data, Tensor, _to_scalar)

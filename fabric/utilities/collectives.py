@@ -11,7 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
+
+from fabric.utilities.apply import move_to_device
 
 _REDUCE_NAMES = {"sum": "sum", "mean": "mean", "avg": "mean", "max": "max", "min": "min"}
 
@@ -25,6 +29,7 @@ def apply_collective(data: Any, function: Callable[[Tensor], Tensor]) -> Any:
     """
     if isinstance(data, Tensor):
         return function(data)
+    # heavy: lightning_utilities (~35 ms) loads only when used
     from lightning_utilities.core.apply_func import apply_to_collection
 
     return apply_to_collection(data, Tensor, function)
@@ -36,15 +41,14 @@ def convert_to_tensors(data: Any, device: torch.device) -> Any:
     ``bool`` becomes ``uint8`` (NCCL cannot reduce ``bool``), ``int`` becomes ``int32`` and ``float``
     becomes ``float32``, as Lightning converts them, so reduced values have the same dtypes.
     """
+    # heavy: lightning_utilities (~35 ms) loads only when used
     from lightning_utilities.core.apply_func import apply_to_collection
-
-    from fabric.utilities.apply import move_to_device
 
     data = apply_to_collection(data, bool, lambda v: torch.tensor(v, dtype=torch.uint8))
     data = apply_to_collection(data, int, lambda v: torch.tensor(v, dtype=torch.int))
     data = apply_to_collection(data, float, lambda v: torch.tensor(v, dtype=torch.float))
     try:
-        import numpy as np
+        import numpy as np  # guarded: works without numpy, as torch does
     except ImportError:
         pass
     else:
@@ -65,7 +69,6 @@ def normalize_reduce_op(reduce_op: Any) -> Any:
                 f"torch.distributed.ReduceOp value."
             )
         return name
-    import torch.distributed as dist
 
     by_op = {
         dist.ReduceOp.SUM: "sum",
@@ -82,7 +85,6 @@ def normalize_reduce_op(reduce_op: Any) -> Any:
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
 
@@ -106,7 +108,6 @@ def all_reduce_in_group(tensor: Tensor, reduce_op: Any, group: Any | None, world
     """All-reduce ``tensor`` within ``group`` with a name or a ``ReduceOp`` (a copy; the input is kept)."""
     if not _distributed():
         return tensor
-    import torch.distributed as dist
 
     result = tensor.clone()
     if reduce_op == "mean":
@@ -121,12 +122,9 @@ def all_gather_in_group(tensor: Tensor, group: Any | None, sync_grads: bool, wor
     """Stack ``tensor`` from every process of ``group``; with ``sync_grads`` the result is differentiable."""
     if not _distributed():
         return tensor.unsqueeze(0)
-    import torch.distributed as dist
 
     tensor = tensor.contiguous()
     if sync_grads:
-        from torch.distributed.nn.functional import all_gather
-
         kwargs = {"group": group} if group is not None else {}
         return torch.stack(all_gather(tensor, **kwargs))
     gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]

@@ -32,6 +32,6 @@ def unwrap_compiled(module: Module) -> tuple[Module, Any]:
 
 def compile_again(module: Module, dynamo_ctx: Any) -> Module:
     """Compile ``module`` (the strategy's wrapper) with the dynamo context taken from the user's compile."""
-    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._dynamo.eval_frame import OptimizedModule  # heavy: torch._dynamo (~1 s) loads only when used
 
     return OptimizedModule(module, dynamo_ctx)

@@ -8,10 +8,11 @@ arguments.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import partial
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from fabric.utilities.seed import global_seed, pl_worker_init_function, workers_seeding_enabled
 
@@ -30,6 +31,7 @@ def prepare_dataloader(
     )
     if not needs_sampler and not needs_seeding:
         return dataloader
+    # lazy: kept out of `from fabric import Fabric`
     from fabric.utilities.distributed_data import rebuild_dataloader, with_worker_init_fn
 
     worker_init_fn = partial(pl_worker_init_function, rank=global_rank) if needs_seeding else None
@@ -58,7 +60,6 @@ def suggested_max_num_workers(local_world_size: int) -> int:
 
 def has_iterable_dataset(dataloader: object) -> bool:
     """Whether ``dataloader`` reads an ``IterableDataset`` (which has no length and no sampler to shard)."""
-    from torch.utils.data import IterableDataset
 
     return isinstance(getattr(dataloader, "dataset", None), IterableDataset)
 
@@ -73,7 +74,6 @@ def has_len(dataloader: object) -> bool:
         length = len(dataloader)  # type: ignore[arg-type]
     except (TypeError, NotImplementedError):
         return False
-    import warnings
 
     name = type(dataloader).__name__
     if length == 0:
@@ -101,6 +101,7 @@ def sized_len(dataloader: object) -> int | None:
 def __getattr__(name: str) -> Any:
     # Lightning exports `AttributeDict` from this module; ours lives in `fabric.utilities.attribute_dict`.
     if name == "AttributeDict":
+        # lazy attribute: Lightning's name, loaded when asked for
         from fabric.utilities.attribute_dict import AttributeDict
 
         return AttributeDict

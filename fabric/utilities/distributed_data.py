@@ -7,6 +7,7 @@ rebuilt faithfully from those, so it is refused with a message saying what to do
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -82,7 +83,6 @@ def with_worker_init_fn(dataloader: DataLoader, worker_init_fn: Callable[[int], 
     ``worker_init_fn`` is the one argument a DataLoader lets be set after construction, so this works
     for any subclass of DataLoader, whose constructor arguments are unknown.
     """
-    import copy
 
     clone = copy.copy(dataloader)
     clone.worker_init_fn = worker_init_fn

@@ -40,7 +40,7 @@ def _as_python_state(state: Any) -> tuple:
 
 def _numpy_state() -> tuple | None:
     try:
-        import numpy as np
+        import numpy as np  # guarded: works without numpy, as torch does
     except ImportError:
         return None
     state: Any = np.random.get_state()
@@ -50,7 +50,7 @@ def _numpy_state() -> tuple | None:
 
 def _set_numpy_state(state: tuple) -> None:
     try:
-        import numpy as np
+        import numpy as np  # guarded: works without numpy, as torch does
     except ImportError:
         return
     name, keys, position, has_gauss, cached = state

@@ -97,7 +97,7 @@ def global_seed() -> int:
 
 def _seed_numpy(seed: int) -> None:
     try:
-        import numpy as np
+        import numpy as np  # guarded: works without numpy, as torch does
     except ImportError:
         return
     np.random.seed(seed)
@@ -150,7 +150,7 @@ def pl_worker_init_function(worker_id: int, rank: int | None = None) -> None:
     torch.manual_seed(torch_seed)
     random.seed((random_high << 32) | random_low)
     try:
-        import numpy as np
+        import numpy as np  # guarded: works without numpy, as torch does
     except ImportError:
         return
     np.random.seed(np.random.SeedSequence([base_seed, worker_id, global_rank]).generate_state(4))

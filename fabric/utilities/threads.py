@@ -38,7 +38,7 @@ def limit_threads(local_processes: int) -> int | None:
     """
     if local_processes <= 1 or _VARIABLE in os.environ:
         return None
-    import torch
+    import torch  # imports torch: the launcher uses this module without torch
 
     threads = threads_per_process(local_processes)
     os.environ[_VARIABLE] = str(threads)

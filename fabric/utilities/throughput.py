@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from fabric.utilities.peak_flops import get_available_flops
 
@@ -51,7 +52,6 @@ def measure_flops(
             x = torch.randn(2, 32, device="meta")
         fwd_and_bwd = measure_flops(model, lambda: model(x), lambda y: y.sum())
     """
-    from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:

@@ -41,6 +41,7 @@ def __getattr__(name: str) -> Any:
     # Lightning's `CollectibleGroup` (a process group): its module imports torch.distributed, so it is
     # looked up only when asked for.
     if name == "CollectibleGroup":
+        # lazy attribute: its module imports torch.distributed
         from fabric.plugins.collectives.collective import CollectibleGroup
 
         return CollectibleGroup

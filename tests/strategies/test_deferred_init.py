@@ -127,7 +127,7 @@ class Conv1DLike(nn.Module):
 
 
 def test_parameters_known_only_by_their_memory_are_replayed() -> None:
-    from fabric.strategies._deferred_init import tensor_names as _tensor_names
+    from fabric.strategies._materialize import tensor_names as _tensor_names
 
     torch.manual_seed(3)
     with torch.device("meta"), InitRecorder(torch.device("cpu")) as recorder:

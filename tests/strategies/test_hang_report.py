@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import timedelta
 
 import pytest
@@ -52,3 +57,46 @@ def test_a_rank_that_never_answers_is_named_and_a_second_request_gets_fresh_answ
         alive.stop()
     assert "rank 1: answer 1" in first and "rank 1: answer 2" in second
     assert "rank 2: no answer within 3 s (the process is dead, or stuck in C code" in first
+
+
+_STORE_SERVER = """
+import sys, time
+from datetime import timedelta
+import torch.distributed as dist
+store = dist.TCPStore("127.0.0.1", int(sys.argv[1]), is_master=True, timeout=timedelta(seconds=300))
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.timeout(150, method="thread")  # the hang this catches is inside C++: signals wait for it
+def test_a_store_that_stops_answering_does_not_hold_the_report_past_its_deadline() -> None:
+    """A dead link to the store's host (here: its process stopped with SIGSTOP, so the TCP connection
+    stays open and nothing answers). This process's watcher thread is then stuck inside a store call,
+    holding the client's lock; the report must still come back within its deadline (it waited for the
+    store's own timeout, 120 s here and 30 minutes by default, before)."""
+    port = find_free_network_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _STORE_SERVER, str(port)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=120))
+        watcher = HangWatcher(store, 0, 2, lambda: "unused")
+        watcher.start()
+        os.kill(server.pid, signal.SIGSTOP)
+        time.sleep(3)  # the watcher polls once a second: it is now waiting inside `store.add`
+        report = watcher.report(
+            "in collective #4 (`all_reduce`, tensors (3,) float32)", "  File t.py, line 9", 2
+        )
+        assert report.startswith(
+            "rank 0 (this process): in collective #4 (`all_reduce`, tensors (3,) float32)"
+        )
+        assert "  File t.py, line 9" in report
+        assert "the rendezvous store did not answer within 7 s" in report
+        os.kill(server.pid, signal.SIGCONT)  # the stuck calls complete; the threads can be stopped
+        watcher.stop()
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        server.kill()
+        server.wait()
