@@ -696,14 +696,16 @@ class Fabric:
             )
         if not isinstance(async_save, bool):
             raise TypeError(f"Fabric.save(async_save={async_save!r}): pass True or False.")
-        save = self._strategy.save_checkpoint_async if async_save else self._strategy.save_checkpoint
-        pending = save(
-            path=os.fspath(path),
-            state=_unwrap_state(state),
+        from fabric.checkpoint.options import SaveOptions  # heavy: fabric.checkpoint, not in start-up
+
+        options = SaveOptions(
             filter=filter,
             owners=self._optimizer_owners,
-            per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
+            per_rank_keys=tuple(key for key, value in state.items() if isinstance(value, _FabricDataLoader)),
+            async_save=async_save,
         )
+        save = self._strategy.save_checkpoint_async if async_save else self._strategy.save_checkpoint
+        pending = save(path=os.fspath(path), state=_unwrap_state(state), options=options)
         if pending is None:
             self._strategy.barrier()
         return pending
@@ -743,14 +745,12 @@ class Fabric:
             remainder = fabric.load("ckpt.pt", state)
         """
         unwrapped = _unwrap_state(state) if isinstance(state, dict) else _plain(state)
-        remainder = self._strategy.load_checkpoint(
-            path=os.fspath(path),
-            state=unwrapped,
-            strict=strict,
-            weights_only=weights_only,
-            restore_rng=restore_rng,
-            owners=self._optimizer_owners,
+        from fabric.checkpoint.options import LoadOptions  # heavy: fabric.checkpoint, not in start-up
+
+        options = LoadOptions(
+            strict=strict, weights_only=weights_only, restore_rng=restore_rng, owners=self._optimizer_owners
         )
+        remainder = self._strategy.load_checkpoint(path=os.fspath(path), state=unwrapped, options=options)
         if isinstance(state, dict) and isinstance(unwrapped, dict):
             # Plain values were replaced in the unwrapped copy: hand them back to the user's dict.
             for key, value in unwrapped.items():

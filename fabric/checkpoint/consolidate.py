@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from fabric.checkpoint import sharded
+from fabric.checkpoint.directory import check_directory_alone, check_manifest_covers
 from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
-from fabric.checkpoint.pipeline import check_directory_alone, check_manifest_covers
 
 
 def default_output(directory: str | os.PathLike[str]) -> str:

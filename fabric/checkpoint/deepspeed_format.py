@@ -20,15 +20,16 @@ import importlib.util
 import os
 from typing import Any
 
+from fabric.checkpoint.directory import check_directory_alone, read_meta
 from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
+from fabric.checkpoint.keys import DEEPSPEED_KEY, RESERVED_KEYS
+from fabric.checkpoint.sharded import resolve_checkpoint_path
 from fabric.utilities.types import PathLike
 
 #: DeepSpeed's tag (sub-directory) inside our checkpoint directory
 TAG = "checkpoint"
 #: our file beside DeepSpeed's: plain values and per-rank resume state
 META_FILE = "meta.pt"
-#: key in meta.pt that says which state keys held the model and the optimizer
-DEEPSPEED_KEY = "__fabric_deepspeed__"
 
 _INSTALL_HINT = "pip install torch-fabric[deepspeed]"
 
@@ -52,8 +53,6 @@ def is_deepspeed_checkpoint(path: PathLike) -> bool:
 
 def resolve_deepspeed_checkpoint(path: PathLike) -> str:
     """``path``, or the previous version that a save killed between its two renames left aside."""
-    from fabric.checkpoint.sharded import resolve_checkpoint_path
-
     path = resolve_checkpoint_path(path, accept=is_deepspeed_checkpoint)
     if not is_deepspeed_checkpoint(path):
         raise CheckpointError(
@@ -63,17 +62,9 @@ def resolve_deepspeed_checkpoint(path: PathLike) -> str:
     return path
 
 
-def _read_meta(directory: str, weights_only: bool) -> dict[str, Any]:
-    from fabric.checkpoint.pipeline import Checkpointer
-
-    return Checkpointer.read_meta(directory, weights_only)
-
-
-def _read_whole_checkpoint(directory: str, weights_only: bool = True) -> dict[str, Any]:
+def read_whole_checkpoint(directory: str, weights_only: bool = True) -> dict[str, Any]:
     """Everything in a DeepSpeed directory as one dict of full tensors (``fabric.load(path)`` without state)."""
     import tempfile
-
-    from fabric.checkpoint.pipeline import RESERVED_KEYS
 
     with tempfile.TemporaryDirectory() as scratch:
         target = os.path.join(scratch, "full.pt")
@@ -138,13 +129,11 @@ def consolidate_deepspeed(directory: PathLike, output: PathLike, weights_only: b
         )
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from fabric.checkpoint.pipeline import check_directory_alone
-
     directory = resolve_deepspeed_checkpoint(directory)
     check_directory_alone(directory)
     if weights_only:
         check_engine_files(directory)
-    meta = _read_meta(directory, weights_only=weights_only)
+    meta = read_meta(directory, weights_only=weights_only)
     info = meta.pop(DEEPSPEED_KEY, {}) or {}
     module_key = info.get("module") or "model"
     weights = get_fp32_state_dict_from_zero_checkpoint(directory, tag=TAG)

@@ -24,7 +24,9 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from fabric import lifecycle
-from fabric.checkpoint import reclaim
+from fabric.checkpoint import reclaim, sharded
+from fabric.checkpoint.directory import check_directory_alone, check_manifest_covers
+from fabric.checkpoint.io import CheckpointError, verify_file
 
 if TYPE_CHECKING:
     from fabric.fabric import Fabric
@@ -39,10 +41,6 @@ def _verify(path: str) -> None:
     carry the manifest its save writes last, every file must match it, and a DCP directory's metadata
     must read safely and name only files the manifest vouches for. Nothing is loaded into memory.
     """
-    from fabric.checkpoint import sharded
-    from fabric.checkpoint.io import CheckpointError, verify_file
-    from fabric.checkpoint.pipeline import check_directory_alone, check_manifest_covers
-
     if not os.path.isdir(path):
         verify_file(path)
         return

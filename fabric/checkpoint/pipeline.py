@@ -9,10 +9,14 @@ the rest, the same way for all of them:
   holds something Fabric set up (a model, an optimizer or a dataloader), the resume state goes in too:
   every process's random state, every set-up dataloader's position, the precision's state (gradient
   scaler). A dict of plain values is written exactly as given, so ``torch.load`` returns it unchanged.
-* **Layouts.** One file (written by global rank 0 through the ``CheckpointIO`` plugin: atomic and
-  checksummed by default), or a sharded directory (:mod:`fabric.checkpoint.sharded`: every process
-  writes its shards, a manifest with every file's checksum is written last, the directory is swapped
-  in only when complete). Every layout loads into every strategy.
+* **Layouts.** Picked by the strategy's ``checkpoint_layout`` (:mod:`fabric.checkpoint.layouts`): one
+  file (written by global rank 0 through the ``CheckpointIO`` plugin: atomic and checksummed by
+  default), a sharded directory (:mod:`fabric.checkpoint.sharded`: every process writes its shards, a
+  manifest with every file's checksum is written last, the directory is swapped in only when
+  complete), or DeepSpeed's directory (:mod:`fabric.checkpoint.deepspeed_layout`: written by the
+  engine, then checksummed and swapped in the same way). Every layout loads into every strategy.
+* **Options.** What ``Fabric.save``/``load`` were asked for travels as one object
+  (:mod:`fabric.checkpoint.options`) to the layout that reads it.
 * **What is read.** Nothing that can run code unless ``weights_only=False``; every byte checked against
   its checksum; then each object in ``state`` restored in place, the resume state given back, and what
   the checkpoint holds beyond ``state`` returned.
@@ -23,17 +27,24 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import replace
+from typing import Any
 
+import torch.distributed as dist
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from fabric import lifecycle
 from fabric.checkpoint import sharded, states
-from fabric.checkpoint.checkpoint_io import CheckpointIO, is_remote
-from fabric.checkpoint.deepspeed_format import DEEPSPEED_KEY, is_deepspeed_checkpoint
+from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, finish_at_exit
+from fabric.checkpoint.checkpoint_io import is_remote
+from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
+from fabric.checkpoint.deepspeed_layout import DeepSpeedLayout
+from fabric.checkpoint.directory import check_manifest_covers, read_meta
+from fabric.checkpoint.host import CheckpointHost, Collectives
 from fabric.checkpoint.io import (
     CheckpointError,
     NotACheckpointError,
@@ -42,75 +53,20 @@ from fabric.checkpoint.io import (
     atomic_save,
     safe_load,
 )
+from fabric.checkpoint.keys import DEEPSPEED_KEY, PER_RANK_STATE_KEY, PRECISION_STATE_KEY, RESERVED_KEYS
+from fabric.checkpoint.layouts import FileLayout, Layout, ShardedLayout
+from fabric.checkpoint.options import (
+    DEFAULT_LOAD,
+    DEFAULT_SAVE,
+    LoadOptions,
+    SaveOptions,
+    check_filter,
+    check_state,
+    owner,
+    owner_in,
+)
 from fabric.utilities.rank_zero import rank_zero_warn
 from fabric.utilities.types import Stateful
-
-if TYPE_CHECKING:
-    from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess
-
-#: key under which the precision plugin's state (e.g. the gradient scaler) is stored in checkpoints
-PRECISION_STATE_KEY = "__fabric_precision__"
-#: key under which each process's own state (random generators, dataloader positions) is stored
-PER_RANK_STATE_KEY = "__fabric_per_rank__"
-RESERVED_KEYS = frozenset({PRECISION_STATE_KEY, PER_RANK_STATE_KEY, DEEPSPEED_KEY})
-
-Filter = Mapping[str, Callable[[str, Any], bool]]
-Owners = Mapping[Optimizer, Module]
-
-
-class Collectives(Protocol):
-    """The collectives a directory write needs: the strategy's, or a background save's own group's."""
-
-    @property
-    def global_rank(self) -> int: ...
-
-    @property
-    def world_size(self) -> int: ...
-
-    @property
-    def is_global_zero(self) -> bool: ...
-
-    def barrier(self, name: str | None = None) -> None: ...
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any: ...
-
-    def gather_object(self, obj: Any) -> list[Any]: ...
-
-
-class CheckpointHost(Collectives, Protocol):
-    """What the pipeline asks of a strategy: its collectives, and the rest below."""
-
-    @property
-    def precision(self) -> Any: ...
-
-    @property
-    def checkpoint_io(self) -> CheckpointIO: ...
-
-    @property
-    def checkpoint_layout(self) -> Literal["file", "sharded"]: ...
-
-    #: whether each process holds a shard of the model (and reads only its shard of a directory)
-    sharded_checkpoints: bool
-
-    def save_shards(self, shards: dict[str, Any], directory: str) -> None: ...
-
-    def prepare_save(self, state: Mapping[str, Any]) -> None: ...
-
-    def capture_rng_state(self) -> dict[str, Any]: ...
-
-    def restore_rng_state(self, rng_state: dict[str, Any]) -> None: ...
-
-    def get_module_state_dict(self, module: Module) -> dict[str, Any]: ...
-
-    def get_optimizer_state(self, optimizer: Optimizer, module: Module | None = None) -> dict[str, Any]: ...
-
-    def load_module_state_dict(
-        self, module: Module, state_dict: dict[str, Any], strict: bool = True
-    ) -> None: ...
-
-    def load_optimizer_state_dict(
-        self, optimizer: Optimizer, state_dict: dict[str, Any], module: Module | None = None
-    ) -> None: ...
 
 
 class Checkpointer:
@@ -135,117 +91,26 @@ class Checkpointer:
 
     # -------------------------------------------------------------------------------------- save
     def save(
-        self,
-        path: str | os.PathLike[str],
-        state: Mapping[str, Any],
-        filter: Filter | None = None,
-        owners: Owners | None = None,
-        per_rank_keys: Collection[str] = (),
-        async_save: bool = False,
+        self, path: str | os.PathLike[str], state: Mapping[str, Any], options: SaveOptions = DEFAULT_SAVE
     ) -> AsyncSave | None:
         """Write ``state`` to ``path`` in the strategy's layout; every process calls this.
 
-        With ``async_save=True`` it returns once the state is copied to CPU memory, and the write goes on
-        in a background thread (:mod:`fabric.checkpoint.background`); the returned handle follows it.
+        With ``options.async_save`` it returns once the state is copied to CPU memory, and the write goes
+        on in a background thread (:mod:`fabric.checkpoint.background`); the returned handle follows it.
         A save still in flight is waited for first, and its error raised here.
         """
         self.wait_for_pending()
-        _check_state(state, "save")
+        check_state(state, "save")
         self.host.prepare_save(state)  # e.g. FSDP: rank 0's buffers everywhere, as DDP holds them
-        filter = _check_filter(filter, state)
-        owners = owners or {}
-        path = os.fspath(path)
-        with_resume = bool(per_rank_keys) or any(isinstance(v, (Module, Optimizer)) for v in state.values())
-        if self.host.checkpoint_layout == "sharded":
-            if is_remote(path):
-                raise CheckpointError(
-                    f"Sharded checkpoints are written to a local or mounted file system; '{path}' is remote. Save "
-                    f"to a local directory (and copy it), or use a full state dict (e.g. "
-                    f"FSDPStrategy(state_dict_type='full'))."
-                )
-            return self._save_directory(path, state, filter, owners, per_rank_keys, with_resume, async_save)
-        return self._save_file(path, state, filter, owners, per_rank_keys, with_resume, async_save)
+        options = replace(options, filter=check_filter(options.filter, state))
+        return self.layout().save(self, os.fspath(path), state, options)
 
-    def _save_file(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Filter,
-        owners: Owners,
-        per_rank_keys: Collection[str],
-        with_resume: bool,
-        async_save: bool = False,
-    ) -> AsyncSave | None:
-        host = self.host
-        checkpoint: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, Module):
-                value = host.get_module_state_dict(obj)
-            elif isinstance(obj, Optimizer):
-                value = host.get_optimizer_state(obj, owners.get(obj))
-            else:
-                value = _plain(obj)
-            _apply_filter(checkpoint, key, value, filter)
-        if with_resume:
-            checkpoint.update(self.resume_state(state, per_rank_keys))
-        elif isinstance(state, OrderedDict):
-            checkpoint = OrderedDict(checkpoint)  # `model.state_dict()` saved as is stays an OrderedDict
-        if not async_save:
-            if host.is_global_zero:
-                host.checkpoint_io.save_checkpoint(checkpoint=checkpoint, path=path, storage_options=None)
-            return None
-        if not host.is_global_zero:
-            return self.start_background(path, None)
-        from fabric.checkpoint.background import snapshot
-
-        copied = snapshot(checkpoint)
-        checkpoint_io = host.checkpoint_io
-        # Only rank 0 writes a file, and with no collective: nothing in this thread talks to other processes.
-        return self.start_background(
-            path, lambda: checkpoint_io.save_checkpoint(checkpoint=copied, path=path, storage_options=None)
-        )
-
-    def _save_directory(
-        self,
-        path: str,
-        state: Mapping[str, Any],
-        filter: Filter,
-        owners: Owners,
-        per_rank_keys: Collection[str],
-        with_resume: bool,
-        async_save: bool = False,
-    ) -> AsyncSave | None:
-        host = self.host
-        sharded.check_directory_target(path)
-        shards: dict[str, Any] = {}
-        meta: dict[str, Any] = {}
-        for key, obj in state.items():
-            if isinstance(obj, Module):
-                _apply_filter(shards, key, states.module_state(obj), filter)
-            elif isinstance(obj, Optimizer):
-                _apply_filter(shards, key, states.optimizer_state(_owner(obj, owners, state), obj), filter)
-            else:
-                _apply_filter(meta, key, _plain(obj), filter)
-        if with_resume:
-            meta.update(self.resume_state(state, per_rank_keys))
-        if not async_save:
-            self.write_directory(path, lambda tmp: host.save_shards(shards, tmp), meta)
-            return None
-        from fabric.checkpoint.background import snapshot
-
-        collectives = self.collectives_for_background()
-        copied_shards, copied_meta = snapshot(shards), snapshot(meta)
-        group = collectives.group
-
-        def write() -> None:
-            self.write_directory(
-                path,
-                lambda tmp: sharded.save_shards(copied_shards, tmp, process_group=group),
-                copied_meta,
-                collectives=collectives,
-            )
-
-        return self.start_background(path, write)
+    def layout(self) -> Layout:
+        """The layout the strategy writes (its ``checkpoint_layout``)."""
+        name = self.host.checkpoint_layout
+        if name == "deepspeed":
+            return DeepSpeedLayout()
+        return ShardedLayout() if name == "sharded" else FileLayout()
 
     def write_directory(
         self,
@@ -357,10 +222,6 @@ class Checkpointer:
     def collectives_for_background(self) -> GroupCollectives | SingleProcess:
         """The process group background writes talk on: created once, by every process, on this thread."""
         if self._background_collectives is None:
-            import torch.distributed as dist
-
-            from fabric.checkpoint.background import GroupCollectives, SingleProcess
-
             if dist.is_available() and dist.is_initialized():
                 self._background_collectives = GroupCollectives.create()
             else:
@@ -369,9 +230,6 @@ class Checkpointer:
 
     def start_background(self, path: str, write: Callable[[], None] | None) -> AsyncSave:
         """Start ``write`` in a background thread (``None``: this process writes nothing); return its handle."""
-        from fabric import lifecycle
-        from fabric.checkpoint.background import AsyncSave, finish_at_exit
-
         if not self._exit_step_registered:
             # Before the process group is left: a sharded write still needs its group.
             lifecycle.on_exit(finish_at_exit(lambda: self._pending), order=lifecycle.FINISH_CHECKPOINTS)
@@ -387,10 +245,7 @@ class Checkpointer:
         self,
         path: str | os.PathLike[str],
         state: dict[str, Any] | Module | Optimizer | None = None,
-        strict: bool = True,
-        weights_only: bool = True,
-        restore_rng: bool = True,
-        owners: Owners | None = None,
+        options: LoadOptions = DEFAULT_LOAD,
     ) -> Any:
         """Restore ``state`` in place from ``path``; return what the checkpoint holds beyond it.
 
@@ -400,14 +255,20 @@ class Checkpointer:
         """
         if isinstance(state, (Module, Optimizer)):
             # Lightning's `fabric.load(path, model)`: the file is that object's plain state dict.
-            owner = (owners or {}).get(state) if isinstance(state, Optimizer) else None
-            self.load_raw(path, state, strict=strict, weights_only=weights_only, owner=owner)
+            optimizer_owner = options.owners.get(state) if isinstance(state, Optimizer) else None
+            self.load_raw(
+                path, state, strict=options.strict, weights_only=options.weights_only, owner=optimizer_owner
+            )
             return {}
         if state is not None:
-            _check_state(state, "load")
+            check_state(state, "load")
         self.wait_for_pending()
-        owners = owners or {}
-        path = os.fspath(path)
+        return self.layout().load(self, os.fspath(path), state, options)
+
+    def read(self, path: str, state: dict[str, Any] | None, options: LoadOptions) -> Any:
+        """Read a checkpoint of any layout (a file, a sharded directory, a DeepSpeed directory without
+        its engine) and restore ``state`` from it; without ``state`` return it whole."""
+        weights_only = options.weights_only
         restored: set[str] = set()
         if not is_remote(path) and not os.path.exists(path):
             # A directory a crashed save left aside; else the CheckpointIO plugin says what is there.
@@ -423,7 +284,7 @@ class Checkpointer:
                     f" checkpoint (it has no {sharded.DCP_METADATA_FILE}). Pass the path of a checkpoint file or"
                     " directory written by `fabric.save`."
                 )
-            checkpoint, restored = self._load_directory(path, state, strict, weights_only, owners)
+            checkpoint, restored = self._load_directory(path, state, options)
         else:
             checkpoint = self.host.checkpoint_io.load_checkpoint(
                 path, map_location="cpu", weights_only=weights_only
@@ -433,9 +294,7 @@ class Checkpointer:
                 for key in RESERVED_KEYS:
                     checkpoint.pop(key, None)
             return checkpoint
-        return self.restore(
-            path, checkpoint, state, restored, strict=strict, restore_rng=restore_rng, owners=owners
-        )
+        return self.restore(path, checkpoint, state, restored, options)
 
     def restore(
         self,
@@ -443,9 +302,7 @@ class Checkpointer:
         checkpoint: Any,
         state: dict[str, Any],
         restored: Collection[str] = (),
-        strict: bool = True,
-        restore_rng: bool = True,
-        owners: Owners | None = None,
+        options: LoadOptions = DEFAULT_LOAD,
     ) -> dict[str, Any]:
         """Restore the entries of ``state`` from a read ``checkpoint`` (except ``restored``, already done).
 
@@ -453,7 +310,7 @@ class Checkpointer:
         plain values replaced in ``state``; then the precision's and this process's resume state.
         Returns what ``checkpoint`` holds beyond ``state``.
         """
-        owners = owners or {}
+        strict, owners = options.strict, options.owners
         if not isinstance(checkpoint, dict):
             raise TypeError(
                 f"The checkpoint '{path}' holds a {type(checkpoint).__name__}, not a dict of states. To read a plain "
@@ -478,7 +335,7 @@ class Checkpointer:
             if isinstance(obj, Module):
                 self.host.load_module_state_dict(obj, value, strict=strict)
             elif isinstance(obj, Optimizer):
-                self.host.load_optimizer_state_dict(obj, value, owners.get(obj) or _owner_in(obj, state))
+                self.host.load_optimizer_state_dict(obj, value, owners.get(obj) or owner_in(obj, state))
             elif isinstance(obj, Stateful):
                 obj.load_state_dict(value)
             else:
@@ -486,15 +343,16 @@ class Checkpointer:
         if precision_state is not None:
             self.host.precision.load_state_dict(precision_state)
         if per_rank is not None:
-            self._restore_per_rank(path, per_rank, state, restore_rng)
+            self._restore_per_rank(path, per_rank, state, options.restore_rng)
         return checkpoint
 
     def _load_directory(
-        self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool, owners: Owners
+        self, path: str, state: dict[str, Any] | None, options: LoadOptions
     ) -> tuple[dict[str, Any], set[str]]:
         """Verify a directory, load its shards into the modules and optimizers of ``state``, return the rest."""
+        strict, weights_only = options.strict, options.weights_only
         metadata = self._verified_metadata(path, weights_only)
-        meta = self.read_meta(path, weights_only)
+        meta = read_meta(path, weights_only)
         stored = sharded.saved_keys(metadata)
         targets: dict[str, Any] = {}
         modules: dict[str, Module] = {}
@@ -505,7 +363,7 @@ class Checkpointer:
                 targets[key] = states.module_state(obj)
             elif isinstance(obj, Optimizer):
                 states.check_optimizer_kind(obj, sharded.saved_param_groups(metadata, key), path, key)
-                modules[key] = _owner(obj, owners, state)
+                modules[key] = owner(obj, options.owners, state)
                 targets[key] = states.optimizer_state(modules[key], obj)
         if targets:
             sharded.load_shards(
@@ -553,17 +411,6 @@ class Checkpointer:
         if problems:
             raise sharded.integrity_error(path, problems)
         return manifest
-
-    @staticmethod
-    def read_meta(path: str, weights_only: bool) -> dict[str, Any]:
-        """The ``meta.pt`` of a checkpoint directory: plain values and resume state (``{}`` if absent)."""
-        meta_path = os.path.join(path, sharded.META_FILE)
-        if not os.path.exists(meta_path):
-            return {}
-        meta = safe_load(meta_path, weights_only=weights_only)
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"'{meta_path}' does not hold a dict; the checkpoint is damaged.")
-        return meta
 
     def _restore_per_rank(
         self, path: str, per_rank: list[dict[str, Any]], state: dict[str, Any], restore_rng: bool
@@ -618,10 +465,6 @@ class Checkpointer:
 
 
 def _read_deepspeed_directory(path: str, weights_only: bool) -> dict[str, Any]:
-    import tempfile
-
-    from fabric.checkpoint.deepspeed_format import consolidate_deepspeed
-
     with tempfile.TemporaryDirectory() as scratch:
         target = os.path.join(scratch, "consolidated.pt")
         consolidate_deepspeed(path, target, weights_only=weights_only)
@@ -630,42 +473,9 @@ def _read_deepspeed_directory(path: str, weights_only: bool) -> dict[str, Any]:
     return checkpoint
 
 
-def convert_plain(state: Mapping[str, Any], filter: Filter) -> dict[str, Any]:
-    """Entries that are not models or optimizers, as stored: ``state_dict()`` of stateful objects, filtered."""
-    converted: dict[str, Any] = {}
-    for key, obj in state.items():
-        _apply_filter(converted, key, _plain(obj), filter)
-    return converted
-
-
-def check_directory_alone(path: str) -> dict[str, dict[str, int]] | None:
-    """:meth:`Checkpointer.verify_directory` on one process without a strategy (``fabric consolidate``)."""
-    manifest = sharded.read_manifest(path)
-    if manifest is None:
-        rank_zero_warn(f"'{path}' has no {sharded.MANIFEST_FILE}: its files cannot be verified.")
-        return None
-    problems = sharded.verify_files(path, manifest, sorted(manifest))
-    if problems:
-        raise sharded.integrity_error(path, problems)
-    return manifest
-
-
-def check_manifest_covers(path: str, manifest: Mapping[str, Any], metadata: Any) -> Any:
-    """Every file the checkpoint reads must be one the manifest vouches for; return ``metadata``."""
-    needed = sharded.referenced_files(metadata) | {sharded.DCP_METADATA_FILE}
-    if os.path.exists(os.path.join(path, sharded.META_FILE)):
-        needed.add(sharded.META_FILE)
-    unlisted = sorted(needed - set(manifest))
-    if unlisted:
-        raise sharded.integrity_error(
-            path, [f"{unlisted} are not in its manifest (files were added or swapped)"]
-        )
-    return metadata
-
-
 def _os_error_in(error: BaseException) -> OSError | None:
     """The OSError (disk full, file too large) behind a failed save, also inside DCP's per-rank failures."""
-    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.api import CheckpointException  # heavy: torch.distributed.checkpoint
 
     if isinstance(error, CheckpointException):
         for failure in error.failures.values():
@@ -684,73 +494,4 @@ def _my_share(names: list[str], host: Collectives) -> list[str]:
     return names[host.global_rank :: host.world_size]
 
 
-def _plain(obj: Any) -> Any:
-    return obj.state_dict() if isinstance(obj, Stateful) else obj
-
-
-def _apply_filter(target: dict[str, Any], key: str, value: Any, filter: Filter) -> None:
-    """Store ``value`` under ``key``, keeping only the items ``filter[key]`` accepts (Lightning's rule).
-
-    Values that are not dicts cannot be filtered and are stored as they are; a dict from which the
-    filter keeps nothing leaves no entry.
-    """
-    if key in filter and isinstance(value, Mapping):
-        kept = {k: v for k, v in value.items() if filter[key](k, v)}
-        if kept:
-            target[key] = kept
-    else:
-        target[key] = value
-
-
-def _check_state(state: Any, method: str) -> None:
-    if not isinstance(state, Mapping):
-        raise TypeError(
-            f"Fabric.{method}(path, state): `state` must be a dict like {{'model': model}}, got {type(state).__name__}."
-        )
-    reserved = sorted(RESERVED_KEYS.intersection(state))
-    if reserved:
-        raise ValueError(
-            f"Fabric.{method}(path, state): the keys {reserved} are reserved for the resume state Fabric stores by "
-            f"itself. Rename those entries of `state`."
-        )
-
-
-def _check_filter(filter: Any, state: Mapping[str, Any]) -> Filter:
-    if filter is None:
-        return {}
-    if not isinstance(filter, Mapping) or not all(callable(f) for f in filter.values()):
-        raise TypeError(
-            "Fabric.save(filter=...): pass a dict mapping state keys to `fn(key, value) -> bool`."
-        )
-    unknown = sorted(set(filter) - set(state))
-    if unknown:
-        # Lightning ignores these; a filter that names no entry is almost always a typo, so it is an error here.
-        raise KeyError(
-            f"Fabric.save(filter=...) names {unknown}, which are not keys of `state` ({sorted(state)}). Filter "
-            f"keys must match the state's keys."
-        )
-    return filter
-
-
-def _owner(optimizer: Optimizer, owners: Owners, state: Mapping[str, Any] | None = None) -> Module:
-    """The model ``optimizer`` updates: sharded optimizer state is keyed by that model's parameter names."""
-    module = owners.get(optimizer) or _owner_in(optimizer, state or {})
-    if module is None:
-        raise KeyError(
-            f"A sharded checkpoint stores {type(optimizer).__name__}'s state by parameter name, so it needs the "
-            f"model the optimizer updates: set both up with `fabric.setup(model, optimizer)` (or `setup_module` "
-            f"then `setup_optimizers`), or put the model in the same `state`."
-        )
-    return module
-
-
-def _owner_in(optimizer: Optimizer, state: Mapping[str, Any]) -> Module | None:
-    """The module in ``state`` whose parameters ``optimizer`` updates (for objects Fabric did not set up)."""
-    first = next((p for group in optimizer.param_groups for p in group["params"]), None)
-    for obj in state.values():
-        if isinstance(obj, Module) and any(p is first for p in obj.parameters()):
-            return obj
-    return None
-
-
-__all__ = ["PER_RANK_STATE_KEY", "PRECISION_STATE_KEY", "CheckpointHost", "Checkpointer"]
+__all__ = ["PER_RANK_STATE_KEY", "PRECISION_STATE_KEY", "CheckpointHost", "Checkpointer", "Collectives"]

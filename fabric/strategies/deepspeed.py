@@ -2,33 +2,23 @@
 
 The engine is DeepSpeed's own: this file builds its config from Lightning-style arguments (a user's
 config wins; a contradiction between the two is an error), starts it on the process group our
-parallel base created, routes ``backward`` and ``optimizer.step()`` through the engine, and writes
-DeepSpeed's checkpoint directory atomically together with our per-rank resume state.
+parallel base created, and routes ``backward`` and ``optimizer.step()`` through the engine. Its
+checkpoints are a layout of the one pipeline (:mod:`fabric.checkpoint.deepspeed_layout`): DeepSpeed's
+directory written atomically together with our per-rank resume state.
 
 DeepSpeed runs on a CPU too: without oneCCL its CPU accelerator talks over gloo. It is imported only
 when a DeepSpeed strategy is set up, never by ``import fabric``.
-
-Checkpoint layout (a directory)::
-
-    ckpt/
-      latest, zero_to_fp32.py            # DeepSpeed's
-      checkpoint/                        # DeepSpeed's tag directory: model states, one optimizer
-        mp_rank_00_model_states.pt       # partition per rank (and, in stage 3, model partitions)
-        zero_pp_rank_0_mp_rank_00_optim_states.pt ...
-      meta.pt                            # ours: plain values, per-rank resume state, which keys
-                                         # named the model and the optimizer
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,36 +28,27 @@ from torch.optim import Optimizer
 from fabric.accelerators.accelerator import Accelerator
 from fabric.checkpoint.deepspeed_format import (
     _INSTALL_HINT,
-    DEEPSPEED_KEY,
-    TAG,
-    _read_whole_checkpoint,
-    check_engine_files,
     consolidate_deepspeed,
     deepspeed_available,
     is_deepspeed_checkpoint,
     resolve_deepspeed_checkpoint,
 )
-from fabric.checkpoint.io import CheckpointError
+from fabric.checkpoint.host import LayoutName
 from fabric.environments import ClusterEnvironment
 from fabric.precision import Precision
 from fabric.precision.deepspeed import DeepSpeedPrecision
 from fabric.strategies.deepspeed_config import (
-    LOSS_SCALE_DEFAULTS,
     check_arguments,
     config_from_arguments,
+    engine_config,
     merge_config,
     offloads_optimizer,
     read_config,
 )
 from fabric.strategies.parallel import DEFAULT_TIMEOUT, ParallelStrategy
-from fabric.strategies.strategy import (
-    BackwardSyncControl,
-)
+from fabric.strategies.strategy import BackwardSyncControl
 from fabric.utilities.allocator import return_large_blocks_to_system
 from fabric.utilities.types import PathLike
-
-if TYPE_CHECKING:
-    from fabric.checkpoint.background import AsyncSave
 
 _NVME_DEFAULT = "/local_nvme"
 
@@ -266,25 +247,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
 
     def _engine_config(self) -> dict[str, Any]:
         """The config given to DeepSpeed: ours plus the precision's section (a contradiction is an error)."""
-        config = json.loads(json.dumps(self.config))  # a deep copy DeepSpeed may change freely
-        precision = self._deepspeed_precision()
-        wanted = precision.config_section()
-        for section in ("fp16", "bf16"):
-            enabled_in_config = bool((config.get(section) or {}).get("enabled", False))
-            if enabled_in_config and section not in wanted:
-                raise ValueError(
-                    f"The DeepSpeed config enables '{section}', but Fabric(precision={precision.precision!r}). "
-                    f"Pass Fabric(precision={'16-mixed' if section == 'fp16' else 'bf16-mixed'!r}), or remove "
-                    f"'{section}' from the config."
-                )
-        for section, value in wanted.items():
-            config[section] = {**value, **(config.get(section) or {}), "enabled": True}
-        if "fp16" in wanted:
-            for key, default in LOSS_SCALE_DEFAULTS.items():
-                config["fp16"].setdefault(key, self._loss_scale.get(key, default))
-        # DeepSpeed clips at norm 1.0 unless told otherwise; a Fabric loop clips only when asked.
-        config.setdefault("gradient_clipping", 0.0)
-        return config
+        return engine_config(self.config, self._deepspeed_precision(), self._loss_scale)
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -535,163 +498,16 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         if callable(refresh):
             refresh()
 
-    def save_checkpoint(
-        self,
-        path: PathLike,
-        state: dict[str, Any],
-        filter: dict[str, Callable[[str, Any], bool]] | None = None,
-        owners: Mapping[Optimizer, Module] | None = None,
-        per_rank_keys: Collection[str] = (),
-    ) -> None:
-        """Write DeepSpeed's checkpoint directory plus ``meta.pt`` and a manifest, atomically.
+    @property
+    def checkpoint_layout(self) -> LayoutName:
+        """DeepSpeed's own directory, written by the engine (:mod:`fabric.checkpoint.deepspeed_layout`)."""
+        return "deepspeed"
 
-        The engine writes its partitions on every process; the pipeline does the rest as for any
-        checkpoint directory (written beside ``path``, checksummed, swapped in when complete).
-        ``state`` must hold the one DeepSpeed model (and may hold its optimizer); everything else goes
-        into ``meta.pt``, with each process's random state and dataloader positions.
-        """
-        self.checkpointer.wait_for_pending()
-        engine, meta = self._engine_and_meta(state, filter, per_rank_keys)
+    def is_engine_optimizer(self, obj: Any) -> bool:
+        """Whether ``obj`` is an optimizer one of this strategy's engines drives."""
+        return id(obj) in self._optimizer_engines
 
-        def write_engine(tmp: str) -> None:
-            engine.save_checkpoint(
-                tmp, tag=TAG, save_latest=True, exclude_frozen_parameters=self.exclude_frozen_parameters
-            )
-
-        self.checkpointer.write_directory(os.fspath(path), write_engine, meta)
-
-    def save_checkpoint_async(
-        self,
-        path: PathLike,
-        state: dict[str, Any],
-        filter: dict[str, Callable[[str, Any], bool]] | None = None,
-        owners: Mapping[Optimizer, Module] | None = None,
-        per_rank_keys: Collection[str] = (),
-    ) -> AsyncSave:
-        """The synchronous save's checkpoint, written in a background thread after a copy to CPU memory.
-
-        On the training thread (the call blocks for this part) DeepSpeed runs its save as usual, but
-        hands each file to a checkpoint engine of ours that copies its state to CPU memory
-        (:mod:`fabric.strategies.deepspeed_async`); the copies are then written, checksummed and
-        swapped in atomically in the background, as :mod:`fabric.checkpoint.background` describes.
-        """
-        from fabric.checkpoint import sharded
-        from fabric.checkpoint.background import snapshot
-        from fabric.strategies import deepspeed_async
-
-        checkpointer = self.checkpointer
-        checkpointer.wait_for_pending()
-        path = os.fspath(path)
-        engine, meta = self._engine_and_meta(state, filter, per_rank_keys)
-        zipfile = deepspeed_async.zipfile_serialization(engine)
-        # Staged beside where the checkpoint will be (through a link: beside its target), like the temporary directory.
-        target = os.path.realpath(path) if os.path.islink(path) else path
-        sharded.check_directory_target(target)
-        collectives = checkpointer.collectives_for_background()
-        staging = self.broadcast(sharded.create_temporary_directory(target) if self.is_global_zero else None)
-        try:
-            with deepspeed_async.snapshot_engine(engine, staging) as snapshotter:
-                engine.save_checkpoint(
-                    staging,
-                    tag=TAG,
-                    save_latest=True,
-                    exclude_frozen_parameters=self.exclude_frozen_parameters,
-                )
-        except BaseException:
-            if self.is_global_zero:
-                deepspeed_async.remove_staging(staging)
-            raise
-        mine = staging if self.is_global_zero else None
-        write_parts = deepspeed_async.background_writer(mine, snapshotter.files, zipfile, collectives)
-        copied_meta = snapshot(meta)
-
-        def write() -> None:
-            try:
-                checkpointer.write_directory(path, write_parts, copied_meta, collectives=collectives)
-            finally:
-                deepspeed_async.remove_staging(mine)
-
-        return checkpointer.start_background(path, write)
-
-    def _engine_and_meta(
-        self,
-        state: dict[str, Any],
-        filter: dict[str, Callable[[str, Any], bool]] | None,
-        per_rank_keys: Collection[str],
-    ) -> tuple[Any, dict[str, Any]]:
-        """The engine that saves the model and optimizer, and ``meta.pt``'s content (the rest of ``state``)."""
-        from fabric.checkpoint.pipeline import convert_plain
-
-        filter = filter or {}
-        engine, module_key, optimizer_key, rest = self._split_state(state)
-        bad_filter = [k for k in filter if k in (module_key, optimizer_key)]
-        if bad_filter:
-            raise ValueError(
-                f"Fabric.save(filter=...) names {bad_filter}: with DeepSpeed the model and optimizer are saved "
-                f"whole by the engine and cannot be filtered. Filter only plain entries of `state`."
-            )
-        meta = convert_plain(rest, filter)
-        meta.update(self.checkpointer.resume_state(state, per_rank_keys))
-        meta[DEEPSPEED_KEY] = {"module": module_key, "optimizer": optimizer_key, "stage": self.zero_stage}
-        return engine, meta
-
-    def load_checkpoint(
-        self,
-        path: PathLike,
-        state: dict[str, Any] | Module | Optimizer | None = None,
-        strict: bool = True,
-        weights_only: bool = True,
-        restore_rng: bool = True,
-        owners: Mapping[Optimizer, Module] | None = None,
-    ) -> Any:
-        """Load a DeepSpeed checkpoint directory, or a full single file (model weights and plain values)."""
-        path = os.fspath(path)
-        self.checkpointer.wait_for_pending()  # an asynchronous save of this path may still be in flight
-        if os.path.isfile(path) or state is None or not isinstance(state, dict):
-            # A single file (e.g. consolidated, or written by another strategy): the generic loader
-            # restores the model through `load_module_state_dict`; the optimizer cannot be mapped
-            # onto ZeRO's partitions.
-            if isinstance(state, dict) and os.path.isfile(path):
-                self._refuse_full_optimizer(state)
-            if state is None and not os.path.isfile(path):
-                return _read_whole_checkpoint(resolve_deepspeed_checkpoint(path), weights_only)
-            return super().load_checkpoint(path, state, strict, weights_only, restore_rng, owners)
-        directory = resolve_deepspeed_checkpoint(path)
-        engine, module_key, optimizer_key, _ = self._split_state(state)
-        self.checkpointer.verify_directory(directory)
-        if weights_only:
-            check_engine_files(directory)
-        meta = self.checkpointer.read_meta(directory, weights_only)
-        meta.pop(DEEPSPEED_KEY, None)
-        load_path, _ = engine.load_checkpoint(
-            directory,
-            tag=TAG,
-            load_module_strict=strict,
-            load_optimizer_states=optimizer_key is not None,
-            load_lr_scheduler_states=False,
-            load_module_only=optimizer_key is None,
-        )
-        if load_path is None:
-            raise CheckpointError(
-                f"DeepSpeed found no checkpoint in '{directory}' (tag '{TAG}'). Pass a directory written by "
-                f"`fabric.save` under DeepSpeedStrategy."
-            )
-        restored = [k for k in (module_key, optimizer_key) if k is not None]
-        return self.checkpointer.restore(
-            directory, meta, state, restored, strict=strict, restore_rng=restore_rng
-        )
-
-    def _refuse_full_optimizer(self, state: dict[str, Any]) -> None:
-        for key, obj in state.items():
-            if id(obj) in self._optimizer_engines:
-                raise CheckpointError(
-                    f"DeepSpeedStrategy: loading the optimizer `{key}` from a single full file is not supported: "
-                    f"ZeRO keeps its optimizer state in its own partitioned layout. Load only the model (and plain "
-                    f"values) from the file, e.g. fabric.load(path, {{'model': model}}), or resume from a "
-                    f"DeepSpeed checkpoint directory."
-                )
-
-    def _split_state(self, state: dict[str, Any]) -> tuple[Any, str, str | None, dict[str, Any]]:
+    def split_engine_state(self, state: Mapping[str, Any]) -> tuple[Any, str, str | None, dict[str, Any]]:
         """The one engine in ``state``, the keys of its model and optimizer, and everything else."""
         module_keys = [k for k, v in state.items() if id(v) in self._engines or _is_engine(v)]
         optimizer_keys = [k for k, v in state.items() if id(v) in self._optimizer_engines]

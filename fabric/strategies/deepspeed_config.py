@@ -196,3 +196,30 @@ def _set_path(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None
 def offloads_optimizer(config: dict[str, Any]) -> bool:
     section = (config.get("zero_optimization") or {}).get("offload_optimizer") or {}
     return section.get("device", "none") in _DEVICES
+
+
+def engine_config(
+    user_config: dict[str, Any], precision: Any, loss_scale: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The config given to DeepSpeed: ``user_config`` plus the section of ``precision`` (a ``DeepSpeedPrecision``).
+
+    A contradiction between the two is an error that says which to change.
+    """
+    config = json.loads(json.dumps(user_config))  # a deep copy DeepSpeed may change freely
+    wanted = precision.config_section()
+    for section in ("fp16", "bf16"):
+        enabled_in_config = bool((config.get(section) or {}).get("enabled", False))
+        if enabled_in_config and section not in wanted:
+            raise ValueError(
+                f"The DeepSpeed config enables '{section}', but Fabric(precision={precision.precision!r}). "
+                f"Pass Fabric(precision={'16-mixed' if section == 'fp16' else 'bf16-mixed'!r}), or remove "
+                f"'{section}' from the config."
+            )
+    for section, value in wanted.items():
+        config[section] = {**value, **(config.get(section) or {}), "enabled": True}
+    if "fp16" in wanted:
+        for key, default in LOSS_SCALE_DEFAULTS.items():
+            config["fp16"].setdefault(key, loss_scale.get(key, default))
+    # DeepSpeed clips at norm 1.0 unless told otherwise; a Fabric loop clips only when asked.
+    config.setdefault("gradient_clipping", 0.0)
+    return config

@@ -10,8 +10,9 @@ mixins (:class:`BackwardSyncControl`) that the facade asks for with ``isinstance
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, ExitStack
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -28,6 +29,8 @@ from fabric.utilities.types import PathLike, ReduceOp
 if TYPE_CHECKING:
     from fabric.checkpoint.background import AsyncSave
     from fabric.checkpoint.checkpoint_io import CheckpointIO
+    from fabric.checkpoint.host import LayoutName
+    from fabric.checkpoint.options import LoadOptions, SaveOptions
     from fabric.checkpoint.pipeline import Checkpointer
     from fabric.launchers.launcher import Launcher
 
@@ -231,8 +234,9 @@ class Strategy(ABC):
     sharded_checkpoints: bool = False
 
     @property
-    def checkpoint_layout(self) -> Literal["file", "sharded"]:
-        """``"file"``: one file written by global rank 0; ``"sharded"``: a directory, every process its shard."""
+    def checkpoint_layout(self) -> LayoutName:
+        """``"file"``: one file written by global rank 0; ``"sharded"``: a directory, every process its shard;
+        ``"deepspeed"``: DeepSpeed's directory, written by its engine. The pipeline picks its layout by it."""
         return "file"
 
     @property
@@ -320,26 +324,27 @@ class Strategy(ABC):
         path: PathLike,
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
-        owners: Mapping[Optimizer, Module] | None = None,
-        per_rank_keys: Collection[str] = (),
+        options: SaveOptions | None = None,
     ) -> None:
-        """Write ``state`` in this strategy's layout (see :mod:`fabric.checkpoint.pipeline`)."""
-        self.checkpointer.save(path, state, filter=filter, owners=owners, per_rank_keys=per_rank_keys)
+        """Write ``state`` in this strategy's layout (see :mod:`fabric.checkpoint.pipeline`).
+
+        ``options`` carries what ``Fabric.save`` was asked for; ``filter`` (Lightning's argument) replaces
+        its filter when given.
+        """
+        self.checkpointer.save(path, state, _save_options(options, filter, async_save=False))
 
     def save_checkpoint_async(
         self,
         path: PathLike,
         state: dict[str, Any],
         filter: dict[str, Callable[[str, Any], bool]] | None = None,
-        owners: Mapping[Optimizer, Module] | None = None,
-        per_rank_keys: Collection[str] = (),
+        options: SaveOptions | None = None,
     ) -> AsyncSave:
         """Snapshot ``state`` to CPU memory, write it in a background thread (:mod:`fabric.checkpoint.background`).
 
-        Only the pipeline's own layouts are written in the background: a strategy that writes its
-        checkpoints another way (its own ``save_checkpoint`` or ``save_shards``, e.g. torch-xla's
-        planner) refuses, rather than silently saving synchronously, unless it overrides this method
-        too (DeepSpeed does: :mod:`fabric.strategies.deepspeed_async`).
+        Only the pipeline's own layouts are written in the background (file, sharded, DeepSpeed's): a
+        strategy that writes its checkpoints another way (its own ``save_checkpoint`` or
+        ``save_shards``, e.g. torch-xla's planner) refuses, rather than silently saving synchronously.
         """
         own_writer = [
             name
@@ -351,9 +356,7 @@ class Strategy(ABC):
                 f"Fabric.save(async_save=True) is not supported with {type(self).__name__}: it writes checkpoints "
                 f"its own way ({', '.join(own_writer)}). Save synchronously (async_save=False, the default)."
             )
-        pending = self.checkpointer.save(
-            path, state, filter=filter, owners=owners, per_rank_keys=per_rank_keys, async_save=True
-        )
+        pending = self.checkpointer.save(path, state, _save_options(options, filter, async_save=True))
         assert pending is not None
         return pending
 
@@ -361,17 +364,24 @@ class Strategy(ABC):
         self,
         path: PathLike,
         state: dict[str, Any] | Module | Optimizer | None = None,
-        strict: bool = True,
-        weights_only: bool = True,
-        restore_rng: bool = True,
-        owners: Mapping[Optimizer, Module] | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        options: LoadOptions | None = None,
     ) -> Any:
         """Restore ``state`` in place from any layout; return what the checkpoint holds beyond it.
 
-        A module or optimizer as ``state`` is loaded from a plain state-dict file, as in Lightning."""
-        return self.checkpointer.load(
-            path, state, strict=strict, weights_only=weights_only, restore_rng=restore_rng, owners=owners
-        )
+        A module or optimizer as ``state`` is loaded from a plain state-dict file, as in Lightning.
+        ``options`` carries what ``Fabric.load`` was asked for; ``strict`` and ``weights_only``
+        (Lightning's arguments), when given, replace its own.
+        """
+        from fabric.checkpoint.options import DEFAULT_LOAD  # heavy: fabric.checkpoint, not in start-up
+
+        options = options or DEFAULT_LOAD
+        if strict is not None:
+            options = replace(options, strict=strict)
+        if weights_only is not None:
+            options = replace(options, weights_only=weights_only)
+        return self.checkpointer.load(path, state, options)
 
     def load_raw(
         self,
@@ -417,3 +427,14 @@ class _EmptyInit(TorchFunctionMode):
         if getattr(func, "__module__", None) == "torch.nn.init":
             return kwargs["tensor"] if "tensor" in kwargs else args[0]
         return func(*args, **kwargs)
+
+
+def _save_options(
+    options: SaveOptions | None, filter: dict[str, Callable[[str, Any], bool]] | None, async_save: bool
+) -> SaveOptions:
+    from fabric.checkpoint.options import DEFAULT_SAVE  # heavy: fabric.checkpoint, not in start-up
+
+    options = options or DEFAULT_SAVE
+    if filter is not None:
+        options = replace(options, filter=filter)
+    return replace(options, async_save=async_save)

@@ -101,8 +101,8 @@ def test_a_config_that_selects_another_deepspeed_writer_is_refused(tmp_path: Pat
 
     from deepspeed.runtime.checkpoint_engine import CheckpointCommitInfo, TorchCheckpointEngine
 
+    from fabric.checkpoint import deepspeed_async
     from fabric.checkpoint.io import CheckpointError
-    from fabric.strategies import deepspeed_async
 
     class OtherWriter(TorchCheckpointEngine):
         pass
