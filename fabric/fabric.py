@@ -282,7 +282,9 @@ class Fabric:
         )
         if dynamo_ctx is not None:
             forward_module = compile_again(forward_module, dynamo_ctx)
-        wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
+        wrapped = _FabricModule(
+            forward_module, self._strategy, original_module=module, compiled=dynamo_ctx is not None
+        )
         wrapped_optimizers = [
             wrap_optimizer(o, self._strategy, self._callbacks, module) for o in strategy_optimizers
         ]
@@ -315,7 +317,9 @@ class Fabric:
         self._models_setup += 1
         self._setup_modules.add(module)
         self._link_module(module, None)
-        return _FabricModule(forward_module, self._strategy, original_module=module)
+        return _FabricModule(
+            forward_module, self._strategy, original_module=module, compiled=dynamo_ctx is not None
+        )
 
     def _link_module(self, module: Module, optimizers: list[_FabricOptimizer] | None) -> None:
         # A module written for Lightning (it has a `_fabric` attribute) finds the fabric through it, for

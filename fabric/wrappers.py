@@ -48,11 +48,18 @@ class _FabricModule(Module):
 
     ``forward_module`` is what the strategy made of the module (the module itself, or e.g. a
     ``DistributedDataParallel`` around it); ``original_module`` is the user's module, whose
-    ``state_dict`` and attributes this wrapper exposes unchanged.
+    ``state_dict`` and attributes this wrapper exposes unchanged. ``compiled``: ``forward_module`` is
+    a ``torch.compile`` wrapper the facade put around the strategy's result, through which marked
+    methods go as through a strategy's wrapper.
     """
 
     def __init__(
-        self, forward_module: Module, strategy: Strategy, original_module: Module | None = None
+        self,
+        forward_module: Module,
+        strategy: Strategy,
+        original_module: Module | None = None,
+        *,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         original = original_module if original_module is not None else forward_module
@@ -70,8 +77,9 @@ class _FabricModule(Module):
         self.__dict__["_plain_forward"] = not (
             precision.has_forward_context or precision.converts_input or precision.converts_output
         )
-        # FSDP2 wraps in place (the same object, with hooks): the strategy says so, identity cannot.
-        wrapped = forward_module is not original or strategy.wraps_in_place
+        # Whether methods other than `forward` must reach the model through `forward_module`: the strategy
+        # declares where it put its work (FSDP2 hooks the same object, so comparing objects cannot tell).
+        wrapped = strategy.module_wrapping != "none" or compiled
         self.__dict__["_routes_through_forward"] = wrapped
         self.__dict__["_step_methods"] = frozenset(
             name for name in _STEP_METHODS if wrapped and callable(getattr(original, name, None))

@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorData
 
 from fabric import Fabric, seed_everything
 from fabric.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision, TruePrecision
+from fabric.strategies import SingleDeviceStrategy
 from fabric.utilities.data import prepare_dataloader
 from fabric.utilities.distributed_data import DistributedSamplerWrapper
 from fabric.utilities.seed import pl_worker_init_function
-from fabric.wrappers import _FabricDataLoader, _FabricModule
+from fabric.wrappers import _FabricDataLoader
 from tests.helpers import regression_data, tiny_mlp
 
 
@@ -301,11 +302,20 @@ class _Generator(nn.Module):
         return self(x).sum()
 
 
+class _PassThroughStrategy(SingleDeviceStrategy):
+    """Wraps the model as DDP does (``module_wrapping = "wrapper"``), without a process group."""
+
+    module_wrapping = "wrapper"
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        return _PassThrough(module)
+
+
 def test_marked_and_step_methods_go_through_the_strategy_wrapper() -> None:
-    fabric = Fabric(accelerator="cpu")
+    fabric = Fabric(accelerator="cpu", strategy=_PassThroughStrategy())
     original = _Generator()
-    outer = _PassThrough(original)
-    model = _FabricModule(outer, fabric.strategy, original_module=original)
+    model = fabric.setup_module(original)
+    outer = model._forward_module
     model.mark_forward_method("generate")
     x = torch.randn(2, 4)
     assert torch.equal(model.generate(x), original.linear(original.linear(x)))  # no RecursionError

@@ -121,6 +121,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         fabric = Fabric(strategy=strategy, devices=2, precision="bf16-mixed")
     """
 
+    module_wrapping = "wrapper"  # the DeepSpeed engine around the module
+
     def __init__(
         self,
         accelerator: Accelerator | None = None,

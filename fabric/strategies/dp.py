@@ -64,6 +64,7 @@ class DataParallelStrategy(ParallelStrategy):
 
     # One process: the single-process topology of the base class (ranks 0, world size 1), not the
     # cluster-environment lookups ParallelStrategy adds.
+    module_wrapping = "wrapper"  # DataParallel around the module
     global_rank = Strategy.global_rank
     local_rank = Strategy.local_rank
     node_rank = Strategy.node_rank

@@ -35,10 +35,15 @@ if TYPE_CHECKING:
 class Strategy(ABC):
     """Base class of every strategy. Subclasses override the hooks their engine changes."""
 
-    #: whether ``setup_module`` installs its work (gathering shards, syncing gradients) as hooks on the
-    #: module itself rather than in a separate wrapper object (FSDP2's ``fully_shard`` does). The module
-    #: wrapper then routes marked methods through ``forward`` even though it holds the user's object.
-    wraps_in_place: bool = False
+    #: Where :meth:`setup_module` puts this strategy's work around the model's forward (syncing
+    #: gradients, gathering shards), which decides how the module wrapper makes a method other than
+    #: ``forward`` (``mark_forward_method``, Lightning's ``training_step``) reach the model:
+    #: ``"none"``: no work, the method is called directly; ``"wrapper"``: in a separate object that
+    #: calls the model (``DistributedDataParallel``, DeepSpeed's engine); ``"in_place"``: as hooks on
+    #: the model itself (FSDP2's ``fully_shard``: the same object, so no comparison could tell). For
+    #: both of the last two, the call is routed through the model's ``forward``. A subclass whose
+    #: ``setup_module`` wraps the model must say which; the wrapper obeys this and compares no objects.
+    module_wrapping: Literal["none", "wrapper", "in_place"] = "none"
     #: how the connector starts this strategy's other processes: ``"popen"`` (re-run the command),
     #: ``"spawn"``/``"fork"``/``"forkserver"`` (``fabric.launch(fn)``), or ``None`` (one process only)
     start_method: str | None = None

@@ -56,6 +56,7 @@ class XLAStrategy(XLAStepMixin, Strategy):
 
     #: name of the mesh axis the batch is sharded along
     mesh_axis = "data"
+    module_wrapping = "none"  # SPMD shards the batches; the module itself is not wrapped
 
     def __init__(
         self,

@@ -1,0 +1,109 @@
+"""fabric.wrappers: how calls reach the model, what the optimizer wrapper knows from setup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from fabric import Fabric
+from fabric.strategies import (
+    DataParallelStrategy,
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    SingleXLAStrategy,
+    Strategy,
+    XLAFSDPStrategy,
+    XLAStrategy,
+)
+
+
+class _Generator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.forward(x))
+
+    def training_step(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).sum()
+
+
+class _HooksInPlace(SingleDeviceStrategy):
+    """Puts its work on the module itself, as FSDP2's ``fully_shard`` does: the same object comes back."""
+
+    module_wrapping = "in_place"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        def count(*_: Any) -> None:
+            self.calls += 1
+
+        module.register_forward_pre_hook(count)
+        return module
+
+
+def test_a_strategy_that_wraps_in_place_gets_marked_and_step_methods_through_its_hooks() -> None:
+    # Only the declaration tells: the strategy returns the user's object, so no comparison could.
+    strategy = _HooksInPlace()
+    fabric = Fabric(accelerator="cpu", strategy=strategy)
+    original = _Generator()
+    model = fabric.setup_module(original)
+    assert model._forward_module is original
+    model.mark_forward_method("generate")
+    x = torch.randn(2, 4)
+    assert torch.equal(model.generate(x), original.linear(original.linear(x)))
+    assert strategy.calls == 1  # the strategy's hook ran once, around the marked method
+    assert model.training_step(x).item() == pytest.approx(original.linear(x).sum().item())
+    assert strategy.calls == 3  # around the step method, and around its own call of `self(x)`
+    assert "forward" not in original.__dict__  # the redirection is undone
+
+
+def test_without_wrapping_a_marked_method_runs_under_the_precision_and_step_methods_run_directly() -> None:
+    # Nothing wraps the model: the method is called directly (no module call, so no module hooks),
+    # under the precision for a marked method (our difference from Lightning), as it is for a step method.
+    fabric = Fabric(accelerator="cpu", precision="bf16-mixed")
+    original = _Generator()
+    hooked: list[str] = []
+    original.register_forward_pre_hook(lambda *_: hooked.append("forward"))
+    model = fabric.setup_module(original)
+    model.mark_forward_method("generate")
+    x = torch.randn(2, 4)
+    seen: list[torch.dtype] = []
+    original.linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    out = model.generate(x)
+    assert seen == [torch.bfloat16, torch.bfloat16] and out.dtype == torch.float32  # autocast, then cast back
+    assert hooked == []
+    assert model.training_step(x).dtype == torch.float32  # no autocast: Lightning's step method on one device
+    assert seen[2:] == [torch.float32] and hooked == ["forward"]  # only its own call of `self(x)`
+
+
+@pytest.mark.parametrize(
+    ("strategy", "wrapping"),
+    [
+        (Strategy, "none"),
+        (SingleDeviceStrategy, "none"),
+        (SingleXLAStrategy, "none"),
+        (XLAStrategy, "none"),
+        (DDPStrategy, "wrapper"),
+        (DataParallelStrategy, "wrapper"),
+        (DeepSpeedStrategy, "wrapper"),
+        (XLAFSDPStrategy, "wrapper"),
+        (FSDPStrategy, "in_place"),
+        (ModelParallelStrategy, "in_place"),
+    ],
+)
+def test_each_strategy_declares_where_it_puts_its_work(strategy: type[Strategy], wrapping: str) -> None:
+    assert strategy.module_wrapping == wrapping
