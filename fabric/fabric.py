@@ -35,6 +35,7 @@ from fabric.wrappers import (
     _FabricOptimizer,
     _unwrap,
     is_wrapped,
+    optimizer_owners,
     wrap_optimizer,
 )
 
@@ -108,21 +109,19 @@ class Fabric:
         self._environment_ready = False
         self._stop_agreed = False
         self._models_setup = 0
-        # Which model each set-up optimizer updates (sharded optimizer state is keyed by its parameter
-        # names); weak, so that Fabric keeps nothing alive that the user dropped.
-        self._optimizer_owners: weakref.WeakKeyDictionary[Optimizer, Module] = weakref.WeakKeyDictionary()
+        # The set-up models, for `setup_optimizers` to find the model an optimizer updates; weak, so
+        # that Fabric keeps nothing alive that the user dropped.
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned processes receive the Fabric pickled, before anything is set up in them; the weak
         # bookkeeping of set-up objects cannot be pickled and starts empty there.
         state = self.__dict__.copy()
-        del state["_optimizer_owners"], state["_setup_modules"]
+        del state["_setup_modules"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._optimizer_owners = weakref.WeakKeyDictionary()
         self._setup_modules = weakref.WeakSet()
 
     @staticmethod
@@ -291,8 +290,6 @@ class Fabric:
         self._link_module(module, wrapped_optimizers)
         self._models_setup += 1
         self._setup_modules.add(module)
-        for optimizer in strategy_optimizers:
-            self._optimizer_owners[optimizer] = module
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
         if not wrapped_optimizers:
             return wrapped
@@ -337,12 +334,9 @@ class Fabric:
         for optimizer in optimizers:
             self._validate_optimizer(optimizer, "setup_optimizers")
         strategy_optimizers = [self._strategy.setup_optimizer(o) for o in optimizers]
-        for optimizer in strategy_optimizers:
-            owner = self._model_updated_by(optimizer)
-            if owner is not None:
-                self._optimizer_owners[optimizer] = owner
+        # Each wrapper is given its model now, once: saving and loading its state ask the wrapper.
         wrapped = [
-            wrap_optimizer(o, self._strategy, self._callbacks, self._optimizer_owners.get(o))
+            wrap_optimizer(o, self._strategy, self._callbacks, self._model_updated_by(o))
             for o in strategy_optimizers
         ]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
@@ -705,7 +699,7 @@ class Fabric:
             path=os.fspath(path),
             state=_unwrap_state(state),
             filter=filter,
-            owners=self._optimizer_owners,
+            owners=optimizer_owners(state.values()),
             per_rank_keys=[key for key, value in state.items() if isinstance(value, _FabricDataLoader)],
         )
         if pending is None:
@@ -753,7 +747,7 @@ class Fabric:
             strict=strict,
             weights_only=weights_only,
             restore_rng=restore_rng,
-            owners=self._optimizer_owners,
+            owners=optimizer_owners(state.values() if isinstance(state, dict) else [state]),
         )
         if isinstance(state, dict) and isinstance(unwrapped, dict):
             # Plain values were replaced in the unwrapped copy: hand them back to the user's dict.
@@ -773,7 +767,7 @@ class Fabric:
             fabric.load_raw("pretrained.pt", model)
         """
         raw = _plain(obj)
-        owner = self._optimizer_owners.get(raw) if isinstance(raw, Optimizer) else None
+        owner = optimizer_owners([obj]).get(raw) if isinstance(raw, Optimizer) else None
         self._strategy.load_raw(os.fspath(path), raw, strict=strict, weights_only=weights_only, owner=owner)
 
     # ------------------------------------------------------------------ helpers

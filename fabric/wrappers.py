@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -389,6 +389,22 @@ def _optimizer_wrapper_class(optimizer_class: type) -> type:
     return wrapper_class
 
 
+def optimizer_owners(objects: Iterable[Any]) -> dict[Optimizer, Module]:
+    """The model that each set-up optimizer among ``objects`` updates, as its wrapper knows it from setup.
+
+    A sharded checkpoint keys optimizer state by the model's parameter names, so saving or loading
+    it needs that model; the wrapper is the one record of it (a plain optimizer is matched to a
+    model in the same state by the checkpoint pipeline).
+    """
+    owners: dict[Optimizer, Module] = {}
+    for obj in objects:
+        if isinstance(obj, _FabricOptimizer):
+            module = obj._module()
+            if module is not None:
+                owners[obj.optimizer] = module
+    return owners
+
+
 def wrap_optimizer(
     optimizer: Optimizer,
     strategy: Strategy,
@@ -557,4 +573,11 @@ def is_wrapped(obj: Any) -> bool:
     return isinstance(obj, (_FabricModule, _FabricOptimizer, _FabricDataLoader))
 
 
-__all__ = ["_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped", "wrap_optimizer"]
+__all__ = [
+    "_FabricDataLoader",
+    "_FabricModule",
+    "_FabricOptimizer",
+    "is_wrapped",
+    "optimizer_owners",
+    "wrap_optimizer",
+]

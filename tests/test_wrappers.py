@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from fabric.strategies import (
     XLAFSDPStrategy,
     XLAStrategy,
 )
+from tests.strategies.multiprocess import run_python
 
 
 class _Generator(nn.Module):
@@ -107,3 +109,41 @@ def test_without_wrapping_a_marked_method_runs_under_the_precision_and_step_meth
 )
 def test_each_strategy_declares_where_it_puts_its_work(strategy: type[Strategy], wrapping: str) -> None:
     assert strategy.module_wrapping == wrapping
+
+
+_SHARDED_OPTIMIZER_ALONE = """
+import sys
+import torch
+from fabric import Fabric
+
+fabric = Fabric(accelerator="cpu", strategy="fsdp", devices=1)
+fabric.launch()
+module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+model = fabric.setup_module(module)
+optimizer = fabric.setup_optimizers(torch.optim.Adam(model.parameters(), lr=0.1))
+fabric.backward(model(torch.ones(3, 4)).sum())
+optimizer.step()
+saved = {k: v.clone() for k, v in optimizer.state_dict()["state"][0].items()}
+fabric.save(sys.argv[1], {"optimizer": optimizer})  # sharded: keyed by the names of its model's parameters
+fabric.backward(model(torch.ones(3, 4)).sum())
+optimizer.step()
+fabric.load(sys.argv[1], {"optimizer": optimizer})
+loaded = optimizer.state_dict()["state"][0]
+print("RESULT restored", all(torch.equal(saved[k], loaded[k]) for k in saved))
+try:
+    fabric.save(sys.argv[1] + "-plain", {"optimizer": optimizer.optimizer})
+except KeyError as error:
+    print("RESULT plain", "put the model in the same `state`" in str(error))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_a_sharded_save_and_load_of_an_optimizer_alone_uses_the_model_its_wrapper_got_at_setup(
+    tmp_path: Path,
+) -> None:
+    # The wrapper is the record of its model (from `setup_optimizers` here); a plain optimizer without
+    # its model in the state cannot be keyed by parameter names (Lightning requires the model too).
+    run = run_python(["-c", _SHARDED_OPTIMIZER_ALONE, str(tmp_path / "ckpt")], timeout=120)
+    assert run.returncode == 0, run.output
+    results = [line for line in run.output.splitlines() if line.startswith("RESULT")]
+    assert results == ["RESULT restored True", "RESULT plain True"], run.output
