@@ -20,7 +20,7 @@ from fabric.utilities.data import prepare_dataloader
 from fabric.utilities.distributed_data import DistributedSamplerWrapper
 from fabric.utilities.seed import pl_worker_init_function
 from fabric.wrappers import _FabricDataLoader
-from tests.helpers import regression_data, tiny_mlp
+from tests.helpers import WithMethods, regression_data, tiny_mlp
 
 
 # ------------------------------------------------------------------------------------------ seeding
@@ -286,22 +286,6 @@ class _PassThrough(nn.Module):
         return self.module(*args, **kwargs)
 
 
-class _Generator(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 4)
-        self._fabric = None  # a Lightning module's link
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-    def generate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.forward(x))
-
-    def training_step(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).sum()
-
-
 class _PassThroughStrategy(SingleDeviceStrategy):
     """Wraps the model as DDP does (``module_wrapping = "wrapper"``), without a process group."""
 
@@ -313,7 +297,7 @@ class _PassThroughStrategy(SingleDeviceStrategy):
 
 def test_marked_and_step_methods_go_through_the_strategy_wrapper() -> None:
     fabric = Fabric(accelerator="cpu", strategy=_PassThroughStrategy())
-    original = _Generator()
+    original = WithMethods()
     model = fabric.setup_module(original)
     outer = model._forward_module
     model.mark_forward_method("generate")
@@ -326,7 +310,7 @@ def test_marked_and_step_methods_go_through_the_strategy_wrapper() -> None:
 
 def test_setup_links_a_lightning_style_module_to_the_fabric() -> None:
     fabric = Fabric(accelerator="cpu")
-    module = _Generator()
+    module = WithMethods()
     _, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
     assert module._fabric is fabric and module._fabric_optimizers == [optimizer]
 

@@ -22,22 +22,8 @@ from fabric.strategies import (
     XLAFSDPStrategy,
     XLAStrategy,
 )
+from tests.helpers import WithMethods
 from tests.strategies.multiprocess import run_python
-
-
-class _Generator(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
-
-    def generate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.forward(x))
-
-    def training_step(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).sum()
 
 
 class _HooksInPlace(SingleDeviceStrategy):
@@ -61,7 +47,7 @@ def test_a_strategy_that_wraps_in_place_gets_marked_and_step_methods_through_its
     # Only the declaration tells: the strategy returns the user's object, so no comparison could.
     strategy = _HooksInPlace()
     fabric = Fabric(accelerator="cpu", strategy=strategy)
-    original = _Generator()
+    original = WithMethods()
     model = fabric.setup_module(original)
     assert model._forward_module is original
     model.mark_forward_method("generate")
@@ -77,7 +63,7 @@ def test_without_wrapping_a_marked_method_runs_under_the_precision_and_step_meth
     # Nothing wraps the model: the method is called directly (no module call, so no module hooks),
     # under the precision for a marked method (our difference from Lightning), as it is for a step method.
     fabric = Fabric(accelerator="cpu", precision="bf16-mixed")
-    original = _Generator()
+    original = WithMethods()
     hooked: list[str] = []
     original.register_forward_pre_hook(lambda *_: hooked.append("forward"))
     model = fabric.setup_module(original)
