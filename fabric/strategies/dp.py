@@ -33,6 +33,8 @@ __all__ = ["DataParallelStrategy"]
 class DataParallelStrategy(ParallelStrategy):
     """Replicate the model on each of ``parallel_devices`` in one process; each replica gets a slice of the batch."""
 
+    module_wrapping = "wrapper"  # DataParallel around the module
+
     def __init__(
         self,
         accelerator: Accelerator | None = None,
@@ -64,7 +66,6 @@ class DataParallelStrategy(ParallelStrategy):
 
     # One process: the single-process topology of the base class (ranks 0, world size 1), not the
     # cluster-environment lookups ParallelStrategy adds.
-    module_wrapping = "wrapper"  # DataParallel around the module
     global_rank = Strategy.global_rank
     local_rank = Strategy.local_rank
     node_rank = Strategy.node_rank
