@@ -36,7 +36,6 @@ _SUBPACKAGES = (
 
 
 def __getattr__(name: str) -> Any:
-
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later reads are plain attribute reads

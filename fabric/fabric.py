@@ -6,6 +6,7 @@ method then delegates to the strategy (which holds the accelerator and precision
 
 from __future__ import annotations
 
+import inspect
 import os
 import weakref
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from fabric.wrappers import (
     _FabricOptimizer,
     _unwrap,
     is_wrapped,
+    optimizer_owners,
     wrap_optimizer,
 )
 
@@ -108,21 +110,19 @@ class Fabric:
         self._environment_ready = False
         self._stop_agreed = False
         self._models_setup = 0
-        # Which model each set-up optimizer updates (sharded optimizer state is keyed by its parameter
-        # names); weak, so that Fabric keeps nothing alive that the user dropped.
-        self._optimizer_owners: weakref.WeakKeyDictionary[Optimizer, Module] = weakref.WeakKeyDictionary()
+        # The set-up models, for `setup_optimizers` to find the model an optimizer updates; weak, so
+        # that Fabric keeps nothing alive that the user dropped.
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned processes receive the Fabric pickled, before anything is set up in them; the weak
         # bookkeeping of set-up objects cannot be pickled and starts empty there.
         state = self.__dict__.copy()
-        del state["_optimizer_owners"], state["_setup_modules"]
+        del state["_setup_modules"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._optimizer_owners = weakref.WeakKeyDictionary()
         self._setup_modules = weakref.WeakSet()
 
     @staticmethod
@@ -282,15 +282,15 @@ class Fabric:
         )
         if dynamo_ctx is not None:
             forward_module = compile_again(forward_module, dynamo_ctx)
-        wrapped = _FabricModule(forward_module, self._strategy, original_module=module)
+        wrapped = _FabricModule(
+            forward_module, self._strategy, original_module=module, compiled=dynamo_ctx is not None
+        )
         wrapped_optimizers = [
             wrap_optimizer(o, self._strategy, self._callbacks, module) for o in strategy_optimizers
         ]
         self._link_module(module, wrapped_optimizers)
         self._models_setup += 1
         self._setup_modules.add(module)
-        for optimizer in strategy_optimizers:
-            self._optimizer_owners[optimizer] = module
         self._call_callbacks("on_after_setup", fabric=self, module=wrapped)
         if not wrapped_optimizers:
             return wrapped
@@ -315,7 +315,9 @@ class Fabric:
         self._models_setup += 1
         self._setup_modules.add(module)
         self._link_module(module, None)
-        return _FabricModule(forward_module, self._strategy, original_module=module)
+        return _FabricModule(
+            forward_module, self._strategy, original_module=module, compiled=dynamo_ctx is not None
+        )
 
     def _link_module(self, module: Module, optimizers: list[_FabricOptimizer] | None) -> None:
         # A module written for Lightning (it has a `_fabric` attribute) finds the fabric through it, for
@@ -333,12 +335,9 @@ class Fabric:
         for optimizer in optimizers:
             self._validate_optimizer(optimizer, "setup_optimizers")
         strategy_optimizers = [self._strategy.setup_optimizer(o) for o in optimizers]
-        for optimizer in strategy_optimizers:
-            owner = self._model_updated_by(optimizer)
-            if owner is not None:
-                self._optimizer_owners[optimizer] = owner
+        # Each wrapper is given its model now, once: saving and loading its state ask the wrapper.
         wrapped = [
-            wrap_optimizer(o, self._strategy, self._callbacks, self._optimizer_owners.get(o))
+            wrap_optimizer(o, self._strategy, self._callbacks, self._model_updated_by(o))
             for o in strategy_optimizers
         ]
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
@@ -377,7 +376,7 @@ class Fabric:
                 f"Only PyTorch DataLoader are currently supported: Fabric.setup_dataloaders() expected "
                 f"torch.utils.data.DataLoader, got {type(dataloader).__name__}."
             )
-        from fabric.utilities.data import prepare_dataloader
+        from fabric.utilities.data import prepare_dataloader  # lazy: kept out of `from fabric import Fabric`
 
         dataloader = prepare_dataloader(
             dataloader,
@@ -604,6 +603,7 @@ class Fabric:
 
             mean_loss = fabric.all_reduce(loss, reduce_op="mean")
         """
+        # lazy: kept out of `from fabric import Fabric`
         from fabric.utilities.collectives import all_reduce_in_group, apply_collective, normalize_reduce_op
 
         if isinstance(group, str):
@@ -628,6 +628,7 @@ class Fabric:
 
             losses = fabric.all_gather(loss)  # shape (world_size,)
         """
+        # lazy: kept out of `from fabric import Fabric`
         from fabric.utilities.collectives import all_gather_in_group, apply_collective
 
         data = self._to_tensors(data)
@@ -638,6 +639,7 @@ class Fabric:
     def _to_tensors(self, data: Any) -> Any:
         if isinstance(data, Tensor):
             return data
+        # lazy: kept out of `from fabric import Fabric`
         from fabric.utilities.collectives import convert_to_tensors
 
         return convert_to_tensors(data, self.device)
@@ -700,7 +702,7 @@ class Fabric:
 
         options = SaveOptions(
             filter=filter,
-            owners=self._optimizer_owners,
+            owners=optimizer_owners(state.values()),
             per_rank_keys=tuple(key for key, value in state.items() if isinstance(value, _FabricDataLoader)),
             async_save=async_save,
         )
@@ -748,7 +750,10 @@ class Fabric:
         from fabric.checkpoint.options import LoadOptions  # heavy: fabric.checkpoint, not in start-up
 
         options = LoadOptions(
-            strict=strict, weights_only=weights_only, restore_rng=restore_rng, owners=self._optimizer_owners
+            strict=strict,
+            weights_only=weights_only,
+            restore_rng=restore_rng,
+            owners=optimizer_owners(state.values() if isinstance(state, dict) else [state]),
         )
         remainder = self._strategy.load_checkpoint(path=os.fspath(path), state=unwrapped, options=options)
         if isinstance(state, dict) and isinstance(unwrapped, dict):
@@ -769,7 +774,7 @@ class Fabric:
             fabric.load_raw("pretrained.pt", model)
         """
         raw = _plain(obj)
-        owner = self._optimizer_owners.get(raw) if isinstance(raw, Optimizer) else None
+        owner = optimizer_owners([obj]).get(raw) if isinstance(raw, Optimizer) else None
         self._strategy.load_raw(os.fspath(path), raw, strict=strict, weights_only=weights_only, owner=owner)
 
     # ------------------------------------------------------------------ helpers
@@ -792,8 +797,6 @@ def _accepted_kwargs(method: Callable[..., Any], kwargs: dict[str, Any]) -> dict
     function = getattr(method, "__func__", method)
     known = _SIGNATURES.get(function)
     if known is None:
-        import inspect
-
         try:
             parameters = inspect.signature(method).parameters.values()
         except (TypeError, ValueError):  # a builtin without a signature: pass everything

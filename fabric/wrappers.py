@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 from fabric.utilities.apply import move_to_device as _move_to_device
 
 if TYPE_CHECKING:
-    from fabric.precision import Precision
     from fabric.strategies.strategy import Strategy
 
 _MODULE_OWN_ATTRIBUTES = frozenset(
     {
         "_forward_module",
+        "_forward_target",
         "_original_module",
         "_strategy",
         "_precision",
@@ -48,11 +48,27 @@ class _FabricModule(Module):
 
     ``forward_module`` is what the strategy made of the module (the module itself, or e.g. a
     ``DistributedDataParallel`` around it); ``original_module`` is the user's module, whose
-    ``state_dict`` and attributes this wrapper exposes unchanged.
+    ``state_dict`` and attributes this wrapper exposes unchanged. ``compiled``: ``forward_module`` is
+    a ``torch.compile`` wrapper the facade put around the strategy's result, through which marked
+    methods go as through a strategy's wrapper.
+
+    There is one forward path: :meth:`forward` applies the precision around a call of
+    ``_forward_target`` (``forward_module``). A marked method reaches the model through it too, by
+    pointing one callee at the method for one call: the user's module's ``forward`` when the strategy
+    wraps the model (so its work runs), ``_forward_target`` when nothing does (so no module call, no
+    hooks, but the precision).
     """
 
+    #: what :meth:`forward` calls: ``forward_module``; for one call, a marked method (see ``_call_marked``)
+    _forward_target: Callable[..., Any]
+
     def __init__(
-        self, forward_module: Module, strategy: Strategy, original_module: Module | None = None
+        self,
+        forward_module: Module,
+        strategy: Strategy,
+        original_module: Module | None = None,
+        *,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         original = original_module if original_module is not None else forward_module
@@ -63,6 +79,7 @@ class _FabricModule(Module):
         # through nn.Module's __getattr__. They are ordinary attributes, so a deepcopy maps them to the
         # copy's own modules.
         self.__dict__["_forward_module"] = forward_module
+        self.__dict__["_forward_target"] = forward_module
         self.__dict__["_original_module"] = original
         self.__dict__["_strategy"] = strategy
         self.__dict__["_precision"] = precision
@@ -70,8 +87,9 @@ class _FabricModule(Module):
         self.__dict__["_plain_forward"] = not (
             precision.has_forward_context or precision.converts_input or precision.converts_output
         )
-        # FSDP2 wraps in place (the same object, with hooks): the strategy says so, identity cannot.
-        wrapped = forward_module is not original or strategy.wraps_in_place
+        # Whether methods other than `forward` must reach the model through `forward_module`: the strategy
+        # declares where it put its work (FSDP2 hooks the same object, so comparing objects cannot tell).
+        wrapped = strategy.module_wrapping != "none" or compiled
         self.__dict__["_routes_through_forward"] = wrapped
         self.__dict__["_step_methods"] = frozenset(
             name for name in _STEP_METHODS if wrapped and callable(getattr(original, name, None))
@@ -99,12 +117,12 @@ class _FabricModule(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain_forward:
-            return self._forward_module(*args, **kwargs)
+            return self._forward_target(*args, **kwargs)
         precision = self._precision
         if precision.converts_input:
             args, kwargs = precision.convert_input(args), precision.convert_input(kwargs)
         with precision.forward_context():
-            output = self._forward_module(*args, **kwargs)
+            output = self._forward_target(*args, **kwargs)
         return precision.convert_output(output) if precision.converts_output else output
 
     def mark_forward_method(self, method: str | Callable) -> None:
@@ -128,30 +146,33 @@ class _FabricModule(Module):
 
     def _call_marked(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self._original_module, name)
-        if not self._routes_through_forward:
-            # Nothing wraps the module: run the method under the precision directly.
-            return _PrecisionCall(self._precision, method)(*args, **kwargs)
-        return self._through_forward(method, *args, **kwargs)
+        if self._routes_through_forward:
+            # A wrapper such as DDP (or FSDP2's hooks) runs its work around the module's `forward` only.
+            return self._through_forward(self._original_module, "forward", method, args, kwargs)
+        # Nothing wraps the module: the precision applies, but no module call (hooks) happens.
+        return self._through_forward(self, "_forward_target", method, args, kwargs)
 
-    def _through_forward(self, method: Callable, *args: Any, **kwargs: Any) -> Any:
-        # A wrapper such as DDP runs its hooks around `forward` only, so the method has to be reached
-        # through it: `forward` of the user's module is pointed at the method for one call, and put
-        # back before the method runs, so that the method's own calls of `forward` reach the real one.
-        original = self._original_module
-        had_instance_forward = "forward" in original.__dict__
-        saved = original.__dict__.get("forward")
+    def _through_forward(
+        self, owner: Module, name: str, method: Callable, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
+        # `owner.<name>` (what the forward path ends in calling) is pointed at the method for one call of
+        # `forward`, and put back before the method runs, so that the method's own calls of `forward` (of
+        # the module, or of this wrapper) reach the real one. The closures hold `owner`, not its
+        # `__dict__`: torch.compile traces them, and a dict that holds the closure is a cycle it cannot.
+        had = name in owner.__dict__
+        saved = owner.__dict__.get(name)
 
         def restore() -> None:
-            if had_instance_forward:
-                original.__dict__["forward"] = saved
+            if had:
+                owner.__dict__[name] = saved
             else:
-                original.__dict__.pop("forward", None)
+                owner.__dict__.pop(name, None)
 
         def redirected(*inner_args: Any, **inner_kwargs: Any) -> Any:
             restore()
             return method(*inner_args, **inner_kwargs)
 
-        original.__dict__["forward"] = redirected
+        owner.__dict__[name] = redirected
         try:
             return self.forward(*args, **kwargs)
         finally:
@@ -180,8 +201,9 @@ class _FabricModule(Module):
             return lambda *args, **kwargs: self._call_marked(name, *args, **kwargs)
         step_methods = self.__dict__.get("_step_methods")
         if step_methods and name in step_methods:
-            method = getattr(self._original_module, name)
-            return lambda *args, **kwargs: self._through_forward(method, *args, **kwargs)
+            user_module = self._original_module
+            method = getattr(user_module, name)
+            return lambda *args, **kwargs: self._through_forward(user_module, "forward", method, args, kwargs)
         original = self._modules.get("_original_module") or self.__dict__.get("_original_module")
         if original is None:
             return super().__getattr__(name)
@@ -208,20 +230,6 @@ class _FabricModule(Module):
 def _tensors(module: Module) -> Iterator[torch.Tensor]:
     yield from module.parameters()
     yield from module.buffers()
-
-
-class _PrecisionCall:
-    def __init__(self, precision: Precision, method: Callable) -> None:
-        self._precision = precision
-        self._method = method
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        p = self._precision
-        if p.converts_input:
-            args, kwargs = p.convert_input(args), p.convert_input(kwargs)
-        with p.forward_context():
-            output = self._method(*args, **kwargs)
-        return p.convert_output(output) if p.converts_output else output
 
 
 class _FabricOptimizer(Optimizer):
@@ -381,6 +389,22 @@ def _optimizer_wrapper_class(optimizer_class: type) -> type:
     return wrapper_class
 
 
+def optimizer_owners(objects: Iterable[Any]) -> dict[Optimizer, Module]:
+    """The model that each set-up optimizer among ``objects`` updates, as its wrapper knows it from setup.
+
+    A sharded checkpoint keys optimizer state by the model's parameter names, so saving or loading
+    it needs that model; the wrapper is the one record of it (a plain optimizer is matched to a
+    model in the same state by the checkpoint pipeline).
+    """
+    owners: dict[Optimizer, Module] = {}
+    for obj in objects:
+        if isinstance(obj, _FabricOptimizer):
+            module = obj._module()
+            if module is not None:
+                owners[obj.optimizer] = module
+    return owners
+
+
 def wrap_optimizer(
     optimizer: Optimizer,
     strategy: Strategy,
@@ -497,6 +521,7 @@ class _FabricDataLoader:
             iterator = iter(self._dataloader)
             first = next(iterator, _END)
         else:
+            # lazy: kept out of `from fabric import Fabric`
             from fabric.utilities.rng import capture_rng_state, restore_rng_state
 
             current = capture_rng_state()
@@ -549,4 +574,11 @@ def is_wrapped(obj: Any) -> bool:
     return isinstance(obj, (_FabricModule, _FabricOptimizer, _FabricDataLoader))
 
 
-__all__ = ["_FabricDataLoader", "_FabricModule", "_FabricOptimizer", "is_wrapped", "wrap_optimizer"]
+__all__ = [
+    "_FabricDataLoader",
+    "_FabricModule",
+    "_FabricOptimizer",
+    "is_wrapped",
+    "optimizer_owners",
+    "wrap_optimizer",
+]

@@ -18,6 +18,24 @@ def regression_data(n: int = 64, seed: int = 1) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
+class WithMethods(nn.Module):
+    """A model with a method that runs it besides ``forward`` (``generate``) and Lightning's ``training_step``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self._fabric = None  # a Lightning module's link to its Fabric
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.forward(x))
+
+    def training_step(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).sum()
+
+
 def parameters_equal(a: nn.Module, b: nn.Module) -> bool:
     return all(
         torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)

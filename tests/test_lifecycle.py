@@ -195,6 +195,63 @@ def test_dropped_fabric_objects_are_freed_and_one_process_keeps_pythons_exceptho
 
 
 @pytest.mark.timeout(70)
+def test_a_fabric_is_freed_after_del_whatever_was_set_up_and_called_through_it() -> None:
+    """The lifecycle, the wrappers and the set-up objects hold the Fabric and its strategy weakly or not at
+    all: every set-up path, the marked and step methods, signals, callbacks, a Lightning-style module's
+    link and a checkpoint round trip, in both a plain and an autocast precision."""
+    done = _python(
+        """
+        import gc, os, tempfile, weakref
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+        from fabric import Fabric
+
+        class Generator(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+                self._fabric = None  # a Lightning module's link to its Fabric
+            def forward(self, x):
+                return self.linear(x)
+            def generate(self, x):
+                return self.linear(x)
+            def training_step(self, x):
+                return self(x).sum()
+
+        class Callback:
+            def on_after_optimizer_step(self, strategy, optimizer):
+                pass
+
+        fabrics, strategies = [], []
+        directory = tempfile.mkdtemp()
+        for i, precision in enumerate(["32-true", "bf16-mixed"]):
+            fabric = Fabric(accelerator="cpu", devices=1, precision=precision, callbacks=[Callback()])
+            module = Generator()
+            model, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+            other = fabric.setup_module(torch.nn.Linear(2, 2))
+            other_optimizer = fabric.setup_optimizers(torch.optim.SGD(other.parameters(), lr=0.1))
+            loader = fabric.setup_dataloaders(DataLoader(TensorDataset(torch.ones(4, 2)), batch_size=2))
+            fabric.should_stop  # watches the stop signals from here on
+            model.mark_forward_method("generate")
+            for (x,) in loader:
+                fabric.backward(model.generate(x).sum() + model.training_step(x) + other(x).sum())
+                optimizer.step()
+                other_optimizer.step()
+            state = {"model": model, "optimizer": optimizer, "loader": loader}
+            fabric.save(os.path.join(directory, str(i)), state)
+            fabric.load(os.path.join(directory, str(i)), state)
+            fabrics.append(weakref.ref(fabric))
+            strategies.append(weakref.ref(fabric.strategy))
+            del fabric, module, model, optimizer, other, other_optimizer, loader, state
+        gc.collect()
+        print("alive", sum(r() is not None for r in fabrics), sum(r() is not None for r in strategies))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["alive 0 0"]
+
+
+@pytest.mark.timeout(70)
 def test_a_step_held_weakly_is_skipped_once_its_object_is_freed() -> None:
     done = _python(
         """

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorData
 
 from fabric import Fabric, seed_everything
 from fabric.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision, TruePrecision
+from fabric.strategies import SingleDeviceStrategy
 from fabric.utilities.data import prepare_dataloader
 from fabric.utilities.distributed_data import DistributedSamplerWrapper
 from fabric.utilities.seed import pl_worker_init_function
-from fabric.wrappers import _FabricDataLoader, _FabricModule
-from tests.helpers import regression_data, tiny_mlp
+from fabric.wrappers import _FabricDataLoader
+from tests.helpers import WithMethods, regression_data, tiny_mlp
 
 
 # ------------------------------------------------------------------------------------------ seeding
@@ -285,27 +286,20 @@ class _PassThrough(nn.Module):
         return self.module(*args, **kwargs)
 
 
-class _Generator(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(4, 4)
-        self._fabric = None  # a Lightning module's link
+class _PassThroughStrategy(SingleDeviceStrategy):
+    """Wraps the model as DDP does (``module_wrapping = "wrapper"``), without a process group."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x)
+    module_wrapping = "wrapper"
 
-    def generate(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.forward(x))
-
-    def training_step(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).sum()
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        return _PassThrough(module)
 
 
 def test_marked_and_step_methods_go_through_the_strategy_wrapper() -> None:
-    fabric = Fabric(accelerator="cpu")
-    original = _Generator()
-    outer = _PassThrough(original)
-    model = _FabricModule(outer, fabric.strategy, original_module=original)
+    fabric = Fabric(accelerator="cpu", strategy=_PassThroughStrategy())
+    original = WithMethods()
+    model = fabric.setup_module(original)
+    outer = model._forward_module
     model.mark_forward_method("generate")
     x = torch.randn(2, 4)
     assert torch.equal(model.generate(x), original.linear(original.linear(x)))  # no RecursionError
@@ -316,7 +310,7 @@ def test_marked_and_step_methods_go_through_the_strategy_wrapper() -> None:
 
 def test_setup_links_a_lightning_style_module_to_the_fabric() -> None:
     fabric = Fabric(accelerator="cpu")
-    module = _Generator()
+    module = WithMethods()
     _, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
     assert module._fabric is fabric and module._fabric_optimizers == [optimizer]
 

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fabric import lifecycle
@@ -242,6 +243,7 @@ def snapshot(obj: Any) -> Any:
 def _dtensor_type() -> Any:
     """DTensor, when torch.distributed is importable (only a sharded state holds one)."""
     try:
+        # heavy: torch.distributed.tensor (~1 s) loads only when used
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch built without distributed
         return None
@@ -257,8 +259,6 @@ class GroupCollectives:
     """
 
     def __init__(self, group: Any) -> None:
-        import torch.distributed as dist
-
         self.group = group
         self.global_rank = dist.get_rank()
         self.world_size = dist.get_world_size()
@@ -267,25 +267,18 @@ class GroupCollectives:
     @classmethod
     def create(cls) -> GroupCollectives:
         """A new gloo group of every process; every process must call this, at the same point."""
-        import torch.distributed as dist
 
         return cls(dist.new_group(backend="gloo"))
 
     def broadcast(self, obj: Any, src: int = 0) -> Any:
-        import torch.distributed as dist
-
         container = [obj]
         dist.broadcast_object_list(container, src=src, group=self.group)
         return container[0]
 
     def barrier(self, name: str | None = None) -> None:
-        import torch.distributed as dist
-
         dist.barrier(group=self.group)
 
     def gather_object(self, obj: Any) -> list[Any]:
-        import torch.distributed as dist
-
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj, group=self.group)
         return gathered

@@ -20,6 +20,7 @@ import contextlib
 import io
 import os
 import secrets
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from typing import Any
@@ -100,8 +101,6 @@ class TorchCheckpointIO(CheckpointIO):
             return
         local = _local(path)
         if os.path.isdir(local):
-            import shutil
-
             shutil.rmtree(local)
         elif os.path.lexists(local):
             os.remove(local)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fabric.checkpoint import sharded
+from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
 from fabric.checkpoint.directory import check_directory_alone, check_manifest_covers
 from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
 
@@ -24,7 +25,6 @@ def consolidate(
     directory (writing there would damage the checkpoint being read) and is written atomically.
     Optimizer states stay keyed by parameter name, which ``Fabric.load`` maps back onto the optimizer.
     """
-    from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
 
     directory = sharded.resolve_checkpoint_path(
         directory, accept=lambda p: sharded.is_sharded_checkpoint(p) or is_deepspeed_checkpoint(p)

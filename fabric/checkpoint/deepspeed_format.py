@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from typing import Any
+
+import torch
+import torch.serialization
 
 from fabric.checkpoint.directory import check_directory_alone, read_meta
 from fabric.checkpoint.io import CheckpointError, atomic_save, safe_load
@@ -64,7 +68,6 @@ def resolve_deepspeed_checkpoint(path: PathLike) -> str:
 
 def read_whole_checkpoint(directory: str, weights_only: bool = True) -> dict[str, Any]:
     """Everything in a DeepSpeed directory as one dict of full tensors (``fabric.load(path)`` without state)."""
-    import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
         target = os.path.join(scratch, "full.pt")
@@ -92,7 +95,6 @@ def check_engine_files(directory: str) -> None:
     Each file is first opened with ``torch.load(weights_only=True)``, admitting only the few DeepSpeed
     classes its checkpoints contain; anything else is an error before DeepSpeed reads a byte.
     """
-    import torch.serialization
 
     root = os.path.join(directory, TAG)
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
@@ -157,7 +159,6 @@ def full_optimizer_state(engine_directory: str) -> dict[str, Any]:
     maps onto an optimizer over the same model on any strategy. A layout this does not know raises
     :class:`CheckpointError` rather than dropping the state.
     """
-    import torch
     from deepspeed.checkpoint.constants import (
         FP32_FLAT_GROUPS,
         OPTIMIZER_STATE_DICT,

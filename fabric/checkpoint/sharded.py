@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from fabric.checkpoint import reclaim
 from fabric.checkpoint.io import (
@@ -173,7 +174,7 @@ def save_shards(shards: dict[str, Any], directory: str, process_group: Any = Non
     DCP's own collectives (planning, the gather of write results) run on ``process_group`` (default:
     the default group); a background save passes its own.
     """
-    import torch.distributed as dist
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     import torch.distributed.checkpoint as dcp
 
     dcp.save(
@@ -192,6 +193,7 @@ def _writer(directory: str) -> Any:
     context. Raised here, on the rank that wrote, the ``OSError`` itself travels (it pickles with its
     errno), and the save pipeline turns it into the ``OSError`` a single-file save raises.
     """
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint import FileSystemWriter
 
     class _Writer(FileSystemWriter):
@@ -378,6 +380,7 @@ def read_metadata(directory: str, weights_only: bool = True) -> Any:
     Raises :class:`CheckpointError` when the metadata references anything beyond DCP's metadata classes
     (with ``weights_only=True``), is not DCP metadata, or names a file outside the directory.
     """
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import Metadata
 
@@ -460,6 +463,7 @@ def saved_param_groups(metadata: Any, key: str) -> dict[str, Any]:
 
 def _reader(directory: str, metadata: Any) -> Any:
     """A DCP reader of ``directory`` that hands out the already checked ``metadata``."""
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -518,6 +522,7 @@ def load_shards(
     With ``distributed=False`` this process reads whole tensors by itself (one process, or DDP where
     every process holds the full model).
     """
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     import torch.distributed.checkpoint as dcp
 
     with _dcp_errors(directory):
@@ -536,6 +541,7 @@ def _dcp_errors(directory: str) -> Iterator[None]:
     DCP raises RuntimeError, KeyError, ... and, across processes, CheckpointException: a BaseException
     whose text is every rank's traceback.
     """
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
@@ -553,6 +559,7 @@ def _dcp_errors(directory: str) -> Iterator[None]:
 
 def read_entries(directory: str, metadata: Any, keys: set[str], weights_only: bool) -> dict[str, Any]:
     """The DCP entries ``keys`` of a directory as full tensors and values, read by this process alone."""
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     if not keys:

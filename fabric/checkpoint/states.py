@@ -22,6 +22,7 @@ from fabric.utilities.apply import move_to_device
 
 def module_state(module: Module, full: bool = False) -> dict[str, Any]:
     """The module's state dict: sharded (DTensors) or full (plain CPU tensors on rank 0)."""
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=full, cpu_offload=full))
@@ -35,6 +36,7 @@ def optimizer_state(
     A full state is gathered into CPU memory on global rank 0 only (the other ranks get an empty dict),
     unless ``every_rank``: then every rank gathers it on its device and moves it to the CPU.
     """
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     if full and every_rank:
@@ -46,6 +48,7 @@ def optimizer_state(
 
 
 def set_module_state(module: Module, state: dict[str, Any], strict: bool, full: bool) -> None:
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     if strict and full:
@@ -69,6 +72,7 @@ def _check_keys(module: Module, missing: list[str], unexpected: list[str]) -> No
 
 
 def set_optimizer_state(module: Module, optimizer: Optimizer, state: dict[str, Any], full: bool) -> None:
+    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=full))

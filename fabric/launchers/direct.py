@@ -189,7 +189,6 @@ def _signals() -> list[int]:
 
 
 def _remove_tree(path: str) -> None:
-
     shutil.rmtree(path, ignore_errors=True)
 
 

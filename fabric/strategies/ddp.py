@@ -43,6 +43,8 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         fabric = Fabric(strategy=DDPStrategy(timeout=timedelta(minutes=5), static_graph=True), devices=2)
     """
 
+    module_wrapping = "wrapper"  # DistributedDataParallel around the module
+
     def __init__(
         self,
         accelerator: Accelerator | None = None,

@@ -12,6 +12,7 @@ when a DeepSpeed strategy is set up, never by ``import fabric``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import weakref
@@ -35,7 +36,7 @@ from fabric.checkpoint.deepspeed_format import (
 )
 from fabric.checkpoint.host import LayoutName
 from fabric.environments import ClusterEnvironment
-from fabric.precision import Precision
+from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.precision.deepspeed import DeepSpeedPrecision
 from fabric.strategies.deepspeed_config import (
     check_arguments,
@@ -101,6 +102,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         strategy = DeepSpeedStrategy(stage=3, offload_optimizer=True, offload_parameters=True)
         fabric = Fabric(strategy=strategy, devices=2, precision="bf16-mixed")
     """
+
+    module_wrapping = "wrapper"  # the DeepSpeed engine around the module
 
     def __init__(
         self,
@@ -223,7 +226,7 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             self._precision = precision
             return
         if not isinstance(precision, DeepSpeedPrecision):
-            if type(precision) not in _CONVERTIBLE_PRECISIONS():
+            if type(precision) not in _CONVERTIBLE_PRECISIONS:
                 raise TypeError(
                     f"DeepSpeedStrategy cannot use the precision plugin {type(precision).__name__}: DeepSpeed does "
                     f"mixed precision itself. Pass Fabric(precision='32-true' | 'bf16-mixed' | '16-mixed' | "
@@ -553,15 +556,10 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         )
 
 
-def _CONVERTIBLE_PRECISIONS() -> tuple[type, ...]:
-    from fabric.precision import MixedPrecision, TruePrecision
-
-    return (Precision, MixedPrecision, TruePrecision)
+_CONVERTIBLE_PRECISIONS = (Precision, MixedPrecision, TruePrecision)
 
 
 def _ARGUMENT_DEFAULTS() -> dict[str, Any]:
-    import inspect
-
     return {
         name: parameter.default
         for name, parameter in inspect.signature(DeepSpeedStrategy.__init__).parameters.items()

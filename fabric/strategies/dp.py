@@ -33,6 +33,8 @@ __all__ = ["DataParallelStrategy"]
 class DataParallelStrategy(ParallelStrategy):
     """Replicate the model on each of ``parallel_devices`` in one process; each replica gets a slice of the batch."""
 
+    module_wrapping = "wrapper"  # DataParallel around the module
+
     def __init__(
         self,
         accelerator: Accelerator | None = None,

@@ -99,7 +99,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     """
 
     sharded_checkpoints = True
-    wraps_in_place = True  # fully_shard hooks the module's own forward
+    module_wrapping = "in_place"  # fully_shard hooks the module's own forward
 
     def __init__(
         self,

@@ -47,6 +47,10 @@ class ModelParallelStrategy(FSDPStrategy):
         fabric = Fabric(strategy=ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=2), devices=2)
     """
 
+    # parallelize_module and fully_shard change the module in place (DTensor parameters, hooks); a
+    # parallelize_fn that returns a wrapper instead is reached the same way, through its forward
+    module_wrapping = "in_place"
+
     def __init__(
         self,
         parallelize_fn: Callable[[Module, Any], Module],
@@ -98,7 +102,6 @@ class ModelParallelStrategy(FSDPStrategy):
         return self._mesh
 
     def _create_mesh(self) -> Any:
-
         return init_device_mesh(
             self.root_device.type,
             (int(self._dp_size), int(self._tp_size)),

@@ -38,10 +38,15 @@ if TYPE_CHECKING:
 class Strategy(ABC):
     """Base class of every strategy. Subclasses override the hooks their engine changes."""
 
-    #: whether ``setup_module`` installs its work (gathering shards, syncing gradients) as hooks on the
-    #: module itself rather than in a separate wrapper object (FSDP2's ``fully_shard`` does). The module
-    #: wrapper then routes marked methods through ``forward`` even though it holds the user's object.
-    wraps_in_place: bool = False
+    #: Where :meth:`setup_module` puts this strategy's work around the model's forward (syncing
+    #: gradients, gathering shards), which decides how the module wrapper makes a method other than
+    #: ``forward`` (``mark_forward_method``, Lightning's ``training_step``) reach the model:
+    #: ``"none"``: no work, the method is called directly; ``"wrapper"``: in a separate object that
+    #: calls the model (``DistributedDataParallel``, DeepSpeed's engine); ``"in_place"``: as hooks on
+    #: the model itself (FSDP2's ``fully_shard``: the same object, so no comparison could tell). For
+    #: both of the last two, the call is routed through the model's ``forward``. A subclass whose
+    #: ``setup_module`` wraps the model must say which; the wrapper obeys this and compares no objects.
+    module_wrapping: Literal["none", "wrapper", "in_place"] = "none"
     #: how the connector starts this strategy's other processes: ``"popen"`` (re-run the command),
     #: ``"spawn"``/``"fork"``/``"forkserver"`` (``fabric.launch(fn)``), or ``None`` (one process only)
     start_method: str | None = None
@@ -243,6 +248,7 @@ class Strategy(ABC):
     def checkpoint_io(self) -> CheckpointIO:
         """How single-file checkpoints reach storage (``Fabric(plugins=[MyCheckpointIO()])`` replaces it)."""
         if self._checkpoint_io is None:
+            # lazy: kept out of `from fabric import Fabric`
             from fabric.checkpoint.checkpoint_io import TorchCheckpointIO
 
             self._checkpoint_io = TorchCheckpointIO()
@@ -256,6 +262,7 @@ class Strategy(ABC):
     def checkpointer(self) -> Checkpointer:
         """The save/load pipeline (:mod:`fabric.checkpoint.pipeline`), which asks this strategy's hooks below."""
         if self._checkpointer is None:
+            # lazy: kept out of `from fabric import Fabric`
             from fabric.checkpoint.pipeline import Checkpointer
 
             self._checkpointer = Checkpointer(self)
@@ -263,18 +270,18 @@ class Strategy(ABC):
 
     def save_shards(self, shards: dict[str, Any], directory: str) -> None:
         """Write the (sharded) tensors of a sharded checkpoint into ``directory``; every process calls this."""
-        from fabric.checkpoint.sharded import save_shards
+        from fabric.checkpoint.sharded import save_shards  # lazy: kept out of `from fabric import Fabric`
 
         save_shards(shards, directory)
 
     def capture_rng_state(self) -> dict[str, Any]:
         """This process's random state, stored in every checkpoint for an exact resume."""
-        from fabric.utilities.rng import capture_rng_state
+        from fabric.utilities.rng import capture_rng_state  # lazy: kept out of `from fabric import Fabric`
 
         return capture_rng_state()
 
     def restore_rng_state(self, rng_state: dict[str, Any]) -> None:
-        from fabric.utilities.rng import restore_rng_state
+        from fabric.utilities.rng import restore_rng_state  # lazy: kept out of `from fabric import Fabric`
 
         restore_rng_state(rng_state)
 

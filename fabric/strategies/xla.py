@@ -57,6 +57,7 @@ class XLAStrategy(XLAStepMixin, Strategy):
 
     #: name of the mesh axis the batch is sharded along
     mesh_axis = "data"
+    module_wrapping = "none"  # SPMD shards the batches; the module itself is not wrapped
 
     def __init__(
         self,
@@ -124,7 +125,6 @@ class XLAStrategy(XLAStepMixin, Strategy):
 
     # ---------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
-
         self._setup_xla()
         import torch_xla.distributed.spmd as xs
         import torch_xla.runtime as xr

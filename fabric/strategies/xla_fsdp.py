@@ -39,6 +39,7 @@ class XLAFSDPStrategy(XLAStrategy):
     """
 
     mesh_axis = "fsdp"  # the axis name FSDPv2 requires
+    module_wrapping = "wrapper"  # SpmdFullyShardedDataParallel around the module
 
     def __init__(
         self,

@@ -85,7 +85,6 @@ def normalize_reduce_op(reduce_op: Any) -> Any:
 
 
 def _distributed() -> bool:
-
     return dist.is_available() and dist.is_initialized()
 
 

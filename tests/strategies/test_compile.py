@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fabric import Fabric
+from tests.helpers import WithMethods
 from tests.strategies.multiprocess import SCRIPTS, read_rank_results, run_python
 
 PLAIN_KEYS = ["0.bias", "0.weight", "2.bias", "2.weight"]
@@ -61,3 +62,15 @@ def test_ddp_compiles_after_wrapping_and_saves_plain_keys(tmp_path: Path) -> Non
         assert result["ranks_identical"]
         assert result["state_dict_keys"] == PLAIN_KEYS
         assert result["checkpoint_keys"] == PLAIN_KEYS
+
+
+def test_a_marked_method_goes_through_the_compiled_wrapper() -> None:
+    # The facade's compile wrapper is reached as a strategy's wrapper is (Lightning routes it there too).
+    module = WithMethods()
+    wrapped = Fabric(accelerator="cpu", devices=1).setup_module(torch.compile(module, backend="eager"))
+    calls: list[int] = []
+    wrapped._forward_module.register_forward_pre_hook(lambda *_: calls.append(1))
+    wrapped.mark_forward_method("generate")
+    x = torch.randn(2, 4)
+    assert torch.equal(wrapped.generate(x), module.linear(module.linear(x)))
+    assert calls == [1] and "forward" not in module.__dict__

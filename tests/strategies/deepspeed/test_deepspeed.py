@@ -184,6 +184,14 @@ def test_stage3_init_module_partitions_from_the_start(ranks: list[dict[str, Any]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_marked_and_step_methods_go_through_the_engine(ranks: list[dict[str, Any]]) -> None:
+    for rank in ranks:
+        result = rank["routing"]
+        assert result["engine_calls"] == [1, 2, 3]  # one engine call each: generate, training_step, forward
+        assert result["generate_equal"] and result["step_equal"] and result["redirect_undone"]
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
 def test_unsupported_calls_say_what_to_configure(ranks: list[dict[str, Any]]) -> None:
     for rank in ranks:
         result = rank["errors"]

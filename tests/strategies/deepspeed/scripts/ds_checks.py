@@ -379,6 +379,38 @@ def config_optimizer() -> dict[str, Any]:
     }
 
 
+class NetWithMethods(Net):
+    def generate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x) * 2
+
+    def training_step(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x).sum()
+
+
+def routing() -> dict[str, Any]:
+    """A marked method and Lightning's ``training_step`` reach the model through the engine's forward (the
+    strategy declares that it wraps the model), under ZeRO-3 where the engine's hooks gather parameters."""
+    fabric = make(STAGES["stage3"])
+    torch.manual_seed(0)
+    net = NetWithMethods()
+    model, _ = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    calls: list[int] = []
+    model._forward_module.register_forward_pre_hook(lambda *_: calls.append(1))
+    model.mark_forward_method("generate")
+    x, _ = data(seed=5, n=4)
+    generated = model.generate(x)
+    after_generate = len(calls)
+    step = model.training_step(x)
+    after_step = len(calls)
+    output = model(x)
+    return {
+        "engine_calls": [after_generate, after_step, len(calls)],
+        "generate_equal": bool(torch.equal(generated, output * 2)),
+        "step_equal": bool(torch.allclose(step, output.sum())),
+        "redirect_undone": "forward" not in net.__dict__,
+    }
+
+
 def attempt(function: Callable[[], Any]) -> dict[str, Any]:
     try:
         function()
@@ -399,6 +431,7 @@ def main(out_dir: str, sections: list[str]) -> None:
         "errors": errors,
         "accumulation": accumulation_and_clipping,
         "config_optimizer": config_optimizer,
+        "routing": routing,
     }
     results: dict[str, Any] = {}
     for name in sections or list(available):
