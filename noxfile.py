@@ -77,6 +77,11 @@ def xla(session: nox.Session) -> None:
     env = {"OMP_NUM_THREADS": "1"}
     # each test starts its own processes with PJRT_DEVICE=CPU and CPU_NUM_DEVICES=1, 2 or 4
     session.run("python", "-m", "pytest", "-q", "tests/xla", *session.posargs, env=env)
+    # the documentation's XLA blocks (docs/xla.md), in this process on XLA's CPU back end with 2 devices
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/test_docs.py", "-k", "test_code_block_runs", *session.posargs,
+        env={**env, "FABRIC_DOC_SESSION": "xla", "PJRT_DEVICE": "CPU", "CPU_NUM_DEVICES": "2"},
+    )  # fmt: skip
     session.run("python", "-m", "pytest", "-q", *XLA_SESSION_QUICK_TESTS, *session.posargs, env=env)
 
 
@@ -192,6 +197,11 @@ def deepspeed(session: nox.Session) -> None:
     extensions = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "torch_extensions")
     env = {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": extensions}
     session.run("python", "-m", "pytest", "-q", "tests/strategies/deepspeed", *session.posargs, env=env)
+    # the documentation's DeepSpeed blocks (docs/deepspeed.md), which need DeepSpeed installed
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/test_docs.py", "-k", "test_code_block_runs", *session.posargs,
+        env={**env, "FABRIC_DOC_SESSION": "deepspeed"},
+    )  # fmt: skip
     # Real models under ZeRO (tests/models/cell.py): about a minute per cell on 2 quiet cores. CI runs two
     # cells (GPT-2's tied head under ZeRO-3, Llama under ZeRO-2); FABRIC_DS_MODELS=all runs all four.
     cells = [] if os.environ.get("FABRIC_DS_MODELS") == "all" else ["-k", DEEPSPEED_CI_CELLS]

@@ -7,8 +7,11 @@ markers a page may put on the lines just above a block (the rest of the page is 
   that complete it (``readme-example-devices-2``: the README's example with ``devices=2``). A python
   block runs after them; a bash block finds them in its directory as ``train.py`` (the script its
   commands start).
-- ``*Not run by the doc tests: REASON*``: a visible line for a block that cannot run in the default test
-  run (a SLURM cluster, DeepSpeed, torch-xla, a download). The reason names what runs it instead.
+- ``*Not run by the doc tests: REASON*``: a visible line for a block that cannot run in any test run (a
+  SLURM cluster, a download, an install). The reason names what runs the same thing instead.
+- ``*Run by the doc tests of `nox -s SESSION`: REASON*``: a visible line for a block that needs an
+  optional engine (DeepSpeed, torch-xla): that session runs this file with ``FABRIC_DOC_SESSION=SESSION``
+  and the engine installed, and runs those blocks only.
 - ``<!-- doc-same-as: PATH -->``: the block is the file PATH (a script another session runs), so it
   cannot drift from what that session runs.
 
@@ -36,6 +39,9 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 SKIP_MARK = re.compile(r"^\*Not run by the doc tests: (.+)\*$")
 SETUP_MARK = re.compile(r"^<!-- doc-setup: ([\w-]+) -->$")
 SAME_AS_MARK = re.compile(r"^<!-- doc-same-as: (\S+) -->$")
+SESSION_MARK = re.compile(r"^\*Run by the doc tests of `nox -s (\w+)`: .{20,}\*$")
+#: the nox session running this file; blocks marked for a session run there and only there
+SESSION = os.environ.get("FABRIC_DOC_SESSION")
 LANGUAGES = {"python", "bash", "text"}
 #: the setup name of the README's complete example with ``devices=2`` (the script of the launch commands)
 README_EXAMPLE_ON_TWO_DEVICES = "readme-example-devices-2"
@@ -76,6 +82,7 @@ class Block:
     setup: str | None
     skip_reason: str | None
     same_as: str | None
+    session: str | None
 
     @property
     def name(self) -> str:
@@ -116,6 +123,7 @@ def _blocks(page: Path) -> list[Block]:
                 _mark(SETUP_MARK, marks),
                 _mark(SKIP_MARK, marks),
                 _mark(SAME_AS_MARK, marks),
+                _mark(SESSION_MARK, marks),
             )
         )
         index = end + 1
@@ -123,7 +131,24 @@ def _blocks(page: Path) -> list[Block]:
 
 
 BLOCKS = [block for page in PAGES for block in _blocks(page)]
-RUNNABLE = [b for b in BLOCKS if b.language in ("python", "bash") and b.skip_reason is None]
+RUNNABLE = [
+    b for b in BLOCKS if b.language in ("python", "bash") and b.skip_reason is None and b.session == SESSION
+]
+
+
+def test_a_block_marked_for_a_session_is_run_by_that_session() -> None:
+    """The session a block names sets FABRIC_DOC_SESSION to its own name for this file (noxfile.py)."""
+    noxfile = (ROOT / "noxfile.py").read_text()
+    sessions = {b.session for b in BLOCKS if b.session is not None}
+    assert sessions, "no block is marked for a session: the marker no longer matches the pages"
+    for session in sessions:
+        assert re.search(rf"def {session}\(session", noxfile), f"no nox session {session!r}"
+        assert f'"FABRIC_DOC_SESSION": "{session}"' in noxfile, (
+            f"nox -s {session} does not run its doc blocks"
+        )
+    for block in BLOCKS:
+        if block.session is not None and block.language == "python":
+            ast.parse(block.code, filename=block.name)  # at least valid Python in every other run
 
 
 def test_every_block_says_its_language_and_blocks_were_found() -> None:
