@@ -161,6 +161,38 @@ def test_sbatch_two_nodes_trains_and_the_checkpoint_loads_on_one_process(
     assert loaded_weights(job_out) == reference
 
 
+@pytest.mark.timeout(700)
+def test_the_documented_batch_script_runs_as_written(slurm: SlurmCluster, out: Path) -> None:
+    """docs/processes.md's sbatch script, byte for byte but for one `--output` line: its `srun python
+    train.py` starts a `train.py` of the job's directory that runs this file's training script with
+    `Fabric(num_nodes=2, devices=2)`. A directive the docs got wrong (an option, a comment) fails here."""
+    from tests.test_docs import BLOCKS
+
+    block = next(b for b in BLOCKS if b.page.name == "processes.md" and "#SBATCH" in b.code)
+    shebang, *rest = block.code.splitlines()
+    (out / "job.sh").write_text("\n".join([shebang, f"#SBATCH --output={out}/slurm.out", *rest]) + "\n")
+    (out / "train.py").write_text(
+        f"import runpy, sys\nsys.argv = [{str(TRAIN)!r}, {str(out)!r}, '--num-nodes', '2', '--devices', '2']\n"
+        f"runpy.run_path({str(TRAIN)!r}, run_name='__main__')\n"
+    )
+    env = {**slurm.env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{slurm.env.get('PATH', '')}"}
+    env["OMP_NUM_THREADS"] = "1"  # the docs' script leaves it to the environment; sbatch passes it on
+    run = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={out}", str(out / "job.sh")], env=env, capture_output=True, text=True, timeout=30
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    info = wait_for_end(slurm, run.stdout.strip().split(";")[0], out, 600)
+    assert info["JobState"] == "COMPLETED", output(out)
+    ranks = results(out, 4)
+    assert {r["environment"] for r in ranks} == {"SLURMEnvironment"}
+    assert sorted((r["rank"], r["node"], r["world_size"]) for r in ranks) == [
+        (0, 0, 4),
+        (1, 0, 4),
+        (2, 1, 4),
+        (3, 1, 4),
+    ]
+
+
 # ------------------------------------------------------------------------------------ failures
 @pytest.mark.timeout(300)
 def test_a_node_killed_mid_run_ends_the_job_nonzero_naming_the_ranks(slurm: SlurmCluster, out: Path) -> None:
