@@ -1,6 +1,6 @@
 """The measured program of the DeepSpeed figure (``cases/sharded.py``), run under ``torchrun`` with 2 processes.
 
-    torchrun --nproc_per_node=2 cases/deepspeed_program.py raw|fabric OUT.json STAGE STEPS
+    torchrun --nproc_per_node=2 cases/deepspeed_program.py raw|fabric STAGE OUT.json STEPS
 
 Trains the transformer stack of the FSDP figure with ZeRO stage STAGE for STEPS AdamW steps, and writes
 from rank 0: the median step time after 2 warm-up steps, the peak resident memory growth of the larger
@@ -54,7 +54,7 @@ def _rss_bytes() -> int:
     return 0
 
 
-def main(impl: str, out: str, stage: int, steps: int) -> None:
+def main(impl: str, stage: int, out: str, steps: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     x, y = torch.randn(BATCH, SEQUENCE, WIDTH), torch.randn(BATCH, SEQUENCE, WIDTH)
@@ -117,4 +117,5 @@ def main(impl: str, out: str, stage: int, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    # the runner's convention (`cases/sharded.py`'s `_launch`): MODE FIRST OUT REST...
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
