@@ -192,6 +192,7 @@ def test_stage3_on_cpu_gets_cpu_sized_buffers_unless_the_user_sized_them(ranks: 
         "sub_group_size": 1_000_000_000,
         "stage3_prefetch_bucket_size": 50_000_000,
         "stage3_max_live_parameters": 1_000_000_000,
+        "stage3_max_reuse_distance": 1_000_000_000,
     }
     for rank in ranks:
         result = rank["cpu_sizes"]

@@ -315,6 +315,7 @@ def cpu_sizes() -> dict[str, Any]:
             "sub_group_size": engine.zero_sub_group_size(),
             "stage3_prefetch_bucket_size": engine.zero_prefetch_bucket_size(),
             "stage3_max_live_parameters": engine.zero_max_live_parameters(),
+            "stage3_max_reuse_distance": engine.zero_max_reuse_distance(),
         }
 
     return {
