@@ -111,9 +111,9 @@ def config_from_arguments(a: dict[str, Any]) -> dict[str, Any]:
 #: parameters, one optimizer sub-group, and no parameter released if it is used again within 1G
 #: elements, which from the second step on keeps the whole model gathered from forward into backward.
 #: On a CPU all of that is resident memory. Measured on 2 ranks (benchmarks/README.md, "DeepSpeed"):
-#: per-rank peak 424 -> 317 MB for a 48 MB model; steps 1.15x, from gathering each layer again in
-#: backward (as FSDP's reshard after forward does). Only entries the user did not set are filled; see
-#: :func:`add_cpu_zero3_sizes`.
+#: per-rank peak 424 -> 317 MB for a 48 MB model; steps 1.01-1.15x (two loaded runs), the cost of
+#: gathering each layer again in backward, as FSDP's reshard after forward does. Only entries the user
+#: did not set are filled; see :func:`add_cpu_zero3_sizes`.
 CPU_ZERO3_SIZES: dict[str, int] = {
     "reduce_bucket_size": 1_000_000,
     "sub_group_size": 1_000_000,
