@@ -129,6 +129,8 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="Rewrite device moves, the process group, DDP wrapping, bf16 autocast, backward, rank "
         "checks, collectives and seeding of a PyTorch script into fabric calls, keeping everything else "
         "byte for byte; the report (on stderr) lists each place left as is, with the change to make. "
+        "Several files or a folder convert together: the script creates the Fabric object and hands it to "
+        "the modules it imports (fabric port main.py trainer.py -o OUTDIR). "
         "Needs libcst (pip install 'torch-fabric[port]').",
     )
     port.add_argument(

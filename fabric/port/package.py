@@ -69,43 +69,26 @@ def convert_files(sources: Mapping[str, str]) -> dict[str, tuple[str, Report]]:
             raise SyntaxError(f"{path}: {err}") from err
     for file in files.values():
         file.imports = _imports(file, set(files))
-    entries = [f for f in files.values() if is_script(f.done.module)]
-    groups = {entry.path: _reachable(entry, files) for entry in entries}
-    # a program that starts processes in one file does so for all (the GradScaler rule must know)
+    imported = set().union(*(f.imports for f in files.values()))
+    # a file that runs something is an entry script, unless another of the files imports it: then it is
+    # a module (its `__main__` block does not run; top-level calls such as `logging.basicConfig()` do)
+    entries = [f for f in files.values() if is_script(f.done.module) and f.path not in imported]
+    groups = {entry.path: _reachable(entry, files, entries) for entry in entries}
+    # a program that starts processes in one file does so in all (the GradScaler rule must know)
+    distributed: dict[str, bool] = {}
     for entry in entries:
         group = [entry, *groups[entry.path]]
-        if any(f.done.ctx.distributed for f in group):
-            for f in group:
-                if not f.done.ctx.distributed:
-                    f.done = run_rules(f.source, distributed=True)
+        distributed[entry.path] = any(f.done.ctx.distributed for f in group)
+        for f in group:
+            if distributed[entry.path] and not f.done.ctx.distributed:
+                f.done = run_rules(f.source, distributed=True)
     results: dict[str, tuple[str, Report]] = {}
-    threaded_by: dict[str, list[tuple[_File, Threaded]]] = {}
-    for entry in entries:
-        modules = [m for m in groups[entry.path] if _needs_fabric(m)]
-        for module in modules:
-            module.refused = module.refused or _refusal(entry, module)
-        threaded_by[entry.path] = [
-            (m, Threaded(_module_name(entry.path, m.path), "")) for m in modules if not m.refused
-        ]
-    for entry in entries:
-        pending = [(m, t) for m, t in threaded_by[entry.path] if not m.refused]
-        fresh = [(m, t) for m, t in pending if not _handed_over(entry, t.module)]
-        threaded = _aliases(entry, [t for _, t in fresh])
-        if any(_runs_at_import(entry, t.module) for t in threaded):
-            entry.done.ctx.used_at_module_level = True
-        code, report = finish(entry.done, threaded)
-        missing = [m for (m, _), t in zip(fresh, threaded) if threading_line(t) not in code]
-        if missing:
-            # the script was left whole, or has no plain `fabric.launch()` to put the hand-over after
-            for module in missing:
-                module.refused = (
-                    f"its entry script {entry.path} was left whole or creates its Fabric object without a "
-                    "plain `fabric.launch()`"
-                )
-            entry.done = run_rules(entry.source, entry.done.ctx.distributed)
-            kept = [t for (m, _), t in zip(fresh, threaded) if m not in missing]
-            code, report = finish(entry.done, kept)
-        results[entry.path] = (code, report)
+    settled = False
+    while not settled:  # a module refused for one entry is refused for all: convert the entries again
+        settled = True
+        for entry in entries:
+            results[entry.path], refused = _convert_entry(entry, groups[entry.path], distributed[entry.path])
+            settled &= not refused
     for file in files.values():
         if file.path in results:
             continue
@@ -135,6 +118,32 @@ def convert_files(sources: Mapping[str, str]) -> dict[str, tuple[str, Report]]:
         else:
             results[file.path] = finish(file.done)
     return {path: results[path] for path in sources}
+
+
+def _convert_entry(entry: _File, modules: list[_File], distributed: bool) -> tuple[tuple[str, Report], bool]:
+    """The entry script, handing its Fabric object to ``modules`` that need it; and whether a module was
+    newly refused (then every entry must be converted again without it)."""
+    entry.done = run_rules(entry.source, distributed)  # afresh: a module's precision may be adopted below
+    refused = False
+    accepted = []
+    for module in (m for m in modules if _needs_fabric(m) and not m.refused):
+        module.refused = _refusal(entry, module)
+        refused |= bool(module.refused)
+        if not module.refused and not _handed_over(entry, _module_name(entry.path, module.path)):
+            accepted.append(module)
+    threaded = _aliases(entry, [Threaded(_module_name(entry.path, m.path), "") for m in accepted])
+    if any(_runs_at_import(entry, t.module) for t in threaded):
+        entry.done.ctx.used_at_module_level = True
+    code, report = finish(entry.done, threaded)
+    for module, t in zip(accepted, threaded):
+        if threading_line(t) not in code:
+            # the script was left whole, or has no plain `fabric.launch()` to put the hand-over after
+            module.refused = (
+                f"its entry script {entry.path} was left whole or creates its Fabric object without a plain "
+                "`fabric.launch()`"
+            )
+            refused = True
+    return (code, report), refused
 
 
 # ------------------------------------------------------------------------------------ the import graph
@@ -178,14 +187,14 @@ def _candidates(base: str, name: str, paths: set[str]) -> set[str]:
     return {p for p in (f"{stem}.py", f"{stem}/__init__.py") if p in paths}
 
 
-def _reachable(entry: _File, files: dict[str, _File]) -> list[_File]:
-    """The modules (not scripts) the entry imports, directly or through each other."""
+def _reachable(entry: _File, files: dict[str, _File], entries: list[_File]) -> list[_File]:
+    """The modules (not entry scripts) the entry imports, directly or through each other."""
     seen: list[_File] = []
     todo = sorted(entry.imports)
     while todo:
         path = todo.pop(0)
         module = files[path]
-        if module is entry or module in seen or is_script(module.done.module):
+        if module in entries or module in seen:
             continue
         seen.append(module)
         todo += sorted(module.imports)
@@ -230,6 +239,15 @@ def _refusal(entry: _File, module: _File) -> str:
         return f"it lies outside the folder of its entry script {entry.path}"
     if ctx.used_at_module_level:
         return "it uses `fabric` in code that runs when it is imported, before the entry script creates it"
+    if any(
+        isinstance(n, cst.Name) and n.value == FABRIC
+        for s in module.done.converted.body
+        if is_main_guard(s)
+        for n in all_nodes(s)
+    ):
+        return (
+            "its own `__main__` block uses `fabric`, which nothing creates when the module runs as a script"
+        )
     if module.done.spawn is not None:
         return "it starts processes itself (torch.multiprocessing)"
     if ctx.precision_flag:

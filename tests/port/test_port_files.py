@@ -144,8 +144,10 @@ def test_module_alone_or_without_its_script_is_left_whole() -> None:
         ),
         (_HELPER, _MAIN.replace("def main():", "import torch.multiprocessing as mp\n\n\ndef main():")
          + "    mp.spawn(main, nprocs=2)\n", "entry script main.py was left whole"),
+        (_HELPER + "\n\nif __name__ == '__main__':\n    step(torch.nn.Linear(2, 1), torch.ones(1, 2).cuda())\n",
+         _MAIN, "its own `__main__` block uses `fabric`"),
     ],
-    ids=["runs-at-import", "own-name", "other-precision", "entry-left-whole"],
+    ids=["runs-at-import", "own-name", "other-precision", "entry-left-whole", "own-main-block"],
 )  # fmt: skip
 def test_module_that_cannot_get_the_fabric_object_is_left_whole(
     helper: str, entry_body: str, why: str
@@ -168,7 +170,9 @@ def test_precision_and_package_modules_reach_the_entry_script() -> None:
         "main.py": "import torch\nfrom pkg.loop import run\n\n\ndef main():\n    pkg_helper_module = 1\n    run()\n"
         "\n\nif __name__ == '__main__':\n    main()\n",
         "pkg/__init__.py": "",
-        "pkg/loop.py": "from .helper import step\n\n\ndef run():\n    step(None, None)\n",
+        # a module that runs something when imported is still a module
+        "pkg/loop.py": "import logging\n\nfrom .helper import step\n\nlogging.basicConfig()\n\n\ndef run():\n"
+        "    step(None, None)\n",
         "pkg/helper.py": helper,
         "unrelated.py": _HELPER,
     }
