@@ -47,7 +47,7 @@ class _File:
     path: str
     source: str
     done: Pass
-    #: the given files this one imports
+    #: the given files this one may import (which decides whether it is an entry script)
     imports: set[str] = field(default_factory=set)
     #: why this module cannot be handed the entry's Fabric object ("" while it can)
     refused: str = ""
@@ -67,8 +67,10 @@ def convert_files(sources: Mapping[str, str]) -> dict[str, tuple[str, Report]]:
             files[path] = _File(path, source, run_rules(source))
         except SyntaxError as err:
             raise SyntaxError(f"{path}: {err}") from err
-    for file in files.values():
-        file.imports = _imports(file, set(files))
+    for file in files.values():  # from its own folder (a script's sys.path[0]) or the top folder
+        file.imports = _imports(file, set(files), posixpath.dirname(file.path)) | _imports(
+            file, set(files), ""
+        )
     imported = set().union(*(f.imports for f in files.values()))
     # a file that runs something is an entry script, unless another of the files imports it: then it is
     # a module (its `__main__` block does not run; top-level calls such as `logging.basicConfig()` do)
@@ -147,20 +149,20 @@ def _convert_entry(entry: _File, modules: list[_File], distributed: bool) -> tup
 
 
 # ------------------------------------------------------------------------------------ the import graph
-def _imports(file: _File, paths: set[str]) -> set[str]:
-    """The given files that ``file`` imports (anywhere in it), resolved as Python would from its folder.
+def _imports(file: _File, paths: set[str], root: str) -> set[str]:
+    """The given files that ``file`` imports (anywhere in it), resolved as Python would.
 
-    Absolute names resolve from the folder of the file (the entry script's folder is ``sys.path[0]``;
-    a module in the same folder sees the same names); relative ones from the file's package.
+    Absolute names resolve from ``root``, the folder of the entry script (``sys.path[0]`` when it
+    runs); relative ones from the file's own package.
     """
     folder = posixpath.dirname(file.path)
     found: set[str] = set()
     for node in all_nodes(file.done.module):
         if isinstance(node, cst.Import):
             for alias in node.names:
-                found |= _candidates(folder, _dotted(alias.name), paths)
+                found |= _candidates(root, _dotted(alias.name), paths)
         elif isinstance(node, cst.ImportFrom):
-            base = folder
+            base = folder if node.relative else root
             for _ in range(max(len(node.relative) - 1, 0)):
                 base = posixpath.dirname(base)
             name = _dotted(node.module) if node.module is not None else ""
@@ -189,6 +191,7 @@ def _candidates(base: str, name: str, paths: set[str]) -> set[str]:
 
 def _reachable(entry: _File, files: dict[str, _File], entries: list[_File]) -> list[_File]:
     """The modules (not entry scripts) the entry imports, directly or through each other."""
+    root, paths = posixpath.dirname(entry.path), set(files)
     seen: list[_File] = []
     todo = sorted(entry.imports)
     while todo:
@@ -197,7 +200,7 @@ def _reachable(entry: _File, files: dict[str, _File], entries: list[_File]) -> l
         if module in entries or module in seen:
             continue
         seen.append(module)
-        todo += sorted(module.imports)
+        todo += sorted(_imports(module, paths, root))
     return seen
 
 

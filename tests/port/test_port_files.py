@@ -171,8 +171,10 @@ def test_precision_and_package_modules_reach_the_entry_script() -> None:
         "\n\nif __name__ == '__main__':\n    main()\n",
         "pkg/__init__.py": "",
         # a module that runs something when imported is still a module
-        "pkg/loop.py": "import logging\n\nfrom .helper import step\n\nlogging.basicConfig()\n\n\ndef run():\n"
-        "    step(None, None)\n",
+        "pkg/loop.py": "import logging\n\nimport pkg.extra\n\nfrom .helper import step\n\nlogging.basicConfig()\n\n\n"
+        "def run():\n    step(None, None)\n",
+        # imported by its absolute name, which resolves from the script's folder
+        "pkg/extra.py": "import torch\n\n\ndef to_device(x):\n    return x.cuda()\n",
         "pkg/helper.py": helper,
         "unrelated.py": _HELPER,
     }
@@ -182,6 +184,7 @@ def test_precision_and_package_modules_reach_the_entry_script() -> None:
     # `pkg_helper_module` is a variable of the script: the module gets the next free name
     assert "import pkg.helper as pkg_helper_module2  # added by `fabric port`" in main
     assert "    pkg_helper_module2.fabric = fabric  # added by `fabric port`: pkg.helper uses it" in main
+    assert "    pkg_extra_module.fabric = fabric" in main
     assert "pkg.loop as" not in main  # pkg/loop.py uses no fabric
     assert "with fabric.autocast():" in results["pkg/helper.py"][0]
     assert results["pkg/loop.py"][0] == sources["pkg/loop.py"]
