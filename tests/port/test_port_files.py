@@ -214,6 +214,13 @@ def test_cli_converts_a_folder_or_several_files(tmp_path: Path) -> None:
     diff = _cli(*files, "--diff", cwd=tmp_path)
     assert "+    loop_module.fabric = fabric" in diff.stdout and "-        loss.backward()" in diff.stdout
 
+    # a port written inside the folder is not read back as input by the next run
+    copy = tmp_path / "copy"
+    shutil.copytree(PROGRAM, copy)
+    for _ in range(2):
+        assert _cli(str(copy), "-o", str(copy / "ported"), cwd=tmp_path).returncode == 0
+    assert _sources(copy / "ported") == expected
+
     nowhere = _cli(*files, cwd=tmp_path)
     assert nowhere.returncode == 2 and "pass -o OUTDIR" in nowhere.stderr
     onto_itself = _cli(str(PROGRAM), "-o", str(PROGRAM), cwd=tmp_path)
