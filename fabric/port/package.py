@@ -4,8 +4,8 @@ A training program is often a script and a module or two (``main.py`` builds the
 ``Trainer(...).train()`` from ``trainer.py``, where the DDP wrapping, the backward and the device moves
 live). Every rule writes ``fabric.x`` alike in each file. What differs is where ``fabric`` comes from:
 
-- the entry script (a file that runs something: a ``__main__`` block or top-level calls) creates it
-  as in a single-file port, and right after its ``fabric.launch()`` hands it to each module it imports
+- the entry script (a file that runs something: a ``__main__`` block or top-level calls; and that no
+  other given file imports) creates it as in a single-file port, and right after its ``fabric.launch()`` hands it to each module it imports
   whose code now uses it: ``import trainer as trainer_module`` and ``trainer_module.fabric = fabric``;
 - such a module declares the name, ``fabric: Fabric``, after its imports, and nothing else changes.
 
@@ -17,8 +17,9 @@ left byte for byte with every place listed:
 - the module is imported by the entry script, directly or through other given modules, by a name the
   script's directory on ``sys.path`` resolves (``import trainer``, ``from pkg.trainer import X``,
   relative imports inside a package);
-- the module uses ``fabric`` only inside functions (they run after the hand-over), binds no name
-  ``fabric`` of its own, starts no processes and has no precision switch of its own;
+- the module uses ``fabric`` only inside functions (they run after the hand-over; not in code that runs
+  at its import, nor in its own ``__main__`` block), binds no name ``fabric`` of its own, starts no
+  processes and has no precision switch of its own;
 - a precision a module proves (``with torch.autocast(dtype=torch.bfloat16)``) is the entry's, which
   creates ``Fabric(precision=...)``: all files must agree;
 - the script calls none of the module's names in code that runs before its ``__main__`` block
