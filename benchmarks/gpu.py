@@ -14,7 +14,12 @@ timing with ``torch.cuda.synchronize`` around a chunk of steps:
 * on all visible GPUs (when there are 2 or more), started with ``torchrun``: DDP (raw
   ``DistributedDataParallel`` + ``DistributedSampler``-style sharding vs ``Fabric(strategy="ddp")``) and
   FSDP2 (raw ``fully_shard`` per top-level child with a bf16 ``MixedPrecisionPolicy`` vs
-  ``Fabric(strategy="fsdp")``), in ``bf16-mixed``, eager.
+  ``Fabric(strategy="fsdp")``), in ``bf16-mixed``, eager;
+* with 2 or more GPUs, the sharded figures of the CPU run (``cases/sharded.py``, part ``sharded``): FSDP2
+  and TP + FSDP2 step time against the raw engines, FSDP2's per-GPU peak memory against DDP's (the CUDA
+  caching allocator's peak), and sharded checkpoint save/load against raw DCP on as many processes as
+  there are GPUs, each program run with ``BENCH_DEVICE=cuda`` (nccl, one GPU per process). DeepSpeed's
+  figure stays CPU-only here (its program builds the CPU accelerator).
 
 The model is a 4-block MLP (width 1024, batch 64): small enough that per-step overhead shows, as in
 the CPU benchmarks. The table replaces the section between ``<!-- gpu:begin -->`` and ``<!-- gpu:end -->``
@@ -290,6 +295,36 @@ def _section(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sharded(cpu: bool, nproc: int) -> list[str]:
+    """The sharded figures of ``cases/sharded.py`` on the GPUs (nccl), or on 2 CPU processes for a dry run.
+
+    The programs are the CPU run's, switched by ``BENCH_DEVICE``; configurations with more processes than
+    GPUs are left out (``BENCH_MAX_PROCS``), since nccl refuses two ranks on one GPU.
+    """
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    from cases import sharded
+    from harness import Settings
+    from report import _tables
+
+    os.environ["BENCH_DEVICE"] = "cpu" if cpu else "cuda"
+    os.environ["BENCH_MAX_PROCS"] = str(nproc)
+    settings = Settings.make(quick=cpu, peers={}, workdir=Path(tempfile.mkdtemp(prefix="fabric-gpu-bench-")))
+    tables = [
+        *sharded.measure_fsdp(settings),
+        *sharded.measure_tensor_parallel(settings),
+        *sharded.measure_checkpoints(settings),
+    ]
+    for table in tables:
+        table.title = "GPU: " + table.title.replace("(gloo)", "(gloo, CPU dry run)" if cpu else "(nccl)")
+    lines = _tables(tables, smoke=cpu)
+    note = (
+        "Memory on CUDA is the growth of `torch.cuda.max_memory_allocated()` on the larger rank, not "
+        "`ru_maxrss`; the allocator rows of the CPU figure do not apply there."
+    )
+    return ["", note, *lines]
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace the GPU section of ``path`` (or append it), leaving the rest of the file as it is."""
     text = path.read_text() if path.exists() else "# torch-fabric benchmarks\n"
@@ -327,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--cpu-dry-run", action="store_true", help="run every path on CPU, few steps")
     parser.add_argument(
-        "--parts", default="single,ddp,fsdp", help="which parts to run (default all): single, ddp, fsdp"
+        "--parts",
+        default="single,ddp,fsdp,sharded",
+        help="which parts to run (default all): single, ddp, fsdp, sharded",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
@@ -363,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         f"**torch**: {torch.__version__}; {args.rounds} rounds of {args.steps} steps"
     )
     section = _section(rows, header)
+    if "sharded" in parts and nproc >= 2:
+        section = section.replace(END, "\n".join(_sharded(cpu, nproc)) + "\n" + END)
     print(section)
     write_section(args.out, section)
     print(f"[gpu] wrote {args.out}")

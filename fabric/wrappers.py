@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import Module
+from torch.nn.modules import module as _torch_module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -37,6 +38,21 @@ _MODULE_OWN_ATTRIBUTES = frozenset(
         "_plain_forward",
         "_routes_through_forward",
     }
+)
+# torch's registries of hooks on every module (`torch.nn.modules.module.register_module_forward_hook` and
+# kin), read by `_FabricModule.__call__`: while any holds a hook, the wrapper takes `Module.__call__`'s full
+# path. The registries are dicts that torch mutates in place, so holding them is enough; if a torch
+# version lacks one, the wrapper always takes the full path.
+_HOOK_REGISTRIES = (
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+)
+_GLOBAL_HOOKS: tuple[dict, ...] | None = (
+    tuple(getattr(_torch_module, name) for name in _HOOK_REGISTRIES)
+    if all(hasattr(_torch_module, name) for name in _HOOK_REGISTRIES)
+    else None
 )
 # Lightning's step methods: on a module wrapped by e.g. DDP, calling them directly would bypass the
 # wrapper's forward (no gradient averaging). They are routed through it, as Lightning routes them.
@@ -114,6 +130,30 @@ class _FabricModule(Module):
             if tensor.is_floating_point():
                 return tensor.dtype
         return torch.get_default_dtype()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``self.forward(...)``, without ``Module.__call__``'s dispatch when it would do nothing.
+
+        The wrapper is called once per step; ``Module.__call__`` costs three calls there (its dispatch, its
+        implementation and a tracing-state query) and runs only hooks, which a wrapper has none of unless
+        the user registers one on it. With a hook on the wrapper, a global module hook, or ``compile()``
+        of the wrapper in place, the call takes ``Module.__call__`` as any module's does.
+        """
+        hooks = _GLOBAL_HOOKS
+        if (
+            hooks is None
+            or hooks[0]
+            or hooks[1]
+            or hooks[2]
+            or hooks[3]
+            or self._forward_pre_hooks
+            or self._forward_hooks
+            or self._backward_pre_hooks
+            or self._backward_hooks
+            or self._compiled_call_impl is not None
+        ):
+            return Module.__call__(self, *args, **kwargs)
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._plain_forward:
@@ -263,6 +303,9 @@ class _FabricOptimizer(Optimizer):
         self.__dict__["_backwards_seen"] = precision.backward_calls
         hooks = [getattr(c, "on_after_optimizer_step", None) for c in callbacks or ()]
         self.__dict__["_after_step_hooks"] = [h for h in hooks if callable(h)]
+        # `zero_grad` adds nothing to the optimizer's: the instance attribute is its bound method, so a
+        # step's `optimizer.zero_grad()` makes no call of the wrapper's (the method below is the fallback)
+        self.__dict__["zero_grad"] = optimizer.zero_grad
 
     @property
     def optimizer(self) -> Optimizer:

@@ -133,3 +133,66 @@ def test_a_sharded_save_and_load_of_an_optimizer_alone_uses_the_model_its_wrappe
     assert run.returncode == 0, run.output
     results = [line for line in run.output.splitlines() if line.startswith("RESULT")]
     assert results == ["RESULT restored True", "RESULT plain True"], run.output
+
+
+def test_hooks_on_the_wrapper_and_global_module_hooks_still_run_through_the_fast_call() -> None:
+    # The wrapper's __call__ skips Module.__call__'s dispatch (three calls per step) only while no hook
+    # could run there: a hook on the wrapper, a global module hook or compile() in place take the full path.
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    model = fabric.setup_module(nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    plain = model(x)
+    assert plain.dtype == torch.float32  # the precision's output conversion, on the fast path
+
+    seen: list[str] = []
+    handle = model.register_forward_pre_hook(lambda *_: seen.append("pre"))
+    post = model.register_forward_hook(lambda _m, _i, out: seen.append(f"post {out.dtype}"))
+    assert torch.equal(model(x), plain)
+    assert seen == ["pre", "post torch.float32"]
+    handle.remove()
+    post.remove()
+
+    seen.clear()
+    global_handle = nn.modules.module.register_module_forward_hook(
+        lambda module, _i, _o: seen.append(type(module).__name__)
+    )
+    try:
+        model(x)
+    finally:
+        global_handle.remove()
+    # the user's Linear and then the wrapper's own call ran the global (post-forward) hook
+    assert seen == ["Linear", "_FabricModule"]
+
+    seen.clear()
+    model(x)
+    assert seen == []  # every hook removed: the fast path again, and nothing left behind
+
+
+def test_compile_in_place_of_the_wrapper_is_honoured() -> None:
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model = fabric.setup_module(nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    expected = model(x)
+    model.compile(backend="eager")  # as before the fast call: the attribute lands on the user's module
+    torch._dynamo.reset()
+    counters_before = dict(torch._dynamo.utils.counters["stats"])
+    assert torch.allclose(model(x), expected)
+    # dynamo saw the call: Module.__call__'s compiled path ran, not the fast one
+    assert (
+        torch._dynamo.utils.counters["stats"]["calls_captured"]
+        >= counters_before.get("calls_captured", 0) + 1
+    )
+
+
+def test_optimizer_zero_grad_is_the_optimizers_own_and_clears_gradients() -> None:
+    fabric = Fabric(accelerator="cpu", devices=1)
+    module = nn.Linear(4, 2)
+    model, optimizer = fabric.setup(module, torch.optim.SGD(module.parameters(), lr=0.1))
+    fabric.backward(model(torch.randn(3, 4)).sum())
+    assert module.weight.grad is not None
+    optimizer.zero_grad(set_to_none=False)
+    assert torch.count_nonzero(module.weight.grad) == 0
+    optimizer.zero_grad()
+    assert module.weight.grad is None
+    copied = __import__("copy").deepcopy(optimizer)
+    assert copied.zero_grad.__self__ is copied.optimizer  # a copy clears its own optimizer's gradients

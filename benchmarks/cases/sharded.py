@@ -153,6 +153,9 @@ def _memory_table(settings: Settings) -> Table:
 
 def _checkpoint_tables(settings: Settings) -> list[Table]:
     configurations = [(2, 20)] if settings.quick else [(2, 200), (4, 200), (2, 1000), (4, 1000)]
+    # benchmarks/gpu.py: no more processes than GPUs (nccl refuses two ranks on one device)
+    most = int(os.environ.get("BENCH_MAX_PROCS", "0")) or max(world for world, _ in configurations)
+    configurations = [(world, size) for world, size in configurations if world <= most]
     rounds = 1 if settings.quick else 5
     tables = []
     for world, megabytes in configurations:

@@ -9,6 +9,10 @@ Every mode writes one JSON object to OUT.json from rank 0. Raw PyTorch initialis
 ``checkpoint`` run share the same two (or N) processes and are measured interleaved (see
 ``common.time_interleaved``). ``memory`` runs one implementation per launch, because a process's
 peak resident memory (``ru_maxrss``) cannot be split between implementations.
+
+``BENCH_DEVICE=cuda`` (set by ``benchmarks/gpu.py``) runs the same programs on one GPU per process with
+nccl: tensors and meshes on the GPU, the timed sections closed by ``torch.cuda.synchronize``, and peak
+memory read from the CUDA caching allocator instead of ``ru_maxrss``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,27 @@ LAYERS, WIDTH, HEADS, SEQUENCE, BATCH = 4, 256, 4, 32, 4
 #: the implementations of a step figure, by the keys the runner knows (harness.IMPL_KEYS)
 STEP_IMPLS = ("raw", "raw-again", "fabric")
 MEMORY_STEPS = 7
+#: where the programs run: "cpu" (gloo, the CPU figures) or "cuda" (nccl, benchmarks/gpu.py)
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+
+
+def _init() -> None:
+    """The process group of the device (gloo on CPU, nccl on CUDA, one GPU per local rank), one thread."""
+    if DEVICE == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo")
+    torch.set_num_threads(1)
+
+
+def _sync() -> None:
+    """Close a timed section: the device's queued work done, then every rank at the same point."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    dist.barrier()
+
+
+def _tensor_device() -> torch.device:
+    return torch.device(DEVICE, torch.cuda.current_device()) if DEVICE == "cuda" else torch.device("cpu")
 
 
 def _rank() -> int:
@@ -95,10 +120,10 @@ def _raw_engine(figure: str) -> tuple[nn.Module, torch.optim.Optimizer]:
 
     world = dist.get_world_size()
     if figure == "fsdp":
-        model = shard_blocks(transformer_stack(), init_device_mesh("cpu", (world,)))
+        model = shard_blocks(transformer_stack().to(_tensor_device()), init_device_mesh(DEVICE, (world,)))
     else:
-        mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("data_parallel", "tensor_parallel"))
-        model = tensor_parallel(feed_forward_stack(), mesh)
+        mesh = init_device_mesh(DEVICE, (1, world), mesh_dim_names=("data_parallel", "tensor_parallel"))
+        model = tensor_parallel(feed_forward_stack().to(_tensor_device()), mesh)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
 
@@ -111,7 +136,7 @@ def _fabric(figure: str) -> Any:
         strategy: Any = FSDPStrategy(auto_wrap_policy={nn.TransformerEncoderLayer})
     else:
         strategy = ModelParallelStrategy(tensor_parallel, data_parallel_size=1, tensor_parallel_size=world)
-    fabric = Fabric(accelerator="cpu", devices=world, strategy=strategy)
+    fabric = Fabric(accelerator=DEVICE, devices=world, strategy=strategy)
     fabric.launch()
     return fabric
 
@@ -144,14 +169,13 @@ def steps(figure: str, out: str, rounds: int, blocks: int) -> None:
     """Interleaved blocks of every implementation in the same processes; fresh engines each round."""
     from cases.common import time_interleaved
 
-    dist.init_process_group("gloo")
-    torch.set_num_threads(1)
+    _init()
     fabric = _fabric(figure)
     generator = torch.Generator().manual_seed(1 + _rank())
     batches = [
         (
-            torch.randn(BATCH, SEQUENCE, WIDTH, generator=generator),
-            torch.randn(BATCH, SEQUENCE, WIDTH, generator=generator),
+            torch.randn(BATCH, SEQUENCE, WIDTH, generator=generator).to(_tensor_device()),
+            torch.randn(BATCH, SEQUENCE, WIDTH, generator=generator).to(_tensor_device()),
         )
         for _ in range(4)
     ]
@@ -170,13 +194,14 @@ def steps(figure: str, out: str, rounds: int, blocks: int) -> None:
             started = time.perf_counter()
             for _ in range(2):
                 step(*next(source))
-            per_step = torch.tensor((time.perf_counter() - started) / 2)
+            _sync()
+            per_step = torch.tensor((time.perf_counter() - started) / 2, device=_tensor_device())
             dist.broadcast(per_step, 0)
             block_steps = max(1, round(0.2 / float(per_step)))
         for step, source in contenders.values():  # warm-up, untimed
             for _ in range(2):
                 step(*next(source))
-        times = time_interleaved(contenders, block_steps, blocks, first=round_index, sync=dist.barrier)
+        times = time_interleaved(contenders, block_steps, blocks, first=round_index, sync=_sync)
         for impl, measured in times.items():
             results[impl].append([measured.wall / measured.steps, measured.cpu / measured.steps])
         del contenders
@@ -186,6 +211,8 @@ def steps(figure: str, out: str, rounds: int, blocks: int) -> None:
 
 # ---------------------------------------------------------------------------------------- memory
 def _rss_bytes() -> int:
+    if DEVICE == "cuda":  # the caching allocator's bytes in use; its peak is read at the end
+        return torch.cuda.memory_allocated()
     with open("/proc/self/status") as file:
         for line in file:
             if line.startswith("VmRSS:"):
@@ -203,15 +230,14 @@ def memory(impl: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo")
-    torch.set_num_threads(1)
+    _init()
     strategy, implementation = impl.split("-")
     world = dist.get_world_size()
     fabric = None
     if implementation == "fabric":
         from fabric import Fabric
 
-        fabric = Fabric(accelerator="cpu", devices=world, strategy=strategy)
+        fabric = Fabric(accelerator=DEVICE, devices=world, strategy=strategy)
         fabric.launch()
     x = torch.randn(BATCH, SEQUENCE, WIDTH)
     baseline = _rss_bytes()
@@ -225,13 +251,13 @@ def memory(impl: str, out: str) -> None:
         if strategy == "fsdp":
             with torch.device("meta"):
                 module = transformer_stack(LAYERS * 4)
-            model = shard_blocks(module, init_device_mesh("cpu", (world,)))
-            model.to_empty(device="cpu")
+            model = shard_blocks(module, init_device_mesh(DEVICE, (world,)))
+            model.to_empty(device=_tensor_device())
             for submodule in model.modules():
                 if hasattr(submodule, "reset_parameters") and submodule is not model:
                     submodule.reset_parameters()
         else:
-            model = DistributedDataParallel(transformer_stack(LAYERS * 4))
+            model = DistributedDataParallel(transformer_stack(LAYERS * 4).to(_tensor_device()))
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def backward(loss: torch.Tensor) -> None:
@@ -239,14 +265,18 @@ def memory(impl: str, out: str) -> None:
 
     seconds = []
     for _ in range(MEMORY_STEPS):
-        dist.barrier()
+        _sync()
         started = time.perf_counter()
         backward(model(x).square().mean())
         optimizer.step()
         optimizer.zero_grad()
+        _sync()
         seconds.append(time.perf_counter() - started)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    growth = torch.tensor([float(peak - baseline)])
+    if DEVICE == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    growth = torch.tensor([float(peak - baseline)], device=_tensor_device())
     dist.all_reduce(growth, op=dist.ReduceOp.MAX)
     # the steps after the first two: what the allocator setting costs per step, if anything
     _write(out, {"growth_bytes": float(growth), "step_seconds": sorted(seconds[2:])[len(seconds[2:]) // 2]})
@@ -267,13 +297,12 @@ def checkpoint(megabytes: int, out: str, rounds: int, directory: str) -> None:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
-    dist.init_process_group("gloo")
-    torch.set_num_threads(1)
+    _init()
     world = dist.get_world_size()
     from fabric import Fabric
     from fabric.checkpoint import sharded as layout
 
-    fabric = Fabric(accelerator="cpu", devices=world, strategy="fsdp")
+    fabric = Fabric(accelerator=DEVICE, devices=world, strategy="fsdp")
     fabric.launch()
     width = 1024
     layers = max(1, round(megabytes * 2**20 / (4 * (width * width + width))))
@@ -282,15 +311,15 @@ def checkpoint(megabytes: int, out: str, rounds: int, directory: str) -> None:
         torch.manual_seed(0)
         return nn.Sequential(*(nn.Linear(width, width) for _ in range(layers)))
 
-    raw_model = shard_blocks(make(), init_device_mesh("cpu", (world,)))
+    raw_model = shard_blocks(make().to(_tensor_device()), init_device_mesh(DEVICE, (world,)))
     fabric_model = fabric.setup_module(make())
     state_bytes = layers * (width * width + width) * 4
 
     def timed(action: Callable[..., Any], *args: Any) -> float:
-        dist.barrier()
+        _sync()
         started = time.perf_counter()
         action(*args)
-        dist.barrier()
+        _sync()
         return time.perf_counter() - started
 
     def fresh(name: str) -> str:

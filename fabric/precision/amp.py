@@ -102,8 +102,10 @@ class MixedPrecision(Precision):
 
     def convert_output(self, data: Any) -> Any:
         dtype = torch.get_default_dtype()
-        if isinstance(data, Tensor):  # the usual output, a bare tensor: cast here, once per step
-            return data.to(dtype) if data.is_floating_point() else data
+        # the usual output, a bare tensor, cast here; `__class__`/`dtype` are attribute reads, not calls,
+        # which keeps this per-step path to two calls (issue 23)
+        if data.__class__ is Tensor:
+            return data.to(dtype) if data.dtype.is_floating_point else data
         return convert_floating_tensors(data, dtype)
 
     def backward(self, tensor: Tensor, model: Module | None, *args: Any, **kwargs: Any) -> None:

@@ -197,6 +197,47 @@ def test_flipped_byte_in_tensor_data_is_detected(tmp_path: Path) -> None:
     assert isinstance(info.value.__cause__, zipfile.BadZipFile)
 
 
+def test_the_records_that_steer_the_load_are_checked_apart_from_the_tensor_bytes(tmp_path: Path) -> None:
+    # safe_load checks the pickle (every tensor's size and type) before torch.load starts, and the tensor
+    # bytes on a second thread while torch.load reads them: each half must catch exactly its own records.
+    from fabric.checkpoint.io import _verify_zip_archive
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"w": torch.arange(1000, dtype=torch.float32)}, path)
+    good = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        tensor = next(info for info in archive.infolist() if info.filename.endswith("data/0"))
+        pickle_record = next(info for info in archive.infolist() if info.filename.endswith("data.pkl"))
+    for record, caught_by in ((tensor, "data"), (pickle_record, "metadata")):
+        data = bytearray(good)
+        data[data_offset(good, record) + 4] ^= 0x01
+        path.write_bytes(bytes(data))
+        with open(path, "rb") as file:
+            if caught_by == "data":
+                _verify_zip_archive(file, "ckpt", data=False)
+            else:
+                _verify_zip_archive(file, "ckpt", metadata=False)
+            with pytest.raises(CheckpointError, match="corrupted or truncated"):
+                _verify_zip_archive(file, "ckpt", **{"metadata" if caught_by == "data" else "data": False})
+        with pytest.raises(CheckpointError, match="corrupted or truncated"):
+            safe_load(path)
+
+
+def test_the_second_handle_of_a_concurrent_check_must_be_the_file_that_is_loaded(tmp_path: Path) -> None:
+    # The tensor bytes are checked through a second handle opened by name; if an atomic_save replaced the
+    # file since the first was opened, the two differ and safe_load falls back to checking the first.
+    from fabric.checkpoint.io import _same_file
+
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"w": torch.zeros(3)}, path)
+    with open(path, "rb") as first, open(path, "rb") as second:
+        assert _same_file(first, second)
+        atomic_save({"w": torch.ones(3)}, path)
+        with open(path, "rb") as replaced:
+            assert not _same_file(first, replaced)
+    assert torch.equal(safe_load(path)["w"], torch.ones(3))
+
+
 def data_offset(data: bytes, record: zipfile.ZipInfo) -> int:
     """Where a record's bytes start: after its local header, whose name and extra field lengths it gives."""
     name_length = int.from_bytes(data[record.header_offset + 26 : record.header_offset + 28], "little")
