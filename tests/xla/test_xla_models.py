@@ -43,11 +43,10 @@ CELL = HERE / "scripts" / "xla_model_cell.py"
 OFFLINE = ROOT / "tests" / "models" / "offline.py"
 #: (model, strategy, precision) -> XLA devices (CPU_NUM_DEVICES)
 CELLS: dict[tuple[str, str, str], int] = {
-    ("gpt2", "single_xla", "32-true"): 1,
-    ("gpt2", "xla_fsdp", "32-true"): 2,
-    ("llama", "single_xla", "32-true"): 1,
-    ("llama", "xla", "32-true"): 2,
-    ("llama", "single_xla", "bf16-true"): 1,
+    (model, strategy, precision): 1 if strategy == "single_xla" else 2
+    for model in ("gpt2", "llama")
+    for strategy in ("single_xla", "xla", "xla_fsdp")
+    for precision in ("32-true", "bf16-true")
 }
 TOLERANCE = {"32-true": 1e-4, "bf16-true": 5e-2}
 #: cells at a time: each is mostly one core compiling

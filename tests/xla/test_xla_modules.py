@@ -59,6 +59,9 @@ def test_model_keeps_ties_pairing_and_checkpointing(strategy: str, devices: int)
         # the eager CPU run's losses: wrong pairing, a lost tie, or a refused output would not give them
         diffs = [abs(a - b) for a, b in zip(part["losses"], part["reference"])]
         assert max(diffs) < TOLERANCE, (name, part["losses"], part["reference"])
+    # checkpointing a model that keeps a key-value cache in training is refused, with the fix
+    assert "config.use_cache is True" in result["cache_refused"]
+    assert "model.config.use_cache = False" in result["cache_refused"]
 
 
 def test_checkpointing_policy_error_names_the_strategy() -> None:

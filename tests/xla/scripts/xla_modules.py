@@ -16,6 +16,7 @@ import json
 import sys
 import traceback
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -122,6 +123,20 @@ def main(strategy_name: str, devices: int) -> None:
         except Exception:  # each part is reported on its own: one failure does not hide the other
             part = {"error": traceback.format_exc()}
         result["checkpointed" if checkpointing else "plain"] = part
+    # a model whose config asks for a key-value cache: a recomputed block would write it twice
+    fabric = Fabric(
+        accelerator="xla",
+        devices=devices,
+        strategy=classes[strategy_name](activation_checkpointing_policy={Block}),
+    )
+    fabric.launch()
+    model = TiedNet()
+    model.config = SimpleNamespace(use_cache=True)
+    try:
+        fabric.setup(model)
+        result["cache_refused"] = ""
+    except ValueError as err:
+        result["cache_refused"] = str(err)
     print("RESULT " + json.dumps(result), flush=True)
 
 
