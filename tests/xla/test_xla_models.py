@@ -14,7 +14,8 @@ Tolerances against the eager CPU reference (the plain model, one process, same b
 A resumed run must repeat the uninterrupted losses exactly; the 1-process load must give the saved weights
 and AdamW state exactly; ``from_pretrained`` must give the logits of that load.
 
-Run by ``nox -s xla`` (four cells; ``FABRIC_XLA_MODELS=all`` runs all twelve); skipped without torch-xla or
+Run by ``nox -s xla`` (four cells; ``FABRIC_XLA_MODELS=all`` runs all twelve,
+``FABRIC_XLA_MODELS=gpt2-xla-bf16-true,...`` the cells named); skipped without torch-xla or
 transformers.
 """
 
@@ -47,18 +48,31 @@ ALL_CELLS: dict[tuple[str, str, str], int] = {
 }
 #: what `nox -s xla` runs by default (each cell is mostly XLA compiling, 1-2 minutes on one core): GPT-2's tied
 #: head on one device and under FSDPv2 (a ModelOutput through the default output sharding), Llama under SPMD
-#: data parallel, and bf16-true; FABRIC_XLA_MODELS=all runs all twelve
+#: data parallel, and bf16-true
 DEFAULT_CELLS = (
     ("gpt2", "single_xla", "32-true"),
     ("gpt2", "xla_fsdp", "32-true"),
     ("llama", "xla", "32-true"),
     ("llama", "single_xla", "bf16-true"),
 )
-CELLS = (
-    ALL_CELLS
-    if os.environ.get("FABRIC_XLA_MODELS") == "all"
-    else {cell: ALL_CELLS[cell] for cell in DEFAULT_CELLS}
-)
+
+
+def _chosen_cells(choice: str | None) -> dict[tuple[str, str, str], int]:
+    """``FABRIC_XLA_MODELS``: unset for the default cells, ``all``, or cell ids (``gpt2-xla-bf16-true,...``)."""
+    if choice == "all":
+        return ALL_CELLS
+    if not choice:
+        return {cell: ALL_CELLS[cell] for cell in DEFAULT_CELLS}
+    by_id = {"-".join(cell): cell for cell in ALL_CELLS}
+    unknown = [name for name in choice.split(",") if name not in by_id]
+    if unknown:
+        raise ValueError(
+            f"FABRIC_XLA_MODELS={choice!r}: unknown cells {unknown}; allowed 'all' or {sorted(by_id)}"
+        )
+    return {by_id[name]: ALL_CELLS[by_id[name]] for name in choice.split(",")}
+
+
+CELLS = _chosen_cells(os.environ.get("FABRIC_XLA_MODELS"))
 TOLERANCE = {"32-true": 1e-4, "bf16-true": 5e-2}
 #: cells at a time: each is mostly one core compiling
 WORKERS = int(os.environ.get("FABRIC_XLA_TEST_WORKERS", "2"))
