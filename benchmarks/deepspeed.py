@@ -40,10 +40,12 @@ STRATEGIES = (
     "deepspeed_stage_3_offload",
     "deepspeed_stage_3_low_memory",
 )
-# ZeRO-3's defaults keep every gathered parameter alive between forward and backward when it will be
-# reused (max_live_parameters and max_reuse_distance of 1e9 elements) and size buckets for 2e8
+# DeepSpeed's ZeRO-3 defaults keep every gathered parameter alive between forward and backward when it
+# will be reused (max_live_parameters and max_reuse_distance of 1e9 elements) and size buckets for 2e8
 # elements: on a model this small that is the whole model on every rank. This variant frees each
-# layer after use and uses small buckets: the per-rank memory ZeRO-3 is for.
+# layer after use and uses small buckets: the per-rank memory ZeRO-3 is for. Since 2026-12-07 the
+# "deepspeed_stage_3" row (no config) gets similar sizes from fabric on a CPU
+# (fabric/strategies/deepspeed_config.py, CPU_ZERO3_SIZES); this row is the user-config variant.
 LOW_MEMORY_ZERO3 = {
     "zero_optimization": {
         "stage": 3,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -265,10 +266,19 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+#: a Python exception line (``ValueError: ...``), the cause that torchrun's failure banner hides
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*")
+
+
 def last_line(text: str, limit: int = 160) -> str:
-    """The last non-empty line of a process's output, for a short reason in the report."""
+    """The last exception line of a process's output, else its last non-empty line: a short reason.
+
+    torchrun ends a failed run with its own banner of ``=`` signs and a ``ChildFailedError``; the worker's
+    exception, printed above it, is the reason worth reporting.
+    """
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else "no output"
+    causes = [line for line in lines if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
+    line = causes[-1] if causes else lines[-1] if lines else "no output"
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -1,12 +1,14 @@
 """The measured program of the DeepSpeed figure (``cases/sharded.py``), run under ``torchrun`` with 2 processes.
 
-    torchrun --nproc_per_node=2 cases/deepspeed_program.py raw|fabric OUT.json STAGE STEPS
+    torchrun --nproc_per_node=2 cases/deepspeed_program.py raw|fabric|fabric-defaults STAGE OUT.json STEPS
 
 Trains the transformer stack of the FSDP figure with ZeRO stage STAGE for STEPS AdamW steps, and writes
 from rank 0: the median step time after 2 warm-up steps, the peak resident memory growth of the larger
 rank from before the model exists, and the config DeepSpeed's engine ended up with (so the runner can
 show that both implementations ran the same). Raw: ``deepspeed.initialize(model, optimizer, config)``,
-``engine.backward``, ``engine.step``. Fabric: ``Fabric(strategy=DeepSpeedStrategy(config=...))``.
+``engine.backward``, ``engine.step``. Fabric: ``Fabric(strategy=DeepSpeedStrategy(config=...))``;
+fabric-defaults: ``DeepSpeedStrategy(stage=STAGE)`` with no config, so fabric's own defaults apply
+(on a CPU at ZeRO-3: ``deepspeed_config.CPU_ZERO3_SIZES``).
 ZeRO-3 builds the model under ``deepspeed.zero.Init`` (raw) or ``fabric.init_module()`` (fabric).
 """
 
@@ -54,7 +56,7 @@ def _rss_bytes() -> int:
     return 0
 
 
-def main(impl: str, out: str, stage: int, steps: int) -> None:
+def main(impl: str, stage: int, out: str, steps: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     x, y = torch.randn(BATCH, SEQUENCE, WIDTH), torch.randn(BATCH, SEQUENCE, WIDTH)
@@ -82,7 +84,13 @@ def main(impl: str, out: str, stage: int, steps: int) -> None:
         from fabric import Fabric
         from fabric.strategies import DeepSpeedStrategy
 
-        fabric = Fabric(accelerator="cpu", devices=2, strategy=DeepSpeedStrategy(config=config(stage)))
+        # "fabric": the same config as raw; "fabric-defaults": no config, what `DeepSpeedStrategy(stage=3)` picks
+        strategy = (
+            DeepSpeedStrategy(stage=stage)
+            if impl == "fabric-defaults"
+            else DeepSpeedStrategy(config=config(stage))
+        )
+        fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
         fabric.launch()
         baseline = _rss_bytes()
         with fabric.init_module():
@@ -117,4 +125,5 @@ def main(impl: str, out: str, stage: int, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    # the runner's convention (`cases/sharded.py`'s `_launch`): MODE FIRST OUT REST...
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

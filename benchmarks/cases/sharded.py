@@ -262,6 +262,10 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
             "raw-again": Row(CONTROL, target=STEP_TARGET, short="A/A"),
             "fabric": Row("fabric `DeepSpeedStrategy(config=...)`", target=STEP_TARGET, short="fabric"),
         }
+        if stage == 3:  # no config: fabric's CPU sizes for ZeRO-3's buffers (not the same-config comparison)
+            rows["fabric-defaults"] = Row(
+                "fabric `DeepSpeedStrategy(stage=3)`, no config (fabric's defaults)", short="fabric defaults"
+            )
         memory = {key: [] for key in rows}
         configs: dict[str, str] = {}
         for round_index in range(rounds):
@@ -284,7 +288,8 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
                     continue
                 rows[key].samples.append(result["step_seconds"] * 1e3)
                 memory[key].append(result["growth_bytes"] / 2**20)
-                configs[key] = json.dumps(result["config"], sort_keys=True)
+                if key != "fabric-defaults":  # its config differs on purpose
+                    configs[key] = json.dumps(result["config"], sort_keys=True)
         raw_memory = statistics.median(memory["raw"]) if memory["raw"] else None
         for key, row in rows.items():
             value = statistics.median(memory[key]) if memory[key] else None
@@ -317,6 +322,12 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
                     f"ru_maxrss of the larger rank from before the model exists; raw DDP "
                     f"{'n/a' if ddp.median is None else f'{ddp.median:.0f} MB'} in the same run. Both get the "
                     f"config {json.dumps(_deepspeed_config(stage))}.{same}"
+                    + (
+                        " Row 'fabric defaults': `DeepSpeedStrategy(stage=3)` with no config, i.e. fabric's "
+                        f"arguments and, on a CPU, its ZeRO-3 sizes {json.dumps(_cpu_zero3_sizes())}."
+                        if stage == 3
+                        else ""
+                    )
                 ),
                 extra_columns=["peak growth", "memory vs raw", "memory vs DDP"],
                 chart_label=f"ZeRO-{stage}",
@@ -327,3 +338,9 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
 
 def _deepspeed_config(stage: int) -> dict:
     return {"zero_optimization": {"stage": stage}, "gradient_accumulation_steps": 1}
+
+
+def _cpu_zero3_sizes() -> dict:
+    from fabric.strategies.deepspeed_config import CPU_ZERO3_SIZES
+
+    return CPU_ZERO3_SIZES

@@ -39,6 +39,7 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision, TruePrecision
 from fabric.precision.deepspeed import DeepSpeedPrecision
 from fabric.strategies.deepspeed_config import (
+    add_cpu_zero3_sizes,
     check_arguments,
     config_from_arguments,
     engine_config,
@@ -192,10 +193,11 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             min_loss_scale=min_loss_scale,
         )
         check_arguments(arguments)
-        user_config = read_config(config)
+        user_config, defaults = read_config(config), _ARGUMENT_DEFAULTS()
         self.config: dict[str, Any] = merge_config(
-            config_from_arguments(arguments), user_config, arguments, _ARGUMENT_DEFAULTS()
+            config_from_arguments(arguments), user_config, arguments, defaults
         )
+        self._changed = {k for k, v in arguments.items() if v != defaults[k]} if user_config is None else None
         # float16 loss-scale settings: added to the config's "fp16" section only when float16 is used
         self._loss_scale: dict[str, Any] = self.config.pop("__loss_scale__", {})
         self.logging_level = logging_level
@@ -268,8 +270,8 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         logging.getLogger("DeepSpeed").setLevel(self.logging_level)
         self._check_dtype_support()
         if self.root_device.type == "cpu" and self.zero_stage == 3:
-            # ZeRO-3 gathers and frees parameters every step, like FSDP: fabric/utilities/allocator.py
-            return_large_blocks_to_system()
+            return_large_blocks_to_system()  # ZeRO-3 gathers and frees parameters every step, like FSDP
+            add_cpu_zero3_sizes(self.config, self._changed)  # unless the user sized them (or gave a config)
 
     def _check_dtype_support(self) -> None:
         """DeepSpeed refuses a dtype its accelerator lacks only when the engine is built: say so up front."""

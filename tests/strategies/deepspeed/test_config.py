@@ -153,3 +153,19 @@ def test_consolidation_refuses_a_directory_that_is_not_a_deepspeed_checkpoint(tm
         consolidate_deepspeed(tmp_path / "not_ds", tmp_path / "out.pt")
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         consolidate_deepspeed(tmp_path / "missing", tmp_path / "out.pt")
+
+
+def test_cpu_zero3_sizes_fill_only_what_the_user_left_open() -> None:
+    from fabric.strategies.deepspeed_config import CPU_ZERO3_SIZES, add_cpu_zero3_sizes
+
+    config = DeepSpeedStrategy(stage=3, sub_group_size=7).config
+    assert add_cpu_zero3_sizes(config, {"stage", "sub_group_size"}) == {
+        k: v for k, v in CPU_ZERO3_SIZES.items() if k != "sub_group_size"
+    }
+    assert config["zero_optimization"]["sub_group_size"] == 7
+    assert config["zero_optimization"]["reduce_bucket_size"] == CPU_ZERO3_SIZES["reduce_bucket_size"]
+    user = {"zero_optimization": {"stage": 3}}
+    assert add_cpu_zero3_sizes(user, None) == {} and user == {"zero_optimization": {"stage": 3}}
+    stage2 = DeepSpeedStrategy(stage=2).config
+    assert add_cpu_zero3_sizes(stage2, set()) == {}
+    assert stage2["zero_optimization"]["reduce_bucket_size"] == 200_000_000

@@ -184,6 +184,27 @@ def test_stage3_init_module_partitions_from_the_start(ranks: list[dict[str, Any]
 
 
 @pytest.mark.timeout(RUN_TIMEOUT + 30)
+def test_stage3_on_cpu_gets_cpu_sized_buffers_unless_the_user_sized_them(ranks: list[dict[str, Any]]) -> None:
+    from fabric.strategies.deepspeed_config import CPU_ZERO3_SIZES
+
+    deepspeed_defaults = {  # DeepSpeed 0.19's own, for a config that names none of them
+        "reduce_bucket_size": 500_000_000,
+        "sub_group_size": 1_000_000_000,
+        "stage3_prefetch_bucket_size": 50_000_000,
+        "stage3_max_live_parameters": 1_000_000_000,
+        "stage3_max_reuse_distance": 1_000_000_000,
+    }
+    for rank in ranks:
+        result = rank["cpu_sizes"]
+        assert result["stage3"] == CPU_ZERO3_SIZES
+        assert result["stage3_changed_argument"] == {**CPU_ZERO3_SIZES, "reduce_bucket_size": 5_000_000}
+        assert result["stage3_user_config"] == deepspeed_defaults  # a user's config is used as written
+        # stage 2 keeps Lightning's argument defaults
+        assert result["stage2"]["reduce_bucket_size"] == 200_000_000
+        assert result["stage2"]["sub_group_size"] == 1_000_000_000_000
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 30)
 def test_marked_and_step_methods_go_through_the_engine(ranks: list[dict[str, Any]]) -> None:
     for rank in ranks:
         result = rank["routing"]

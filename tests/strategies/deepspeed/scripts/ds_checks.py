@@ -304,6 +304,28 @@ def stage3_init() -> dict[str, Any]:
     }
 
 
+def cpu_sizes() -> dict[str, Any]:
+    """The ZeRO buffer sizes each engine ran with: fabric's CPU defaults, a changed argument, a user's config."""
+
+    def sizes(arguments: dict[str, Any]) -> dict[str, int]:
+        model, _ = setup_net(make(arguments), seed=0)
+        engine = model._forward_module  # the engine read its config when it was built
+        return {
+            "reduce_bucket_size": engine.zero_reduce_bucket_size(),
+            "sub_group_size": engine.zero_sub_group_size(),
+            "stage3_prefetch_bucket_size": engine.zero_prefetch_bucket_size(),
+            "stage3_max_live_parameters": engine.zero_max_live_parameters(),
+            "stage3_max_reuse_distance": engine.zero_max_reuse_distance(),
+        }
+
+    return {
+        "stage3": sizes({"stage": 3}),
+        "stage3_changed_argument": sizes({"stage": 3, "reduce_bucket_size": 5_000_000}),
+        "stage3_user_config": sizes({"config": {"zero_optimization": {"stage": 3}}}),
+        "stage2": sizes({"stage": 2}),
+    }
+
+
 def errors() -> dict[str, Any]:
     fabric = make(STAGES["stage2"])
     model, optimizer = setup_net(fabric, seed=0)
@@ -428,6 +450,7 @@ def main(out_dir: str, sections: list[str]) -> None:
         "across": lambda: across_strategies(ddp, out_dir),
         "precisions": precisions,
         "stage3_init": stage3_init,
+        "cpu_sizes": cpu_sizes,
         "errors": errors,
         "accumulation": accumulation_and_clipping,
         "config_optimizer": config_optimizer,
