@@ -67,7 +67,8 @@ XLA_SESSION_QUICK_TESTS = (
 
 @nox.session(python=PYTHON)
 def xla(session: nox.Session) -> None:
-    """XLA through torch-xla 2.9 on XLA's CPU back end (PJRT_DEVICE=CPU, 1, 2 and 4 devices), then
+    """XLA through torch-xla 2.9 on XLA's CPU back end (PJRT_DEVICE=CPU, 1, 2 and 4 devices), with four
+    cells of the model matrix (tests/xla/test_xla_models.py; FABRIC_XLA_MODELS=all runs all twelve), then
     the quick tests on torch 2.9.
 
     Its own environment: torch-xla pulls the CUDA build of torch 2.9 (about 7 GB, 3 minutes).

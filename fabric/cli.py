@@ -129,11 +129,22 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         description="Rewrite device moves, the process group, DDP wrapping, bf16 autocast, backward, rank "
         "checks, collectives and seeding of a PyTorch script into fabric calls, keeping everything else "
         "byte for byte; the report (on stderr) lists each place left as is, with the change to make. "
+        "Several files or a folder convert together: the script creates the Fabric object and hands it to "
+        "the modules it imports (fabric port main.py trainer.py -o OUTDIR). "
         "Needs libcst (pip install 'torch-fabric[port]').",
     )
-    port.add_argument("script", help="the PyTorch script to convert")
     port.add_argument(
-        "-o", "--output", default=None, help="write the converted script here (default: stdout)"
+        "script",
+        nargs="+",
+        help="the PyTorch script to convert; or several files of one program (the script and the modules it "
+        "imports), or a folder of them, converted together",
+    )
+    port.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="write the converted script here (default: stdout); with several files or a folder, the folder "
+        "to write the converted .py files to, at the same relative paths",
     )
     port.add_argument("--diff", action="store_true", help="print a unified diff instead of the script")
     port.add_argument(

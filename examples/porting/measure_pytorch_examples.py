@@ -5,8 +5,9 @@ Give it a checkout of https://github.com/pytorch/examples (nothing of it is copi
     python examples/porting/measure_pytorch_examples.py /path/to/examples --out port-results.md
     python examples/porting/measure_pytorch_examples.py /path/to/examples --vision-python /venv/bin/python
 
-For each script it copies the script's folder to a temporary directory, converts the script with
-`fabric port` (no hand edits) next to the original, runs both the same way, and compares the lines
+For each script it copies the script's folder to a temporary directory twice, converts the script in
+the second copy with `fabric port` (no hand edits; a program of several files, minGPT-ddp's `main.py`
+and `trainer.py`, is converted together), runs both copies the same way, and compares the lines
 that carry numbers (losses, accuracies) and, for the DDP tutorials, the saved weights. Both runs go
 through the same small runner (`_SHIM` below), which makes them runnable offline on a CPU:
 torchvision's MNIST and ImageNet-sized `FakeData` become small `FakeData` sets, the process group uses
@@ -34,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fabric.port import convert  # noqa: E402
+from fabric.port import convert_files  # noqa: E402
 
 #: the runner both the original and the converted script start through (identical for both)
 _SHIM = r"""
@@ -107,7 +108,7 @@ class Case:
     snapshot: str | None = None  # a file both runs write whose tensors must match
     not_runnable: str = ""
     cpu_accel: int = 0  # report the CPU as this many accelerator devices (scripts that exit without GPUs)
-    extra: list[str] = field(default_factory=list)  # further files to convert and report
+    extra: list[str] = field(default_factory=list)  # further files of the program, converted together
     fake_size: int = 64  # images per torchvision FakeData/MNIST stand-in
 
 
@@ -158,14 +159,12 @@ CASES = [
             "{work}/data/wikitext-2",
             "--epochs",
             "1",
-            "--emsize",
-            "32",
             "--nhid",
-            "32",
-            "--nlayers",
-            "1",
-            "--log-interval",
-            "50",
+            "16",
+            "--emsize",
+            "16",
+            "--bptt",
+            "10",
         ],
         snapshot="model.pt",
     ),
@@ -210,7 +209,7 @@ CASES = [
         ],
         cpu_shim=True,
         cpu_accel=2,
-        nproc=(2,),
+        nproc=(1, 2),
         torchrun_only=True,
         snapshot="gpt_snapshot.pt",
         extra=["trainer.py"],
@@ -298,7 +297,7 @@ def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[
             continue
         row = {"script": case.name}
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp) / "src"
+            work, ported = Path(tmp) / "src", Path(tmp) / "port"
             shutil.copytree(checkout / case.folder, work)
             data = work / "data" / "wikitext-2"
             if data.exists() and (
@@ -307,10 +306,12 @@ def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[
                 # a checkout without the large training file: the validation text stands in, for both runs
                 shutil.copy(data / "valid.txt", data / "train.txt")
                 row["note"] = "train.txt missing in the checkout: valid.txt used as training text (both runs)"
+            shutil.copytree(work, ported)
             reports = []
-            for name in (case.script, *case.extra):
-                code, report = convert((work / name).read_text())
-                (work / f"{Path(name).stem}_fabric.py").write_text(code)
+            names = (case.script, *case.extra)
+            converted = convert_files({name: (work / name).read_text() for name in names})
+            for name, (code, report) in converted.items():
+                (ported / name).write_text(code)
                 changed = code != (work / name).read_text()
                 reports.append((name, changed, report))
             row["converted"] = "; ".join(
@@ -333,10 +334,7 @@ def measure(checkout: Path, vision_python: str | None, only: list[str]) -> list[
             for nproc in case.nproc:
                 key = "1 process" if nproc == 1 else "2 processes"
                 results = {}
-                for kind, script in (
-                    ("original", work / case.script),
-                    ("port", work / f"{Path(case.script).stem}_fabric.py"),
-                ):
+                for kind, script in (("original", work / case.script), ("port", ported / case.script)):
                     cwd = Path(tmp) / f"{kind}{nproc}"
                     cwd.mkdir()
                     out, err = _run(case, python, script, nproc, cwd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import libcst as cst
@@ -18,7 +20,7 @@ from fabric.port.backward import BackwardRule
 from fabric.port.checkpoint import CheckpointRule
 from fabric.port.collectives import CollectiveRule
 from fabric.port.device import DeviceRule
-from fabric.port.entry import add_fabric, has_fabric, is_main_guard, is_script
+from fabric.port.entry import Threaded, add_fabric, has_fabric, is_main_guard, is_script, thread
 from fabric.port.processes import ProcessRule
 from fabric.port.report import Finding, Report
 from fabric.port.rules import Context, Rule, all_nodes
@@ -113,14 +115,29 @@ _RULES: tuple[type[Rule], ...] = (
 )
 
 
-def convert_source(source: str) -> tuple[str, Report]:
-    """See :func:`fabric.port.convert`."""
+@dataclass
+class Pass:
+    """One file after the rules ran: its tree before and after, and what the rules found."""
+
+    source: str
+    ctx: Context
+    module: cst.Module
+    converted: cst.Module
+    spawn: SpawnPlan | str | None
+
+
+def run_rules(source: str, distributed: bool = False) -> Pass:
+    """Parse ``source`` and run every rule over it; nothing is decided about the Fabric object yet.
+
+    ``distributed`` says that the program this file belongs to starts processes (another of its files
+    does), which the rules must know even when this file shows no sign of it (the GradScaler rule).
+    """
     try:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as err:
         raise SyntaxError(f"fabric port: the script does not parse: {err}") from err
     wrapper = MetadataWrapper(module, unsafe_skip_copy=True)
-    ctx = Context(metadata=wrapper.resolve_many(_METADATA), module=module)
+    ctx = Context(metadata=wrapper.resolve_many(_METADATA), module=module, distributed=distributed)
     spawn = plan(ctx, module) if spawn_calls(ctx, module) else None
     if isinstance(spawn, SpawnPlan):
         ctx.spawn = spawn
@@ -129,30 +146,47 @@ def convert_source(source: str) -> tuple[str, Report]:
     rules = [rule(ctx) for rule in _RULES]
     for rule in rules:
         rule.analyze(module)
+    # the MetadataWrapper resolved metadata on `module` itself, so the visit can read it
     converted = module.visit(_Porter(ctx, rules))
-    # the MetadataWrapper resolved metadata on `module` itself, so the visit above can read it
+    return Pass(source, ctx, module, converted, spawn)
+
+
+def convert_source(source: str) -> tuple[str, Report]:
+    """See :func:`fabric.port.convert`."""
+    return finish(run_rules(source))
+
+
+def finish(done: Pass, threaded: Sequence[Threaded] = ()) -> tuple[str, Report]:
+    """The converted code of a script (or of a file left whole) and its report.
+
+    ``threaded`` names the modules of the same program whose functions use this script's Fabric
+    object (``fabric.port.package``): the script then needs the object even if it uses none itself,
+    and sets ``module.fabric`` right after ``fabric.launch()``.
+    """
+    source, ctx, module, converted, spawn = done.source, done.ctx, done.module, done.converted, done.spawn
+    if threaded:
+        ctx.uses_fabric = True
     if isinstance(spawn, str):
         # The workers import this file without its __main__ block: a converted script would have no
         # Fabric object there. Nothing is changed; everything the rules saw becomes a manual step.
-        return source, _unchanged(ctx, f"spawn entry point: {spawn}", "")
+        return source, unchanged(ctx, f"spawn entry point: {spawn}", "")
     if ctx.spawn is not None:
         imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))
         converted = add_fabric(ctx, converted, imports_fabric, create=False)
         if ctx.spawn.enclosing:
             converted = converted.visit(GlobalFabric(ctx.spawn.enclosing))
-        code = converted.code
-        compile(code, "<fabric port>", "exec")
-        return code, Report(ctx.findings)
+        return _code(thread(converted, threaded)), Report(ctx.findings)
     if ctx.uses_fabric and not has_fabric(ctx, module) and not is_script(module):
-        return source, _unchanged(
+        return source, unchanged(
             ctx,
             "a module without an entry point",
-            "this file only defines functions and classes; give them the Fabric object of the script that "
-            "runs them (a `fabric` argument) and make these changes",
+            "this file only defines functions and classes: convert it together with the script that imports "
+            "it (`fabric port SCRIPT THIS_FILE -o OUTDIR`), or give its functions that script's Fabric object "
+            "and make these changes",
         )
     guarded = any(is_main_guard(s) for s in module.body) and not ctx.used_at_module_level
     if ctx.precision_flag and ctx.uses_fabric and not has_fabric(ctx, module) and not guarded:
-        return source, _unchanged(
+        return source, unchanged(
             ctx,
             f"the precision switch {ctx.precision_flag!r} is not yet set where the Fabric object is created",
             f"create `fabric = Fabric(precision='{ctx.precision}' if {ctx.precision_flag} else '32-true')` "
@@ -161,16 +195,20 @@ def convert_source(source: str) -> tuple[str, Report]:
     if ctx.uses_fabric and not has_fabric(ctx, module):
         imports_fabric = any(ctx.is_(n, "fabric.Fabric") for n in _names(module))
         converted = add_fabric(ctx, converted, imports_fabric)
+    return _code(thread(converted, threaded)), Report(ctx.findings)
+
+
+def _code(converted: cst.Module) -> str:
     code = converted.code
     compile(code, "<fabric port>", "exec")  # the output always parses; a failure here is our bug
-    return code, Report(ctx.findings)
+    return code
 
 
 def _names(module: cst.Module) -> list[cst.CSTNode]:
     return [n for n in all_nodes(module) if isinstance(n, cst.Name)]
 
 
-def _unchanged(ctx: Context, why: str, fix: str) -> Report:
+def unchanged(ctx: Context, why: str, fix: str) -> Report:
     """The report of a file left whole: what the rules would have rewritten becomes a manual step."""
     return Report(
         [

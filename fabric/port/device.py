@@ -75,6 +75,15 @@ class DeviceRule(Rule):
         body = original.body
         if len(body) != 1 or not isinstance(body[0], cst.Assign) or not self._is_device_value(body[0].value):
             return None
+        targets = body[0].targets
+        if len(targets) != 1 or not isinstance(targets[0].target, cst.Name):
+            self.ctx.left(
+                original,
+                "the device is kept in an attribute or several names, whose uses the tool does not follow",
+                "assign `fabric.device` where the device is passed on, and `fabric.device.type` where its kind "
+                "is meant (text such as f'{device}:{rank}' needs neither: Fabric's device carries the index)",
+            )
+            return None
         if not self._used_as_device_only(body[0]):
             self.ctx.left(
                 original,

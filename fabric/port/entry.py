@@ -9,9 +9,12 @@ that runs at import, gets it right after its imports. A script that starts no pr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import libcst as cst
 
-from fabric.port.rules import FABRIC, Context, all_nodes
+from fabric.port.rules import FABRIC, Context, all_nodes, only_call
 
 
 def is_main_guard(node: cst.CSTNode) -> bool:
@@ -83,7 +86,8 @@ def _creation(ctx: Context) -> list[cst.SimpleStatementLine]:
     ]
 
 
-def _is_import(statement: cst.CSTNode) -> bool:
+def is_import(statement: cst.CSTNode) -> bool:
+    """Whether a top-level statement only imports."""
     return isinstance(statement, cst.SimpleStatementLine) and all(
         isinstance(s, (cst.Import, cst.ImportFrom)) for s in statement.body
     )
@@ -94,7 +98,7 @@ def _imports_os(module: cst.Module) -> bool:
         isinstance(s, cst.Import)
         and any(a.asname is None and isinstance(a.name, cst.Name) and a.name.value == "os" for a in s.names)
         for statement in module.body
-        if _is_import(statement)
+        if is_import(statement)
         for s in statement.body  # type: ignore[union-attr]
     )
 
@@ -102,7 +106,7 @@ def _imports_os(module: cst.Module) -> bool:
 def add_fabric(ctx: Context, module: cst.Module, imports_fabric: bool, create: bool = True) -> cst.Module:
     """Insert the import and (unless a converted spawn made it already) the creation of the Fabric object."""
     body = list(module.body)
-    last_import = max((i for i, s in enumerate(body) if _is_import(s)), default=-1)
+    last_import = max((i for i, s in enumerate(body) if is_import(s)), default=-1)
     creation = _creation(ctx) if create else []
     guard = next((i for i, s in enumerate(body) if is_main_guard(s)), None)
     if guard is not None and not ctx.used_at_module_level:
@@ -114,4 +118,58 @@ def add_fabric(ctx: Context, module: cst.Module, imports_fabric: bool, create: b
     if ctx.distributed and create and not _imports_os(module):
         imports.insert(0, _statement("import os\n"))
     body[last_import + 1 : last_import + 1] = [*imports, *creation]
+    return module.with_changes(body=body)
+
+
+@dataclass(frozen=True)
+class Threaded:
+    """A module of the same program whose functions use the script's Fabric object (``fabric.port.package``)."""
+
+    module: str  #: its dotted import name, as the script's directory on ``sys.path`` resolves it
+    alias: str  #: the name the script imports it as, free in the script
+
+
+def threading_line(threaded: Threaded) -> str:
+    return f"{threaded.alias}.{FABRIC} = {FABRIC}"
+
+
+class _AfterLaunch(cst.CSTTransformer):
+    """Put ``alias.fabric = fabric`` right after each ``fabric.launch()`` (the object exists from there on)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def leave_SimpleStatementLine(
+        self, original: cst.SimpleStatementLine, updated: cst.SimpleStatementLine
+    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement]:
+        call = only_call(updated)
+        func = call.func if call is not None else None
+        if not (
+            isinstance(func, cst.Attribute)
+            and isinstance(func.value, cst.Name)
+            and func.value.value == FABRIC
+            and func.attr.value == "launch"
+            and not call.args  # type: ignore[union-attr]
+        ):
+            return updated
+        return cst.FlattenSentinel([updated, *(_statement(line + "\n") for line in self.lines)])
+
+
+def thread(module: cst.Module, threaded: Sequence[Threaded]) -> cst.Module:
+    """Import each module of ``threaded`` and hand it the Fabric object after ``fabric.launch()``.
+
+    A module attribute set once, before any of the module's functions run, rather than a new
+    parameter threaded through every call: the rules write ``fabric.x`` in every file alike, and the
+    user's signatures stay as they were. A script without a plain ``fabric.launch()`` is left as it is
+    (the caller checks the result for the lines and leaves the modules whole then).
+    """
+    if not threaded:
+        return module
+    lines = [f"{threading_line(t)}  # added by `fabric port`: {t.module} uses it" for t in threaded]
+    module = module.visit(_AfterLaunch(lines))
+    body = list(module.body)
+    last_import = max((i for i, s in enumerate(body) if is_import(s)), default=-1)
+    imports = [_statement(f"import {t.module} as {t.alias}  # added by `fabric port`\n") for t in threaded]
+    body[last_import + 1 : last_import + 1] = imports
     return module.with_changes(body=body)

@@ -21,7 +21,8 @@ ShardingPolicy = set[type[Module]] | Callable[[Module], bool]
 CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
 
 
-def as_predicate(policy: Any, name: str) -> Callable[[Module], bool] | None:
+def as_predicate(policy: Any, name: str, owner: str = "FSDPStrategy") -> Callable[[Module], bool] | None:
+    """``policy`` as a predicate; ``owner(name=...)`` is how an error names the argument."""
     if policy is None:
         return None
     classes_of = getattr(policy, "_module_classes", None)  # FSDP1's ModuleWrapPolicy
@@ -42,14 +43,12 @@ def as_predicate(policy: Any, name: str) -> Callable[[Module], bool] | None:
     if isinstance(policy, (set, frozenset, list, tuple)):
         classes = tuple(policy)
         if not all(isinstance(c, type) and issubclass(c, Module) for c in classes):
-            raise TypeError(
-                f"FSDPStrategy({name}={policy!r}): a set of policies must hold nn.Module classes."
-            )
+            raise TypeError(f"{owner}({name}={policy!r}): a set of policies must hold nn.Module classes.")
         return lambda module: isinstance(module, classes)
     if callable(policy):
         return policy
     raise TypeError(
-        f"FSDPStrategy({name}={policy!r}): pass a set of module classes or a callable(module) -> bool."
+        f"{owner}({name}={policy!r}): pass a set of module classes or a callable(module) -> bool."
     )
 
 

@@ -67,6 +67,16 @@ def set_gloo_interface(main_address: str, backend: str) -> str | None:
     return name
 
 
+def address_towards(main_address: str) -> str | None:
+    """This host's address on the route to ``main_address`` (the one its peers reach it at), or None.
+
+    Names this node in hang reports: when a node's link goes down, the other nodes can say which
+    address they lost. Sends nothing (see :func:`_local_address_towards`).
+    """
+    main_ips = _resolve(main_address)
+    return _local_address_towards(main_ips[0]) if main_ips else None
+
+
 def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)

@@ -62,11 +62,17 @@ class HangWatcher:
         world_size: how many ranks answer.
         where: returns what this rank is doing now, e.g. ``"in collective #2 `all_reduce` (...)"``;
             called on the watcher thread only when a report is requested.
+        host: where this rank runs, e.g. ``"node rank 1, 10.0.0.2"``; published in the store at start, so
+            that a report can name the node of a rank that does not answer (a node whose link went down
+            answers nothing, and its address is what the user needs to go and look).
     """
 
-    def __init__(self, store: dist.Store, rank: int, world_size: int, where: Callable[[], str]) -> None:
+    def __init__(
+        self, store: dist.Store, rank: int, world_size: int, where: Callable[[], str], host: str = ""
+    ) -> None:
         self._store = dist.PrefixStore(_PREFIX, store)
         self._rank = rank
+        self._host = host
         self._world_size = world_size
         self._where = _hold_weakly(where)
         self._stop = threading.Event()
@@ -74,6 +80,10 @@ class HangWatcher:
         self._thread = threading.Thread(target=self._watch, name="fabric-hang-watcher", daemon=True)
 
     def start(self) -> None:
+        if self._host:
+            # once, at set-up, while the store is surely reachable: a rank cut off later cannot say it then
+            with contextlib.suppress(Exception):
+                self._store.set(f"host/{self._rank}", self._host)
         self._thread.start()
 
     @property
@@ -170,15 +180,37 @@ class HangWatcher:
                 break
             time.sleep(0.1)
         blocks = [f"rank {self._rank} (this process): {own_where}\n{own_stack}"]
+        silent: dict[str, list[int]] = {}  # host -> the ranks on it that did not answer
         for rank in others:
             if rank in answers:
                 blocks.append(f"rank {rank}: {answers[rank]['where']}\n{answers[rank]['stack']}")
-            else:
-                blocks.append(
-                    f"rank {rank}: no answer within {timeout:.0f} s (the process is dead, or stuck in C code "
-                    "holding the Python interpreter)"
-                )
+                continue
+            host = self._host_of(rank)
+            silent.setdefault(host, []).append(rank)
+            blocks.append(
+                f"rank {rank}{f' ({host})' if host else ''}: no answer within {timeout:.0f} s (the process is "
+                "dead, its host cannot be reached, or it is stuck in C code holding the Python interpreter)"
+            )
+        if any(silent):
+            lost = "; ".join(
+                f"{host}: rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+                for host, ranks in silent.items()
+                if host
+            )
+            blocks.insert(
+                0,
+                f"No answer from {lost}. When every rank of a node is silent, that node's processes died "
+                "or its network link is down.",
+            )
         return "\n".join(blocks)
+
+    def _host_of(self, rank: int) -> str:
+        """Where ``rank`` runs, as it published at start ("" when it did not)."""
+        with contextlib.suppress(Exception):
+            key = f"host/{rank}"
+            if self._store.check([key]):
+                return self._store.get(key).decode()
+        return ""
 
     def _read(self, rank: int) -> dict | None:
         key = f"answer/{rank}"
@@ -201,8 +233,11 @@ _watcher: HangWatcher | None = None
 _watcher_lock = threading.Lock()
 
 
-def watch(store: dist.Store, rank: int, world_size: int, where: Callable[[], str]) -> HangWatcher:
-    """The process's running watcher (started on first use); ``where`` describes this rank from now on."""
+def watch(
+    store: dist.Store, rank: int, world_size: int, where: Callable[[], str], host: str = ""
+) -> HangWatcher:
+    """The process's running watcher (started on first use); ``where`` describes this rank from now on;
+    ``host`` names its node for the reports of other ranks (see :class:`HangWatcher`)."""
     global _watcher
     with _watcher_lock:
         if _watcher is not None and _watcher.running and _watcher.serves(rank, world_size):
@@ -210,7 +245,7 @@ def watch(store: dist.Store, rank: int, world_size: int, where: Callable[[], str
             return _watcher
         if _watcher is not None:
             _watcher.stop()
-        _watcher = HangWatcher(store, rank, world_size, where)
+        _watcher = HangWatcher(store, rank, world_size, where, host)
         _watcher.start()
         return _watcher
 

@@ -22,7 +22,7 @@ from fabric.environments import ClusterEnvironment, detect_environment
 from fabric.precision import Precision
 from fabric.strategies import hang_report
 from fabric.strategies.gloo_interface import VARIABLE as GLOO_VARIABLE
-from fabric.strategies.gloo_interface import set_gloo_interface
+from fabric.strategies.gloo_interface import address_towards, set_gloo_interface
 from fabric.strategies.hang_report import STACK_FRAMES, HangWatcher, format_stack
 from fabric.strategies.strategy import Strategy
 from fabric.utilities.collectives import mean_from_sum
@@ -201,7 +201,9 @@ class ParallelStrategy(Strategy):
             store = dist.distributed_c10d._get_default_store()
         except Exception:  # a process group without a store (not ours to diagnose)
             return
-        self._hang_watcher = hang_report.watch(store, self.global_rank, self.world_size, self._where)
+        address = address_towards(self.environment.main_address) or socket.gethostname()
+        host = f"node rank {self.node_rank}, {address}"
+        self._hang_watcher = hang_report.watch(store, self.global_rank, self.world_size, self._where, host)
         _leave_process_group_at_exit()  # stops the watcher too, also when the user created the group
         lifecycle.on_failure(self._explain_failure)
 

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
+from fabric.strategies.fsdp_policy import ShardingPolicy
 from fabric.strategies.strategy import Strategy
 from fabric.strategies.xla_common import XLAStepMixin
 from fabric.utilities.apply import move_to_device
@@ -49,6 +50,9 @@ class XLAStrategy(XLAStepMixin, Strategy):
             loads into any strategy and device count. ``"sharded"``: a ``torch.distributed.checkpoint``
             directory written through torch-xla's SPMD planner (each device's shard), for models too
             large to gather in one host's memory.
+        activation_checkpointing_policy: module classes (or a callable ``fn(module) -> bool``) whose
+            activations are recomputed in the backward instead of kept, as in ``FSDPStrategy``; applied with
+            torch-xla's ``checkpoint_module``.
 
     Example::
 
@@ -64,8 +68,10 @@ class XLAStrategy(XLAStepMixin, Strategy):
         accelerator: Accelerator | None = None,
         precision: Precision | None = None,
         state_dict_type: StateDictType = "full",
+        activation_checkpointing_policy: ShardingPolicy | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, precision=precision)
+        self._set_checkpoint_policy(activation_checkpointing_policy)
         if state_dict_type not in ("full", "sharded"):
             raise ValueError(
                 f"{type(self).__name__}(state_dict_type={state_dict_type!r}): allowed 'full' or 'sharded'."

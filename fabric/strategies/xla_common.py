@@ -16,6 +16,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.accelerators.xla import require_torch_xla
+from fabric.strategies.fsdp_policy import ShardingPolicy, as_predicate
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.choices import XLA_PRECISIONS as XLA_PRECISIONS
 from fabric.utilities.types import PathLike
@@ -67,6 +68,84 @@ def check_autograd_reaches_xla(device: torch.device) -> None:
         del probe
 
 
+def move_keeping_ties(module: Module, device: torch.device) -> dict[int, tuple[Tensor, Tensor]]:
+    """Move ``module`` to ``device``; return ``id(old tensor) -> (old, new)`` for each replaced parameter.
+
+    ``Module.to("xla")`` cannot swap a CPU tensor's storage for an XLA one, so each module replaces its own
+    parameters and buffers with new objects: a tensor registered in two places (GPT-2's ``lm_head.weight``
+    and ``transformer.wte.weight``) comes out as two independent tensors that then train apart. Every
+    registration of one tensor gets the same replacement back, so the tie survives the move. Ties are
+    found by identity before the move, not by names; old and new are paired by registration (module and
+    attribute), not by position, so a module whose ``parameters()`` order changes is still paired right.
+    """
+    slots = [
+        (owner, name, tensor, is_parameter)
+        for owner in module.modules()
+        for table, is_parameter in ((owner._parameters, True), (owner._buffers, False))
+        for name, tensor in table.items()
+        if tensor is not None
+    ]
+    module.to(device)
+    replacement: dict[int, Tensor] = {}
+    moved: dict[int, tuple[Tensor, Tensor]] = {}
+    for owner, name, old, is_parameter in slots:
+        new = (owner._parameters if is_parameter else owner._buffers)[name]
+        assert new is not None
+        first = replacement.setdefault(id(old), new)
+        if new is not first:
+            setattr(owner, name, first)  # a second registration of a tied tensor: tie it again
+        if is_parameter and first is not old:
+            moved[id(old)] = (old, first)
+    return moved
+
+
+def apply_xla_checkpointing(module: Module, policy: Callable[[Module], bool]) -> int:
+    """Recompute the activations of each submodule ``policy`` selects in the backward; return how many.
+
+    With torch-xla's ``checkpoint_module``, not torch's checkpoint wrapper: torch's checkpoint saves and
+    restores the random state of the tensors' device through ``torch.xla``, a module that does not exist
+    (it fails at the first forward), and XLA's compiler would merge a plain recomputation with the forward
+    it repeats, saving nothing; torch-xla's checkpoint keeps the two apart. It replaces the submodule's
+    ``forward`` in place, so parameters, names and state-dict keys stay as they are. The descendants of a
+    selected submodule are not selected again: they are recomputed with it.
+    """
+    from torch_xla.distributed.fsdp import checkpoint_module  # torch-xla is an optional engine
+
+    count = 0
+
+    def visit(parent: Module) -> None:
+        nonlocal count
+        for child in parent.children():
+            if policy(child):
+                if not hasattr(child, "_xla_checkpointed_forward_original"):  # not already checkpointed
+                    checkpoint_module(child)
+                    count += 1
+            else:
+                visit(child)
+
+    visit(module)
+    return count
+
+
+def check_no_cache_writes(module: Module, owner: str) -> None:
+    """Refuse a ``transformers`` model whose config asks for a key-value cache in training.
+
+    torch-xla's checkpoint runs a block's forward again in the backward, and a block that appends its keys and
+    values to the cache appends them twice: the recomputed attention then sees the keys twice and the gradients
+    are wrong, with no error (measured: GPT-2's second loss moved by 2e-3). ``transformers`` drops the cache
+    only under its own ``gradient_checkpointing_enable``, which uses torch's checkpoint and fails on XLA.
+    Found by the config's ``use_cache`` attribute; ``transformers`` is not imported.
+    """
+    config = getattr(module, "config", None)
+    if getattr(config, "use_cache", False) is True:
+        raise ValueError(
+            f"{owner}(activation_checkpointing_policy=...): {type(module).__name__}.config.use_cache is True, and a "
+            f"checkpointed block that writes the key-value cache writes it again when the backward recomputes it, "
+            f"which silently changes the gradients. Set `model.config.use_cache = False` before `fabric.setup` "
+            f"(pass `use_cache=True` to `generate()` to keep the cache there)."
+        )
+
+
 class XLAStepMixin:
     """Marks the XLA step after every optimizer step and writes CPU checkpoints.
 
@@ -74,6 +153,12 @@ class XLAStepMixin:
     """
 
     _mark_step: Callable[[], None] | None = None
+
+    #: predicate: which submodules recompute their activations in the backward (``None``: none)
+    _checkpoint_policy: Callable[[Module], bool] | None = None
+
+    def _set_checkpoint_policy(self, policy: ShardingPolicy | None) -> None:
+        self._checkpoint_policy = as_predicate(policy, "activation_checkpointing_policy", type(self).__name__)
 
     def _setup_xla(self) -> None:
         self._mark_step = step_marker()
@@ -92,11 +177,14 @@ class XLAStepMixin:
         tensor types are not swappable in place), so an optimizer created before ``setup`` would keep
         updating the CPU copies. :meth:`setup_optimizer` points it at the new ones.
         """
-        before = list(module.parameters())
-        module.to(self.root_device)  # type: ignore[attr-defined]
-        for old, new in zip(before, module.parameters()):
-            if old is not new:
-                self._moved_parameters[id(old)] = (old, new)
+        self._moved_parameters.update(move_keeping_ties(module, self.root_device))  # type: ignore[attr-defined]
+
+    def setup_module(self, module: Module) -> Module:
+        """Activation checkpointing on the submodules the policy names, then the strategy's own wrapping."""
+        if self._checkpoint_policy is not None:
+            check_no_cache_writes(module, type(self).__name__)
+            apply_xla_checkpointing(module, self._checkpoint_policy)
+        return super().setup_module(module)  # type: ignore[misc, no-any-return]
 
     def replaced_parameters(self) -> Mapping[int, Tensor]:
         return {key: new for key, (_, new) in self._moved_parameters.items()}

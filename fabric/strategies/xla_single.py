@@ -6,6 +6,7 @@ import torch
 
 from fabric.accelerators.accelerator import Accelerator
 from fabric.precision import Precision
+from fabric.strategies.fsdp_policy import ShardingPolicy
 from fabric.strategies.single_device import SingleDeviceStrategy
 from fabric.strategies.xla_common import XLAStepMixin
 
@@ -13,6 +14,11 @@ from fabric.strategies.xla_common import XLAStepMixin
 class SingleXLAStrategy(XLAStepMixin, SingleDeviceStrategy):
     """The model, the batches and ``fabric.to_device`` go to the XLA device; the step is marked after
     every ``optimizer.step()``, so the training loop needs no XLA call.
+
+    Args:
+        activation_checkpointing_policy: module classes (or a callable ``fn(module) -> bool``) whose
+            activations are recomputed in the backward instead of kept, as in ``FSDPStrategy``; applied with
+            torch-xla's ``checkpoint_module``.
 
     Chosen by ``Fabric(accelerator="tpu")`` (or ``"xla"``) with ``devices=1``.
 
@@ -26,8 +32,10 @@ class SingleXLAStrategy(XLAStepMixin, SingleDeviceStrategy):
         device: str | torch.device = "xla:0",
         accelerator: Accelerator | None = None,
         precision: Precision | None = None,
+        activation_checkpointing_policy: ShardingPolicy | None = None,
     ) -> None:
         super().__init__(device=device, accelerator=accelerator, precision=precision)
+        self._set_checkpoint_policy(activation_checkpointing_policy)
         if self.root_device.type != "xla":
             raise ValueError(f"SingleXLAStrategy(device={device!r}): expected an XLA device such as 'xla:0'.")
 

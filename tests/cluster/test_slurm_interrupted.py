@@ -32,7 +32,9 @@ from tests.cluster.test_slurm import (
 #: the interrupted runs (pre-emption, node failure) and their uninterrupted reference: 2 nodes x 1 task.
 #: One task per node: with 2 ranks a sum does not depend on its order; with 4 the first step after a
 #: resume differs in the last bits (DDP regroups its gradient buckets after its first step, changing the
-#: order in which gloo sums), so a bit-for-bit comparison needs 2 ranks.
+#: order in which gloo sums), so a bit-for-bit comparison with DDP's defaults needs 2 ranks. Verified:
+#: with DDP(find_unused_parameters=True), which never regroups, 4 ranks resume bit for bit (the 2 x 2
+#: --max-restarts test in test_two_hosts.py).
 STEPS = 40
 TASKS = 1
 WORLD = 2 * TASKS

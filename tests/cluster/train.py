@@ -1,8 +1,8 @@
 """The training script the cluster tests launch with srun, mpirun and ``fabric run``.
 
 ``python train.py OUT --num-nodes N --devices K [--strategy ddp|fsdp] [--steps S] [--every E]
-[--sleep SEC] [--sleep-restarts]``: trains a small MLP with the README's loop (``CheckpointManager.resume``,
-then ``manager.step`` after every step), writes ``OUT/pid{rank}`` (pid, node) once training starts and, at
+[--sleep SEC] [--sleep-restarts] [--timeout SEC] [--find-unused-parameters]``: trains a small MLP with
+the README's loop (``CheckpointManager.resume``, then ``manager.step`` after every step), writes ``OUT/pid{rank}`` (pid, node) once training starts and, at
 the end, ``OUT/result{rank}.json`` and the final weights to ``OUT/final.ckpt``.
 
 ``python train.py OUT --load CKPT``: one plain process (no scheduler) loads ``CKPT`` and writes the weights
@@ -16,7 +16,9 @@ import json
 import os
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fabric import Fabric
 from fabric.checkpoint.manager import CheckpointManager
+from fabric.strategies import DDPStrategy
 
 
 def _model() -> nn.Module:
@@ -54,6 +57,12 @@ def main() -> None:
     parser.add_argument("--fail-rank", type=int, default=None, help="this global rank raises at step 3")
     parser.add_argument("--load", type=Path, default=None)
     parser.add_argument("--timeout", type=float, default=None, help="DDP's collective timeout, in seconds")
+    parser.add_argument(
+        "--find-unused-parameters",
+        action="store_true",
+        help="DDP(find_unused_parameters=True): DDP then keeps its first gradient buckets (no regrouping after "
+        "the first step), so a resumed run sums gradients in the same order as an uninterrupted one",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.load is not None:
@@ -62,13 +71,14 @@ def main() -> None:
 
     restart = int(os.environ.get("SLURM_RESTART_COUNT", os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
     sleep = args.sleep if restart == 0 or args.sleep_restarts else 0.0
-    strategy = args.strategy
+    strategy: str | DDPStrategy = args.strategy
+    ddp_options: dict[str, Any] = {}
     if args.timeout is not None:
-        from datetime import timedelta
-
-        from fabric.strategies import DDPStrategy
-
-        strategy = DDPStrategy(timeout=timedelta(seconds=args.timeout))
+        ddp_options["timeout"] = timedelta(seconds=args.timeout)
+    if args.find_unused_parameters:
+        ddp_options["find_unused_parameters"] = True
+    if ddp_options:
+        strategy = DDPStrategy(**ddp_options)
     fabric = Fabric(accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=strategy)
     fabric.launch()
     fabric.seed_everything(7)

@@ -29,14 +29,27 @@ def env() -> dict[str, str]:
 
 
 def run(
-    script: Path, *args: str, nproc: int = 1, cwd: Path | None = None, reference: bool = False
+    script: Path,
+    *args: str,
+    nproc: int = 1,
+    cwd: Path | None = None,
+    reference: bool = False,
+    launcher: str = "torchrun",
 ) -> list[str]:
-    """Run ``script`` (under torchrun when ``nproc > 1``) and return its stdout lines; fail on errors.
+    """Run ``script`` on ``nproc`` processes and return its stdout lines; fail on errors.
 
+    ``launcher``: ``"torchrun"`` (one process runs under plain ``python``), ``"torchrun1"`` (one process
+    under torchrun too, for a script that reads its variables) or ``"fabric"`` (``fabric run
+    --accelerator cpu --devices N``, fabric's own launcher).
     A ``reference`` run (the original script, plain torch) is repeated once if torch aborted it at exit
     (see ``tests/torch_exit_abort.py``); a converted script never is.
     """
-    if nproc == 1:
+    if launcher == "fabric":
+        command = [
+            sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", f"--devices={nproc}",
+            f"--main-port={find_free_network_port()}", str(script), *args,
+        ]  # fmt: skip
+    elif nproc == 1 and launcher != "torchrun1":
         command = [sys.executable, str(script), *args]
     else:
         command = [
@@ -50,7 +63,7 @@ def run(
         if not aborted_at_exit_by_torch(result.returncode, result.stdout + result.stderr):
             break
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
-    if nproc == 1:
+    if nproc == 1 and launcher == "torchrun":
         return result.stdout.splitlines()
     # torchrun runs Python unbuffered: a print's text and its newline are two writes, so the ranks'
     # lines can come out as "...0.1234epoch 1 ...\n\n". Each text is written whole: split the records

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from fabric.strategies.gloo_interface import VARIABLE, gloo_interface, set_gloo_interface
+from fabric.strategies.gloo_interface import VARIABLE, address_towards, gloo_interface, set_gloo_interface
 
 
 def _addresses(version: str) -> list[tuple[str, str]]:
@@ -103,3 +103,12 @@ def test_without_a_route_the_error_says_which_variable_to_set() -> None:
     assert "resolves to loopback" in run.stdout
     assert "main address '198.18.0.1'" in run.stdout
     assert f"Set {VARIABLE} to the interface" in run.stdout
+
+
+def test_the_address_that_names_this_node_in_hang_reports() -> None:
+    """The source address of the route to the main address: each of this machine's own addresses routes to
+    itself (as the first node's does), loopback to loopback; an unresolvable name gives None."""
+    assert address_towards("127.0.0.1") == "127.0.0.1"
+    assert address_towards("no-such-host.invalid") is None
+    for _, address in _addresses("4"):  # skips where this machine has no address besides loopback
+        assert address_towards(address) == address

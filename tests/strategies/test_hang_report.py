@@ -56,7 +56,36 @@ def test_a_rank_that_never_answers_is_named_and_a_second_request_gets_fresh_answ
     finally:
         alive.stop()
     assert "rank 1: answer 1" in first and "rank 1: answer 2" in second
-    assert "rank 2: no answer within 3 s (the process is dead, or stuck in C code" in first
+    assert (
+        "rank 2: no answer within 3 s (the process is dead, its host cannot be reached, or it is stuck"
+        in first
+    )
+    assert not first.startswith("No answer from")  # rank 2 never said where it runs: no node to name
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_rank_is_named_with_the_node_and_address_it_published_at_start() -> None:
+    """A node whose link went down answers nothing: the report names it from what it published at set-up."""
+    store = _store()
+    asking = HangWatcher(store, 0, 4, lambda: "unused", host="node rank 0, 198.18.0.1")
+    alive = HangWatcher(
+        store, 1, 4, lambda: "in collective #5 (`all_reduce`, no tensors)", "node rank 0, 198.18.0.1"
+    )
+    lost = [HangWatcher(store, rank, 4, lambda: "unused", host="node rank 1, 198.18.0.2") for rank in (2, 3)]
+    for watcher in (alive, *lost):
+        watcher.start()
+    for watcher in lost:  # it published where it runs, then went silent
+        watcher.stop()
+    try:
+        report = asking.report("waiting", "", timeout=3)
+    finally:
+        alive.stop()
+    assert report.startswith(
+        "No answer from node rank 1, 198.18.0.2: ranks 2, 3. When every rank of a node is"
+    )
+    assert "rank 1: in collective #5" in report
+    assert "rank 2 (node rank 1, 198.18.0.2): no answer within 3 s" in report
+    assert "rank 3 (node rank 1, 198.18.0.2): no answer within 3 s" in report
 
 
 _STORE_SERVER = """

@@ -12,9 +12,10 @@ the same as the matrix's other cells. In one process it:
 3. ``generate()`` through ``mark_forward_method``, compared with the reference model's tokens;
 4. resumes from the step-2 checkpoint in a differently seeded model and a fresh optimizer: steps 3-4 must
    repeat exactly;
-5. trains 2 steps with activation checkpointing on the blocks through torch-xla's ``checkpoint_module`` (the
-   library's ``gradient_checkpointing_enable`` uses ``torch.utils.checkpoint``, which fails on XLA: it looks
-   for a ``torch.xla`` module; torch-xla's own checkpoint also keeps XLA from merging the recomputation away).
+5. trains 2 steps with activation checkpointing on the blocks through the strategy's
+   ``activation_checkpointing_policy`` (torch-xla's ``checkpoint_module``; the library's
+   ``gradient_checkpointing_enable`` uses ``torch.utils.checkpoint``, which fails on XLA: it looks for a
+   ``torch.xla`` module).
 
 Writes ``OUT_DIR/rank0.json``.
 """
@@ -82,17 +83,11 @@ def reference(spec: Spec, precision: str) -> tuple[list[float], Any]:
     return losses, model
 
 
-def setup(fabric: Fabric, spec: Spec, seed: int, checkpointing: bool = False) -> tuple[Any, Any]:
+def setup(fabric: Fabric, spec: Spec, seed: int, use_cache: bool = True) -> tuple[Any, Any]:
     torch.manual_seed(seed)
     model = spec.build()
+    model.config.use_cache = use_cache
     model.train()
-    if checkpointing:
-        from torch_xla.distributed.fsdp import checkpoint_module
-
-        block = spec.block_class()
-        for module in model.modules():
-            if isinstance(module, block):
-                checkpoint_module(module)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     return fabric.setup(model, optimizer)
 
@@ -123,12 +118,14 @@ def main(out_dir: str, model_name: str, strategy: str, precision: str) -> None:
     loader = fabric.setup_dataloaders(DataLoader(Batches(spec), batch_size=ROWS, shuffle=False))
     checkpoint = out / ("checkpoint" if fabric.strategy.checkpoint_layout == "sharded" else "checkpoint.pt")
 
-    def run(model: Any, optimizer: Any, steps: range) -> tuple[list[float], list[float]]:
+    def run(
+        model: Any, optimizer: Any, steps: range, runner: Fabric = fabric
+    ) -> tuple[list[float], list[float]]:
         losses, times = [], []
         for batch in itertools.islice(iter(loader), steps.start, steps.stop):
             started = time.perf_counter()
             loss = model(**batch).loss
-            fabric.backward(loss)
+            runner.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
             losses.append(float(loss.detach()))  # the strategy cut the step's graph after optimizer.step()
@@ -175,8 +172,19 @@ def main(out_dir: str, model_name: str, strategy: str, precision: str) -> None:
     check("train", train_save_resume)
 
     def checkpointing() -> dict[str, Any]:
-        model, optimizer = setup(fabric, spec, seed=0, checkpointing=True)
-        losses, _ = run(model, optimizer, range(2))
+        # the strategy's activation_checkpointing_policy, as for FSDP; a second Fabric in the same process
+        strategy_class = type(fabric.strategy)
+        policy = {spec.block_class()}
+        checkpointed_fabric = Fabric(
+            accelerator="xla",
+            devices="auto",
+            strategy=strategy_class(activation_checkpointing_policy=policy),
+            precision=precision,
+        )
+        checkpointed_fabric.launch()
+        # a recomputed block would append to the key-value cache twice: the strategy refuses use_cache=True
+        model, optimizer = setup(checkpointed_fabric, spec, seed=0, use_cache=False)
+        losses, _ = run(model, optimizer, range(2), checkpointed_fabric)
         checkpointed = sum(hasattr(m, "_xla_checkpointed_forward_original") for m in model.module.modules())
         return {"losses": losses, "checkpointed": checkpointed}
 
