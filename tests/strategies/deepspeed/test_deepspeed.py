@@ -196,8 +196,14 @@ def test_stage3_on_cpu_gets_cpu_sized_buffers_unless_the_user_sized_them(ranks: 
     }
     for rank in ranks:
         result = rank["cpu_sizes"]
-        assert result["stage3"] == CPU_ZERO3_SIZES
-        assert result["stage3_changed_argument"] == {**CPU_ZERO3_SIZES, "reduce_bucket_size": 5_000_000}
+        # sub_group_size keeps Lightning's argument default: smaller sub-groups changed async checkpoints
+        lightning_sub_group = {"sub_group_size": 1_000_000_000_000}
+        assert result["stage3"] == {**CPU_ZERO3_SIZES, **lightning_sub_group}
+        assert result["stage3_changed_argument"] == {
+            **CPU_ZERO3_SIZES,
+            **lightning_sub_group,
+            "reduce_bucket_size": 5_000_000,
+        }
         assert result["stage3_user_config"] == deepspeed_defaults  # a user's config is used as written
         # stage 2 keeps Lightning's argument defaults
         assert result["stage2"]["reduce_bucket_size"] == 200_000_000
