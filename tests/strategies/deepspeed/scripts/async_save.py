@@ -14,10 +14,10 @@ that "the parameters change while the write has not happened yet" is certain, no
 The two checkpoints are compared byte for byte, not with ``torch.equal``: ZeRO-3 pads each
 parameter's partition on the last rank to an even split and never initializes the padding
 (``torch.empty``), so the padding of rank 1's ``fp32_flat_groups`` holds whatever bytes the memory
-held before, a NaN in about one run of three. Both checkpoints hold the same NaN, but NaN != NaN, so
-``torch.equal`` called identical checkpoints different. The ZeRO-3 sections put a NaN into that
-padding on purpose (:func:`_nan_into_zero3_padding`), so this case is tested in every run instead of
-by chance.
+held before, in some runs a NaN. Both checkpoints then hold the same NaN, but NaN != NaN, so
+``torch.equal`` called identical checkpoints different (a CI run failed so). The ZeRO-3 sections put
+a NaN into that padding on purpose (:func:`_nan_into_zero3_padding`), so this case is tested in every
+run instead of by chance.
 """
 
 from __future__ import annotations
