@@ -114,9 +114,9 @@ def config_from_arguments(a: dict[str, Any]) -> dict[str, Any]:
 #: per-rank peak 424 -> 317 MB for a 48 MB model; steps 1.01-1.15x (two loaded runs), the cost of
 #: gathering each layer again in backward, as FSDP's reshard after forward does. Only entries the user
 #: did not set are filled; see :func:`add_cpu_zero3_sizes`. ``sub_group_size`` stays at its default: a
-#: small one did not lower the peak, and with it an async checkpoint of ZeRO-3's optimizer partition
-#: differed from the sync one in 2 of 6 runs (tests/strategies/deepspeed/test_async_save.py; not yet
-#: understood).
+#: small one did not lower the peak. (It was also blamed for async checkpoints that differed from sync
+#: ones; that was the test comparing NaN with ``torch.equal``: ZeRO-3 leaves the last rank's partition
+#: padding uninitialized. Async checkpoints with several sub-groups are tested in test_async_save.py.)
 CPU_ZERO3_SIZES: dict[str, int] = {
     "reduce_bucket_size": 1_000_000,
     "stage3_prefetch_bucket_size": 1_000_000,

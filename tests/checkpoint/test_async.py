@@ -221,6 +221,23 @@ def test_snapshot_copies_tensors_and_keeps_structure() -> None:
     assert copied["nested"]["b"][1] == (3, "x") and copied["plain"] == {"k": [1]}
 
 
+def test_snapshot_copies_each_view_of_a_flat_buffer_with_its_bytes() -> None:
+    """ZeRO-3's sub-groups are views of one flat buffer, with uninitialized (possibly NaN) padding."""
+    flat = torch.arange(10.0)
+    flat[9] = torch.tensor(0x7FC0_1234, dtype=torch.int32).view(torch.float32)  # a NaN with a payload
+    first, second, reshaped = flat[:4], flat[4:], flat.view(2, 5)
+    copied = snapshot({"groups": [first, second], "first_again": flat[:4], "reshaped": reshaped})
+    assert copied["groups"][0] is copied["first_again"]  # the same view: one copy
+    with torch.no_grad():
+        flat.zero_()
+    expected = torch.arange(10.0)
+    assert torch.equal(copied["groups"][0], expected[:4]) and torch.equal(copied["reshaped"][0], expected[:5])
+    # a view's copy holds its own elements only, its NaN bit for bit
+    assert copied["groups"][1].untyped_storage().nbytes() == 6 * 4
+    assert copied["groups"][1][-1].view(torch.int32).item() == 0x7FC0_1234
+    assert copied["reshaped"][1, -1].view(torch.int32).item() == 0x7FC0_1234
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_the_writer_thread_yields_the_cpu_to_training() -> None:
     def niceness() -> int:

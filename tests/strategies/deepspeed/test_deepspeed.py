@@ -196,7 +196,7 @@ def test_stage3_on_cpu_gets_cpu_sized_buffers_unless_the_user_sized_them(ranks: 
     }
     for rank in ranks:
         result = rank["cpu_sizes"]
-        # sub_group_size keeps Lightning's argument default: smaller sub-groups changed async checkpoints
+        # sub_group_size keeps Lightning's argument default: smaller sub-groups did not lower the peak
         lightning_sub_group = {"sub_group_size": 1_000_000_000_000}
         assert result["stage3"] == {**CPU_ZERO3_SIZES, **lightning_sub_group}
         assert result["stage3_changed_argument"] == {

@@ -1,6 +1,7 @@
 """Asynchronous DeepSpeed saves on 2 real processes: ``python async_save.py OUT_DIR``.
 
-For ZeRO stages 2, 3 and 2 with the optimizer offloaded to CPU memory, each rank saves the same state synchronously and asynchronously, trains on
+For ZeRO stages 2, 3 (with one and with two optimizer sub-groups) and 2 with the optimizer offloaded to
+CPU memory, each rank saves the same state synchronously and asynchronously, trains on
 (changing the parameters, ZeRO's fp32 partitions and Adam's moments in place) before the background
 write is let go, and then compares the two checkpoints file by file and through a load. Then one
 asynchronous save fails (the file size limit is lowered on rank 0) and must be raised on both ranks
@@ -9,10 +10,19 @@ left unwaited: the process must exit non-zero with the error's message.
 
 The background thread of every save here is held at a gate until the training thread opens it, so
 that "the parameters change while the write has not happened yet" is certain, not a matter of timing.
+
+The two checkpoints are compared byte for byte, not with ``torch.equal``: ZeRO-3 pads each
+parameter's partition on the last rank to an even split and never initializes the padding
+(``torch.empty``), so the padding of rank 1's ``fp32_flat_groups`` holds whatever bytes the memory
+held before, in some runs a NaN. Both checkpoints then hold the same NaN, but NaN != NaN, so
+``torch.equal`` called identical checkpoints different (a CI run failed so). The ZeRO-3 sections put
+a NaN into that padding on purpose (:func:`_nan_into_zero3_padding`), so this case is tested in every
+run instead of by chance.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -38,6 +48,16 @@ from tests.strategies.deepspeed.scripts.ds_checks import (
     train_steps,
 )
 
+#: the configurations saved asynchronously; ``stage3_subgroups`` splits this rank's ZeRO-3 partition
+#: into two optimizer sub-groups (partitions of 68 + 9 + 111 and 7 + 33 + 3 elements), each a view of
+#: one flat buffer, as a small ``sub_group_size`` does for a large model
+ASYNC_STAGES: dict[str, dict[str, Any]] = {
+    "stage2": STAGES["stage2"],
+    "stage3": STAGES["stage3"],
+    "stage3_subgroups": {**STAGES["stage3"], "sub_group_size": 100},
+    "stage2_offload": STAGES["stage2_offload"],
+}
+
 _GATE = threading.Event()
 _original_run = background.AsyncSave._run
 
@@ -59,12 +79,44 @@ def _limit_file_size(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard if limit is None else limit, hard))
 
 
+def _nan_into_zero3_padding(optimizer: Any) -> int:
+    """Put a NaN into each padding element of this rank's ZeRO-3 fp32 partitions; return how many.
+
+    Test instrumentation: DeepSpeed leaves that padding uninitialized, so it holds a NaN in some runs
+    and not in others; here it holds one in every run. The padding takes no part in training (its
+    gradient is zero and no parameter is gathered from it), so the run is otherwise unchanged.
+    """
+    zero = optimizer.optimizer  # fabric's wrapper -> DeepSpeed's ZeRO-3 optimizer
+    count = 0
+    for flat, params, paddings in zip(
+        zero.fp32_partitioned_groups_flat, zero.fp16_groups, zero.groups_padding, strict=True
+    ):
+        offset = 0
+        for param, padding in zip(params, paddings, strict=True):
+            offset += param.partition_numel()
+            if padding:
+                flat.data[offset - padding : offset] = float("nan")
+                count += padding
+    return count
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes: NaN equals the same NaN, unlike ``torch.equal``."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(_as_bytes(a), _as_bytes(b))
+
+
+def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
 def _same(a: Any, b: Any, where: str, differences: list[str]) -> None:
-    """Record where ``a`` and ``b`` (loaded checkpoint files) differ: every tensor, every value."""
+    """Record where ``a`` and ``b`` (loaded checkpoint files) differ: every tensor, byte for byte; every value."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             differences.append(f"{where}: tensor vs {type(b).__name__}")
-        elif a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+        elif not _same_bytes(a, b):
             differences.append(f"{where}: tensors differ")
     elif isinstance(a, dict) and isinstance(b, dict):
         if list(a) != list(b):
@@ -92,8 +144,10 @@ def _engine_files(directory: str) -> dict[str, Any]:
 
 
 def round_trip(out_dir: str, stage: str) -> dict[str, Any]:
-    fabric = make(STAGES[stage])
+    fabric = make(ASYNC_STAGES[stage])
     model, optimizer = setup_net(fabric, seed=1)
+    zero3 = fabric.strategy.zero_stage == 3
+    nan_padding = _nan_into_zero3_padding(optimizer) if zero3 else 0
     train_steps(fabric, model, optimizer, 3, seed=11)
     sync_path, async_path = os.path.join(out_dir, f"sync_{stage}"), os.path.join(out_dir, f"async_{stage}")
     history = [1, 2]
@@ -113,7 +167,13 @@ def round_trip(out_dir: str, stage: str) -> dict[str, Any]:
     train_steps(fabric, model, optimizer, 2, seed=199)
     fabric.wait_for_checkpoint()
 
-    result: dict[str, Any] = {"held": held, "changed": changed, "pending_done": pending.done()}
+    result: dict[str, Any] = {
+        "held": held,
+        "changed": changed,
+        "pending_done": pending.done(),
+        "nan_padding": nan_padding,
+        "sub_groups": len(optimizer.optimizer.fp16_groups) if zero3 else None,
+    }
     if fabric.is_global_zero:
         differences: list[str] = []
         sync_files, async_files = _engine_files(sync_path), _engine_files(async_path)
@@ -171,12 +231,8 @@ def failure(out_dir: str) -> dict[str, Any]:
 
 def main(out_dir: str) -> None:
     results: dict[str, Any] = {}
-    sections = {
-        "stage2": lambda: round_trip(out_dir, "stage2"),
-        "stage3": lambda: round_trip(out_dir, "stage3"),
-        "stage2_offload": lambda: round_trip(out_dir, "stage2_offload"),
-        "failure": lambda: failure(out_dir),
-    }
+    sections = {stage: functools.partial(round_trip, out_dir, stage) for stage in ASYNC_STAGES}
+    sections["failure"] = functools.partial(failure, out_dir)
     for name, section in sections.items():
         try:
             results[name] = section()
