@@ -157,3 +157,8 @@ def test_xla_cell(results: dict[tuple[str, str, str], Future], cell: tuple[str, 
     assert pretrained["logits_diff"] < TOLERANCE[precision] / 10
     # against the XLA run's own logits at the save: the back ends differ in rounding only
     assert pretrained["logits_diff_vs_run"] < TOLERANCE[precision]
+    # 6. init_module() and init_module(empty_init=True) give the seeded eager CPU construction, exactly
+    initial = run["empty_init"]
+    assert initial["same_names"]
+    assert initial["max_diff"] == 0.0 and initial["differ"] == [], initial
+    assert initial["max_diff_to_cpu"] == 0.0, initial
