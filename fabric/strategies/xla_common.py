@@ -181,10 +181,14 @@ def check_no_cache_writes(module: Module, owner: str) -> None:
     """Refuse a ``transformers`` model whose config asks for a key-value cache in training.
 
     torch-xla's checkpoint runs a block's forward again in the backward, and a block that appends its keys and
-    values to the cache appends them twice: the recomputed attention then sees the keys twice and the gradients
-    are wrong, with no error (measured: GPT-2's second loss moved by 2e-3). ``transformers`` drops the cache
-    only under its own ``gradient_checkpointing_enable``, which uses torch's checkpoint and fails on XLA.
-    Found by the config's ``use_cache`` attribute; ``transformers`` is not imported.
+    values to the cache appends them twice. ``transformers``' attention cuts the keys it gets back from the
+    cache to the sequence's length, so the recomputed attention uses the keys of the first forward; torch-xla's
+    checkpoint is reentrant (that forward ran without autograd), so those keys carry no gradient and the
+    gradients are wrong, with no error (measured: GPT-2's second loss moved by 2e-3; on the CPU, torch's
+    reentrant checkpoint moves GPT-2's gradients by 4.6e-2 and Llama's by 1e-1). torch's non-reentrant
+    checkpoint, which ``FSDPStrategy``'s policy applies, keeps them: its gradients are exact with the cache on.
+    ``transformers`` drops the cache only under its own ``gradient_checkpointing_enable``, which uses torch's
+    checkpoint and fails on XLA. Found by the config's ``use_cache`` attribute; ``transformers`` is not imported.
     """
     config = getattr(module, "config", None)
     if getattr(config, "use_cache", False) is True:

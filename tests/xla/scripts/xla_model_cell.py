@@ -201,10 +201,12 @@ def main(out_dir: str, model_name: str, strategy: str, precision: str) -> None:
 
     def initial_weights() -> dict[str, Any]:
         started = time.perf_counter()
-        # the reference: the eager CPU construction under the same seed, in the precision's default dtype
+        # the reference: the eager CPU construction under the same seed, in the precision's default dtype and
+        # with its cast of the buffers (Llama's float32 inv_freq in bf16-true), as `setup` casts them
         torch.manual_seed(0)
-        with fabric.strategy.precision.module_init_context():
-            expected = tensors(spec.build())
+        precision = fabric.strategy.precision
+        with precision.module_init_context():
+            expected = tensors(precision.convert_module(spec.build()))
         made = []
         for empty_init in (False, True):
             torch.manual_seed(0)
