@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from fabric.strategies._deferred_init import InitLog, replay_into
+from fabric.strategies._deferred_init import InitLog, record_library_init, replay_into
 
 
 def has_meta(module: Module) -> bool:
@@ -34,6 +34,22 @@ def tensor_names(module: Module, log: InitLog | None = None) -> dict[int, str]:
             if logged is not None and logged is not tensor:
                 names.setdefault(id(logged), names[id(tensor)])
     return names
+
+
+def take_init_log(logs: list[InitLog], module: Module, device: torch.device) -> InitLog | None:
+    """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any, removed
+    from ``logs`` (it is replayed once; its tensors can be freed afterwards) and completed for the replay
+    on ``device``: the model library's own initialization that the meta construction skipped, and the casts
+    of buffers a precision made before ``setup``."""
+    tensors = [*module.parameters(), *module.buffers()]
+    for log in logs:
+        if log.covers(tensors, module):
+            logs.remove(log)
+            # a transformers model skipped its own init on the meta device: record it now
+            record_library_init(module, log, device)
+            log.link_cast_buffers(module)  # bf16-true cast float32 buffers (inv_freq) before setup
+            return log
+    return None
 
 
 def materialize_from_log(module: Module, log: InitLog, names: dict[int, str], device: torch.device) -> None:

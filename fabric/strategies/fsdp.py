@@ -35,12 +35,13 @@ from fabric.environments import ClusterEnvironment
 from fabric.precision import MixedPrecision, Precision
 from fabric.precision.fsdp import FSDPPrecision
 from fabric.strategies._buffers import broadcast_buffers
-from fabric.strategies._deferred_init import InitLog, InitRecorder, record_library_init
+from fabric.strategies._deferred_init import InitLog, InitRecorder
 from fabric.strategies._materialize import (
     check_initializable,
     has_meta,
     materialize,
     materialize_from_log,
+    take_init_log,
     tensor_names,
 )
 from fabric.strategies.fsdp_compat import (
@@ -325,17 +326,9 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
 
     def _init_log_for(self, module: Module) -> InitLog | None:
         """The recording of ``module``'s construction under ``init_module(empty_init=True)``, if any."""
-        tensors = [*module.parameters(), *module.buffers()]
-        for log in self._init_logs:
-            if log.covers(tensors, module):
-                self._init_logs.remove(log)  # replayed once; its tensors can be freed afterwards
-                # a transformers model skipped its own init on the meta device: record it now
-                record_library_init(
-                    module, log, self.root_device if not self._offload else torch.device("cpu")
-                )
-                log.link_cast_buffers(module)  # bf16-true cast float32 buffers (inv_freq) before setup
-                return log
-        return None
+        return take_init_log(
+            self._init_logs, module, self.root_device if not self._offload else torch.device("cpu")
+        )
 
     # ---------------------------------------------------------------------- steps
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:

@@ -71,7 +71,7 @@ class XLAStrategy(XLAStepMixin, Strategy):
         activation_checkpointing_policy: ShardingPolicy | None = None,
     ) -> None:
         super().__init__(accelerator=accelerator, precision=precision)
-        self._set_checkpoint_policy(activation_checkpointing_policy)
+        self._init_xla_options(activation_checkpointing_policy)
         if state_dict_type not in ("full", "sharded"):
             raise ValueError(
                 f"{type(self).__name__}(state_dict_type={state_dict_type!r}): allowed 'full' or 'sharded'."

@@ -8,6 +8,7 @@ training step, which XLA compiles once and then replays.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.accelerators.xla import require_torch_xla
+from fabric.strategies._deferred_init import InitLog, InitRecorder, replay_into
+from fabric.strategies._materialize import has_meta, take_init_log, tensor_names
 from fabric.strategies.fsdp_policy import ShardingPolicy, as_predicate
 from fabric.utilities.apply import move_to_device
 from fabric.utilities.choices import XLA_PRECISIONS as XLA_PRECISIONS
@@ -78,22 +81,69 @@ def move_keeping_ties(module: Module, device: torch.device) -> dict[int, tuple[T
     found by identity before the move, not by names; old and new are paired by registration (module and
     attribute), not by position, so a module whose ``parameters()`` order changes is still paired right.
     """
-    slots = [
+    slots = _slots(module)
+    module.to(device)
+
+    def moved(owner: Module, name: str, _old: Tensor, is_parameter: bool) -> Tensor:
+        new = (owner._parameters if is_parameter else owner._buffers)[name]
+        assert new is not None
+        return new
+
+    return _tie_replacements(slots, moved)
+
+
+def materialize_keeping_ties(
+    module: Module, log: InitLog, device: torch.device
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Give a model made under ``init_module(empty_init=True)`` the values of its eager construction, on ``device``.
+
+    The recorded construction is replayed on the CPU, from the CPU generator's state when it was recorded, so
+    every random draw is the one an eager CPU construction makes (bit for bit, see
+    :mod:`fabric.strategies._deferred_init`); each parameter and buffer goes to ``device`` as soon as its
+    value is final, so the host holds one full tensor at a time. Tied tensors get one XLA tensor, as in
+    :func:`move_keeping_ties`; returns ``id(meta tensor) -> (meta, new)`` for each parameter.
+    """
+    names = tensor_names(module, log)
+    values: dict[str, Tensor] = {}
+
+    def sink(name: str, full: Tensor) -> None:
+        values[name] = full.to(device)
+
+    replay_into(log, torch.device("cpu"), names, sink)
+
+    def new(owner: Module, name: str, old: Tensor, is_parameter: bool) -> Tensor:
+        value = values.pop(names[id(old)])
+        return torch.nn.Parameter(value, requires_grad=old.requires_grad) if is_parameter else value
+
+    return _tie_replacements(_slots(module), new)
+
+
+Slot = tuple[Module, str, Tensor, bool]  # (owner, attribute, tensor, is a parameter)
+
+
+def _slots(module: Module) -> list[Slot]:
+    """Every registration of a parameter or buffer, a tied tensor once per module that registers it."""
+    return [
         (owner, name, tensor, is_parameter)
         for owner in module.modules()
         for table, is_parameter in ((owner._parameters, True), (owner._buffers, False))
         for name, tensor in table.items()
         if tensor is not None
     ]
-    module.to(device)
+
+
+def _tie_replacements(
+    slots: list[Slot], new: Callable[[Module, str, Tensor, bool], Tensor]
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """Register ``new(slot)`` for the first registration of each tensor, and that same object for the others."""
     replacement: dict[int, Tensor] = {}
     moved: dict[int, tuple[Tensor, Tensor]] = {}
     for owner, name, old, is_parameter in slots:
-        new = (owner._parameters if is_parameter else owner._buffers)[name]
-        assert new is not None
-        first = replacement.setdefault(id(old), new)
-        if new is not first:
-            setattr(owner, name, first)  # a second registration of a tied tensor: tie it again
+        first = replacement.get(id(old))
+        if first is None:
+            first = replacement[id(old)] = new(owner, name, old, is_parameter)
+        if (owner._parameters if is_parameter else owner._buffers)[name] is not first:
+            setattr(owner, name, first)  # a buffer's new value, or a second registration of a tied tensor
         if is_parameter and first is not old:
             moved[id(old)] = (old, first)
     return moved
@@ -131,10 +181,14 @@ def check_no_cache_writes(module: Module, owner: str) -> None:
     """Refuse a ``transformers`` model whose config asks for a key-value cache in training.
 
     torch-xla's checkpoint runs a block's forward again in the backward, and a block that appends its keys and
-    values to the cache appends them twice: the recomputed attention then sees the keys twice and the gradients
-    are wrong, with no error (measured: GPT-2's second loss moved by 2e-3). ``transformers`` drops the cache
-    only under its own ``gradient_checkpointing_enable``, which uses torch's checkpoint and fails on XLA.
-    Found by the config's ``use_cache`` attribute; ``transformers`` is not imported.
+    values to the cache appends them twice. ``transformers``' attention cuts the keys it gets back from the
+    cache to the sequence's length, so the recomputed attention uses the keys of the first forward; torch-xla's
+    checkpoint is reentrant (that forward ran without autograd), so those keys carry no gradient and the
+    gradients are wrong, with no error (measured: GPT-2's second loss moved by 2e-3; on the CPU, torch's
+    reentrant checkpoint moves GPT-2's gradients by 4.6e-2 and Llama's by 1e-1). torch's non-reentrant
+    checkpoint, which ``FSDPStrategy``'s policy applies, keeps them: its gradients are exact with the cache on.
+    ``transformers`` drops the cache only under its own ``gradient_checkpointing_enable``, which uses torch's
+    checkpoint and fails on XLA. Found by the config's ``use_cache`` attribute; ``transformers`` is not imported.
     """
     config = getattr(module, "config", None)
     if getattr(config, "use_cache", False) is True:
@@ -157,8 +211,13 @@ class XLAStepMixin:
     #: predicate: which submodules recompute their activations in the backward (``None``: none)
     _checkpoint_policy: Callable[[Module], bool] | None = None
 
-    def _set_checkpoint_policy(self, policy: ShardingPolicy | None) -> None:
-        self._checkpoint_policy = as_predicate(policy, "activation_checkpointing_policy", type(self).__name__)
+    def _init_xla_options(self, checkpoint_policy: ShardingPolicy | None) -> None:
+        """What the XLA strategies' constructors share: the checkpointing policy, the pending init recordings."""
+        self._checkpoint_policy = as_predicate(
+            checkpoint_policy, "activation_checkpointing_policy", type(self).__name__
+        )
+        #: recordings of constructions under ``init_module(empty_init=True)``, until their model is set up
+        self._init_logs: list[InitLog] = []
 
     def _setup_xla(self) -> None:
         self._mark_step = step_marker()
@@ -170,14 +229,43 @@ class XLAStepMixin:
         # after the strategy's own set-up: under SPMD no tensor may exist on XLA before `use_spmd()`
         check_autograd_reaches_xla(self.root_device)  # type: ignore[attr-defined]
 
+    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
+        """The model is created on the CPU, and moved to the XLA device by ``setup``; with ``empty_init=True``
+        on the meta device, and ``setup`` gives it the values of that CPU construction, bit for bit.
+
+        Why not on the XLA device (Lightning's ``single_xla`` and ``xla``): torch-xla's generator is neither
+        seeded by ``torch.manual_seed`` / ``seed_everything`` nor independent of where the lazy graph is cut
+        (measured on torch-xla 2.9: the same draws come out different with a ``torch_xla.sync()`` between
+        them), so initial weights drawn on XLA cannot be reproduced from a seed, neither by a second run nor
+        by ``empty_init=True``. Drawn by the CPU generator they are the weights the same seeded script gives
+        on every other strategy. ``empty_init=True`` records the construction on the meta device (see
+        :mod:`fabric.strategies._deferred_init`; ``transformers``' own ``_init_weights`` included) and
+        ``setup`` replays it on the CPU one tensor at a time (:func:`materialize_keeping_ties`), so the
+        host never holds the whole model.
+        """
+        stack = ExitStack()
+        stack.enter_context(torch.device("meta") if empty_init else torch.device("cpu"))
+        stack.enter_context(self.precision.module_init_context())  # type: ignore[attr-defined]
+        if empty_init:
+            recorder = InitRecorder(torch.device("cpu"))
+            self._init_logs.append(recorder.log)
+            stack.enter_context(recorder)
+        return stack
+
     def module_to_device(self, module: Module) -> None:
         """Move ``module`` to the XLA device, remembering which new parameter replaced which.
 
         Unlike a move between CPU and CUDA, ``Module.to("xla")`` creates new ``Parameter`` objects (the
         tensor types are not swappable in place), so an optimizer created before ``setup`` would keep
-        updating the CPU copies. :meth:`setup_optimizer` points it at the new ones.
+        updating the CPU copies. :meth:`setup_optimizer` points it at the new ones. A model created under
+        ``init_module(empty_init=True)`` gets its recorded construction's values here.
         """
-        self._moved_parameters.update(move_keeping_ties(module, self.root_device))  # type: ignore[attr-defined]
+        device = self.root_device  # type: ignore[attr-defined]
+        log = take_init_log(self._init_logs, module, torch.device("cpu")) if has_meta(module) else None
+        if log is not None:
+            self._moved_parameters.update(materialize_keeping_ties(module, log, device))
+        else:
+            self._moved_parameters.update(move_keeping_ties(module, device))
 
     def setup_module(self, module: Module) -> Module:
         """Activation checkpointing on the submodules the policy names, then the strategy's own wrapping."""

@@ -35,7 +35,7 @@ class SingleXLAStrategy(XLAStepMixin, SingleDeviceStrategy):
         activation_checkpointing_policy: ShardingPolicy | None = None,
     ) -> None:
         super().__init__(device=device, accelerator=accelerator, precision=precision)
-        self._set_checkpoint_policy(activation_checkpointing_policy)
+        self._init_xla_options(activation_checkpointing_policy)
         if self.root_device.type != "xla":
             raise ValueError(f"SingleXLAStrategy(device={device!r}): expected an XLA device such as 'xla:0'.")
 

@@ -11,6 +11,7 @@ Run by ``nox -s xla``; skipped without torch-xla.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -44,9 +45,13 @@ def run(strategy: str, devices: int) -> Any:
     return json.loads(line[len("RESULT ") :])
 
 
+#: one run of the script per strategy, shared by the tests that read its parts
+_run_once = functools.cache(run)
+
+
 @pytest.mark.parametrize(("strategy", "devices"), [("single_xla", 1), ("xla", 2), ("xla_fsdp", 2)])
 def test_model_keeps_ties_pairing_and_checkpointing(strategy: str, devices: int) -> None:
-    result = run(strategy, devices)
+    result = _run_once(strategy, devices)
     for name, expected_checkpointed in (("plain", 0), ("checkpointed", 2)):
         part = result[name]
         assert "error" not in part, f"[{name}]\n{part.get('error')}"
@@ -62,6 +67,24 @@ def test_model_keeps_ties_pairing_and_checkpointing(strategy: str, devices: int)
     # checkpointing a model that keeps a key-value cache in training is refused, with the fix
     assert "config.use_cache is True" in result["cache_refused"]
     assert "model.config.use_cache = False" in result["cache_refused"]
+
+
+@pytest.mark.parametrize(("strategy", "devices"), [("single_xla", 1), ("xla", 2), ("xla_fsdp", 2)])
+def test_init_module_gives_the_seeded_cpu_construction(strategy: str, devices: int) -> None:
+    """``init_module()`` and ``init_module(empty_init=True)`` give, exactly, the weights the same seed gives an
+    eager CPU construction (the model's own init included), tied weights stay tied and the model trains as the
+    CPU reference. Before: ``init_module()`` drew on XLA's generator (not seeded by ``torch.manual_seed``, 0.1
+    away from the CPU's values) and ``empty_init=True`` skipped the initialization."""
+    result = _run_once(strategy, devices)["initial_weights"]
+    assert "error" not in result, result["error"]
+    for name, created_on in (("eager", ["cpu"]), ("empty_init", ["meta"])):
+        part = result[name]
+        assert part["max_diff_to_cpu"] == 0.0, (name, part["max_diff_to_cpu"])
+        assert part["created_on"] == created_on, name
+        assert part["tied"], name
+        assert part["optimizer_holds_model_parameters"], name
+        diffs = [abs(a - b) for a, b in zip(part["losses"], result["reference"])]
+        assert max(diffs) < TOLERANCE, (name, part["losses"], result["reference"])
 
 
 def test_checkpointing_policy_error_names_the_strategy() -> None:

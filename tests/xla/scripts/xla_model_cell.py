@@ -15,7 +15,9 @@ the same as the matrix's other cells. In one process it:
 5. trains 2 steps with activation checkpointing on the blocks through the strategy's
    ``activation_checkpointing_policy`` (torch-xla's ``checkpoint_module``; the library's
    ``gradient_checkpointing_enable`` uses ``torch.utils.checkpoint``, which fails on XLA: it looks for a
-   ``torch.xla`` module).
+   ``torch.xla`` module);
+6. creates the model under ``init_module()`` and ``init_module(empty_init=True)`` with the same seed: both must
+   give the eager CPU construction's weights exactly (``transformers``' ``_init_weights`` included).
 
 Writes ``OUT_DIR/rank0.json``.
 """
@@ -62,6 +64,13 @@ class Batches(Dataset):
 def cpu(tensor: torch.Tensor) -> torch.Tensor:
     """A float32 CPU copy (an SPMD-sharded XLA tensor comes back whole)."""
     return tensor.detach().cpu().float().clone()
+
+
+def tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer, as float32 CPU copies."""
+    found = {name: cpu(p) for name, p in module.named_parameters()}
+    found.update({f"buffer:{name}": cpu(b) for name, b in module.named_buffers()})
+    return found
 
 
 def reference(spec: Spec, precision: str) -> tuple[list[float], Any]:
@@ -189,6 +198,35 @@ def main(out_dir: str, model_name: str, strategy: str, precision: str) -> None:
         return {"losses": losses, "checkpointed": checkpointed}
 
     check("checkpointing", checkpointing)
+
+    def initial_weights() -> dict[str, Any]:
+        started = time.perf_counter()
+        # the reference: the eager CPU construction under the same seed, in the precision's default dtype and
+        # with its cast of the buffers (Llama's float32 inv_freq in bf16-true), as `setup` casts them
+        torch.manual_seed(0)
+        precision = fabric.strategy.precision
+        with precision.module_init_context():
+            expected = tensors(precision.convert_module(spec.build()))
+        made = []
+        for empty_init in (False, True):
+            torch.manual_seed(0)
+            with fabric.init_module(empty_init=empty_init):
+                model = spec.build()
+            made.append(tensors(fabric.setup_module(model).module))
+        eager, empty = made
+
+        def diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+            return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+        return {
+            "same_names": eager.keys() == empty.keys() == expected.keys(),
+            "max_diff": diff(eager, empty),
+            "max_diff_to_cpu": diff(eager, expected),
+            "differ": sorted(k for k in eager if not torch.equal(eager[k], empty[k]))[:8],
+            "seconds": time.perf_counter() - started,
+        }
+
+    check("empty_init", initial_weights)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "rank0.json").write_text(json.dumps(result, indent=1))
 

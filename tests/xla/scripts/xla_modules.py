@@ -7,7 +7,9 @@ other layers (``Module.to("xla")`` untied the two, and the parameters after the 
 CPU originals), an output that is not a tensor (a dataclass holding ``loss`` and ``logits``, the shape of
 ``transformers``' ``ModelOutput``, which FSDPv2's default output sharding refused), and repeated blocks to
 checkpoint (``activation_checkpointing_policy``). It trains 3 Adam steps with an optimizer made before
-``setup`` twice, plain and with the blocks checkpointed, and the same model eagerly on the CPU.
+``setup`` twice, plain and with the blocks checkpointed, and the same model eagerly on the CPU. Then a variant
+that initializes itself (as ``transformers``' ``_init_weights``) is created under ``init_module()`` and
+``init_module(empty_init=True)``: both must give the eager CPU construction's weights exactly.
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ class TiedNet(nn.Module):
         return Output(loss=loss, logits=logits)
 
 
+class InitNet(TiedNet):
+    """Initializes itself beyond the layers' defaults, as ``transformers`` models do in ``_init_weights``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        for block in self.blocks:
+            block.linear.bias.data.zero_()
+            block.linear.weight.data.normal_(std=0.1)
+
+
 def batch(step: int) -> torch.Tensor:
     return torch.randint(0, 16, (4, 5), generator=torch.Generator().manual_seed(100 + step))
 
@@ -106,6 +119,36 @@ def run(strategy_class: Any, devices: int, checkpointing: bool) -> dict[str, Any
     }
 
 
+def initial_weights(strategy_class: Any, devices: int) -> dict[str, Any]:
+    """``init_module()`` and ``init_module(empty_init=True)``: the eager CPU construction's weights, and its
+    training, with an optimizer made before ``setup`` (from the meta parameters, under ``empty_init``)."""
+    fabric = Fabric(accelerator="xla", devices=devices, strategy=strategy_class())
+    fabric.launch()  # before the CPU reference's backward: pytorch/xla#4174
+    torch.manual_seed(0)
+    reference_model = InitNet()
+    initial = {name: tensor.clone() for name, tensor in reference_model.state_dict().items()}
+    result: dict[str, Any] = {
+        "reference": train(reference_model, torch.optim.Adam(reference_model.parameters(), lr=1e-2), None)
+    }
+    for empty_init in (False, True):
+        torch.manual_seed(0)
+        with fabric.init_module(empty_init=empty_init):
+            model = InitNet()
+        created_on = sorted({p.device.type for p in model.parameters()})
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        wrapped, optimizer = fabric.setup(model, optimizer)
+        state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        result["empty_init" if empty_init else "eager"] = {
+            "created_on": created_on,
+            "max_diff_to_cpu": max(float((state[name] - initial[name]).abs().max()) for name in initial),
+            "tied": model.head.weight is model.embedding.weight,
+            "optimizer_holds_model_parameters": optimized == {id(p) for p in model.parameters()},
+            "losses": train(wrapped, optimizer, fabric),
+        }
+    return result
+
+
 def main(strategy_name: str, devices: int) -> None:
     from fabric.strategies.xla import XLAStrategy
     from fabric.strategies.xla_fsdp import XLAFSDPStrategy
@@ -123,6 +166,10 @@ def main(strategy_name: str, devices: int) -> None:
         except Exception:  # each part is reported on its own: one failure does not hide the other
             part = {"error": traceback.format_exc()}
         result["checkpointed" if checkpointing else "plain"] = part
+    try:
+        result["initial_weights"] = initial_weights(classes[strategy_name], devices)
+    except Exception:
+        result["initial_weights"] = {"error": traceback.format_exc()}
     # a model whose config asks for a key-value cache: a recomputed block would write it twice
     fabric = Fabric(
         accelerator="xla",
