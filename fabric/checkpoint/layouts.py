@@ -41,7 +41,7 @@ class Pipeline(Protocol):
     def write_directory(
         self,
         path: str,
-        write_parts: Callable[[str], None],
+        write_parts: Callable[[str], dict[str, dict[str, int]] | None],
         meta: dict[str, Any],
         collectives: Collectives | None = None,
     ) -> None: ...
