@@ -39,7 +39,7 @@ from torch.optim import Optimizer
 
 from fabric import lifecycle
 from fabric.checkpoint import sharded, states
-from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, finish_at_exit
+from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, Staging, finish_at_exit
 from fabric.checkpoint.checkpoint_io import is_remote
 from fabric.checkpoint.checksummed import Recorder, Records, save_checksummed
 from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
@@ -83,6 +83,8 @@ class Checkpointer:
         self._unsettled = False
         self._background_collectives: GroupCollectives | SingleProcess | None = None
         self._exit_step_registered = False
+        #: the CPU copies of the last asynchronous sharded save, reused by the next (see ``Staging``)
+        self.staging = Staging()
 
     @property
     def host(self) -> CheckpointHost:
@@ -217,6 +219,7 @@ class Checkpointer:
         """Wait for this process's save in flight and raise its error, without talking to the others (teardown)."""
         pending, self._pending, self._unsettled = self._pending, None, False
         error = pending.deliver() if pending is not None else None
+        self.staging.release()
         if error is not None:
             raise error
 
