@@ -23,6 +23,8 @@ Reading is where DCP alone is not safe, and this module closes three holes:
   the machine. Every name must resolve inside the directory.
 * No layer of DCP checks what it reads: a flipped bit in a shard loads as a wrong weight. The manifest
   records every file's size and CRC-32 at save, and :func:`verify_files` compares them before a load.
+  The CRC-32s are taken while the files are written (:mod:`fabric.checkpoint.checksummed`), not by
+  reading them back.
 """
 
 from __future__ import annotations
