@@ -166,7 +166,9 @@ def _checkpoint_tables(settings: Settings) -> list[Table]:
                 "`fabric.save(dir, {'model': model})`", target=CHECKPOINT_TARGET, short="fabric save"
             ),
             "fabric-async": Row("`fabric.save(..., async_save=True)`: time the call blocks", short="async"),
-            "fabric-checksums": Row("of fabric's save: the manifest's CRC-32 pass alone", short="CRC pass"),
+            "fabric-checksums": Row(
+                "of fabric's save: the CRC-32 of its bytes alone (taken while writing)", short="CRC"
+            ),
         }
         load = {
             "raw": Row("raw `dcp.load` + `set_model_state_dict`", short="raw load"),

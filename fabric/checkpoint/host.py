@@ -52,7 +52,8 @@ class CheckpointHost(Collectives, Protocol):
     #: whether each process holds a shard of the model (and reads only its shard of a directory)
     sharded_checkpoints: bool
 
-    def save_shards(self, shards: dict[str, Any], directory: str) -> None: ...
+    #: returns the size and CRC-32 of the files it wrote, or ``None`` if its writer cannot take them
+    def save_shards(self, shards: dict[str, Any], directory: str) -> dict[str, dict[str, int]] | None: ...
 
     def prepare_save(self, state: Mapping[str, Any]) -> None: ...
 

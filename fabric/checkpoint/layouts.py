@@ -16,7 +16,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric.checkpoint import sharded, states
-from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, snapshot
+from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, Staging, snapshot
 from fabric.checkpoint.checkpoint_io import is_remote
 from fabric.checkpoint.host import CheckpointHost, Collectives
 from fabric.checkpoint.io import CheckpointError
@@ -36,12 +36,15 @@ class Pipeline(Protocol):
     @property
     def host(self) -> CheckpointHost: ...
 
+    #: the CPU copies an asynchronous sharded save keeps for the next one
+    staging: Staging
+
     def resume_state(self, state: Mapping[str, Any], per_rank_keys: Collection[str]) -> dict[str, Any]: ...
 
     def write_directory(
         self,
         path: str,
-        write_parts: Callable[[str], None],
+        write_parts: Callable[[str], dict[str, dict[str, int]] | None],
         meta: dict[str, Any],
         collectives: Collectives | None = None,
     ) -> None: ...
@@ -152,7 +155,7 @@ class ShardedLayout:
             pipeline.write_directory(path, lambda tmp: host.save_shards(shards, tmp), meta)
             return None
         collectives = pipeline.collectives_for_background()
-        copied_shards, copied_meta = snapshot(shards), snapshot(meta)
+        copied_shards, copied_meta = snapshot(shards, pipeline.staging), snapshot(meta)
         group = collectives.group
 
         def write() -> None:

@@ -39,8 +39,9 @@ from torch.optim import Optimizer
 
 from fabric import lifecycle
 from fabric.checkpoint import sharded, states
-from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, finish_at_exit
+from fabric.checkpoint.background import AsyncSave, GroupCollectives, SingleProcess, Staging, finish_at_exit
 from fabric.checkpoint.checkpoint_io import is_remote
+from fabric.checkpoint.checksummed import Recorder, Records, save_checksummed
 from fabric.checkpoint.deepspeed_format import consolidate_deepspeed, is_deepspeed_checkpoint
 from fabric.checkpoint.deepspeed_layout import DeepSpeedLayout
 from fabric.checkpoint.directory import check_manifest_covers, read_meta
@@ -82,6 +83,8 @@ class Checkpointer:
         self._unsettled = False
         self._background_collectives: GroupCollectives | SingleProcess | None = None
         self._exit_step_registered = False
+        #: the CPU copies of the last asynchronous sharded save, reused by the next (see ``Staging``)
+        self.staging = Staging()
 
     @property
     def host(self) -> CheckpointHost:
@@ -115,7 +118,7 @@ class Checkpointer:
     def write_directory(
         self,
         path: str,
-        write_parts: Callable[[str], None],
+        write_parts: Callable[[str], Records | None],
         meta: dict[str, Any],
         collectives: Collectives | None = None,
     ) -> None:
@@ -123,8 +126,10 @@ class Checkpointer:
 
         ``write_parts(tmp)`` runs on every process and writes the engine's files (DCP shards, a
         DeepSpeed engine's partitions) into the temporary directory; ``meta`` (plain values and the
-        resume state) goes into ``meta.pt``. Then every process checksums its share of the files, rank 0
-        writes the manifest last and swaps the directory in. A failure on the way removes the temporary
+        resume state) goes into ``meta.pt``. A writer that checksummed its files on the way returns their
+        records (DCP's, :mod:`fabric.checkpoint.checksummed`): one gather brings them to rank 0. One that
+        returns ``None`` (a DeepSpeed engine) is followed by a pass in which every process checksums its
+        share of the files. Rank 0 writes the manifest last and swaps the directory in. A failure on the way removes the temporary
         directory and leaves the previous checkpoint as it was. ``collectives`` replaces the strategy's
         collectives (a background save talks on a process group of its own).
         """
@@ -136,15 +141,13 @@ class Checkpointer:
         sharded.check_directory_target(path)
         tmp = host.broadcast(sharded.create_temporary_directory(path) if host.is_global_zero else None)
         try:
-            write_parts(tmp)
+            written = write_parts(tmp)
+            if written is None:
+                checksums = _checksum_files(host, tmp, meta)
+            else:
+                checksums = _gather_records(host, tmp, meta, written)
             if host.is_global_zero:
-                atomic_save(meta, os.path.join(tmp, sharded.META_FILE))
-            host.barrier()
-            names = host.broadcast(sharded.files_to_record(tmp) if host.is_global_zero else None)
-            mine = {name: sharded.checksum(os.path.join(tmp, name)) for name in _my_share(names, host)}
-            checksums = {name: record for part in host.gather_object(mine) for name, record in part.items()}
-            if host.is_global_zero:
-                sharded.write_manifest(tmp, checksums)
+                sharded.write_manifest(tmp, checksums, sync_files=written is None)
                 sharded.commit_directory(tmp, path)
         except BaseException as error:
             if host.is_global_zero and os.path.isdir(tmp):
@@ -216,6 +219,7 @@ class Checkpointer:
         """Wait for this process's save in flight and raise its error, without talking to the others (teardown)."""
         pending, self._pending, self._unsettled = self._pending, None, False
         error = pending.deliver() if pending is not None else None
+        self.staging.release()
         if error is not None:
             raise error
 
@@ -488,6 +492,36 @@ def _os_error_in(error: BaseException) -> OSError | None:
 
 def _describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _checksum_files(host: Collectives, tmp: str, meta: dict[str, Any]) -> Records:
+    """``meta.pt`` written, then every file read back and checksummed, each process a share of them."""
+    if host.is_global_zero:
+        atomic_save(meta, os.path.join(tmp, sharded.META_FILE))
+    host.barrier()
+    names = host.broadcast(sharded.files_to_record(tmp) if host.is_global_zero else None)
+    mine = {name: sharded.checksum(os.path.join(tmp, name)) for name in _my_share(names, host)}
+    return {name: record for part in host.gather_object(mine) for name, record in part.items()}
+
+
+def _gather_records(host: Collectives, tmp: str, meta: dict[str, Any], written: Records) -> Records:
+    """Every process's records of the files it wrote, on rank 0 (``{}`` elsewhere), ``meta.pt``'s included.
+
+    The gather is also the point where every process has finished writing. A file no stream could vouch
+    for (see :class:`~fabric.checkpoint.checksummed.ChecksumStream`) is read back here, on rank 0.
+    """
+    if host.is_global_zero:
+        recorder = Recorder(tmp)
+        save_checksummed(meta, os.path.join(tmp, sharded.META_FILE), recorder)
+        written = {**written, **recorder.records}
+    parts = host.gather_object(written)
+    if not host.is_global_zero:
+        return {}
+    records = {name: record for part in parts for name, record in part.items()}
+    return {
+        name: records.get(name) or sharded.checksum(os.path.join(tmp, name))
+        for name in sharded.files_to_record(tmp)
+    }
 
 
 def _my_share(names: list[str], host: Collectives) -> list[str]:

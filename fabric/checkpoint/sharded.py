@@ -23,6 +23,8 @@ Reading is where DCP alone is not safe, and this module closes three holes:
   the machine. Every name must resolve inside the directory.
 * No layer of DCP checks what it reads: a flipped bit in a shard loads as a wrong weight. The manifest
   records every file's size and CRC-32 at save, and :func:`verify_files` compares them before a load.
+  The CRC-32s are taken while the files are written (:mod:`fabric.checkpoint.checksummed`), not by
+  reading them back.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ import torch
 import torch.distributed as dist
 
 from fabric.checkpoint import reclaim
+from fabric.checkpoint.checksummed import Recorder, Records, dcp_writer
 from fabric.checkpoint.io import (
     CheckpointError,
     _host_tag,
-    _os_error_behind,
     _process_exists,
     fsync_directory,
     make_directory,
@@ -168,45 +170,25 @@ def _temp_prefix(name: str) -> str:
     return f".{name[:120]}{_TMP_TAG}"
 
 
-def save_shards(shards: dict[str, Any], directory: str, process_group: Any = None) -> None:
+def save_shards(shards: dict[str, Any], directory: str, process_group: Any = None) -> Records:
     """Write the (sharded) tensors of ``shards`` into ``directory`` with DCP; every process calls this.
 
-    DCP's own collectives (planning, the gather of write results) run on ``process_group`` (default:
-    the default group); a background save passes its own.
+    Returns the size and CRC-32 of each file this process wrote, taken while writing
+    (:mod:`fabric.checkpoint.checksummed`): the manifest needs no second pass over the files. DCP's own
+    collectives (planning, the gather of write results) run on ``process_group`` (default: the default
+    group); a background save passes its own.
     """
     # heavy: torch.distributed.checkpoint (~1 s) loads only when used
     import torch.distributed.checkpoint as dcp
 
+    recorder = Recorder(directory)
     dcp.save(
         shards,
-        storage_writer=_writer(directory),
+        storage_writer=dcp_writer(directory, recorder),
         process_group=process_group,
         no_dist=not dist.is_initialized(),
     )
-
-
-def _writer(directory: str) -> Any:
-    """DCP's file writer, failing with the ``OSError`` (disk full, file too large) behind a failed write.
-
-    ``torch.save`` reports a failed write as ``RuntimeError: ... unexpected pos`` with the ``OSError`` as
-    its context; DCP then sends each rank's failure to every rank pickled, and pickling drops the
-    context. Raised here, on the rank that wrote, the ``OSError`` itself travels (it pickles with its
-    errno), and the save pipeline turns it into the ``OSError`` a single-file save raises.
-    """
-    # heavy: torch.distributed.checkpoint (~1 s) loads only when used
-    from torch.distributed.checkpoint import FileSystemWriter
-
-    class _Writer(FileSystemWriter):
-        def write_data(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return super().write_data(*args, **kwargs)
-            except Exception as error:
-                os_error = _os_error_behind(error)
-                if os_error is None or os_error is error:
-                    raise
-                raise OSError(os_error.errno, os_error.strerror or str(os_error)) from error
-
-    return _Writer(directory)
+    return recorder.records
 
 
 def files_to_record(directory: str) -> list[str]:
@@ -221,17 +203,28 @@ def files_to_record(directory: str) -> list[str]:
 
 
 def checksum(path: str) -> dict[str, int]:
-    """Size and CRC-32 of one file, read in chunks (memory stays small whatever the file's size)."""
+    """Size and CRC-32 of one file, read in chunks (memory stays small whatever the file's size).
+
+    One buffer is read into again and again: a fresh 4 MiB ``bytes`` per chunk is an ``mmap`` and a
+    thousand page faults each time.
+    """
     crc, size = 0, 0
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK_BYTES):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
+    buffer = bytearray(_CHUNK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while count := file.readinto(buffer):
+            crc = zlib.crc32(view[:count], crc)
+            size += count
     return {"size": size, "crc32": crc}
 
 
-def write_manifest(directory: str, checksums: dict[str, dict[str, int]]) -> None:
-    """Write the manifest last: a directory with a manifest is complete, and every byte of it is known."""
+def write_manifest(directory: str, checksums: dict[str, dict[str, int]], sync_files: bool = True) -> None:
+    """Write the manifest last: a directory with a manifest is complete, and every byte of it is known.
+
+    ``sync_files=False`` when the writers fsynced every file themselves (DCP's shards and ``.metadata``,
+    :func:`~fabric.checkpoint.checksummed.save_checksummed`): a second fsync per file is then only a
+    system call. The directory itself is synced by :func:`commit_directory`.
+    """
     body = json.dumps(
         {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "files": checksums},
         indent=1,
@@ -242,15 +235,14 @@ def write_manifest(directory: str, checksums: dict[str, dict[str, int]]) -> None
         file.write(body)
         file.flush()
         os.fsync(file.fileno())
-    for name in checksums:
-        # DCP fsyncs its shards; meta.pt went through atomic_save. This makes sure of every file.
+    for name in checksums if sync_files else ():
+        # Files an engine wrote without fsync (DeepSpeed's): this makes sure of every file.
         with contextlib.suppress(OSError):
             fd = os.open(os.path.join(directory, name), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    fsync_directory(directory)
 
 
 def commit_directory(tmp: str, path: str | os.PathLike[str]) -> None:

@@ -268,11 +268,15 @@ class Strategy(ABC):
             self._checkpointer = Checkpointer(self)
         return self._checkpointer
 
-    def save_shards(self, shards: dict[str, Any], directory: str) -> None:
-        """Write the (sharded) tensors of a sharded checkpoint into ``directory``; every process calls this."""
+    def save_shards(self, shards: dict[str, Any], directory: str) -> dict[str, dict[str, int]] | None:
+        """Write the (sharded) tensors of a sharded checkpoint into ``directory``; every process calls this.
+
+        Returns the size and CRC-32 of each file this process wrote, taken while writing; a strategy whose
+        writer cannot take them returns ``None``, and the files are read back for the manifest.
+        """
         from fabric.checkpoint.sharded import save_shards  # lazy: kept out of `from fabric import Fabric`
 
-        save_shards(shards, directory)
+        return save_shards(shards, directory)
 
     def capture_rng_state(self) -> dict[str, Any]:
         """This process's random state, stored in every checkpoint for an exact resume."""

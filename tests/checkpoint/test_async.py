@@ -22,7 +22,7 @@ from torch import nn
 
 from fabric import Fabric
 from fabric.checkpoint import CheckpointManager, TorchCheckpointIO
-from fabric.checkpoint.background import AsyncSave, snapshot
+from fabric.checkpoint.background import AsyncSave, Staging, snapshot
 from fabric.strategies import SingleDeviceStrategy
 from tests.checkpoint.killing import KillDuringWrite
 from tests.strategies.multiprocess import REPO_ROOT, read_rank_results, run_python
@@ -236,6 +236,53 @@ def test_snapshot_copies_each_view_of_a_flat_buffer_with_its_bytes() -> None:
     assert copied["groups"][1].untyped_storage().nbytes() == 6 * 4
     assert copied["groups"][1][-1].view(torch.int32).item() == 0x7FC0_1234
     assert copied["reshaped"][1, -1].view(torch.int32).item() == 0x7FC0_1234
+
+
+def test_snapshot_copies_into_the_previous_buffers_where_they_fit() -> None:
+    weight = torch.arange(6.0).reshape(2, 3)
+    tree = {"a": weight, "tied": weight, "b": torch.ones(4), "c": torch.zeros(3, dtype=torch.int64)}
+    staging = Staging()
+    first = snapshot(tree, staging)
+    weight.add_(10.0)
+    tree["b"] = torch.full((5,), 2.0)  # another shape: a fresh buffer
+    second = snapshot(tree, staging)
+    # the same memory, now holding the values at the second call; the tie stays one copy
+    assert second["a"].data_ptr() == first["a"].data_ptr() and second["a"] is second["tied"]
+    assert second["c"].data_ptr() == first["c"].data_ptr()
+    assert torch.equal(second["a"], torch.arange(6.0).reshape(2, 3) + 10.0)
+    assert second["a"].data_ptr() != weight.data_ptr()
+    assert torch.equal(second["b"], torch.full((5,), 2.0)) and second["b"].data_ptr() != first["b"].data_ptr()
+    staging.release()
+    third = snapshot(tree, staging)
+    assert third["a"].data_ptr() != second["a"].data_ptr()  # released: fresh copies again
+
+
+class _ShardedSingleDevice(SingleDeviceStrategy):
+    """One process that writes the sharded directory layout (the layout whose snapshots are kept)."""
+
+    @property
+    def checkpoint_layout(self) -> Any:
+        return "sharded"
+
+
+@pytest.mark.timeout(120)
+def test_consecutive_async_sharded_saves_each_hold_their_own_values(tmp_path: Path) -> None:
+    fabric = Fabric(strategy=_ShardedSingleDevice(device=torch.device("cpu")))
+    model, optimizer = _model_and_optimizer(fabric)
+    state = {"model": model, "optimizer": optimizer}
+    saved = []
+    for index in range(3):
+        _step(fabric, model, optimizer)
+        saved.append(_clone(model.state_dict()))
+        fabric.save(tmp_path / f"ckpt-{index}", state, async_save=True)  # the buffers of the save before
+    fabric.wait_for_checkpoint()
+    for index, expected in enumerate(saved):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.zero_()
+        fabric.load(tmp_path / f"ckpt-{index}", {"model": model})
+        _assert_equal(model.state_dict(), expected)
+    assert not torch.equal(saved[0]["0.weight"], saved[2]["0.weight"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")

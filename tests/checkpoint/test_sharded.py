@@ -30,6 +30,7 @@ from fabric.checkpoint.sharded import (
     checksum,
     commit_directory,
     files_to_record,
+    read_manifest,
     resolve_checkpoint_path,
     save_shards,
     write_manifest,
@@ -166,6 +167,19 @@ def test_load_without_state_returns_the_whole_directory_as_full_tensors(
     for name, expected in reference["model"].items():
         assert type(model[name]) is torch.Tensor and torch.equal(model[name], expected), name
     assert "state" in everything["optimizer"] and "param_groups" in everything["optimizer"]
+
+
+@pytest.mark.timeout(180)
+def test_the_manifest_two_processes_recorded_while_writing_matches_the_files(
+    written: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    # each process took its shards' checksums while writing them (fabric/checkpoint/checksummed.py)
+    directory = written[0] / "fsdp_sharded"
+    manifest = read_manifest(str(directory))
+    names = files_to_record(str(directory))
+    assert manifest is not None and sorted(manifest) == names
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "meta.pt"} <= set(names)
+    assert manifest == {name: checksum(str(directory / name)) for name in names}
 
 
 @pytest.mark.timeout(180)
