@@ -490,7 +490,7 @@ def _port_taken(address: str, port: int) -> str:
         f"Rank 0 could not host the rendezvous at {address}:{port} (MASTER_PORT={port}): another program is "
         f"already listening on port {port}. Pick a free port: `fabric run --main-port PORT ...`, or set "
         f"MASTER_PORT=PORT for `python script.py`; or leave both unset, and fabric chooses a free port and "
-        f"holds it until the processes have met."
+        f"keeps it reserved while the processes start."
     )
 
 
