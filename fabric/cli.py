@@ -274,10 +274,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.num_nodes > 1:
             port = _DEFAULT_MULTI_NODE_PORT
         else:
-            # lazy: only `fabric run` on several nodes needs it
-            from fabric.environments import find_free_network_port
+            # lazy: only `fabric run` on one node needs it
+            from fabric.environments._ports import reserve_free_port
 
-            port = find_free_network_port(args.main_address if args.main_address == "127.0.0.1" else "")
+            # Held (bound, not listening) until this process exits, so that nothing else takes the port
+            # while the workers import torch; rank 0's store binds it all the same (see reserve_free_port).
+            reservation = reserve_free_port(args.main_address if args.main_address == "127.0.0.1" else "")
+            port = reservation.getsockname()[1]
     else:
         port = args.main_port
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -271,6 +272,17 @@ def test_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_ddp_fabric_starts_without_torch_distributed_nn() -> None:
+    """Every process of a run creates its Fabric before the rendezvous: the RPC machinery waits for its user."""
+    code = (
+        "import sys; from fabric import Fabric; Fabric(accelerator='cpu', strategy='ddp', devices=2); "
+        "print('torch.distributed.nn' in sys.modules)"
+    )
+    env = {**os.environ, "LOCAL_RANK": "1"}  # as in a started process: constructing it starts nothing
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_training_through_wrapped_loader_converges() -> None:

@@ -15,8 +15,9 @@ def find_free_network_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that nothing is listening on at ``host`` right now.
 
     The OS picks the port (bind to port 0), so two callers never race over a guessed number. Another
-    process may still take the port between this call and the rendezvous; callers find it once and
-    share the number (for example through ``MASTER_PORT``) instead of calling again.
+    process may still take the port between this call and the rendezvous (a launcher that starts the
+    rendezvous later uses :func:`reserve_free_port`); callers find it once and share the number (for
+    example through ``MASTER_PORT``) instead of calling again.
 
     Example::
 
@@ -26,6 +27,32 @@ def find_free_network_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def reserve_free_port(host: str = "127.0.0.1") -> socket.socket:
+    """Return a socket bound to a free TCP port at ``host``; the port stays taken while it is open.
+
+    :func:`find_free_network_port` gives the number back to the OS, and in the seconds until rank 0's
+    store binds it (the processes still import torch) another process's ``bind`` may take it: rank 0
+    then fails with "address already in use", or, when that process is another job's rendezvous, the
+    two jobs mix. This socket closes that gap: it never listens and sets ``SO_REUSEADDR``, so the OS
+    hands the port to no other ``bind(0)`` and refuses a plain ``bind`` to it, while rank 0's store
+    (torch's ``TCPStore`` sets ``SO_REUSEADDR`` too) binds and listens on it as usual, in this process
+    or another. The launcher holds it until the run ends (or the environment is torn down).
+
+    Example::
+
+        reservation = reserve_free_port()
+        port = reservation.getsockname()[1]  # give `port` to the processes; close `reservation` at the end
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def port_from_job_id(job_id: str) -> int:

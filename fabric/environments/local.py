@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import weakref
 
 from fabric.environments._env import env_int, env_port
-from fabric.environments._ports import find_free_network_port
+from fabric.environments._ports import reserve_free_port
 from fabric.environments.cluster_environment import ClusterEnvironment
 
 _FIX = "Unset it, or set it to a valid value."
@@ -15,7 +17,7 @@ class LocalEnvironment(ClusterEnvironment):
     """Processes started by fabric itself, on one machine or on several machines started by hand.
 
     Reads ``MASTER_ADDR`` (default ``127.0.0.1``), ``MASTER_PORT`` (default: a free port, found once
-    by this object and never written to ``os.environ`` by it),
+    by this object, held for the run and never written to ``os.environ`` by it),
     ``NODE_RANK`` (default 0) and ``LOCAL_RANK`` (default 0). World size and global rank are not in the
     environment yet when the first process starts: the launcher or strategy computes them from
     ``devices`` and ``num_nodes`` and stores them with the setters.
@@ -34,8 +36,10 @@ class LocalEnvironment(ClusterEnvironment):
     def __init__(self) -> None:
         self._world_size = 1
         self._global_rank = 0
-        # Set only when this object chose the port, so that teardown removes what it added and nothing else.
+        # Set only when this object chose the port, so that teardown removes what it added and nothing else;
+        # the socket holds that port until teardown (see `main_port`).
         self._chosen_port: int | None = None
+        self._reservation: socket.socket | None = None
 
     @property
     def creates_processes_externally(self) -> bool:
@@ -56,18 +60,28 @@ class LocalEnvironment(ClusterEnvironment):
 
     @property
     def main_port(self) -> int:
-        """``MASTER_PORT``, else a free port on 127.0.0.1, found once by this object.
+        """``MASTER_PORT``, else a free port on 127.0.0.1, found once by this object and held until teardown.
 
-        Reading it changes nothing in the process: the launcher writes the number into the environment
+        Reading it changes nothing in the environment: the launcher writes the number into the environment
         of each process it starts, and the strategy publishes it in this one when it creates the process
         group (see ``fabric.lifecycle``), so every process agrees on it without a getter writing
-        ``os.environ``.
+        ``os.environ``. The port stays bound here (not listening; see ``reserve_free_port``) so that no
+        other program takes it while the processes start; rank 0's store still binds it.
         """
         if "MASTER_PORT" in os.environ:
             return env_port("MASTER_PORT", _FIX)
         if self._chosen_port is None:
-            self._chosen_port = find_free_network_port("127.0.0.1")
+            self._reservation = reserve_free_port("127.0.0.1")
+            # closed at teardown; this closes it (without a ResourceWarning) if the object goes first
+            weakref.finalize(self, self._reservation.close)
+            self._chosen_port = self._reservation.getsockname()[1]
         return self._chosen_port
+
+    def __getstate__(self) -> dict:
+        # A copy (a spawned process's, a deepcopy) knows the port; only the original holds it.
+        state = self.__dict__.copy()
+        state["_reservation"] = None
+        return state
 
     @staticmethod
     def detect() -> bool:
@@ -125,11 +139,13 @@ class LocalEnvironment(ClusterEnvironment):
             )
 
     def teardown(self) -> None:
-        """Forget the port this object chose, and remove ``WORLD_SIZE`` from ``os.environ``, as Lightning does.
+        """Release the port this object chose, and remove ``WORLD_SIZE`` from ``os.environ``, as Lightning does.
 
         ``WORLD_SIZE`` is what fabric's launcher gave the processes it started; left behind, a second
         ``Fabric`` in the same process (or ``torch.distributed``'s ``env://`` rendezvous) would read a
         world size that no longer exists.
         """
-        self._chosen_port = None
+        if self._reservation is not None:
+            self._reservation.close()
+        self._chosen_port = self._reservation = None
         os.environ.pop("WORLD_SIZE", None)

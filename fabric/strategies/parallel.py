@@ -175,14 +175,19 @@ class ParallelStrategy(Strategy):
         # Across hosts whose name resolves to loopback, gloo must be told its interface (undone at teardown).
         self._environ_before.setdefault(GLOO_VARIABLE, os.environ.get(GLOO_VARIABLE))
         set_gloo_interface(address, self.process_group_backend)
-        dist.init_process_group(
-            backend=self.process_group_backend,
-            **_rendezvous(host, environment.main_port, self.world_size, self._timeout, self.global_rank),
-            world_size=self.world_size,
-            rank=self.global_rank,
-            timeout=self._timeout,
-            device_id=self.root_device if self.root_device.type == "cuda" else None,
-        )
+        try:
+            dist.init_process_group(
+                backend=self.process_group_backend,
+                **_rendezvous(host, environment.main_port, self.world_size, self._timeout, self.global_rank),
+                world_size=self.world_size,
+                rank=self.global_rank,
+                timeout=self._timeout,
+                device_id=self.root_device if self.root_device.type == "cuda" else None,
+            )
+        except dist.DistNetworkError as error:
+            if self.global_rank != 0 or not _is_listening(address, environment.main_port):
+                raise
+            raise RuntimeError(_port_taken(address, environment.main_port)) from error
         # Published for code that reads them (Lightning does the same; DeepSpeed, user code that creates its
         # own groups); the launcher already gave them to the processes it started. Undone at teardown.
         for name, value in (("MASTER_ADDR", address), ("MASTER_PORT", str(environment.main_port))):
@@ -469,6 +474,24 @@ def _rendezvous(host: str, port: int, world_size: int, timeout: timedelta, rank:
         return {"init_method": f"tcp://{host}:{port}"}
     store = dist.TCPStore(host.strip("[]"), port, world_size, is_master=False, timeout=timeout)
     return {"store": dist.PrefixStore(f"fabric/restart_{restart}", store)}
+
+
+def _is_listening(host: str, port: int) -> bool:
+    """Whether some program accepts connections at ``host:port`` now (rank 0's store failed to: another)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _port_taken(address: str, port: int) -> str:
+    return (
+        f"Rank 0 could not host the rendezvous at {address}:{port} (MASTER_PORT={port}): another program is "
+        f"already listening on port {port}. Pick a free port: `fabric run --main-port PORT ...`, or set "
+        f"MASTER_PORT=PORT for `python script.py`; or leave both unset, and fabric chooses a free port and "
+        f"keeps it reserved while the processes start."
+    )
 
 
 _LISTEN_POLL_SECONDS = 0.01

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.nn.functional import all_gather
 
 from fabric.utilities.apply import move_to_device
 
@@ -124,6 +123,10 @@ def all_gather_in_group(tensor: Tensor, group: Any | None, sync_grads: bool, wor
 
     tensor = tensor.contiguous()
     if sync_grads:
+        # here, not at the top: importing torch.distributed.nn loads its RPC remote-module machinery, 5-15
+        # ms that every process of every distributed run paid while starting, for this one rare call
+        from torch.distributed.nn.functional import all_gather
+
         kwargs = {"group": group} if group is not None else {}
         return torch.stack(all_gather(tensor, **kwargs))
     gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -26,9 +25,7 @@ def test_free_port_is_found_once_and_reading_it_writes_nothing() -> None:
     assert env.main_port == port  # found once: every reader in this process agrees
     # a getter never writes the process environment (the launcher hands the port to its children)
     assert dict(os.environ) == before
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", port))
-    env.teardown()
+    env.teardown()  # the port is held until here: tests/environments/test_environment_ports.py
     assert dict(os.environ) == before
 
 
