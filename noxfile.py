@@ -107,12 +107,15 @@ def models(session: nox.Session) -> None:
 def examples(session: nox.Session) -> None:
     """Every example in a smoke mode, outputs checked (tests/examples): porting parity, GAN, PPO, LM, plots.
 
+    Also `fabric port`'s end-to-end runs (tests/port: the original and the converted script as processes,
+    same printed numbers), which the default suite skips for time.
+
     About 10 minutes on 2 cores; PPO trains to CartPole's solved return on 2 processes. The lightning
     parity check runs when `lightning` installs (the test extra), and skips otherwise.
     """
     _install(session, "test", "examples")
     session.run(
-        "python", "-m", "pytest", "-q", "tests/examples", *session.posargs,
+        "python", "-m", "pytest", "-q", "tests/examples", "tests/port", *session.posargs,
         env={"OMP_NUM_THREADS": "1", "FABRIC_RUN_EXAMPLES": "1"},
     )  # fmt: skip
 

@@ -8,11 +8,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fabric.environments import find_free_network_port
 from tests.torch_exit_abort import aborted_at_exit_by_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def skip_unless_scripts_run() -> None:
+    """Skip the rest of a test that runs scripts as processes, unless this is `nox -s examples`.
+
+    Each such run imports torch in fresh processes (5-30 s a test, about 2 minutes for the folder), so
+    they run with the examples (``FABRIC_RUN_EXAMPLES=1``), and the default suite keeps its 15-minute
+    budget; what a test checks before its first run (the conversion itself) still runs there.
+    """
+    if os.environ.get("FABRIC_RUN_EXAMPLES") != "1":
+        pytest.skip("runs scripts as processes: `nox -s examples` (or set FABRIC_RUN_EXAMPLES=1)")
 
 
 def env() -> dict[str, str]:
@@ -44,6 +57,7 @@ def run(
     A ``reference`` run (the original script, plain torch) is repeated once if torch aborted it at exit
     (see ``tests/torch_exit_abort.py``); a converted script never is.
     """
+    skip_unless_scripts_run()
     if launcher == "fabric":
         command = [
             sys.executable, "-m", "fabric.cli", "run", "--accelerator", "cpu", f"--devices={nproc}",
@@ -80,6 +94,7 @@ def run_both(
 
     The second is the reference (the original script).
     """
+    skip_unless_scripts_run()
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
