@@ -95,10 +95,16 @@ class Check:
             return "n/a"
         return "met" if self.value <= self.target else "missed"
 
+    def shown(self) -> str:
+        """The value as written: ratios ("x") with two decimals, so 1.024x does not print as 1.0x."""
+        if self.value is None:
+            return "—"
+        return f"{self.value:.2f}{self.unit}" if self.unit == "x" else f"{self.value:.1f}{self.unit}"
+
     def cell(self) -> str:
         if self.value is None:
             return "n/a"
-        return f"{self.value:.1f}{self.unit} ({self.verdict})"
+        return f"{self.shown()} ({self.verdict})"
 
 
 @dataclass
@@ -276,7 +282,8 @@ def last_line(text: str, limit: int = 160) -> str:
     torchrun ends a failed run with its own banner of ``=`` signs and a ``ChildFailedError``; the worker's
     exception, printed above it, is the reason worth reporting.
     """
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # torchrun's banners are lines of "=" or "-" alone: never a reason
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip().strip("=-")]
     causes = [line for line in lines if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line]
     line = causes[-1] if causes else lines[-1] if lines else "no output"
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -286,6 +293,13 @@ def failure_reason(done: Completed) -> str:
     if done.timed_out:
         return f"timed out after {done.seconds:.0f} s"
     return f"exit {done.returncode}: {last_line(done.stderr or done.stdout)}"
+
+
+def log_failure(what: str, done: Completed, lines: int = 25) -> None:
+    """Write the end of a failed process's output to the run's log, so that the cause can be read later."""
+    log(f"  {what} failed: {failure_reason(done)}; the end of its output:")
+    for line in (done.stderr or done.stdout or "no output").rstrip().splitlines()[-lines:]:
+        log(f"    | {line}")
 
 
 CONTROL_PORT_VARIABLE = "BENCH_CONTROL_PORT"

@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import Table
+from harness import CONTROL, Table
 
 _UNIT_FORMAT = {"calls": "{:.1f}", "us": "{:.0f} µs", "ms": "{:.2f} ms", "s": "{:.3f} s", "MB": "{:.0f} MB"}
 _FAMILIES = (
@@ -136,11 +136,14 @@ def markdown(
         "",
         "## Targets",
         "",
-        "| figure | row | ratio | target | verdict |",
-        "| --- | --- | --- | --- | --- |",
+        "**A/A control**: in a figure that times raw PyTorch twice, the second run's ratio and range: how far "
+        "the same code moved in that run, the noise a verdict sits in.",
+        "",
+        "| figure | row | ratio | target | verdict | A/A control |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in names:
-        lines += _target_rows_of(figures[name], smoke) if name in figures else kept[name].targets
+        lines += _target_rows_of(figures[name], smoke) if name in figures else _widened(kept[name].targets)
     for name in names:
         if name not in figures:
             lines += ["", f"<!-- figure:{name} {kept[name].when} -->"]
@@ -166,22 +169,36 @@ def _judged(verdict: str, smoke: bool) -> str:
     return verdict
 
 
+def _widened(rows: Sequence[str]) -> list[str]:
+    """Kept summary rows written before the A/A column: given an empty one."""
+    return [row if row.count(" | ") >= 5 else row + " — |" for row in rows]
+
+
+def _control(table: Table) -> str:
+    """The A/A control's ratio and range in ``table`` ("—" without one): the noise of that figure's run."""
+    control = next((row for row in table.rows if row.name == CONTROL), None)
+    if control is None or table.ratio(control) is None:
+        return "—"
+    spread = table.ratio_range(control)
+    return _ratio(table.ratio(control)) + ("" if spread is None else f" ({spread[0]:.2f}-{spread[1]:.2f})")
+
+
 def _target_rows_of(tables: Sequence[Table], smoke: bool = False) -> list[str]:
     lines = []
     for table in tables:
+        noise = _control(table)
         for row in table.rows:
             for check in row.checks:
-                value = "—" if check.value is None else f"{check.value:.1f}{check.unit}"
                 lines.append(
-                    f"| {table.title} | {row.name}: {check.label} | {value} | <= {check.target:g}{check.unit} | "
-                    f"{_judged(check.verdict, smoke)} |"
+                    f"| {table.title} | {row.name}: {check.label} | {check.shown()} | "
+                    f"<= {check.target:g}{check.unit} | {_judged(check.verdict, smoke)} | — |"
                 )
             if row.target is None:
                 continue
             verdict = table.verdict(row) if table.ratio(row) is not None else (row.note or "n/a")
             lines.append(
                 f"| {table.title} | {row.name} | {_ratio(table.ratio(row))} | <= {row.target:g} | "
-                f"{_judged(verdict, smoke)} |"
+                f"{_judged(verdict, smoke)} | {noise} |"
             )
     return lines
 

@@ -108,3 +108,32 @@ def test_a_smoke_run_writes_no_verdicts() -> None:
     smoke = markdown(figures, {"date": "d"}, "d, quick run", order=ORDER, smoke=True)
     assert "missed" not in smoke and "met |" not in smoke and "(met)" not in smoke
     assert f"| {SMOKE} |" in smoke and f"({SMOKE})" in smoke
+
+
+def test_targets_summary_shows_the_a_a_control_beside_each_verdict() -> None:
+    """A verdict sits in the noise of its run: the summary gives the A/A control's ratio and range next to it."""
+    from harness import CONTROL
+
+    noisy = Table(
+        "Noisy",
+        "us",
+        [
+            Row("raw PyTorch", samples=[10.0, 10.0, 10.0]),
+            Row(CONTROL, samples=[10.5, 9.0, 11.0]),
+            Row("fabric", samples=[10.4, 10.6, 10.2], target=1.02),
+        ],
+    )
+    text = markdown({"steps": [noisy]}, {"date": "day 1"}, "day 1, full run", order=ORDER)
+    summary = text.split("## Targets", 1)[1].split("<!-- figure:", 1)[0]
+    # the control carries no verdict of its own; fabric's row names the control's median and range
+    assert f"| Noisy | {CONTROL} |" not in summary
+    assert "| Noisy | fabric | 1.040 | <= 1.02 | missed | 1.050 (0.90-1.10) |" in summary
+    # rows kept from a file written before the column get an empty one, so every row has six cells
+    widened = kept_figures(
+        "# old\n\n## Targets\n\n| figure | row | ratio | target | verdict |\n| --- | --- | --- | --- | --- |\n"
+        "| Calls A | fabric | 1.010 | <= 1.03 | met |\n\n<!-- figure:calls day 0 -->\n\n## Calls A\n\nold\n",
+        ["steps"],
+        {"Noisy"},
+    )
+    text = markdown({"steps": [noisy]}, {"date": "day 1"}, "day 1", widened, order=ORDER)
+    assert "| Calls A | fabric | 1.010 | <= 1.03 | met | — |" in text

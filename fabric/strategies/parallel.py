@@ -519,11 +519,14 @@ _LEAVING_KEY = "fabric/exit/leaving"
 
 
 _leaves_at_exit = False
+#: whether gloo's threads may still be freeing works of a group this process used (see `_leave_process_group`)
+_unsettled = False
 
 
 def _leave_process_group_at_exit() -> None:
     """Register :func:`_leave_process_group` as an exit step, once per process (held strongly)."""
-    global _leaves_at_exit
+    global _leaves_at_exit, _unsettled
+    _unsettled = True
     if not _leaves_at_exit:
         _leaves_at_exit = True
         lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
@@ -544,21 +547,26 @@ def _leave_process_group() -> None:
     dead. After a failure in this process the meeting is skipped: the others are still training and
     would never come; the launcher stops them.
     """
+    global _unsettled
     hang_report.stop_watching()  # its thread must be out of the store before the store goes
-    if not (dist.is_available() and dist.is_initialized()):
+    if dist.is_available() and dist.is_initialized():
+        if not lifecycle.has_failed() and dist.get_world_size() > 1:
+            with contextlib.suppress(Exception):  # a peer's store already gone: it has left, so do we
+                _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    elif not _unsettled:
         return
-    if not lifecycle.has_failed() and dist.get_world_size() > 1:
-        with contextlib.suppress(Exception):  # a peer's store already gone: it has left, so do we
-            _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
     # A gloo worker thread destroys each finished work (its tensors hold Python objects) after the work
     # has completed; if the interpreter is already finalizing then, the thread cannot take the GIL and
     # the process aborts ("terminate called without an active exception"; a core dump shows
     # ProcessGroupGloo::runLoop -> ~AsyncWork -> gil_scoped_acquire -> pthread_exit). Raw torch and
     # Lightning runs hit it on a loaded machine even after destroy_process_group. Sleeping releases the
-    # GIL and the CPU so that those threads finish while the interpreter is whole.
+    # GIL and the CPU so that those threads finish while the interpreter is whole. Also when the script
+    # destroyed the group itself: it often does so right after its last collective
+    # (tests/scripts/exit_after_collective.py).
     time.sleep(_SETTLE_SECONDS)
+    _unsettled = False
 
 
 def _meet(store: dist.Store, rank: int, world_size: int) -> None:

@@ -9,6 +9,7 @@ changed, so that the checkpoint holding the values at the call is certain, not a
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -255,6 +256,51 @@ def test_snapshot_copies_into_the_previous_buffers_where_they_fit() -> None:
     staging.release()
     third = snapshot(tree, staging)
     assert third["a"].data_ptr() != second["a"].data_ptr()  # released: fresh copies again
+
+
+_DTENSOR_STAGING = """
+import json, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from fabric.checkpoint.background import Staging, snapshot
+
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)  # one process: no port
+mesh = init_device_mesh("cpu", (1,))
+weight = distribute_tensor(torch.arange(6.0).reshape(2, 3), mesh, [Shard(0)])
+staging = Staging()
+first = snapshot({"w": weight}, staging)["w"]
+weight.to_local().add_(10.0)
+second = snapshot({"w": weight}, staging)["w"]
+values = second.to_local().tolist()
+other = distribute_tensor(torch.arange(6.0).reshape(2, 3), mesh, [Replicate()])
+third = snapshot({"w": other}, staging)["w"]
+staging.release()
+fourth = snapshot({"w": other}, staging)["w"]
+print(json.dumps({
+    "dtensors": all(isinstance(t, DTensor) for t in (first, second, third, fourth)),
+    "reused": second is first,
+    "values": values,
+    "own_memory": second.to_local().data_ptr() != weight.to_local().data_ptr(),
+    "replicated": [isinstance(p, Replicate) for p in third.placements],
+    "rewrapped": third is not second and fourth is not third,
+    "third_values": third.full_tensor().tolist(),
+}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.timeout(90)
+def test_snapshot_keeps_the_dtensors_that_wrap_kept_buffers() -> None:
+    """The next snapshot of a sharded state reuses the DTensor around each kept buffer (no ``from_local``)."""
+    run = run_python(["-c", _DTENSOR_STAGING], timeout=80)
+    assert run.returncode == 0, run.output
+    result = json.loads(next(line for line in reversed(run.output.splitlines()) if line.startswith("{")))
+    assert result["dtensors"] and result["reused"] and result["own_memory"], result
+    assert result["values"] == [[10.0, 11.0, 12.0], [13.0, 14.0, 15.0]]  # the values at the second call
+    # another placement over a buffer of the same shape: a new DTensor; after release, new ones again
+    assert result["replicated"] == [True] and result["rewrapped"], result
+    assert result["third_values"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
 
 
 class _ShardedSingleDevice(SingleDeviceStrategy):
