@@ -170,8 +170,10 @@ def _judged(verdict: str, smoke: bool) -> str:
 
 
 def _widened(rows: Sequence[str]) -> list[str]:
-    """Kept summary rows written before the A/A column: given an empty one."""
-    return [row if row.count(" | ") >= 5 else row + " — |" for row in rows]
+    """Kept summary rows as this version writes them: an empty A/A cell where a file written before that
+    column has none, and no rows of the A/A control itself (which once carried targets of its own)."""
+    kept = [row for row in rows if row.split(" | ")[1:2] != [CONTROL]]
+    return [row if row.count(" | ") >= 5 else row + " — |" for row in kept]
 
 
 def _control(table: Table) -> str:

@@ -131,9 +131,11 @@ def test_targets_summary_shows_the_a_a_control_beside_each_verdict() -> None:
     # rows kept from a file written before the column get an empty one, so every row has six cells
     widened = kept_figures(
         "# old\n\n## Targets\n\n| figure | row | ratio | target | verdict |\n| --- | --- | --- | --- | --- |\n"
-        "| Calls A | fabric | 1.010 | <= 1.03 | met |\n\n<!-- figure:calls day 0 -->\n\n## Calls A\n\nold\n",
+        "| Calls A | fabric | 1.010 | <= 1.03 | met |\n"
+        f"| Calls A | {CONTROL} | 1.200 | <= 1.03 | missed |\n\n<!-- figure:calls day 0 -->\n\n## Calls A\n\nold\n",
         ["steps"],
         {"Noisy"},
     )
     text = markdown({"steps": [noisy]}, {"date": "day 1"}, "day 1", widened, order=ORDER)
     assert "| Calls A | fabric | 1.010 | <= 1.03 | met | — |" in text
+    assert f"| Calls A | {CONTROL} |" not in text  # the control's old verdict is not carried over

@@ -74,16 +74,20 @@ def _command(name: str, port: int, nprocs: int = 2) -> list[str]:
 
 
 #: a failed launch is tried again once, on a new port: one launch that fails for a reason outside the
-#: launcher (a port taken between choosing and binding it) must not void a row; the description counts them
+#: launcher (a port taken between choosing and binding it) must not void a row. Every failure, retried
+#: or final, is counted in the row's "failed launches" column and its reason named in the description.
 RETRIES = 1
+FAILED = "failed launches"
 
 
-def _launch_once(settings: Settings, name: str, nprocs: int, tag: str, row: Row, retried: list[str]) -> None:
-    """Launch ``name`` with ``nprocs`` processes; add its time to first step and CPU time to ``row``.
+def _launch_with_retry(settings: Settings, name: str, nprocs: int, tag: str, row: Row) -> list[str]:
+    """Launch ``name`` with ``nprocs`` processes, adding its time to first step and CPU time to ``row``.
 
-    On failure the end of the output goes to the log and the launch runs again (at most :data:`RETRIES`
-    times, each on a fresh port); a row whose retries fail too becomes "unavailable" with the reason.
+    A failed launch is logged (the end of its output) and run again on a fresh port, at most
+    :data:`RETRIES` times; if the last attempt fails too, the row becomes "unavailable" with the reason.
+    Returns the reasons of the attempts that failed.
     """
+    failures: list[str] = []
     for attempt in range(RETRIES + 1):
         stamp = settings.workdir / f"first-step-{tag}-{KEYS[name]}-{attempt}"
         port = free_port()
@@ -102,16 +106,28 @@ def _launch_once(settings: Settings, name: str, nprocs: int, tag: str, row: Row,
         if done.returncode == 0 and not done.timed_out and stamp.exists():
             row.samples.append(float(stamp.read_text()) - started)
             row.cpu_samples.append(done.cpu_seconds)
-            return
+            return failures
         log_failure(f"launch {name} ({nprocs} processes, attempt {attempt + 1})", done)
-        retried.append(f"{row.short or row.name}: {failure_reason(done)}")
-    row.note = f"unavailable: {failure_reason(done)}"
+        failures.append(failure_reason(done))
+    row.note = f"unavailable: {failures[-1]}"
+    return failures
 
 
-def _retried_text(retried: list[str]) -> str:
-    if not retried:
-        return " No launch failed."
-    return f" Failed launches, each run again on a new port: {len(retried)} ({'; '.join(retried)})."
+def _finish_rows(rows: dict[str, Row], failures: dict[str, list[str]]) -> str:
+    """Fill each row's CPU-time and failed-launch cells; the description's sentence on failures ("" if none)."""
+    for name, row in rows.items():
+        cpu = [value for value in row.cpu_samples if value is not None]
+        row.extra = {
+            "CPU time, all processes": f"{statistics.median(cpu):.2f} s" if cpu else "—",
+            FAILED: str(len(failures[name])),
+        }
+    named = [f"{rows[name].short or rows[name].name}: {reason}" for name in rows for reason in failures[name]]
+    if not named:
+        return ""
+    return (
+        f" Failed launches ({len(named)}; each was run again once on a new port, and a row whose retry "
+        f"failed too says 'unavailable'): {'; '.join(named)}."
+    )
 
 
 def measure(settings: Settings) -> list[Table]:
@@ -125,15 +141,13 @@ def measure(settings: Settings) -> list[Table]:
     }
     rows[FABRIC].target = rows[SUBPROCESS].target = TARGET
     names = [RAW, FABRIC, SUBPROCESS]
-    retried: list[str] = []
+    failures: dict[str, list[str]] = {name: [] for name in names}
     for round_index in range(settings.launch_rounds):
         log(f"launch to first step: round {round_index + 1}/{settings.launch_rounds}")
         for name in settings.rotation(names, round_index):
             if not rows[name].note:
-                _launch_once(settings, name, 2, str(round_index), rows[name], retried)
-    for row in rows.values():
-        cpu = [value for value in row.cpu_samples if value is not None]
-        row.extra = {"CPU time, all processes": f"{statistics.median(cpu):.2f} s" if cpu else "—"}
+                failures[name] += _launch_with_retry(settings, name, 2, str(round_index), rows[name])
+    failed = _finish_rows(rows, failures)
     return [
         Table(
             title="Launch to first step, 2 processes (gloo)",
@@ -143,9 +157,9 @@ def measure(settings: Settings) -> list[Table]:
                 f"Median over {settings.launch_rounds} launches each, rotating order: from starting the "
                 f"launcher to rank 0 finishing its first training step (tiny MLP, DDP). CPU time: user + "
                 f"system time of the launcher and all its processes over the whole run (to their exit), "
-                f"from `getrusage(RUSAGE_CHILDREN)`.{_retried_text(retried)}"
+                f"from `getrusage(RUSAGE_CHILDREN)`.{failed}"
             ),
-            extra_columns=["CPU time, all processes"],
+            extra_columns=["CPU time, all processes", FAILED],
             chart_label="launch",
         )
     ]
@@ -170,15 +184,14 @@ def measure_scaling(settings: Settings) -> list[Table]:
             ),
         }
         names = list(rows)
-        retried: list[str] = []
+        failures: dict[str, list[str]] = {name: [] for name in names}
         for round_index in range(rounds):
             log(f"launch scaling, {nprocs} processes: round {round_index + 1}/{rounds}")
             for name in settings.rotation(names, round_index):
                 if not rows[name].note:
-                    _launch_once(settings, name, nprocs, f"{nprocs}-{round_index}", rows[name], retried)
-        for row in rows.values():
-            cpu = [value for value in row.cpu_samples if value is not None]
-            row.extra = {"CPU time, all processes": f"{statistics.median(cpu):.2f} s" if cpu else "—"}
+                    tag = f"{nprocs}-{round_index}"
+                    failures[name] += _launch_with_retry(settings, name, nprocs, tag, rows[name])
+        failed = _finish_rows(rows, failures)
         tables.append(
             Table(
                 title=f"Launch to first step against process count: {nprocs} processes (gloo)",
@@ -187,9 +200,9 @@ def measure_scaling(settings: Settings) -> list[Table]:
                 description=(
                     f"As the 2-process launch figure, {rounds} launches each, rotating order. Read across "
                     f"the process counts: a launcher whose ratio to torchrun grows with the count scales worse."
-                    f"{_retried_text(retried)}"
+                    f"{failed}"
                 ),
-                extra_columns=["CPU time, all processes"],
+                extra_columns=["CPU time, all processes", FAILED],
                 chart_label=f"launch {nprocs}p",
             )
         )

@@ -244,10 +244,14 @@ def measure_checkpoints(settings: Settings) -> list[Table]:
     return _checkpoint_tables(settings)
 
 
-#: the DeepSpeed rows that run with an allocator setting of their own (the others get none)
-_DEEPSPEED_ENV = {
-    "raw-mmap": {"MALLOC_MMAP_THRESHOLD_": "131072"},
-    "fabric-keep": {"FABRIC_KEEP_ALLOCATOR": "1"},
+#: what each DeepSpeed row runs: the program's mode and the environment it adds (allocator settings)
+_DEEPSPEED_ROWS: dict[str, tuple[str, dict[str, str] | None]] = {
+    "raw": ("raw", None),
+    "raw-again": ("raw", None),
+    "raw-mmap": ("raw", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
+    "fabric": ("fabric", None),
+    "fabric-keep": ("fabric", {"FABRIC_KEEP_ALLOCATOR": "1"}),
+    "fabric-defaults": ("fabric-defaults", None),
 }
 
 
@@ -299,11 +303,11 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
                     result = _launch(
                         settings,
                         2,
-                        key.replace("-again", "").replace("-mmap", "").replace("-keep", ""),
+                        _DEEPSPEED_ROWS[key][0],
                         str(stage),
                         str(steps),
                         program=DEEPSPEED_PROGRAM,
-                        env=_DEEPSPEED_ENV.get(key),
+                        env=_DEEPSPEED_ROWS[key][1],
                     )
                 except RuntimeError as error:
                     rows[key].note = f"unavailable: {error}"
@@ -354,7 +358,8 @@ def measure_deepspeed(settings: Settings) -> list[Table]:
                         " On a CPU at ZeRO-3 fabric fixes glibc's mmap threshold at 128 KiB "
                         "(`fabric/utilities/allocator.py`), which raw does not: the row 'raw, with the glibc "
                         "mmap threshold' gives raw that setting, the row `FABRIC_KEEP_ALLOCATOR=1` takes it from "
-                        "fabric, so each pair differs in the wrapper alone. Row 'fabric defaults': "
+                        "fabric, so each pair differs in the wrapper alone (the memory targets stay on "
+                        "fabric's default rows). Row 'fabric defaults': "
                         "`DeepSpeedStrategy(stage=3)` with no config, i.e. fabric's arguments and, on a CPU, its "
                         f"ZeRO-3 sizes {json.dumps(_cpu_zero3_sizes())}."
                         if stage == 3

@@ -31,7 +31,7 @@ import threading
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -187,6 +187,17 @@ def finish_at_exit(get_pending: Callable[[], AsyncSave | None]) -> Callable[[], 
 
 
 # ---------------------------------------------------------------------------------------- snapshot
+class _Wrapper(NamedTuple):
+    """A DTensor made around a kept buffer, with what it was made from (reused only if all match)."""
+
+    buffer: Tensor
+    mesh: Any
+    placements: Any
+    shape: Any
+    stride: Any
+    dtensor: Any
+
+
 class Staging:
     """The CPU copies of one asynchronous save, kept to be copied into by the next one.
 
@@ -199,13 +210,13 @@ class Staging:
     ``cache_staged_state_dict=True`` does). A snapshot is only taken after the previous write has
     finished (a save first waits for the one in flight), so no buffer is written while it is read.
     The DTensors that wrap a kept buffer are kept too: wrapping a shard again (``DTensor.from_local``)
-    was about 15% of what an asynchronous sharded save blocks for.
+    was about 15% of what an asynchronous sharded save blocks for. They hold their device mesh (and so
+    its process groups) until :meth:`release`.
     """
 
     def __init__(self) -> None:
         self._buffers: list[Tensor] = []
-        # id(buffer) -> (buffer, mesh, placements, shape, stride, the DTensor made from it)
-        self._wrappers: dict[int, tuple[Any, ...]] = {}
+        self._wrappers: dict[int, _Wrapper] = {}  # by id(buffer); the entry holds the buffer itself
 
     def release(self) -> None:
         """Free the kept copies (at teardown)."""
@@ -226,7 +237,7 @@ def snapshot(obj: Any, staging: Staging | None = None) -> Any:
     kept = staging._buffers if staging is not None else []
     kept_wrappers = staging._wrappers if staging is not None else {}
     staged: list[Tensor] = []
-    wrappers: dict[int, tuple[Any, ...]] = {}
+    wrappers: dict[int, _Wrapper] = {}
 
     def cpu_copy(tensor: Tensor) -> Tensor:
         index = len(staged)
@@ -256,16 +267,16 @@ def snapshot(obj: Any, staging: Staging | None = None) -> Any:
             previous = kept_wrappers.get(id(local))
             if (
                 previous is not None
-                and previous[0] is local
-                and previous[1] is mesh
-                and previous[2:5] == (placements, shape, stride)
+                and previous.buffer is local
+                and previous.mesh is mesh
+                and (previous.placements, previous.shape, previous.stride) == (placements, shape, stride)
             ):
-                wrapped = previous[5]
+                wrapped = previous.dtensor
             else:
                 wrapped = dtensor_type.from_local(
                     local, mesh, placements, run_check=False, shape=shape, stride=stride
                 )
-            wrappers[id(local)] = (local, mesh, placements, shape, stride, wrapped)
+            wrappers[id(local)] = _Wrapper(local, mesh, placements, shape, stride, wrapped)
             return wrapped
         key: Any = id(tensor)
         with contextlib.suppress(Exception):  # tensors without storage (e.g. sparse) are copied as they are

@@ -520,13 +520,13 @@ _LEAVING_KEY = "fabric/exit/leaving"
 
 _leaves_at_exit = False
 #: whether gloo's threads may still be freeing works of a group this process used (see `_leave_process_group`)
-_unsettled = False
+_gloo_may_be_busy = False
 
 
 def _leave_process_group_at_exit() -> None:
     """Register :func:`_leave_process_group` as an exit step, once per process (held strongly)."""
-    global _leaves_at_exit, _unsettled
-    _unsettled = True
+    global _leaves_at_exit, _gloo_may_be_busy
+    _gloo_may_be_busy = True
     if not _leaves_at_exit:
         _leaves_at_exit = True
         lifecycle.on_exit(_leave_process_group, order=lifecycle.LEAVE_PROCESS_GROUP)
@@ -547,7 +547,7 @@ def _leave_process_group() -> None:
     dead. After a failure in this process the meeting is skipped: the others are still training and
     would never come; the launcher stops them.
     """
-    global _unsettled
+    global _gloo_may_be_busy
     hang_report.stop_watching()  # its thread must be out of the store before the store goes
     if dist.is_available() and dist.is_initialized():
         if not lifecycle.has_failed() and dist.get_world_size() > 1:
@@ -555,7 +555,7 @@ def _leave_process_group() -> None:
                 _meet(dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size())
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
-    elif not _unsettled:
+    elif not _gloo_may_be_busy:
         return
     # A gloo worker thread destroys each finished work (its tensors hold Python objects) after the work
     # has completed; if the interpreter is already finalizing then, the thread cannot take the GIL and
@@ -566,7 +566,7 @@ def _leave_process_group() -> None:
     # destroyed the group itself: it often does so right after its last collective
     # (tests/scripts/exit_after_collective.py).
     time.sleep(_SETTLE_SECONDS)
-    _unsettled = False
+    _gloo_may_be_busy = False
 
 
 def _meet(store: dist.Store, rank: int, world_size: int) -> None:

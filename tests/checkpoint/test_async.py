@@ -273,6 +273,12 @@ first = snapshot({"w": weight}, staging)["w"]
 weight.to_local().add_(10.0)
 second = snapshot({"w": weight}, staging)["w"]
 values = second.to_local().tolist()
+# the same local tensor (so the same kept buffer) and placements, another global shape: a new wrapper
+reshaped = DTensor.from_local(
+    weight.to_local(), mesh, [Shard(0)], run_check=False, shape=torch.Size([4, 3]), stride=(3, 1)
+)
+fifth = snapshot({"w": reshaped}, staging)["w"]
+same_buffer = fifth.to_local().data_ptr() == second.to_local().data_ptr()
 other = distribute_tensor(torch.arange(6.0).reshape(2, 3), mesh, [Replicate()])
 third = snapshot({"w": other}, staging)["w"]
 staging.release()
@@ -284,6 +290,7 @@ print(json.dumps({
     "own_memory": second.to_local().data_ptr() != weight.to_local().data_ptr(),
     "replicated": [isinstance(p, Replicate) for p in third.placements],
     "rewrapped": third is not second and fourth is not third,
+    "reshaped": fifth is not second and tuple(fifth.shape) == (4, 3) and same_buffer,
     "third_values": third.full_tensor().tolist(),
 }))
 dist.destroy_process_group()
@@ -300,6 +307,7 @@ def test_snapshot_keeps_the_dtensors_that_wrap_kept_buffers() -> None:
     assert result["values"] == [[10.0, 11.0, 12.0], [13.0, 14.0, 15.0]]  # the values at the second call
     # another placement over a buffer of the same shape: a new DTensor; after release, new ones again
     assert result["replicated"] == [True] and result["rewrapped"], result
+    assert result["reshaped"], result  # same buffer and placements, another global shape: not reused
     assert result["third_values"] == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
 
 
