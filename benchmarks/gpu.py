@@ -30,6 +30,7 @@ the file.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -315,8 +316,12 @@ def _sharded(cpu: bool, nproc: int) -> list[str]:
         *sharded.measure_tensor_parallel(settings),
         *sharded.measure_checkpoints(settings),
     ]
+    if importlib.util.find_spec("deepspeed") is not None:  # the DeepSpeed figure, where it is installed
+        tables += sharded.measure_deepspeed(settings)
+    backend = "(gloo, CPU dry run)" if cpu else "(nccl)"
     for table in tables:
-        table.title = "GPU: " + table.title.replace("(gloo)", "(gloo, CPU dry run)" if cpu else "(nccl)")
+        title = table.title.replace("(gloo, DS_ACCELERATOR=cpu)", backend)
+        table.title = "GPU: " + title.replace("(gloo)", backend)
     lines = _tables(tables, smoke=cpu)
     note = (
         "Memory on CUDA is the growth of `torch.cuda.max_memory_allocated()` on the larger rank, not "

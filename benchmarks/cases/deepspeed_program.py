@@ -34,7 +34,17 @@ sys.path.insert(0, BENCH)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from cases.sharded_program import BATCH, LAYERS, SEQUENCE, WIDTH, transformer_stack  # noqa: E402
+from cases.sharded_program import (  # noqa: E402
+    BATCH,
+    DEVICE,
+    LAYERS,
+    SEQUENCE,
+    WIDTH,
+    _init,
+    _rss_bytes,
+    _tensor_device,
+    transformer_stack,
+)
 
 
 def config(stage: int) -> dict[str, Any]:
@@ -48,24 +58,19 @@ def config(stage: int) -> dict[str, Any]:
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as file:
-        for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def main(impl: str, stage: int, out: str, steps: int) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    x, y = torch.randn(BATCH, SEQUENCE, WIDTH), torch.randn(BATCH, SEQUENCE, WIDTH)
+    _init()  # gloo on a CPU, nccl with one GPU per rank under benchmarks/gpu.py (BENCH_DEVICE=cuda)
+    device = _tensor_device()
+    x, y = (
+        torch.randn(BATCH, SEQUENCE, WIDTH, device=device),
+        torch.randn(BATCH, SEQUENCE, WIDTH, device=device),
+    )
     layers = LAYERS * 4
     if impl == "raw":
-        deepspeed.init_distributed(dist_backend="gloo")
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
         baseline = _rss_bytes()
         init: AbstractContextManager[Any] = (
-            deepspeed.zero.Init(config_dict_or_path=config(stage)) if stage == 3 else torch.device("cpu")
+            deepspeed.zero.Init(config_dict_or_path=config(stage)) if stage == 3 else device
         )
         with init:
             module = transformer_stack(layers)
@@ -90,7 +95,7 @@ def main(impl: str, stage: int, out: str, steps: int) -> None:
             if impl == "fabric-defaults"
             else DeepSpeedStrategy(config=config(stage))
         )
-        fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+        fabric = Fabric(accelerator=DEVICE, devices=dist.get_world_size(), strategy=strategy)
         fabric.launch()
         baseline = _rss_bytes()
         with fabric.init_module():
@@ -110,9 +115,15 @@ def main(impl: str, stage: int, out: str, steps: int) -> None:
         dist.barrier()
         started = time.perf_counter()
         step()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         if index >= 2:
             times.append(time.perf_counter() - started)
-    growth = torch.tensor([float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline)])
+    if DEVICE == "cuda":  # the caching allocator's peak, against its bytes in use before the model
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    growth = torch.tensor([float(peak - baseline)], device=device)
     dist.all_reduce(growth, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
         with open(out, "w") as file:

@@ -60,7 +60,8 @@ def _launch(
     # DeepSpeed compiles its ops on first use into TORCH_EXTENSIONS_DIR: the repository's own cache (as
     # `nox -s deepspeed` uses), not the shared ~/.cache, where another build's lock can stall a launch
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO_ROOT / ".cache" / "torch_extensions"))
-    environment = child_env(DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions, **(env or {}))
+    accelerator = "cuda" if os.environ.get("BENCH_DEVICE") == "cuda" else "cpu"  # gpu.py sets it
+    environment = child_env(DS_ACCELERATOR=accelerator, TORCH_EXTENSIONS_DIR=extensions, **(env or {}))
     if "MALLOC_MMAP_THRESHOLD_" not in (env or {}):  # rows without it must not inherit the runner's
         environment.pop("MALLOC_MMAP_THRESHOLD_", None)
     done = run(command, timeout=TIMEOUT, env=environment, cwd=settings.workdir)
