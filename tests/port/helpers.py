@@ -41,6 +41,21 @@ def env() -> dict[str, str]:
     return clean
 
 
+def _files(folder: Path) -> dict[Path, bytes]:
+    """The files directly in ``folder`` (a test program's small working folder), with their bytes."""
+    return {path: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+
+def _restore(folder: Path, files: dict[Path, bytes]) -> None:
+    """Put ``folder``'s files back as :func:`_files` saw them: written ones rewritten, new ones removed."""
+    for path in folder.iterdir():
+        if path.is_file() and path not in files:
+            path.unlink()
+    for path, content in files.items():
+        if not path.exists() or path.read_bytes() != content:
+            path.write_bytes(content)
+
+
 def run(
     script: Path,
     *args: str,
@@ -70,10 +85,14 @@ def run(
             sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
             "--master-addr=127.0.0.1", f"--master-port={find_free_network_port()}", "--", str(script), *args,
         ]  # fmt: skip
-    for _ in range(2 if reference else 1):
-        result = subprocess.run(
-            command, cwd=cwd or script.parent, env=env(), capture_output=True, text=True, timeout=240
-        )
+    workdir = cwd or script.parent
+    # a repeated reference run must start from the files the first attempt started from: a script that
+    # resumes from its snapshot would otherwise resume from the one the aborted attempt wrote
+    before = _files(workdir) if reference else {}
+    for attempt in range(2 if reference else 1):
+        if attempt:
+            _restore(workdir, before)
+        result = subprocess.run(command, cwd=workdir, env=env(), capture_output=True, text=True, timeout=240)
         if not aborted_at_exit_by_torch(result.returncode, result.stdout + result.stderr):
             break
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
